@@ -1,0 +1,173 @@
+/*
+ * attention.c: the driver.  Splits one attention call into tiles, runs
+ * them on OpenMP threads and calls the ISA kernel through the dispatch
+ * table.
+ *
+ * Work decomposition.  For every (batch, kv head) the query rows of all
+ * query heads that share that kv head are laid end to end, head-major
+ * ("virtual rows" g * n_q + i for group member g), and cut into tiles of
+ * FA_BQ rows.  With plain attention and long queries a tile is a block of
+ * one head's rows; with grouped-query attention and short queries (decode)
+ * one tile holds the rows of several heads, so their shared K and V are
+ * read once and the vector lanes are filled.  Each tile is independent:
+ * results do not depend on the thread count or schedule.
+ *
+ * Memory: each thread owns one scratch buffer of O(FA_BQ * (d + dv + FA_BK))
+ * elements for the whole call; the Nq x Nk score matrix never exists.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastattn.h"
+#include "kernels/kernel.h"
+#include "dispatch.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int fa_num_threads = 0; /* 0: the OpenMP default */
+
+void fa_set_num_threads(int n) { fa_num_threads = n > 0 ? n : 0; }
+
+int fa_get_num_threads(void)
+{
+#ifdef _OPENMP
+    return fa_num_threads > 0 ? fa_num_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int fa_has_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+size_t fa_scratch_bytes(const fa_params *p)
+{
+    const size_t elem = p->dtype == FA_F64 ? sizeof(double) : sizeof(float);
+    /* qt (d) + scores (BK) + mask terms (BK) + acc (dv) + 3 row vectors */
+    const size_t cols = (size_t)p->d + 2 * FA_BK + (size_t)p->dv + 3;
+    size_t bytes = cols * FA_BQ * elem;
+    return (bytes + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN;
+}
+
+static size_t fa_elem_size(const fa_params *p)
+{
+    return p->dtype == FA_F64 ? sizeof(double) : sizeof(float);
+}
+
+/* Fill the tile whose first virtual row is vr0 for (b, hkv). */
+static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
+                         int64_t vr0, int64_t nvr, fa_tile *t)
+{
+    const size_t es = fa_elem_size(p);
+    const int64_t group = p->h_q / p->h_kv;
+    const char *q = (const char *)p->q;
+    char *o = (char *)p->out;
+    char *lse = (char *)p->lse;
+    const size_t mes = p->mask_kind == FA_MASK_BOOL ? 1
+                       : p->mask_kind == FA_MASK_ADD_F32 ? 4 : 8;
+    const char *mask = (const char *)p->mask;
+
+    int rows = (int)(nvr - vr0 < FA_BQ ? nvr - vr0 : FA_BQ);
+    t->rows = rows;
+    for (int r = 0; r < rows; r++) {
+        const int64_t vr = vr0 + r;
+        const int64_t h = hkv * group + vr / p->n_q;
+        const int64_t i = vr % p->n_q;
+        t->qi[r] = i;
+        t->q_row[r] = q + (size_t)(b * p->q_sb + h * p->q_sh + i * p->q_sn) * es;
+        t->o_row[r] = o + (size_t)(b * p->o_sb + h * p->o_sh + i * p->o_sn) * es;
+        t->lse_row[r] = lse ? lse + (size_t)(b * p->l_sb + h * p->l_sh + i * p->l_sn) * es
+                            : NULL;
+        t->mask_row[r] = p->mask_kind != FA_MASK_NONE
+                             ? mask + (size_t)(b * p->m_sb + h * p->m_sh + i * p->m_sq) * mes
+                             : NULL;
+    }
+    t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh) * es;
+    t->v = (const char *)p->v + (size_t)(b * p->v_sb + hkv * p->v_sh) * es;
+    t->k_lo = 0;
+    t->k_hi = p->n_k;
+}
+
+/* Write zeros (and lse -inf) for every row: the n_k == 0 case. */
+static void fa_empty_keys(const fa_params *p)
+{
+    const size_t es = fa_elem_size(p);
+    for (int64_t b = 0; b < p->batch; b++)
+        for (int64_t h = 0; h < p->h_q; h++)
+            for (int64_t i = 0; i < p->n_q; i++) {
+                char *o = (char *)p->out + (size_t)(b * p->o_sb + h * p->o_sh + i * p->o_sn) * es;
+                char *l = p->lse ? (char *)p->lse + (size_t)(b * p->l_sb + h * p->l_sh + i * p->l_sn) * es
+                                 : NULL;
+                for (int64_t e = 0; e < p->dv; e++) {
+                    if (p->dtype == FA_F64) ((double *)o)[e * p->o_sd] = 0;
+                    else ((float *)o)[e * p->o_sd] = 0;
+                }
+                if (l) {
+                    if (p->dtype == FA_F64) *(double *)l = -__builtin_inf();
+                    else *(float *)l = -__builtin_inff();
+                }
+            }
+}
+
+int fa_attention(const fa_params *p)
+{
+    if (p->batch < 0 || p->h_q < 0 || p->h_kv <= 0 || p->n_q < 0 ||
+        p->n_k < 0 || p->d < 0 || p->dv < 0 || p->h_q % p->h_kv != 0)
+        return FA_ERR_PARAMS;
+    if (p->batch == 0 || p->h_q == 0 || p->n_q == 0) return FA_OK;
+    if (p->n_k == 0) {
+        fa_empty_keys(p);
+        return FA_OK;
+    }
+
+    const fa_tile_fn kernel = fa_dispatch_tile(p->dtype);
+    const int64_t group = p->h_q / p->h_kv;
+    const int64_t nvr = group * p->n_q; /* virtual rows per (b, kv head) */
+    const int64_t tiles = (nvr + FA_BQ - 1) / FA_BQ;
+    const int64_t tasks = p->batch * p->h_kv * tiles;
+    const size_t scratch_bytes = fa_scratch_bytes(p);
+
+    /* Threads only pay off above a few hundred thousand FMAs of work. */
+    const double work = (double)p->batch * p->h_q * p->n_q * p->n_k * (p->d + p->dv);
+    int nthreads = fa_get_num_threads();
+    if (work < 4.0e5 || tasks < 2) nthreads = 1;
+    if (nthreads > tasks) nthreads = (int)tasks;
+
+    int status = FA_OK;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+#endif
+    {
+        void *scratch = aligned_alloc(FA_ALIGN, scratch_bytes);
+        fa_tile tile;
+        if (!scratch) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            status = FA_ERR_NOMEM;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t task = 0; task < tasks; task++) {
+            if (!scratch) continue;
+            /* Last tiles first: with causal masking they are the heaviest,
+             * which balances the dynamic schedule. */
+            const int64_t bh = task / tiles;
+            const int64_t ti = tiles - 1 - task % tiles;
+            const int64_t b = bh / p->h_kv, hkv = bh % p->h_kv;
+            fa_fill_tile(p, b, hkv, ti * FA_BQ, nvr, &tile);
+            kernel(p, &tile, scratch);
+        }
+        free(scratch);
+    }
+    return status;
+}

@@ -1,0 +1,136 @@
+/*
+ * dispatch.c: choose the kernel for this CPU, once.
+ *
+ * The CPU is probed with cpuid, and the OS support of the wide registers
+ * with xgetbv (a CPU may have AVX-512 while the OS does not save zmm
+ * state).  The best supported path is chosen at first use; fa_set_isa()
+ * forces another (the Python layer maps FASTATTN_ISA onto it).
+ * Paths that were not compiled (non-x86 builds) report unsupported.
+ */
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "fastattn.h"
+#include "kernels/kernel.h"
+#include "dispatch.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define FA_X86 1
+#include <cpuid.h>
+#else
+#define FA_X86 0
+#endif
+
+#if FA_X86
+static unsigned long long fa_xgetbv0(void)
+{
+    unsigned int lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+static int fa_probe(fa_isa isa)
+{
+    unsigned int a, b, c, d;
+    if (isa == FA_ISA_SCALAR) return 1;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+    if (!osxsave || !avx || !fma) return 0;
+    const unsigned long long xcr0 = fa_xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return 0; /* xmm and ymm state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const int avx2 = (b >> 5) & 1;
+    if (isa == FA_ISA_AVX2) return avx2;
+    if (isa == FA_ISA_AVX512) {
+        const int f = (b >> 16) & 1, dq = (b >> 17) & 1;
+        const int bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+        if ((xcr0 & 0xE0) != 0xE0) return 0; /* opmask, zmm0-15, zmm16-31 */
+        return avx2 && f && dq && bw && vl;
+    }
+    return 0;
+}
+#else
+static int fa_probe(fa_isa isa) { return isa == FA_ISA_SCALAR; }
+#endif
+
+int fa_isa_compiled(fa_isa isa)
+{
+    switch (isa) {
+    case FA_ISA_SCALAR: return 1;
+    case FA_ISA_AVX2:
+    case FA_ISA_AVX512: return FA_X86;
+    default: return 0;
+    }
+}
+
+int fa_isa_supported(fa_isa isa)
+{
+    if (isa < 0 || isa >= FA_ISA_COUNT) return 0;
+    return fa_isa_compiled(isa) && fa_probe(isa);
+}
+
+const char *fa_isa_name(fa_isa isa)
+{
+    switch (isa) {
+    case FA_ISA_SCALAR: return "scalar";
+    case FA_ISA_AVX2: return "avx2";
+    case FA_ISA_AVX512: return "avx512";
+    default: return "unknown";
+    }
+}
+
+/* -1 until first use; then the chosen path. */
+static _Atomic int fa_current = -1;
+
+fa_isa fa_get_isa(void)
+{
+    int cur = atomic_load(&fa_current);
+    if (cur < 0) {
+        cur = FA_ISA_SCALAR;
+        for (int i = FA_ISA_COUNT - 1; i > 0; i--)
+            if (fa_isa_supported((fa_isa)i)) { cur = i; break; }
+        int expected = -1;
+        if (!atomic_compare_exchange_strong(&fa_current, &expected, cur))
+            cur = expected;
+    }
+    return (fa_isa)cur;
+}
+
+int fa_set_isa(fa_isa isa)
+{
+    if (!fa_isa_supported(isa)) return FA_ERR_PARAMS;
+    atomic_store(&fa_current, (int)isa);
+    return FA_OK;
+}
+
+#if FA_X86
+#define FA_TABLE(name) \
+    { name##_scalar, name##_avx2, name##_avx512 }
+#else
+#define FA_TABLE(name) \
+    { name##_scalar, NULL, NULL }
+#endif
+
+static const fa_tile_fn fa_tile_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_tile_f32);
+static const fa_tile_fn fa_tile_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_tile_f64);
+
+fa_tile_fn fa_dispatch_tile(fa_dtype dtype)
+{
+    const fa_isa isa = fa_get_isa();
+    return dtype == FA_F64 ? fa_tile_f64_table[isa] : fa_tile_f32_table[isa];
+}
+
+typedef void (*fa_exp2_f32_fn)(const float *, float *, int64_t);
+typedef void (*fa_exp2_f64_fn)(const double *, double *, int64_t);
+static const fa_exp2_f32_fn fa_exp2_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_exp2_array_f32);
+static const fa_exp2_f64_fn fa_exp2_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_exp2_array_f64);
+
+void fa_exp2_f32(const float *x, float *y, int64_t n)
+{
+    fa_exp2_f32_table[fa_get_isa()](x, y, n);
+}
+
+void fa_exp2_f64(const double *x, double *y, int64_t n)
+{
+    fa_exp2_f64_table[fa_get_isa()](x, y, n);
+}

@@ -1,0 +1,15 @@
+/* dispatch.h: internal interface of dispatch.c. */
+#ifndef FA_DISPATCH_H
+#define FA_DISPATCH_H
+
+#include "fastattn.h"
+#include "kernels/kernel.h"
+
+/* The tile kernel of the current ISA path for dtype. */
+fa_tile_fn fa_dispatch_tile(fa_dtype dtype);
+
+/* The vector exp2 of the current ISA path (exported for its test). */
+void fa_exp2_f32(const float *x, float *y, int64_t n);
+void fa_exp2_f64(const double *x, double *y, int64_t n);
+
+#endif

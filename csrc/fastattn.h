@@ -1,0 +1,116 @@
+/*
+ * fastattn.h: the public C API of the fastattn core.
+ *
+ * Plain C11, no Python headers: the core can be driven and tested from C.
+ * Callers describe one attention problem in an fa_params struct and call
+ * fa_attention().  The core trusts its params: validation (shapes, dtypes,
+ * aliasing) is the job of the binding layer.
+ *
+ * Shapes follow PyTorch's scaled_dot_product_attention:
+ *   q   (B, H,   Nq, D)        out (B, H, Nq, Dv)
+ *   k   (B, Hkv, Nk, D)        lse (B, H, Nq)        (optional)
+ *   v   (B, Hkv, Nk, Dv)       mask broadcast to (B, H, Nq, Nk) (optional)
+ * Every tensor is addressed through int64 element strides, so transposed,
+ * sliced, negative-stride and stride-0 (broadcast) views cost no copy.
+ */
+#ifndef FASTATTN_H
+#define FASTATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Element type of q, k, v, out (and lse: float32 for fp32, float64 for fp64). */
+typedef enum {
+    FA_F32 = 0,
+    FA_F64 = 1
+} fa_dtype;
+
+/* How the optional mask is read. */
+typedef enum {
+    FA_MASK_NONE = 0,
+    FA_MASK_BOOL = 1,   /* uint8, nonzero = query may attend key */
+    FA_MASK_ADD_F32 = 2, /* float32 added to the scaled scores (-inf allowed) */
+    FA_MASK_ADD_F64 = 3  /* float64 added to the scaled scores (-inf allowed) */
+} fa_mask_kind;
+
+/* Instruction-set paths, best last. */
+typedef enum {
+    FA_ISA_SCALAR = 0, /* portable C (compiler vectors at the baseline ISA) */
+    FA_ISA_AVX2 = 1,   /* AVX2 + FMA */
+    FA_ISA_AVX512 = 2, /* AVX-512F */
+    FA_ISA_COUNT = 3
+} fa_isa;
+
+typedef struct {
+    /* Element type of q, k, v, out, lse. */
+    fa_dtype dtype;
+
+    /* Problem sizes.  h_q % h_kv == 0; query head h reads kv head
+     * h / (h_q / h_kv) (grouped- and multi-query attention). */
+    int64_t batch, h_q, h_kv;
+    int64_t n_q, n_k;
+    int64_t d, dv;
+
+    /* Data pointers (element type = dtype) and their element strides,
+     * in the order batch, head, row, column. */
+    const void *q;
+    int64_t q_sb, q_sh, q_sn, q_sd;
+    const void *k;
+    int64_t k_sb, k_sh, k_sn, k_sd;
+    const void *v;
+    int64_t v_sb, v_sh, v_sn, v_sd;
+    void *out;
+    int64_t o_sb, o_sh, o_sn, o_sd;
+
+    /* Optional log-sum-exp output (natural log), NULL if not wanted. */
+    void *lse;
+    int64_t l_sb, l_sh, l_sn;
+
+    /* Optional mask, broadcast to (batch, h_q, n_q, n_k) through strides
+     * (0 for broadcast dimensions). */
+    fa_mask_kind mask_kind;
+    const void *mask;
+    int64_t m_sb, m_sh, m_sq, m_sk;
+
+    /* Causal masking: query i may attend key j only if j <= i + causal_offset.
+     * causal = 0 disables it.  Bottom-right alignment uses
+     * causal_offset = n_k - n_q, top-left uses 0. */
+    int causal;
+    int64_t causal_offset;
+
+    /* Multiplier of q.k (usually 1/sqrt(d)). */
+    double scale;
+} fa_params;
+
+/* Status codes. */
+#define FA_OK 0
+#define FA_ERR_NOMEM 1
+#define FA_ERR_PARAMS 2
+
+/* Compute attention as described by p.  Returns FA_OK or an error code.
+ * Releases nothing and takes no locks: safe to call from several threads
+ * at once on distinct outputs.  Uses up to fa_get_num_threads() threads. */
+int fa_attention(const fa_params *p);
+
+/* Threads used by fa_attention (OpenMP; 1 when built without it). */
+void fa_set_num_threads(int n);
+int fa_get_num_threads(void);
+int fa_has_openmp(void);
+
+/* Runtime ISA dispatch.  fa_isa_supported() tells what this CPU can run;
+ * fa_set_isa() forces a path (returns nonzero if unsupported or not built). */
+int fa_isa_supported(fa_isa isa);
+int fa_isa_compiled(fa_isa isa);
+fa_isa fa_get_isa(void);
+int fa_set_isa(fa_isa isa);
+const char *fa_isa_name(fa_isa isa);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTATTN_H */

@@ -1,0 +1,54 @@
+/*
+ * kernel.h: the interface between the driver (attention.c) and the per-ISA
+ * tile kernels (kernel_body.h compiled once per instruction set).
+ *
+ * A tile is up to FA_BQ query rows that share one kv head.  The driver
+ * resolves every row to its own pointers (q row, out row, lse slot, mask
+ * row) and its query index, so the kernel never needs to know about batch,
+ * head or grouped-query layout: the same kernel serves plain, GQA-grouped
+ * and split-KV work.
+ */
+#ifndef FA_KERNEL_H
+#define FA_KERNEL_H
+
+#include "../fastattn.h"
+
+/* Query rows per tile.  A multiple of every vector width in use (16 floats
+ * for AVX-512), small enough that the per-tile scratch stays in L2. */
+#define FA_BQ 64
+/* Keys per block: the scores tile is FA_BK x FA_BQ. */
+#define FA_BK 64
+
+/* Memory alignment of the scratch buffers (one cache line, one zmm). */
+#define FA_ALIGN 64
+
+typedef struct {
+    int rows;                       /* valid rows, 1..FA_BQ */
+    const void *q_row[FA_BQ];       /* start of each query row */
+    void *o_row[FA_BQ];             /* start of each output row */
+    void *lse_row[FA_BQ];           /* lse slot of each row, or NULL */
+    const void *mask_row[FA_BQ];    /* mask row (b, h, i, 0), or NULL */
+    int64_t qi[FA_BQ];              /* query index of each row (causal) */
+    const void *k;                  /* key 0, column 0 of this kv head */
+    const void *v;                  /* value 0, column 0 of this kv head */
+    int64_t k_lo, k_hi;             /* keys [k_lo, k_hi) are processed */
+} fa_tile;
+
+/* Scratch bytes a kernel needs for the given params. */
+size_t fa_scratch_bytes(const fa_params *p);
+
+typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
+
+/* One tile function per dtype for each ISA (defined in kernel_<isa>.c),
+ * plus the vector exp2 exported for its accuracy test. */
+#define FA_DECLARE_ISA(isa)                                                   \
+    void fa_tile_f32_##isa(const fa_params *p, const fa_tile *t, void *s);   \
+    void fa_tile_f64_##isa(const fa_params *p, const fa_tile *t, void *s);   \
+    void fa_exp2_array_f32_##isa(const float *x, float *y, int64_t n);       \
+    void fa_exp2_array_f64_##isa(const double *x, double *y, int64_t n);
+
+FA_DECLARE_ISA(scalar)
+FA_DECLARE_ISA(avx2)
+FA_DECLARE_ISA(avx512)
+
+#endif /* FA_KERNEL_H */

@@ -1,0 +1,28 @@
+/*
+ * kernel_avx2.c: the attention tile (kernel_body.h) for the avx2 path.
+ * This file alone is compiled with the avx2 ISA flags (see setup.py); it is
+ * called only after dispatch.c has checked that the CPU supports them.
+ * AVX2 + FMA: 16 ymm registers; 12 (Q.K) and 8 (P.V) accumulators leave room for the operands and the broadcast.
+ */
+#include <stdint.h>
+#include "kernel.h"
+
+#define FA_ISA_NAME avx2
+#define FA_VBYTES 32
+#define FA_QK_IB 2
+#define FA_QK_JB 6
+#define FA_PV_IB 2
+#define FA_PV_EB 4
+
+#define FA_T float
+#define FA_TNAME f32
+#define FA_IS_DOUBLE 0
+#include "kernel_body.h"
+#undef FA_T
+#undef FA_TNAME
+#undef FA_IS_DOUBLE
+
+#define FA_T double
+#define FA_TNAME f64
+#define FA_IS_DOUBLE 1
+#include "kernel_body.h"

@@ -1,0 +1,28 @@
+/*
+ * kernel_avx512.c: the attention tile (kernel_body.h) for the avx512 path.
+ * This file alone is compiled with the avx512 ISA flags (see setup.py); it is
+ * called only after dispatch.c has checked that the CPU supports them.
+ * AVX-512F: 32 zmm registers; 24 (Q.K) and 16 (P.V) accumulators, K and V broadcast straight from memory as FMA operands.
+ */
+#include <stdint.h>
+#include "kernel.h"
+
+#define FA_ISA_NAME avx512
+#define FA_VBYTES 64
+#define FA_QK_IB 4
+#define FA_QK_JB 6
+#define FA_PV_IB 4
+#define FA_PV_EB 4
+
+#define FA_T float
+#define FA_TNAME f32
+#define FA_IS_DOUBLE 0
+#include "kernel_body.h"
+#undef FA_T
+#undef FA_TNAME
+#undef FA_IS_DOUBLE
+
+#define FA_T double
+#define FA_TNAME f64
+#define FA_IS_DOUBLE 1
+#include "kernel_body.h"
