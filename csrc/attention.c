@@ -51,9 +51,15 @@ int fa_has_openmp(void)
 size_t fa_scratch_bytes(const fa_params *p)
 {
     const size_t elem = p->dtype == FA_F64 ? sizeof(double) : sizeof(float);
-    /* qt (d) + scores (BK) + mask terms (BK) + acc (dv) + 3 row vectors */
-    const size_t cols = (size_t)p->d + 2 * FA_BK + (size_t)p->dv + 3;
+    /* qt (d) + scores (BK) + mask terms (BK) + acc (dv) + 4 row vectors */
+    const size_t cols = (size_t)p->d + 2 * FA_BK + (size_t)p->dv + 4;
     size_t bytes = cols * FA_BQ * elem;
+    /* the few-row kernel's layout (see fa_rows_ in kernel_body.h) */
+    const size_t pad = 64 / elem;
+    const size_t rows_bytes = ((size_t)FA_ROWS_MAX * (((size_t)p->d + pad - 1) / pad * pad +
+                               ((size_t)p->dv + pad - 1) / pad * pad + FA_BK) +
+                               2 * FA_ROWS_MAX) * elem;
+    if (rows_bytes > bytes) bytes = rows_bytes;
     return (bytes + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN;
 }
 
@@ -64,7 +70,7 @@ static size_t fa_elem_size(const fa_params *p)
 
 /* Fill the tile whose first virtual row is vr0 for (b, hkv). */
 static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
-                         int64_t vr0, int64_t nvr, fa_tile *t)
+                         int64_t vr0, int64_t tile_rows, int64_t nvr, fa_tile *t)
 {
     const size_t es = fa_elem_size(p);
     const int64_t group = p->h_q / p->h_kv;
@@ -75,7 +81,7 @@ static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
                        : p->mask_kind == FA_MASK_ADD_F32 ? 4 : 8;
     const char *mask = (const char *)p->mask;
 
-    int rows = (int)(nvr - vr0 < FA_BQ ? nvr - vr0 : FA_BQ);
+    int rows = (int)(nvr - vr0 < tile_rows ? nvr - vr0 : tile_rows);
     t->rows = rows;
     for (int r = 0; r < rows; r++) {
         const int64_t vr = vr0 + r;
@@ -117,6 +123,64 @@ static void fa_empty_keys(const fa_params *p)
             }
 }
 
+/* Split-KV: when there are fewer than FA_SPLIT_TASKS tiles, the keys are
+ * cut into chunks (of at least FA_SPLIT_MIN_KEYS) computed as separate work
+ * items and merged by their lse.  The split depends only on the shape,
+ * never on the thread count, so results are bitwise reproducible. */
+#define FA_SPLIT_TASKS 16
+#define FA_SPLIT_MIN_KEYS 512
+
+/* Merge nsplit partial results of one tile (rows x (dv + 1) values per
+ * split: the normalized output then the lse) into the real output:
+ * out = sum_s w_s o_s / sum_s w_s with w_s = exp(lse_s - max lse), in
+ * double precision.  NaN in any partial makes the row NaN. */
+static double fa_part(const fa_params *p, const char *row, int64_t idx)
+{
+    return p->dtype == FA_F64 ? ((const double *)row)[idx] : (double)((const float *)row)[idx];
+}
+
+static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part,
+                          int64_t nsplit, size_t split_stride)
+{
+    const int64_t dv = p->dv;
+    const int f64 = p->dtype == FA_F64;
+    for (int r = 0; r < t->rows; r++) {
+        const int64_t base = r * (dv + 1);
+        double m = -__builtin_inf();
+        int nan = 0;
+        for (int64_t s = 0; s < nsplit; s++) {
+            const double l = fa_part(p, part + s * split_stride, base + dv);
+            if (l != l) nan = 1;
+            else if (l > m) m = l;
+        }
+        double wsum = 0;
+        if (!nan && m != -__builtin_inf())
+            for (int64_t s = 0; s < nsplit; s++)
+                wsum += __builtin_exp(fa_part(p, part + s * split_stride, base + dv) - m);
+        const double inv = wsum > 0 ? 1.0 / wsum : 0.0;
+        for (int64_t e = 0; e < dv; e++) {
+            double x = 0;
+            if (nan) {
+                x = __builtin_nan("");
+            } else if (wsum > 0) {
+                for (int64_t s = 0; s < nsplit; s++) {
+                    const char *row = part + s * split_stride;
+                    const double w = __builtin_exp(fa_part(p, row, base + dv) - m);
+                    if (w != 0) x += w * inv * fa_part(p, row, base + e);
+                }
+            }
+            if (f64) ((double *)t->o_row[r])[e * p->o_sd] = x;
+            else ((float *)t->o_row[r])[e * p->o_sd] = (float)x;
+        }
+        if (t->lse_row[r]) {
+            const double lse = nan ? __builtin_nan("")
+                               : wsum > 0 ? m + __builtin_log(wsum) : -__builtin_inf();
+            if (f64) *(double *)t->lse_row[r] = lse;
+            else *(float *)t->lse_row[r] = (float)lse;
+        }
+    }
+}
+
 int fa_attention(const fa_params *p)
 {
     if (p->batch < 0 || p->h_q < 0 || p->h_kv <= 0 || p->n_q < 0 ||
@@ -128,18 +192,42 @@ int fa_attention(const fa_params *p)
         return FA_OK;
     }
 
-    const fa_tile_fn kernel = fa_dispatch_tile(p->dtype);
     const int64_t group = p->h_q / p->h_kv;
     const int64_t nvr = group * p->n_q; /* virtual rows per (b, kv head) */
-    const int64_t tiles = (nvr + FA_BQ - 1) / FA_BQ;
+    /* Few rows per kv head and unit column strides: the decode kernel. */
+    const int few = nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1;
+    const fa_tile_fn kernel = few ? fa_dispatch_rows(p->dtype) : fa_dispatch_tile(p->dtype);
+    const int64_t tile_rows = few ? FA_ROWS_MAX : FA_BQ;
+    const int64_t tiles = (nvr + tile_rows - 1) / tile_rows;
     const int64_t tasks = p->batch * p->h_kv * tiles;
     const size_t scratch_bytes = fa_scratch_bytes(p);
+
+    int64_t nsplit = 1, chunk = p->n_k;
+    if (tasks < FA_SPLIT_TASKS && p->n_k >= 2 * FA_SPLIT_MIN_KEYS) {
+        nsplit = (FA_SPLIT_TASKS + tasks - 1) / tasks;
+        if (nsplit > p->n_k / FA_SPLIT_MIN_KEYS) nsplit = p->n_k / FA_SPLIT_MIN_KEYS;
+        chunk = (p->n_k + nsplit - 1) / nsplit;
+        chunk = (chunk + FA_BK - 1) / FA_BK * FA_BK;
+        nsplit = (p->n_k + chunk - 1) / chunk;
+    }
+    const int64_t items = tasks * nsplit;
+
+    /* Partial results of split work: per item, rows x (dv + 1) values. */
+    const size_t es = fa_elem_size(p);
+    const size_t split_stride = (size_t)tile_rows * (size_t)(p->dv + 1) * es;
+    char *part = NULL;
+    fa_params pp = *p; /* the params a split item's kernel sees */
+    if (nsplit > 1) {
+        part = (char *)malloc((size_t)items * split_stride);
+        if (!part) return FA_ERR_NOMEM;
+        pp.o_sd = 1;
+    }
 
     /* Threads only pay off above a few hundred thousand FMAs of work. */
     const double work = (double)p->batch * p->h_q * p->n_q * p->n_k * (p->d + p->dv);
     int nthreads = fa_get_num_threads();
-    if (work < 4.0e5 || tasks < 2) nthreads = 1;
-    if (nthreads > tasks) nthreads = (int)tasks;
+    if (work < 4.0e5 || items < 2) nthreads = 1;
+    if (nthreads > items) nthreads = (int)items;
 
     int status = FA_OK;
 #ifdef _OPENMP
@@ -157,17 +245,43 @@ int fa_attention(const fa_params *p)
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t task = 0; task < tasks; task++) {
+        for (int64_t item = 0; item < items; item++) {
             if (!scratch) continue;
+            const int64_t task = item / nsplit, split = item % nsplit;
             /* Last tiles first: with causal masking they are the heaviest,
              * which balances the dynamic schedule. */
             const int64_t bh = task / tiles;
             const int64_t ti = tiles - 1 - task % tiles;
             const int64_t b = bh / p->h_kv, hkv = bh % p->h_kv;
-            fa_fill_tile(p, b, hkv, ti * FA_BQ, nvr, &tile);
-            kernel(p, &tile, scratch);
+            fa_fill_tile(p, b, hkv, ti * tile_rows, tile_rows, nvr, &tile);
+            if (nsplit > 1) {
+                char *dst = part + (size_t)item * split_stride;
+                for (int r = 0; r < tile.rows; r++) {
+                    tile.o_row[r] = dst + (size_t)r * (size_t)(p->dv + 1) * es;
+                    tile.lse_row[r] = dst + ((size_t)r * (size_t)(p->dv + 1) + (size_t)p->dv) * es;
+                }
+                tile.k_lo = split * chunk;
+                tile.k_hi = tile.k_lo + chunk < p->n_k ? tile.k_lo + chunk : p->n_k;
+                kernel(&pp, &tile, scratch);
+            } else {
+                kernel(p, &tile, scratch);
+            }
+        }
+        if (nsplit > 1 && scratch) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t task = 0; task < tasks; task++) {
+                const int64_t bh = task / tiles;
+                const int64_t ti = tiles - 1 - task % tiles;
+                const int64_t b = bh / p->h_kv, hkv = bh % p->h_kv;
+                fa_fill_tile(p, b, hkv, ti * tile_rows, tile_rows, nvr, &tile);
+                fa_merge_tile(p, &tile, part + (size_t)task * nsplit * split_stride,
+                              nsplit, split_stride);
+            }
         }
         free(scratch);
     }
+    free(part);
     return status;
 }

@@ -114,6 +114,15 @@ int fa_set_isa(fa_isa isa)
 static const fa_tile_fn fa_tile_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_tile_f32);
 static const fa_tile_fn fa_tile_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_tile_f64);
 
+static const fa_tile_fn fa_rows_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_rows_f32);
+static const fa_tile_fn fa_rows_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_rows_f64);
+
+fa_tile_fn fa_dispatch_rows(fa_dtype dtype)
+{
+    const fa_isa isa = fa_get_isa();
+    return dtype == FA_F64 ? fa_rows_f64_table[isa] : fa_rows_f32_table[isa];
+}
+
 fa_tile_fn fa_dispatch_tile(fa_dtype dtype)
 {
     const fa_isa isa = fa_get_isa();

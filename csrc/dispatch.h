@@ -7,6 +7,8 @@
 
 /* The tile kernel of the current ISA path for dtype. */
 fa_tile_fn fa_dispatch_tile(fa_dtype dtype);
+/* The few-row (decode) kernel of the current ISA path for dtype. */
+fa_tile_fn fa_dispatch_rows(fa_dtype dtype);
 
 /* The vector exp2 of the current ISA path (exported for its test). */
 void fa_exp2_f32(const float *x, float *y, int64_t n);

@@ -19,6 +19,9 @@
 /* Keys per block: the scores tile is FA_BK x FA_BQ. */
 #define FA_BK 64
 
+/* Rows handled by the few-row (decode) kernel. */
+#define FA_ROWS_MAX 4
+
 /* Memory alignment of the scratch buffers (one cache line, one zmm). */
 #define FA_ALIGN 64
 
@@ -44,6 +47,8 @@ typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
 #define FA_DECLARE_ISA(isa)                                                   \
     void fa_tile_f32_##isa(const fa_params *p, const fa_tile *t, void *s);   \
     void fa_tile_f64_##isa(const fa_params *p, const fa_tile *t, void *s);   \
+    void fa_rows_f32_##isa(const fa_params *p, const fa_tile *t, void *s);   \
+    void fa_rows_f64_##isa(const fa_params *p, const fa_tile *t, void *s);   \
     void fa_exp2_array_f32_##isa(const float *x, float *y, int64_t n);       \
     void fa_exp2_array_f64_##isa(const double *x, double *y, int64_t n);
 

@@ -5,7 +5,12 @@
  * AVX2 + FMA: 16 ymm registers; 12 (Q.K) and 8 (P.V) accumulators leave room for the operands and the broadcast.
  */
 #include <stdint.h>
+#include <immintrin.h>
 #include "kernel.h"
+
+/* Native lane max (the generic select costs three instructions). */
+#define FA_VMAX_PS(a, b) _mm256_max_ps((__m256)(a), (__m256)(b))
+#define FA_VMAX_PD(a, b) _mm256_max_pd((__m256d)(a), (__m256d)(b))
 
 #define FA_ISA_NAME avx2
 #define FA_VBYTES 32

@@ -5,7 +5,12 @@
  * AVX-512F: 32 zmm registers; 24 (Q.K) and 16 (P.V) accumulators, K and V broadcast straight from memory as FMA operands.
  */
 #include <stdint.h>
+#include <immintrin.h>
 #include "kernel.h"
+
+/* Native lane max (the generic select costs three instructions). */
+#define FA_VMAX_PS(a, b) _mm512_max_ps((__m512)(a), (__m512)(b))
+#define FA_VMAX_PD(a, b) _mm512_max_pd((__m512d)(a), (__m512d)(b))
 
 #define FA_ISA_NAME avx512
 #define FA_VBYTES 64

@@ -60,7 +60,13 @@ FA_INLINE VT FA_FN(fa_vsel_)(VI mask, VT a, VT b)
  * scores; they still propagate through exp2 into the sums). */
 FA_INLINE VT FA_FN(fa_vmax_)(VT a, VT b)
 {
+#if defined(FA_VMAX_PS) && !FA_IS_DOUBLE
+    return (VT)FA_VMAX_PS(a, b);
+#elif defined(FA_VMAX_PD) && FA_IS_DOUBLE
+    return (VT)FA_VMAX_PD(a, b);
+#else
     return FA_FN(fa_vsel_)(a > b, a, b);
+#endif
 }
 
 /*
@@ -150,7 +156,7 @@ FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb,
                                    const FA_T *restrict qt,
                                    const FA_T *restrict k, int64_t k_sn,
                                    const int64_t k_sd, int64_t d,
-                                   FA_T *restrict st)
+                                   FA_T *restrict st, FA_T *restrict bmax)
 {
     VT acc[FA_QK_IB][FA_QK_JB];
 #pragma GCC unroll 16
@@ -175,12 +181,21 @@ FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb,
     for (int j = 0; j < jb; j++)
 #pragma GCC unroll 16
         for (int i = 0; i < ib; i++) VSTORE(st + j * FA_BQ + i * VL, acc[i][j]);
+    /* The block's row max, while the scores are still in registers. */
+#pragma GCC unroll 16
+    for (int i = 0; i < ib; i++) {
+        VT mx = VLOAD(bmax + i * VL);
+#pragma GCC unroll 16
+        for (int j = 0; j < jb; j++) mx = FA_FN(fa_vmax_)(acc[i][j], mx);
+        VSTORE(bmax + i * VL, mx);
+    }
 }
 
 /* Scores of nv query vectors against nb keys starting at k. */
 FA_INLINE void FA_FN(fa_qk_tile_)(int nv, int nb, const FA_T *qt,
                                   const FA_T *k, int64_t k_sn,
-                                  const int64_t k_sd, int64_t d, FA_T *st)
+                                  const int64_t k_sd, int64_t d, FA_T *st,
+                                  FA_T *bmax)
 {
     int iv = 0;
     for (; iv + FA_QK_IB <= nv; iv += FA_QK_IB) {
@@ -188,19 +203,19 @@ FA_INLINE void FA_FN(fa_qk_tile_)(int nv, int nb, const FA_T *qt,
         for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
             FA_FN(fa_qk_micro_)(FA_QK_IB, FA_QK_JB, qt + iv * VL,
                                 k + j * k_sn, k_sn, k_sd, d,
-                                st + j * FA_BQ + iv * VL);
+                                st + j * FA_BQ + iv * VL, bmax + iv * VL);
         for (; j < nb; j++)
             FA_FN(fa_qk_micro_)(FA_QK_IB, 1, qt + iv * VL, k + j * k_sn,
-                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL);
+                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
     }
     for (; iv < nv; iv++) {
         int j = 0;
         for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
             FA_FN(fa_qk_micro_)(1, FA_QK_JB, qt + iv * VL, k + j * k_sn,
-                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL);
+                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
         for (; j < nb; j++)
             FA_FN(fa_qk_micro_)(1, 1, qt + iv * VL, k + j * k_sn, k_sn,
-                                k_sd, d, st + j * FA_BQ + iv * VL);
+                                k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
     }
 }
 
@@ -333,6 +348,7 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
     FA_T *row_max = ot + dv * FA_BQ;  /* BQ: running max (log2 units) */
     FA_T *row_sum = row_max + FA_BQ;  /* BQ: running sum */
     FA_T *alpha = row_sum + FA_BQ;    /* BQ: rescale of this block */
+    FA_T *bmax = alpha + FA_BQ;       /* BQ: max score of this block */
 
     /* Pack Q^T with scale*log2(e) folded in; padded lanes are zero. */
     const FA_T c = (FA_T)(p->scale * 1.4426950408889634074);
@@ -378,14 +394,18 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
             !FA_FN(fa_load_mask_)(p, t, j0, nb, mt))
             continue; /* every row masked for this block */
 
-        /* S = Q.K^T (the contiguous-row case gets its own unrolling). */
+        /* S = Q.K^T (the contiguous-row case gets its own unrolling),
+         * with each row's block max taken from the registers. */
+        for (int i = 0; i < nv; i++) VSTORE(bmax + i * VL, VSPLAT(ninf));
         const FA_T *kb = kbase + j0 * k_sn;
         if (k_sd == 1)
-            FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, 1, d, st);
+            FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, 1, d, st, bmax);
         else
-            FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, k_sd, d, st);
+            FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, k_sd, d, st, bmax);
+        int masked = 0;
 
         if (p->mask_kind != FA_MASK_NONE) {
+            masked = 1;
             for (int j = 0; j < nb; j++)
                 for (int i = 0; i < nv; i++) {
                     FA_T *s = st + j * FA_BQ + i * VL;
@@ -393,6 +413,7 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
                 }
         }
         if (p->causal && j0 + nb - 1 > lim_min) {
+            masked = 1;
             for (int r = 0; r < rows; r++) {
                 int64_t first = t->qi[r] + p->causal_offset + 1 - j0;
                 if (first < 0) first = 0;
@@ -404,8 +425,13 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
         for (int i = 0; i < nv; i++) {
             const VT m_old = VLOAD(row_max + i * VL);
             VT m_new = m_old;
-            for (int j = 0; j < nb; j++)
-                m_new = FA_FN(fa_vmax_)(VLOAD(st + j * FA_BQ + i * VL), m_new);
+            if (masked) {
+                /* masking changed the scores: take the max again */
+                for (int j = 0; j < nb; j++)
+                    m_new = FA_FN(fa_vmax_)(VLOAD(st + j * FA_BQ + i * VL), m_new);
+            } else {
+                m_new = FA_FN(fa_vmax_)(VLOAD(bmax + i * VL), m_new);
+            }
             /* A row with no finite score yet keeps reference 0. */
             const VT m_ref = FA_FN(fa_vsel_)(m_new == VSPLAT(ninf), VSPLAT(0), m_new);
             const VT a = FA_FN(fa_exp2_)(m_old - m_ref);
@@ -446,6 +472,223 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
                 const double m = (double)row_max[r];
                 *lse = (FA_T)((m + __builtin_log2((double)l)) * 0.69314718055994530942);
             }
+        }
+    }
+}
+
+
+/* ------------------------------------------------------------------------
+ * Few-row kernel (decode: Nq of 1 to a few rows per kv head).  With one
+ * query row, vectors along the queries would leave all lanes but one idle,
+ * so here vectors run along d for Q.K (a dot product per key, reduced
+ * across lanes) and along dv for P.V, and the softmax runs along the keys.
+ * It needs unit d-strides for K and V (the driver checks).  Rows share each
+ * key block while it is hot in L1.
+ * ---------------------------------------------------------------------- */
+
+FA_INLINE VT FA_FN(fa_loadu_)(const FA_T *x)
+{
+    VT v;
+    __builtin_memcpy(&v, x, sizeof(VT));
+    return v;
+}
+
+FA_INLINE void FA_FN(fa_storeu_)(FA_T *x, VT v) { __builtin_memcpy(x, &v, sizeof(VT)); }
+
+/* Sum (or max) of the lanes by log2(VL) butterfly steps. */
+FA_INLINE FA_T FA_FN(fa_hsum_)(VT x)
+{
+    VI idx;
+#pragma GCC unroll 16
+    for (int i = 0; i < VL; i++) idx[i] = i;
+#pragma GCC unroll 8
+    for (int s = VL / 2; s >= 1; s /= 2) x += __builtin_shuffle(x, idx ^ s);
+    return x[0];
+}
+
+FA_INLINE FA_T FA_FN(fa_hmax_)(VT x)
+{
+    VI idx;
+#pragma GCC unroll 16
+    for (int i = 0; i < VL; i++) idx[i] = i;
+#pragma GCC unroll 8
+    for (int s = VL / 2; s >= 1; s /= 2) x = FA_FN(fa_vmax_)(__builtin_shuffle(x, idx ^ s), x);
+    return x[0];
+}
+
+/* Dot products of one scaled query row with 4 keys (d contiguous). */
+FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict q, const FA_T *restrict k,
+                               int64_t k_sn, int64_t d, FA_T *restrict out)
+{
+    VT a0 = VSPLAT(0), a1 = VSPLAT(0), a2 = VSPLAT(0), a3 = VSPLAT(0);
+    const FA_T *k0 = k, *k1 = k + k_sn, *k2 = k + 2 * k_sn, *k3 = k + 3 * k_sn;
+    int64_t c = 0;
+    for (; c + VL <= d; c += VL) {
+        const VT qv = VLOAD(q + c);
+        a0 += qv * FA_FN(fa_loadu_)(k0 + c);
+        a1 += qv * FA_FN(fa_loadu_)(k1 + c);
+        a2 += qv * FA_FN(fa_loadu_)(k2 + c);
+        a3 += qv * FA_FN(fa_loadu_)(k3 + c);
+    }
+    FA_T s0 = FA_FN(fa_hsum_)(a0), s1 = FA_FN(fa_hsum_)(a1);
+    FA_T s2 = FA_FN(fa_hsum_)(a2), s3 = FA_FN(fa_hsum_)(a3);
+    for (; c < d; c++) {
+        s0 += q[c] * k0[c];
+        s1 += q[c] * k1[c];
+        s2 += q[c] * k2[c];
+        s3 += q[c] * k3[c];
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_T *restrict k, int64_t d)
+{
+    VT a = VSPLAT(0);
+    int64_t c = 0;
+    for (; c + VL <= d; c += VL) a += VLOAD(q + c) * FA_FN(fa_loadu_)(k + c);
+    FA_T s = FA_FN(fa_hsum_)(a);
+    for (; c < d; c++) s += q[c] * k[c];
+    return s;
+}
+
+/* acc[0:dv] = acc * alpha + sum_j p[j] * v[j][0:dv] (dv contiguous). */
+FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_T *restrict v,
+                                  int64_t v_sn, int nb, int64_t dv, FA_T alpha,
+                                  FA_T *restrict acc)
+{
+    enum { CH = 8 }; /* value vectors held in registers at once */
+    int64_t e = 0;
+    for (; e + CH * VL <= dv; e += CH * VL) {
+        VT a[CH];
+#pragma GCC unroll 8
+        for (int u = 0; u < CH; u++) a[u] = VLOAD(acc + e + u * VL) * alpha;
+        for (int j = 0; j < nb; j++) {
+            const FA_T pj = pr[j];
+            const FA_T *vr = v + j * v_sn + e;
+#pragma GCC unroll 8
+            for (int u = 0; u < CH; u++) a[u] += FA_FN(fa_loadu_)(vr + u * VL) * pj;
+        }
+#pragma GCC unroll 8
+        for (int u = 0; u < CH; u++) VSTORE(acc + e + u * VL, a[u]);
+    }
+    for (; e + VL <= dv; e += VL) {
+        VT a = VLOAD(acc + e) * alpha;
+        for (int j = 0; j < nb; j++) a += FA_FN(fa_loadu_)(v + j * v_sn + e) * pr[j];
+        VSTORE(acc + e, a);
+    }
+    for (; e < dv; e++) {
+        FA_T a = acc[e] * alpha;
+        for (int j = 0; j < nb; j++) a += pr[j] * v[j * v_sn + e];
+        acc[e] = a;
+    }
+}
+
+void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
+{
+    const int64_t d = p->d, dv = p->dv;
+    const int rows = t->rows;
+    const FA_T ninf = -(FA_T)__builtin_inf();
+    const int64_t dpad = (d + VL - 1) / VL * VL;
+    const int64_t dvpad = (dv + VL - 1) / VL * VL;
+
+    /* Scratch: rows x dpad scaled queries, rows x dvpad accumulators,
+     * rows x BK scores, running max and sum (fits in the tile scratch). */
+    FA_T *qs = (FA_T *)scratch;
+    FA_T *acc = qs + FA_ROWS_MAX * dpad;
+    FA_T *sc = acc + FA_ROWS_MAX * dvpad;
+    FA_T *row_max = sc + FA_ROWS_MAX * FA_BK;
+    FA_T *row_sum = row_max + FA_ROWS_MAX;
+
+    const FA_T c = (FA_T)(p->scale * 1.4426950408889634074);
+    for (int r = 0; r < rows; r++) {
+        const FA_T *q = (const FA_T *)t->q_row[r];
+        for (int64_t k = 0; k < d; k++) qs[r * dpad + k] = q[k * p->q_sd] * c;
+        for (int64_t k = d; k < dpad; k++) qs[r * dpad + k] = 0;
+        for (int64_t e = 0; e < dvpad; e++) acc[r * dvpad + e] = 0;
+        row_max[r] = ninf;
+        row_sum[r] = 0;
+    }
+
+    int64_t j_end = t->k_hi;
+    if (p->causal) {
+        int64_t lim_max = INT64_MIN;
+        for (int r = 0; r < rows; r++)
+            if (t->qi[r] + p->causal_offset > lim_max) lim_max = t->qi[r] + p->causal_offset;
+        if (lim_max + 1 < j_end) j_end = lim_max + 1;
+    }
+    const FA_T *kbase = (const FA_T *)t->k;
+    const FA_T *vbase = (const FA_T *)t->v;
+    const int64_t k_sn = p->k_sn, v_sn = p->v_sn;
+
+    for (int64_t j0 = t->k_lo; j0 < j_end; j0 += FA_BK) {
+        const int nb = (int)(j_end - j0 < FA_BK ? j_end - j0 : FA_BK);
+        const FA_T *kb = kbase + j0 * k_sn;
+        for (int r = 0; r < rows; r++) {
+            FA_T *s = sc + r * FA_BK;
+            const FA_T *q = qs + r * dpad;
+            int j = 0;
+            for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
+            for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
+            /* mask and causal limit, in log2 units */
+            if (p->mask_kind == FA_MASK_BOOL) {
+                const uint8_t *m = (const uint8_t *)t->mask_row[r] + j0 * p->m_sk;
+                for (j = 0; j < nb; j++)
+                    if (!m[j * p->m_sk]) s[j] = ninf;
+            } else if (p->mask_kind == FA_MASK_ADD_F32) {
+                const float *m = (const float *)t->mask_row[r] + j0 * p->m_sk;
+                for (j = 0; j < nb; j++) s[j] += (FA_T)m[j * p->m_sk] * (FA_T)1.4426950408889634074;
+            } else if (p->mask_kind == FA_MASK_ADD_F64) {
+                const double *m = (const double *)t->mask_row[r] + j0 * p->m_sk;
+                for (j = 0; j < nb; j++) s[j] += (FA_T)m[j * p->m_sk] * (FA_T)1.4426950408889634074;
+            }
+            if (p->causal) {
+                int64_t first = t->qi[r] + p->causal_offset + 1 - j0;
+                if (first < 0) first = 0;
+                for (int64_t jj = first; jj < nb; jj++) s[jj] = ninf;
+            }
+            /* online softmax along the keys */
+            VT mv = VSPLAT(ninf);
+            for (j = 0; j + VL <= nb; j += VL) mv = FA_FN(fa_vmax_)(FA_FN(fa_loadu_)(s + j), mv);
+            FA_T m_new = FA_FN(fa_hmax_)(mv);
+            for (; j < nb; j++) m_new = s[j] > m_new ? s[j] : m_new;
+            if (row_max[r] > m_new) m_new = row_max[r];
+            const FA_T m_ref = m_new == ninf ? (FA_T)0 : m_new;
+            const VT mr = VSPLAT(m_ref);
+            VT sum = VSPLAT(0);
+            for (j = 0; j + VL <= nb; j += VL) {
+                const VT pj = FA_FN(fa_exp2_)(FA_FN(fa_loadu_)(s + j) - mr);
+                FA_FN(fa_storeu_)(s + j, pj);
+                sum += pj;
+            }
+            FA_T tail = 0;
+            if (j < nb) {
+                FA_T buf[VL];
+                for (int u = 0; u < VL; u++) buf[u] = j + u < nb ? s[j + u] - m_ref : ninf;
+                const VT pj = FA_FN(fa_exp2_)(FA_FN(fa_loadu_)(buf));
+                FA_FN(fa_storeu_)(buf, pj);
+                for (int u = 0; j + u < nb; u++) { s[j + u] = buf[u]; tail += buf[u]; }
+            }
+            const VT av = FA_FN(fa_exp2_)(VSPLAT(row_max[r] - m_ref));
+            const FA_T a = av[0];
+            row_sum[r] = row_sum[r] * a + (FA_FN(fa_hsum_)(sum) + tail);
+            row_max[r] = m_new;
+            FA_FN(fa_pv_rows_)(s, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+        }
+    }
+
+    for (int r = 0; r < rows; r++) {
+        FA_T *o = (FA_T *)t->o_row[r];
+        FA_T *lse = (FA_T *)t->lse_row[r];
+        const FA_T l = row_sum[r];
+        if (l == 0) {
+            for (int64_t e = 0; e < dv; e++) o[e * p->o_sd] = 0;
+            if (lse) *lse = ninf;
+        } else {
+            const FA_T inv = (FA_T)1 / l;
+            for (int64_t e = 0; e < dv; e++) o[e * p->o_sd] = acc[r * dvpad + e] * inv;
+            if (lse)
+                *lse = (FA_T)(((double)row_max[r] + __builtin_log2((double)l)) *
+                              0.69314718055994530942);
         }
     }
 }
