@@ -25,6 +25,7 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = "csrc"
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
 
 # Per-ISA kernel flags.  The AVX-512 set matches what dispatch.c checks
 # (F, DQ, BW, VL and OS support for zmm state).
@@ -33,6 +34,8 @@ if IS_X86:
     KERNEL_ISAS["avx2"] = ["-mavx2", "-mfma"]
     KERNEL_ISAS["avx512"] = ["-mavx512f", "-mavx512dq", "-mavx512bw",
                              "-mavx512vl", "-mavx2", "-mfma"]
+if IS_ARM64:
+    KERNEL_ISAS["neon"] = []  # Advanced SIMD is baseline on aarch64
 
 
 def _env_flag(name):
@@ -57,6 +60,8 @@ class BuildExt(build_ext):
                 return False
 
     def build_extension(self, ext):
+        # Cross builds (e.g. macOS universal) are not supported: the kernels
+        # follow the machine this build runs on.
         unix = self.compiler.compiler_type == "unix"
         debug = _env_flag("FASTATTN_DEBUG")
         base = []

@@ -183,10 +183,11 @@ static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part
 
 int fa_attention(const fa_params *p)
 {
-    if (p->batch < 0 || p->h_q < 0 || p->h_kv <= 0 || p->n_q < 0 ||
-        p->n_k < 0 || p->d < 0 || p->dv < 0 || p->h_q % p->h_kv != 0)
+    if (p->batch < 0 || p->h_q < 0 || p->h_kv < 0 || p->n_q < 0 ||
+        p->n_k < 0 || p->d < 0 || p->dv < 0)
         return FA_ERR_PARAMS;
     if (p->batch == 0 || p->h_q == 0 || p->n_q == 0) return FA_OK;
+    if (p->h_kv == 0 || p->h_q % p->h_kv != 0) return FA_ERR_PARAMS;
     if (p->n_k == 0) {
         fa_empty_keys(p);
         return FA_OK;

@@ -20,6 +20,11 @@
 #else
 #define FA_X86 0
 #endif
+#if defined(__aarch64__)
+#define FA_ARM64 1
+#else
+#define FA_ARM64 0
+#endif
 
 #if FA_X86
 static unsigned long long fa_xgetbv0(void)
@@ -50,7 +55,8 @@ static int fa_probe(fa_isa isa)
     return 0;
 }
 #else
-static int fa_probe(fa_isa isa) { return isa == FA_ISA_SCALAR; }
+/* Advanced SIMD is mandatory on aarch64. */
+static int fa_probe(fa_isa isa) { return isa == FA_ISA_SCALAR || (FA_ARM64 && isa == FA_ISA_NEON); }
 #endif
 
 int fa_isa_compiled(fa_isa isa)
@@ -59,6 +65,7 @@ int fa_isa_compiled(fa_isa isa)
     case FA_ISA_SCALAR: return 1;
     case FA_ISA_AVX2:
     case FA_ISA_AVX512: return FA_X86;
+    case FA_ISA_NEON: return FA_ARM64;
     default: return 0;
     }
 }
@@ -75,6 +82,7 @@ const char *fa_isa_name(fa_isa isa)
     case FA_ISA_SCALAR: return "scalar";
     case FA_ISA_AVX2: return "avx2";
     case FA_ISA_AVX512: return "avx512";
+    case FA_ISA_NEON: return "neon";
     default: return "unknown";
     }
 }
@@ -105,10 +113,13 @@ int fa_set_isa(fa_isa isa)
 
 #if FA_X86
 #define FA_TABLE(name) \
-    { name##_scalar, name##_avx2, name##_avx512 }
+    { name##_scalar, name##_avx2, name##_avx512, NULL }
+#elif FA_ARM64
+#define FA_TABLE(name) \
+    { name##_scalar, NULL, NULL, name##_neon }
 #else
 #define FA_TABLE(name) \
-    { name##_scalar, NULL, NULL }
+    { name##_scalar, NULL, NULL, NULL }
 #endif
 
 static const fa_tile_fn fa_tile_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_tile_f32);
@@ -142,4 +153,16 @@ void fa_exp2_f32(const float *x, float *y, int64_t n)
 void fa_exp2_f64(const double *x, double *y, int64_t n)
 {
     fa_exp2_f64_table[fa_get_isa()](x, y, n);
+}
+
+typedef double (*fa_probe_fn)(int64_t);
+typedef int (*fa_lanes_fn)(void);
+static const fa_probe_fn fa_probe_table[FA_ISA_COUNT] = FA_TABLE(fa_fma_probe_f32);
+static const fa_lanes_fn fa_lanes_table[FA_ISA_COUNT] = FA_TABLE(fa_vec_lanes_f32);
+
+double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes)
+{
+    if (!fa_isa_supported(isa)) return 0;
+    *lanes = fa_lanes_table[isa]();
+    return fa_probe_table[isa](iters);
 }

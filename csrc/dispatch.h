@@ -14,4 +14,8 @@ fa_tile_fn fa_dispatch_rows(fa_dtype dtype);
 void fa_exp2_f32(const float *x, float *y, int64_t n);
 void fa_exp2_f64(const double *x, double *y, int64_t n);
 
+/* Run the FMA peak probe of an ISA path (iters x 12 vector FMAs);
+ * *lanes receives its float32 vector length. */
+double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes);
+
 #endif

@@ -37,12 +37,14 @@ typedef enum {
     FA_MASK_ADD_F64 = 3  /* float64 added to the scaled scores (-inf allowed) */
 } fa_mask_kind;
 
-/* Instruction-set paths, best last. */
+/* Instruction-set paths (within an architecture, better paths have larger
+ * numbers). */
 typedef enum {
-    FA_ISA_SCALAR = 0, /* portable C (compiler vectors at the baseline ISA) */
-    FA_ISA_AVX2 = 1,   /* AVX2 + FMA */
-    FA_ISA_AVX512 = 2, /* AVX-512F */
-    FA_ISA_COUNT = 3
+    FA_ISA_SCALAR = 0, /* portable C, one element at a time */
+    FA_ISA_AVX2 = 1,   /* x86-64: AVX2 + FMA */
+    FA_ISA_AVX512 = 2, /* x86-64: AVX-512 F/DQ/BW/VL */
+    FA_ISA_NEON = 3,   /* aarch64: Advanced SIMD */
+    FA_ISA_COUNT = 4
 } fa_isa;
 
 typedef struct {

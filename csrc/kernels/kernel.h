@@ -50,10 +50,13 @@ typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
     void fa_rows_f32_##isa(const fa_params *p, const fa_tile *t, void *s);   \
     void fa_rows_f64_##isa(const fa_params *p, const fa_tile *t, void *s);   \
     void fa_exp2_array_f32_##isa(const float *x, float *y, int64_t n);       \
+    double fa_fma_probe_f32_##isa(int64_t iters);                            \
+    int fa_vec_lanes_f32_##isa(void);                                        \
     void fa_exp2_array_f64_##isa(const double *x, double *y, int64_t n);
 
 FA_DECLARE_ISA(scalar)
 FA_DECLARE_ISA(avx2)
 FA_DECLARE_ISA(avx512)
+FA_DECLARE_ISA(neon)
 
 #endif /* FA_KERNEL_H */

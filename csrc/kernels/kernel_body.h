@@ -693,6 +693,30 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
     }
 }
 
+#if !FA_IS_DOUBLE
+/* FMA peak probe: 12 independent chains of vector FMAs (enough to cover
+ * the latency of two FMA pipes), compiled with this path's flags.  Returns
+ * a value that depends on every result so nothing is optimized away;
+ * the caller times it: flops = iters * 12 * 2 * VL. */
+double FA_FN(fa_fma_probe_)(int64_t iters)
+{
+    VT a[12];
+    const VT b = VSPLAT(0.999999f), c = VSPLAT(1e-7f);
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) a[i] = VSPLAT((FA_T)i);
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) a[i] = a[i] * b + c;
+    }
+    double sum = 0;
+    for (int i = 0; i < 12; i++)
+        for (int l = 0; l < VL; l++) sum += (double)a[i][l];
+    return sum;
+}
+
+int FA_FN(fa_vec_lanes_)(void) { return VL; }
+#endif
+
 #undef VL
 #undef VT
 #undef VI
