@@ -1,0 +1,55 @@
+"""Shared setup for the fastattn benchmarks (run with ``python -m pytest benchmarks/``).
+
+These files are not part of the default test run: the project's pytest
+configuration collects ``tests/`` only.  They need pytest-benchmark; torch is
+optional and its benchmarks are skipped when it is not installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+fastattn = pytest.importorskip("fastattn")
+
+
+def pytest_report_header(config):
+    try:
+        info = fastattn.info()
+    except Exception as exc:  # pragma: no cover - broken build
+        return f"fastattn: info() failed: {exc!r}"
+    return (
+        f"fastattn {info.get('version')}: isa={info.get('isa')} "
+        f"available={info.get('isa_available')} openmp={info.get('openmp')} "
+        f"threads={info.get('num_threads')}"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _restore_fastattn_threads():
+    """Each benchmark sets its own thread count; put the old one back after."""
+    before = fastattn.get_num_threads()
+    yield
+    fastattn.set_num_threads(before)
+
+
+_INPUT_CACHE: dict = {}
+
+
+@pytest.fixture
+def make_inputs():
+    """Return cached float32 (q, k, v) for a shape; the same arrays serve every impl."""
+
+    def make(B, H, Hkv, Nq, Nk, D, dtype=np.float32):
+        key = (B, H, Hkv, Nq, Nk, D, np.dtype(dtype).str)
+        if key not in _INPUT_CACHE:
+            # keep at most one shape resident: the large cases are ~100 MB each
+            _INPUT_CACHE.clear()
+            rng = np.random.default_rng(1234)
+            q = rng.standard_normal((B, H, Nq, D)).astype(dtype)
+            k = rng.standard_normal((B, Hkv, Nk, D)).astype(dtype)
+            v = rng.standard_normal((B, Hkv, Nk, D)).astype(dtype)
+            _INPUT_CACHE[key] = (q, k, v)
+        return _INPUT_CACHE[key]
+
+    return make

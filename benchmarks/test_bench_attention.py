@@ -1,0 +1,204 @@
+"""Attention forward-pass benchmarks: fastattn vs the NumPy reference vs PyTorch.
+
+Run from the repository root::
+
+    python -m pytest benchmarks/                      # full suite, a few minutes
+    python -m pytest benchmarks/ -k "n1024"           # one size
+    python -m pytest benchmarks/ --benchmark-disable  # run every case once, no timing
+    python -m pytest benchmarks/ --benchmark-json=bench.json
+
+Every case is run with 1 and 2 threads.  Results are grouped by case and thread
+count, so each group of the pytest-benchmark table compares the
+implementations on identical float32 inputs.  ``extra_info`` of each result
+holds ``impl``, ``isa``, ``threads``, ``flops`` and, when timing was enabled,
+``gflops`` (from the median time).
+
+FLOP count: ``2 * (D + Dv)`` per visible (query, key) pair, i.e.
+``4 * B * H * Nq * Nk * D`` without a mask and about half of that for causal
+attention with ``Nq == Nk`` (see ``fastattn.cli.attention_flops``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytest_benchmark", reason="the benchmarks need pytest-benchmark")
+fastattn = pytest.importorskip("fastattn")
+
+from fastattn import reference  # noqa: E402
+from fastattn.cli import attention_flops  # noqa: E402
+
+
+# Memory the NumPy reference may spend on one (B, H, Nq, Nk) score matrix.  It
+# keeps a few arrays of that size alive at once (scores, exponentials,
+# probabilities), so it is skipped above this.
+REFERENCE_SCORE_LIMIT_BYTES = 2 * 1024**3
+
+
+class Case(NamedTuple):
+    B: int
+    H: int
+    Nq: int
+    Nk: int
+    D: int
+    causal: bool = False
+    label: Optional[str] = None
+
+    @property
+    def id(self) -> str:
+        if self.Nq == self.Nk:
+            shape = f"b{self.B}-h{self.H}-n{self.Nq}-d{self.D}"
+        else:
+            shape = f"b{self.B}-h{self.H}-nq{self.Nq}-nk{self.Nk}-d{self.D}"
+        parts = [self.label] if self.label else []
+        parts.append(shape)
+        if self.causal:
+            parts.append("causal")
+        return "-".join(parts)
+
+    @property
+    def flops(self) -> int:
+        return attention_flops(self.B, self.H, self.Nq, self.Nk, self.D, causal=self.causal)
+
+    @property
+    def score_bytes(self) -> int:
+        return self.B * self.H * self.Nq * self.Nk * np.dtype(np.float32).itemsize
+
+
+CASES = [
+    Case(1, 8, n, n, d, causal)
+    for n in (512, 1024, 2048, 4096)
+    for d in (64, 128)
+    for causal in (False, True)
+] + [
+    Case(32, 12, 128, 128, 32, label="batch"),
+    Case(1, 32, 1, 8192, 128, label="decode"),
+]
+
+THREADS = [1, 2]
+IMPLS = ["fastattn", "numpy", "torch"]
+
+# Rounds are chosen so that each timed benchmark does about this much work
+# (clamped), which keeps the whole suite within a few minutes on 2 cores.
+TARGET_FLOPS = {"fastattn": 2.0e10, "torch": 2.0e10, "numpy": 5.0e9}
+MIN_ROUNDS = {"fastattn": 3, "torch": 3, "numpy": 2}
+MAX_ROUNDS = 30
+
+
+def _rounds(impl: str, case: Case) -> int:
+    r = int(TARGET_FLOPS[impl] // max(case.flops, 1))
+    return max(MIN_ROUNDS[impl], min(MAX_ROUNDS, r))
+
+
+def _numpy_thread_limit(threads: int):
+    """Context manager limiting NumPy's BLAS threads, or None when it cannot be done."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def _prepare(impl: str, case: Case, threads: int, q, k, v):
+    """Return (callable, thread-count label) for one implementation, or skip."""
+    if impl == "fastattn":
+        fastattn.set_num_threads(threads)
+        out = np.empty((case.B, case.H, case.Nq, case.D), dtype=q.dtype)
+
+        def run():
+            return fastattn.attention(q, k, v, causal=case.causal, out=out)
+
+        return run, threads
+
+    if impl == "numpy":
+        if case.score_bytes > REFERENCE_SCORE_LIMIT_BYTES:
+            pytest.skip(
+                f"NumPy reference would materialize {case.score_bytes / 2**30:.1f} GiB "
+                f"of scores (limit {REFERENCE_SCORE_LIMIT_BYTES / 2**30:.0f} GiB)"
+            )
+        limiter = _numpy_thread_limit(threads)
+        if limiter is None:
+            if threads != max(THREADS):
+                pytest.skip(
+                    "threadpoolctl is not installed, so the NumPy reference's BLAS "
+                    "thread count cannot be set: it runs once, at its default"
+                )
+            label = "blas-default"
+        else:
+            label = threads
+
+        def run():
+            if limiter is None:
+                return reference.attention(q, k, v, causal=case.causal)
+            with _numpy_thread_limit(threads):
+                return reference.attention(q, k, v, causal=case.causal)
+
+        return run, label
+
+    if impl == "torch":
+        torch = pytest.importorskip(
+            "torch", reason="torch is not installed (pip install '.[bench]')"
+        )
+        F = torch.nn.functional
+        torch.set_num_threads(threads)
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+        # torch's is_causal is top-left aligned; every causal case here has
+        # Nq == Nk, where top-left and bottom-right are the same mask.
+        assert not case.causal or case.Nq == case.Nk
+
+        def run():
+            with torch.no_grad():
+                return F.scaled_dot_product_attention(tq, tk, tv, is_causal=case.causal)
+
+        return run, threads
+
+    raise AssertionError(f"unknown implementation {impl!r}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{t}" for t in THREADS])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_attention(benchmark, make_inputs, case, threads, impl):
+    if threads > (os.cpu_count() or 1):
+        pytest.skip(f"{threads} threads requested, {os.cpu_count()} CPUs available")
+
+    q, k, v = make_inputs(case.B, case.H, case.H, case.Nq, case.Nk, case.D)
+
+    torch_threads = None
+    if impl == "torch":
+        torch = pytest.importorskip(
+            "torch", reason="torch is not installed (pip install '.[bench]')"
+        )
+        torch_threads = torch.get_num_threads()
+    try:
+        run, thread_label = _prepare(impl, case, threads, q, k, v)
+
+        benchmark.group = f"{case.id} t{threads}"
+        benchmark.extra_info.update(
+            impl=impl,
+            isa=fastattn.info().get("isa"),
+            threads=thread_label,
+            B=case.B, H=case.H, Nq=case.Nq, Nk=case.Nk, D=case.D,
+            causal=case.causal,
+            dtype="float32",
+            flops=case.flops,
+        )
+
+        result = benchmark.pedantic(run, rounds=_rounds(impl, case), warmup_rounds=1,
+                                    iterations=1)
+    finally:
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+
+    result = np.asarray(result)
+    assert result.shape == (case.B, case.H, case.Nq, case.D)
+    assert np.isfinite(result).all()
+
+    stats = getattr(benchmark, "stats", None)
+    median = getattr(getattr(stats, "stats", None), "median", None)
+    if median:
+        benchmark.extra_info["gflops"] = round(case.flops / median / 1e9, 3)
