@@ -221,8 +221,10 @@ FA_INLINE void FA_FN(fa_qk_tile_)(int nv, int nb, const FA_T *qt,
 
 /*
  * P.V micro-kernel: ot[col][rows] = ot * alpha + sum_j p[j][rows] * v[j][col]
- * for ib query vectors and eb value columns.  The rescale of the running
- * accumulator by alpha = exp2(m_old - m_new) is fused into the load.
+ * for ib query vectors and eb value columns.  The block's sum starts from
+ * zero and is added to the rescaled running accumulator at the end
+ * (blocked summation): the rounding error then grows with
+ * FA_BK + Nk / FA_BK instead of Nk, at the cost of one FMA per block.
  */
 FA_INLINE void FA_FN(fa_pv_micro_)(const int ib, const int eb,
                                    const FA_T *restrict pt,
@@ -233,12 +235,9 @@ FA_INLINE void FA_FN(fa_pv_micro_)(const int ib, const int eb,
 {
     VT acc[FA_PV_IB][FA_PV_EB];
 #pragma GCC unroll 16
-    for (int i = 0; i < ib; i++) {
-        const VT a = VLOAD(alpha + i * VL);
+    for (int i = 0; i < ib; i++)
 #pragma GCC unroll 16
-        for (int e = 0; e < eb; e++)
-            acc[i][e] = VLOAD(ot + e * FA_BQ + i * VL) * a;
-    }
+        for (int e = 0; e < eb; e++) acc[i][e] = VSPLAT(0);
     for (int j = 0; j < nb; j++) {
         VT pv[FA_PV_IB];
 #pragma GCC unroll 16
@@ -252,9 +251,12 @@ FA_INLINE void FA_FN(fa_pv_micro_)(const int ib, const int eb,
         }
     }
 #pragma GCC unroll 16
-    for (int e = 0; e < eb; e++)
+    for (int i = 0; i < ib; i++) {
+        const VT a = VLOAD(alpha + i * VL);
 #pragma GCC unroll 16
-        for (int i = 0; i < ib; i++) VSTORE(ot + e * FA_BQ + i * VL, acc[i][e]);
+        for (int e = 0; e < eb; e++)
+            VSTORE(ot + e * FA_BQ + i * VL, VLOAD(ot + e * FA_BQ + i * VL) * a + acc[i][e]);
+    }
 }
 
 FA_INLINE void FA_FN(fa_pv_tile_)(int nv, int nb, const FA_T *pt,
@@ -551,7 +553,8 @@ FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_T *restrict k, i
     return s;
 }
 
-/* acc[0:dv] = acc * alpha + sum_j p[j] * v[j][0:dv] (dv contiguous). */
+/* acc[0:dv] = acc * alpha + sum_j p[j] * v[j][0:dv] (dv contiguous), the
+ * block summed on its own first (see fa_pv_micro_). */
 FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_T *restrict v,
                                   int64_t v_sn, int nb, int64_t dv, FA_T alpha,
                                   FA_T *restrict acc)
@@ -561,7 +564,7 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_T *restrict 
     for (; e + CH * VL <= dv; e += CH * VL) {
         VT a[CH];
 #pragma GCC unroll 8
-        for (int u = 0; u < CH; u++) a[u] = VLOAD(acc + e + u * VL) * alpha;
+        for (int u = 0; u < CH; u++) a[u] = VSPLAT(0);
         for (int j = 0; j < nb; j++) {
             const FA_T pj = pr[j];
             const FA_T *vr = v + j * v_sn + e;
@@ -569,17 +572,18 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_T *restrict 
             for (int u = 0; u < CH; u++) a[u] += FA_FN(fa_loadu_)(vr + u * VL) * pj;
         }
 #pragma GCC unroll 8
-        for (int u = 0; u < CH; u++) VSTORE(acc + e + u * VL, a[u]);
+        for (int u = 0; u < CH; u++)
+            VSTORE(acc + e + u * VL, VLOAD(acc + e + u * VL) * alpha + a[u]);
     }
     for (; e + VL <= dv; e += VL) {
-        VT a = VLOAD(acc + e) * alpha;
+        VT a = VSPLAT(0);
         for (int j = 0; j < nb; j++) a += FA_FN(fa_loadu_)(v + j * v_sn + e) * pr[j];
-        VSTORE(acc + e, a);
+        VSTORE(acc + e, VLOAD(acc + e) * alpha + a);
     }
     for (; e < dv; e++) {
-        FA_T a = acc[e] * alpha;
+        FA_T a = 0;
         for (int j = 0; j < nb; j++) a += pr[j] * v[j * v_sn + e];
-        acc[e] = a;
+        acc[e] = acc[e] * alpha + a;
     }
 }
 

@@ -1,0 +1,279 @@
+"""Plain NumPy reference implementation of scaled dot-product attention.
+
+This module is the ground truth that the test suite and the benchmarks
+compare the compiled kernels against.  It is written to be easy to check by
+reading, not to be fast:
+
+* the full score matrix ``(..., Nq, Nk)`` is materialized, so memory use is
+  O(Nq * Nk) per (batch, head), unlike the compiled core which streams over
+  keys;
+* the arithmetic is done in the dtype of the inputs (float32 inputs give
+  float32 math).  To get a float64 reference for float32 inputs, cast the
+  inputs to float64 before calling.
+
+The semantics are those of :func:`fastattn.attention`:
+
+``q`` is ``(..., Nq, D)``, ``k`` is ``(..., Nk, D)``, ``v`` is
+``(..., Nk, Dv)`` where ``...`` is ``()``, ``(H,)`` or ``(B, H)``.  k and v
+may have fewer heads than q (grouped-query / multi-query attention): query
+head ``h`` reads kv head ``h // (H // Hkv)``.
+
+``mask`` is either a bool array (True = the query may attend the key, the
+PyTorch convention) or a float array added to the scaled scores (``-inf``
+allowed); it broadcasts to ``(..., Nq, Nk)``.  ``causal`` is False, True or
+``"bottom_right"`` (query i sees key j iff ``j <= i + Nk - Nq``) or
+``"top_left"`` (``j <= i``).  A query row that can see no key gives an
+output row of zeros and a log-sum-exp of ``-inf``.
+
+Only NumPy is imported here, so this module works without the compiled
+extension.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["attention", "attention_weights"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# numpy.exceptions exists from NumPy 1.25; older versions have it at the top.
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
+
+# The two alignments of the causal mask (True means "bottom_right").
+_CAUSAL_MODES = ("bottom_right", "top_left")
+
+
+# ---------------------------------------------------------------------------
+# Argument checking
+# ---------------------------------------------------------------------------
+
+def _check_array(name, a):
+    a = np.asarray(a)
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if a.ndim not in (2, 3, 4):
+        raise ValueError(f"{name} must be 2-D, 3-D or 4-D, got {a.ndim}-D")
+    return a
+
+
+def _resolve_causal(causal):
+    """Return None (no causal mask), "bottom_right" or "top_left"."""
+    if causal is False:
+        return None
+    if causal is True:
+        return "bottom_right"
+    if isinstance(causal, str) and causal in _CAUSAL_MODES:
+        return causal
+    raise ValueError(
+        "causal must be False, True, 'bottom_right' or 'top_left', "
+        f"got {causal!r}")
+
+
+def _resolve_scale(scale, d):
+    if scale is None:
+        # 1/sqrt(D); with D == 0 every score is 0 anyway, use 1.0.
+        return 1.0 if d == 0 else 1.0 / math.sqrt(d)
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale
+
+
+def _check_shapes(q, k, v=None):
+    """Validate q, k (and v) against each other; return (H, Hkv).
+
+    For 2-D inputs (no head axis) (1, 1) is returned.
+    """
+    if v is None:
+        v = k  # only q and k are being checked
+    if not (q.ndim == k.ndim == v.ndim):
+        raise ValueError(
+            f"q, k and v must have the same number of dimensions, got "
+            f"q {q.ndim}-D, k {k.ndim}-D, v {v.ndim}-D")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(
+            f"q, k and v must have the same dtype, got q {q.dtype}, "
+            f"k {k.dtype}, v {v.dtype}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"k has head dim {k.shape[-1]} but q has {q.shape[-1]}")
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(
+            f"v has shape {v.shape}, its leading dims and key count must "
+            f"match k's {k.shape[:-1]}")
+    if q.ndim == 2:
+        return 1, 1
+    h, hkv = q.shape[-3], k.shape[-3]
+    if q.ndim == 4 and q.shape[0] != k.shape[0]:
+        raise ValueError(
+            f"k has batch size {k.shape[0]} but q has {q.shape[0]}")
+    if hkv == 0:
+        if h != 0:
+            raise ValueError(f"k has 0 heads but q has {h}")
+    elif h % hkv != 0:
+        raise ValueError(
+            f"q has {h} heads, which is not a multiple of k's {hkv} heads")
+    return h, hkv
+
+
+def _check_mask(mask, target_shape):
+    """Validate mask and return it broadcast (read-only view) to target_shape."""
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ and mask.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"mask must be bool, float32 or float64, got {mask.dtype}")
+    if mask.ndim > len(target_shape):
+        raise ValueError(
+            f"mask has {mask.ndim} dims, more than the {len(target_shape)} "
+            f"of the scores {target_shape}")
+    try:
+        return np.broadcast_to(mask, target_shape)
+    except ValueError:
+        raise ValueError(
+            f"mask of shape {mask.shape} does not broadcast to the scores "
+            f"shape {target_shape}") from None
+
+
+def _overlaps(a, b):
+    """True if a and b have an element in common (conservative if the exact
+    answer is too expensive to work out)."""
+    try:
+        return np.shares_memory(a, b, max_work=100_000)
+    except _TooHardError:
+        return np.may_share_memory(a, b)
+
+
+# ---------------------------------------------------------------------------
+# The computation
+# ---------------------------------------------------------------------------
+
+def _scores(q, k, mask, causal, scale):
+    """Scaled, masked scores (-inf where a key is hidden) in q's dtype.
+
+    Returns (scores, (H, Hkv)); scores has shape q.shape[:-1] + (Nk,).
+    """
+    h, hkv = _check_shapes(q, k)
+    dtype = q.dtype
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = _resolve_scale(scale, d)
+    mode = _resolve_causal(causal)
+
+    # Grouped-query attention: give every query head its own copy of the
+    # kv head it reads (head h reads kv head h // (H // Hkv)).
+    if q.ndim >= 3 and hkv != h and hkv > 0:
+        k = np.repeat(k, h // hkv, axis=-3)
+
+    # scores[..., i, j] = scale * sum_c q[..., i, c] * k[..., j, c]
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(dtype, copy=False)
+    scores = scores * dtype.type(scale)
+    target = scores.shape  # q.shape[:-1] + (Nk,)
+
+    # visible[..., i, j] is True when query i may attend key j.
+    visible = np.ones(target, dtype=bool)
+    if mode is not None:
+        offset = nk - nq if mode == "bottom_right" else 0
+        i = np.arange(nq)[:, None]
+        j = np.arange(nk)[None, :]
+        visible &= j <= i + offset
+    if mask is not None:
+        m = _check_mask(mask, target)
+        if m.dtype == np.bool_:
+            visible &= m
+        else:
+            # Additive mask, applied in the compute dtype.
+            scores = scores + m.astype(dtype, copy=False)
+
+    scores = np.where(visible, scores, dtype.type(-np.inf))
+    return scores, (h, hkv)
+
+
+def _softmax(scores):
+    """Row softmax and log-sum-exp of scores, robust to all -inf rows.
+
+    Returns (p, lse, empty) where ``empty`` flags rows that see no key
+    (every score -inf, or Nk == 0); for those p is 0 and lse is -inf.
+    """
+    dtype = scores.dtype
+    nk = scores.shape[-1]
+    if nk == 0:
+        lse = np.full(scores.shape[:-1], -np.inf, dtype=dtype)
+        return scores.copy(), lse, np.ones(scores.shape[:-1], dtype=bool)
+    row_max = scores.max(axis=-1)  # NaN propagates through max
+    empty = row_max == -np.inf
+    # Subtract the row maximum for stability; use 0 for empty rows so that
+    # exp(-inf - 0) = 0 instead of exp(-inf - -inf) = NaN.
+    shift = np.where(empty, dtype.type(0), row_max)
+    e = np.exp(scores - shift[..., None])
+    total = e.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = e / np.where(empty, dtype.type(1), total)[..., None]
+        lse = row_max + np.log(total)
+    lse = np.where(empty, dtype.type(-np.inf), lse).astype(dtype, copy=False)
+    p = np.where(empty[..., None], dtype.type(0), p).astype(dtype, copy=False)
+    return p, lse, empty
+
+
+def attention_weights(q, k, *, mask=None, causal=False, scale=None):
+    """Softmax attention probabilities, shape ``q.shape[:-1] + (Nk,)``.
+
+    Rows that can see no key are all zeros.  Same argument conventions as
+    :func:`attention`.
+    """
+    q = _check_array("q", q)
+    k = _check_array("k", k)
+    scores, _ = _scores(q, k, mask, causal, scale)
+    p, _, _ = _softmax(scores)
+    return p
+
+
+def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
+              return_lse=False):
+    """Reference attention: ``softmax(scale * q @ k.T + mask) @ v``.
+
+    See the module docstring for the conventions.  Returns the output of
+    shape ``q.shape[:-1] + (Dv,)`` in the inputs' dtype, or ``(out, lse)``
+    with ``lse`` of shape ``q.shape[:-1]`` when ``return_lse`` is true.  If
+    ``out`` is given the result is written into it and ``out`` itself is
+    returned.
+    """
+    q = _check_array("q", q)
+    k = _check_array("k", k)
+    v = _check_array("v", v)
+    h, hkv = _check_shapes(q, k, v)
+    dtype = q.dtype
+    out_shape = q.shape[:-1] + (v.shape[-1],)
+
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+        if out.shape != out_shape:
+            raise ValueError(f"out has shape {out.shape}, expected {out_shape}")
+        if out.dtype != dtype:
+            raise ValueError(f"out has dtype {out.dtype}, expected {dtype}")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+        for name, a in (("q", q), ("k", k), ("v", v), ("mask", mask)):
+            if a is not None and _overlaps(out, np.asarray(a)):
+                raise ValueError(f"out shares memory with {name}")
+
+    scores, _ = _scores(q, k, mask, causal, scale)
+    p, lse, empty = _softmax(scores)
+
+    if q.ndim >= 3 and hkv != h and hkv > 0:
+        v = np.repeat(v, h // hkv, axis=-3)
+    result = np.matmul(p, v).astype(dtype, copy=False)
+    # Rows that see no key are exactly zero (p is zero there, but 0 * NaN
+    # or 0 * inf in v would otherwise leak into them).
+    result = np.where(empty[..., None], dtype.type(0), result)
+    result = np.asarray(result, dtype=dtype).reshape(out_shape)
+
+    if out is not None:
+        out[...] = result
+        result = out
+    if return_lse:
+        return result, lse.reshape(q.shape[:-1])
+    return result
