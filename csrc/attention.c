@@ -286,3 +286,25 @@ int fa_attention(const fa_params *p)
     free(part);
     return status;
 }
+
+/* Memory read bandwidth probe (for the decode benchmarks): reads n 32-bit
+ * words with the current thread count.  An integer XOR reduction, which the
+ * compiler vectorizes freely, so arithmetic never limits the loads.  The
+ * caller times it; the result only keeps the loads alive. */
+double fa_read_probe(const float *x, int64_t n)
+{
+    const uint32_t *w = (const uint32_t *)(const void *)x;
+    uint32_t total = 0;
+    int nthreads = fa_get_num_threads();
+    (void)nthreads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(^ : total)
+#endif
+    for (int64_t c = 0; c < (n + 4095) / 4096; c++) {
+        const int64_t lo = c * 4096, hi = lo + 4096 < n ? lo + 4096 : n;
+        uint32_t s = 0;
+        for (int64_t i = lo; i < hi; i++) s ^= w[i];
+        total ^= s;
+    }
+    return (double)total;
+}

@@ -68,6 +68,12 @@ cdef extern from "dispatch.h" nogil:
     void fa_exp2_f64(const double *x, double *y, int64_t n) noexcept
     double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes) noexcept
 
+cdef extern from *:
+    """
+    double fa_read_probe(const float *x, int64_t n);
+    """
+    double fa_read_probe(const float *x, int64_t n) noexcept nogil
+
 cdef extern from "fa_build_info.h":
     const char *FA_BUILD_COMPILER
     const char *FA_BUILD_CFLAGS
@@ -448,4 +454,23 @@ def fma_peak(isa=None, double seconds=0.2):
             sink += fa_fma_probe(code, iters, &lanes)
         dt = time.perf_counter() - t0
         best = max(best, iters * 12.0 * 2.0 * lanes / dt / 1e9)
+    return best
+
+
+def read_bandwidth(nbytes=512 * 2**20, repeat=5):
+    """Measure the memory read bandwidth (GB/s) with the current thread
+    count: the best of ``repeat`` passes summing a buffer of ``nbytes``
+    (far larger than the caches)."""
+    import time
+    cdef cnp.ndarray buf = np.ones(max(int(nbytes) // 4, 1024), dtype=np.float32)
+    cdef const float *x = <const float *>cnp.PyArray_DATA(buf)
+    cdef int64_t n = buf.size
+    cdef double sink = 0, t0
+    best = 0.0
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        with nogil:
+            sink += fa_read_probe(x, n)
+        dt = time.perf_counter() - t0
+        best = max(best, n * 4.0 / dt / 1e9)
     return best
