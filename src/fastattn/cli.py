@@ -238,16 +238,20 @@ def run_bench(cases: Sequence[BenchCase], repeat: int, reference: bool = True,
 
     info = fastattn.info()
     threads = fastattn.get_num_threads()
+    from fastattn import _core
+
+    peak = _core.fma_peak()  # one core, float32, the ISA path in use
     print(
         f"fastattn {info.get('version', _package_version())}  isa={info.get('isa', '?')}"
         f"  threads={threads}  openmp={_format_value(info.get('openmp'))}"
-        f"  numpy={np.__version__}  dtype=float32  repeat={repeat} (median)",
+        f"  numpy={np.__version__}  dtype=float32  repeat={repeat} (median)"
+        f"\nmeasured FMA peak: {peak:.1f} GFLOP/s per core ({peak * threads:.1f} for {threads})",
         file=out,
     )
     out.flush()
 
     headers = ["case", "B", "H", "Hkv", "Nq", "Nk", "D", "causal",
-               "fastattn ms", "GFLOP/s", "numpy ms", "speed-up", "max|err|"]
+               "fastattn ms", "GFLOP/s", "% peak", "numpy ms", "speed-up", "max|err|"]
     rows: List[List[str]] = []
     rng = np.random.default_rng(0)
     for case in cases:
@@ -281,13 +285,15 @@ def run_bench(cases: Sequence[BenchCase], repeat: int, reference: bool = True,
         rows.append([
             case.name, str(case.B), str(case.H), str(case.kv_heads), str(case.Nq),
             str(case.Nk), str(case.D), "yes" if case.causal else "no",
-            _fmt_time(t_fast), f"{gflops:.1f}", _fmt_time(t_ref), speedup_s, err_s,
+            _fmt_time(t_fast), f"{gflops:.1f}", f"{100 * gflops / (peak * threads):.0f}%",
+            _fmt_time(t_ref), speedup_s, err_s,
         ])
 
     print(_format_table(headers, rows), file=out)
     print(
         "\nGFLOP/s: 4*B*H*Nq*Nk*D, counting only the visible (query, key) pairs\n"
-        "for causal (about half when Nq == Nk).",
+        "for causal (about half when Nq == Nk).  % peak: of the measured FMA peak\n"
+        "of all threads in use.",
         file=out,
     )
     if ref_attention is not None:
