@@ -1,4 +1,10 @@
-"""Results must be bitwise identical whatever the number of threads."""
+"""Results must be bitwise identical whatever the number of threads; the
+default thread count follows OMP_NUM_THREADS; set_num_threads checks its
+argument."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -84,3 +90,59 @@ def test_concurrent_calls_from_python_threads(rng):
     assert not errors, errors
     for r in results:
         np.testing.assert_array_equal(r, expect)
+
+
+# ---------------------------------------------------------------------------
+# Default thread count from the environment, and argument checking
+# ---------------------------------------------------------------------------
+
+def _num_threads_in_subprocess(omp_num_threads):
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = omp_num_threads
+    env["PYTHONPATH"] = os.pathsep.join(
+        [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    code = ("import fastattn; "
+            "print(fastattn.get_num_threads(), fastattn.info()['num_threads'])")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got, via_info = (int(s) for s in r.stdout.split())
+    assert got == via_info
+    return got
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_omp_num_threads_sets_the_default(n):
+    got = _num_threads_in_subprocess(str(n))
+    if not fastattn.info()["openmp"]:
+        assert got == 1, "a build without OpenMP always reports one thread"
+    else:
+        assert got == n, f"OMP_NUM_THREADS={n} but get_num_threads() returned {got}"
+
+
+@pytest.mark.parametrize("n", [0, -1, -(2 ** 40)])
+def test_set_num_threads_rejects_non_positive(restore_threads, n):
+    before = fastattn.get_num_threads()
+    with pytest.raises(ValueError, match=r"^n must be >= 1, got -?\d+$"):
+        fastattn.set_num_threads(n)
+    assert fastattn.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n, type_name", [(1.5, "float"), ("2", "str"), (True, "bool"),
+                                          (np.bool_(True), "bool_?"), (None, "NoneType"),
+                                          (2.0, "float")])
+def test_set_num_threads_rejects_non_integers(restore_threads, n, type_name):
+    before = fastattn.get_num_threads()
+    with pytest.raises(TypeError, match=rf"^n must be an int, got {type_name}"):
+        fastattn.set_num_threads(n)
+    assert fastattn.get_num_threads() == before
+
+
+def test_set_num_threads_accepts_numpy_integers(restore_threads):
+    if not fastattn.info()["openmp"]:
+        pytest.skip("built without OpenMP: always one thread")
+    fastattn.set_num_threads(np.int64(2))
+    assert fastattn.get_num_threads() == 2
+    fastattn.set_num_threads(np.int32(1))
+    assert fastattn.get_num_threads() == 1
