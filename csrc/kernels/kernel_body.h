@@ -50,6 +50,16 @@ typedef int32_t VI __attribute__((vector_size(FA_VBYTES)));
 #define VSTORE(ptr, x) (*(VT *)(ptr) = (x))
 #define VSPLAT(x) ((VT){0} + (FA_T)(x))
 
+/* Unaligned vector load and store. */
+FA_INLINE VT FA_FN(fa_loadu_)(const FA_T *x)
+{
+    VT v;
+    __builtin_memcpy(&v, x, sizeof(VT));
+    return v;
+}
+
+FA_INLINE void FA_FN(fa_storeu_)(FA_T *x, VT v) { __builtin_memcpy(x, &v, sizeof(VT)); }
+
 /* Lane select: mask ? a : b (mask lanes are all ones or all zeros). */
 FA_INLINE VT FA_FN(fa_vsel_)(VI mask, VT a, VT b)
 {
@@ -333,6 +343,59 @@ static int FA_FN(fa_load_mask_)(const fa_params *p, const fa_tile *t,
     return any;
 }
 
+/* In-register transpose of a VL x VL block: x[i][l] -> x[l][i].  Stage h
+ * swaps the off-diagonal h x h blocks of every 2h x 2h block (two-input
+ * shuffles with constant masks); after all log2(VL) stages every element
+ * has had its row and column bits exchanged. */
+FA_INLINE void FA_FN(fa_transpose_)(VT *x)
+{
+#pragma GCC unroll 8
+    for (int h = VL / 2; h >= 1; h /= 2) {
+        VI lo, hi;
+#pragma GCC unroll 16
+        for (int l = 0; l < VL; l++) {
+            lo[l] = (l & h) ? VL + l - h : l;
+            hi[l] = (l & h) ? VL + l : l + h;
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < VL; i++) {
+            if (i & h) continue;
+            const VT a = x[i], b = x[i + h];
+            x[i] = __builtin_shuffle(a, b, lo);
+            x[i + h] = __builtin_shuffle(a, b, hi);
+        }
+    }
+}
+
+/* Pack Q^T for the tile: qt[k][r] = q_row[r][k] * c, rows >= rows and up to
+ * `lanes` zero.  Unit column stride: VL x VL blocks through the transpose;
+ * otherwise, and for the d tail, element by element. */
+FA_INLINE void FA_FN(fa_pack_q_)(const fa_tile *t, int64_t d, int64_t q_sd, FA_T c,
+                                 int lanes, FA_T *restrict qt)
+{
+    const int rows = t->rows;
+    int64_t k0 = 0;
+    if (VL > 1 && q_sd == 1) {
+        for (; k0 + VL <= d; k0 += VL)
+            for (int r0 = 0; r0 < lanes; r0 += VL) {
+                VT x[VL];
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++)
+                    x[i] = r0 + i < rows ? FA_FN(fa_loadu_)((const FA_T *)t->q_row[r0 + i] + k0)
+                                         : VSPLAT(0);
+                FA_FN(fa_transpose_)(x);
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++) VSTORE(qt + (k0 + i) * FA_BQ + r0, x[i] * c);
+            }
+    }
+    for (int r = 0; r < rows; r++) {
+        const FA_T *q = (const FA_T *)t->q_row[r];
+        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = q[k * q_sd] * c;
+    }
+    for (int r = rows; r < lanes; r++)
+        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = 0;
+}
+
 /* The tile: online softmax attention of t->rows query rows over keys
  * [t->k_lo, t->k_hi), written normalized to t->o_row and t->lse_row. */
 void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
@@ -356,13 +419,7 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
 
     /* Pack Q^T with scale*log2(e) folded in; padded lanes are zero. */
     const FA_T c = (FA_T)(p->scale * 1.4426950408889634074);
-    const int64_t q_sd = p->q_sd;
-    for (int r = 0; r < rows; r++) {
-        const FA_T *q = (const FA_T *)t->q_row[r];
-        for (int64_t k = 0; k < d; k++) qt[k * FA_BQ + r] = q[k * q_sd] * c;
-    }
-    for (int r = rows; r < lanes; r++)
-        for (int64_t k = 0; k < d; k++) qt[k * FA_BQ + r] = 0;
+    FA_FN(fa_pack_q_)(t, d, p->q_sd, c, lanes, qt);
 
     for (int64_t e = 0; e < dv; e++)
         for (int r = 0; r < lanes; r++) ot[e * FA_BQ + r] = 0;
@@ -459,19 +516,37 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
             FA_FN(fa_pv_tile_)(nv, nb, st, vb, v_sn, v_sd, dv, alpha, ot);
     }
 
-    /* Normalize once and write out through the output strides. */
+    /* Normalize once and write out through the output strides: unit
+     * column stride in VL x VL blocks through the transpose, the rest (and
+     * rows that saw no key, which must be exact zeros) element by element. */
     const int64_t o_sd = p->o_sd;
+    int64_t e0 = 0;
+    if (VL > 1 && o_sd == 1) {
+        for (int r = 0; r < lanes; r++)
+            alpha[r] = row_sum[r] == 0 ? (FA_T)0 : (FA_T)1 / row_sum[r];
+        for (; e0 + VL <= dv; e0 += VL)
+            for (int r0 = 0; r0 < rows; r0 += VL) {
+                VT x[VL];
+                const VT inv = VLOAD(alpha + r0);
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++) x[i] = VLOAD(ot + (e0 + i) * FA_BQ + r0) * inv;
+                FA_FN(fa_transpose_)(x);
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++)
+                    if (r0 + i < rows) FA_FN(fa_storeu_)((FA_T *)t->o_row[r0 + i] + e0, x[i]);
+            }
+    }
     for (int r = 0; r < rows; r++) {
         FA_T *o = (FA_T *)t->o_row[r];
         const FA_T l = row_sum[r];
         FA_T *lse = (FA_T *)t->lse_row[r];
         if (l == 0) {
-            /* No visible key: exact zeros (and -inf lse), never NaN. */
+            /* No visible key: exact zeros over the whole row (and -inf lse). */
             for (int64_t e = 0; e < dv; e++) o[e * o_sd] = 0;
             if (lse) *lse = ninf;
         } else {
             const FA_T inv = (FA_T)1 / l;
-            for (int64_t e = 0; e < dv; e++) o[e * o_sd] = ot[e * FA_BQ + r] * inv;
+            for (int64_t e = e0; e < dv; e++) o[e * o_sd] = ot[e * FA_BQ + r] * inv;
             if (lse) {
                 const double m = (double)row_max[r];
                 *lse = (FA_T)((m + __builtin_log2((double)l)) * 0.69314718055994530942);
@@ -490,14 +565,6 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
  * key block while it is hot in L1.
  * ---------------------------------------------------------------------- */
 
-FA_INLINE VT FA_FN(fa_loadu_)(const FA_T *x)
-{
-    VT v;
-    __builtin_memcpy(&v, x, sizeof(VT));
-    return v;
-}
-
-FA_INLINE void FA_FN(fa_storeu_)(FA_T *x, VT v) { __builtin_memcpy(x, &v, sizeof(VT)); }
 
 /* Sum (or max) of the lanes by log2(VL) butterfly steps. */
 FA_INLINE FA_T FA_FN(fa_hsum_)(VT x)
