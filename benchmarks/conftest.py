@@ -25,6 +25,21 @@ def pytest_report_header(config):
     )
 
 
+@pytest.fixture(scope="session")
+def fma_peak_gflops():
+    """Float32 FMA peak of one core in GFLOP/s on the SIMD path in use.
+
+    Measured once per session (about a second), before any benchmark runs, with
+    ``fastattn._core.fma_peak()``.  None if the probe is unavailable.
+    """
+    try:
+        from fastattn import _core
+
+        return float(_core.fma_peak())
+    except Exception:  # pragma: no cover - probe missing or failing
+        return None
+
+
 @pytest.fixture(autouse=True)
 def _restore_fastattn_threads():
     """Each benchmark sets its own thread count; put the old one back after."""

@@ -10,8 +10,10 @@ Run from the repository root::
 Every case is run with 1 and 2 threads.  Results are grouped by case and thread
 count, so each group of the pytest-benchmark table compares the
 implementations on identical float32 inputs.  ``extra_info`` of each result
-holds ``impl``, ``isa``, ``threads``, ``flops`` and, when timing was enabled,
-``gflops`` (from the median time).
+holds ``impl``, ``isa``, ``threads``, ``flops``, ``peak_gflops_per_core`` (the
+float32 FMA peak of one core, measured once per session) and, when timing was
+enabled, ``gflops`` (from the median time) and ``pct_of_peak``: ``gflops`` as a
+percentage of ``peak_gflops_per_core * threads``.
 
 FLOP count: ``2 * (D + Dv)`` per visible (query, key) pair, i.e.
 ``4 * B * H * Nq * Nk * D`` without a mask and about half of that for causal
@@ -162,7 +164,7 @@ def _prepare(impl: str, case: Case, threads: int, q, k, v):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{t}" for t in THREADS])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_attention(benchmark, make_inputs, case, threads, impl):
+def test_attention(benchmark, make_inputs, fma_peak_gflops, case, threads, impl):
     if threads > (os.cpu_count() or 1):
         pytest.skip(f"{threads} threads requested, {os.cpu_count()} CPUs available")
 
@@ -186,6 +188,8 @@ def test_attention(benchmark, make_inputs, case, threads, impl):
             causal=case.causal,
             dtype="float32",
             flops=case.flops,
+            peak_gflops_per_core=(None if fma_peak_gflops is None
+                                  else round(fma_peak_gflops, 3)),
         )
 
         result = benchmark.pedantic(run, rounds=_rounds(impl, case), warmup_rounds=1,
@@ -201,4 +205,10 @@ def test_attention(benchmark, make_inputs, case, threads, impl):
     stats = getattr(benchmark, "stats", None)
     median = getattr(getattr(stats, "stats", None), "median", None)
     if median:
-        benchmark.extra_info["gflops"] = round(case.flops / median / 1e9, 3)
+        gflops = case.flops / median / 1e9
+        benchmark.extra_info["gflops"] = round(gflops, 3)
+        if fma_peak_gflops:
+            # `threads` is the requested count; for the NumPy reference without
+            # threadpoolctl (label "blas-default") that is the largest one
+            benchmark.extra_info["pct_of_peak"] = round(
+                100.0 * gflops / (fma_peak_gflops * threads), 2)
