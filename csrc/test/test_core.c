@@ -1,0 +1,92 @@
+/*
+ * test_core.c: drives the C core directly (no Python) on every ISA path this
+ * CPU supports and compares with a naive float64 attention.  Used to check
+ * builds for other architectures (e.g. aarch64 under qemu-user) where the
+ * Python package is not built; see tools/check_c_core.sh.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../fastattn.h"
+
+static double frand(unsigned *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return ((*s >> 8) & 0xFFFF) / 32768.0 - 1.0;
+}
+
+/* Naive attention for one (b, h) with causal offset (or none). */
+static void naive(const float *q, const float *k, const float *v, int nq, int nk,
+                  int d, int dv, int causal, long off, double scale, double *out)
+{
+    double *s = malloc(sizeof(double) * (nk > 0 ? nk : 1));
+    for (int i = 0; i < nq; i++) {
+        double m = -INFINITY, l = 0;
+        for (int j = 0; j < nk; j++) {
+            double acc = 0;
+            for (int c = 0; c < d; c++) acc += (double)q[i * d + c] * k[j * d + c];
+            s[j] = (causal && j > i + off) ? -INFINITY : acc * scale;
+            if (s[j] > m) m = s[j];
+        }
+        for (int e = 0; e < dv; e++) out[i * dv + e] = 0;
+        if (m == -INFINITY) continue;
+        for (int j = 0; j < nk; j++) l += exp(s[j] - m);
+        for (int j = 0; j < nk; j++) {
+            const double p = exp(s[j] - m) / l;
+            for (int e = 0; e < dv; e++) out[i * dv + e] += p * v[j * dv + e];
+        }
+    }
+    free(s);
+}
+
+static int run_case(int nq, int nk, int d, int dv, int causal)
+{
+    unsigned seed = 12345u + nq * 7 + nk * 13 + d;
+    float *q = malloc(sizeof(float) * nq * d + 4), *k = malloc(sizeof(float) * nk * d + 4);
+    float *v = malloc(sizeof(float) * nk * dv + 4), *o = malloc(sizeof(float) * nq * dv + 4);
+    double *ref = malloc(sizeof(double) * nq * dv + 8);
+    for (int i = 0; i < nq * d; i++) q[i] = (float)frand(&seed);
+    for (int i = 0; i < nk * d; i++) k[i] = (float)frand(&seed);
+    for (int i = 0; i < nk * dv; i++) v[i] = (float)frand(&seed);
+    const double scale = 1.0 / sqrt((double)d);
+    naive(q, k, v, nq, nk, d, dv, causal, nk - nq, scale, ref);
+    int bad = 0;
+    for (int isa = 0; isa < FA_ISA_COUNT; isa++) {
+        if (!fa_isa_supported((fa_isa)isa)) continue;
+        fa_set_isa((fa_isa)isa);
+        fa_params p = {0};
+        p.dtype = FA_F32;
+        p.batch = 1; p.h_q = 1; p.h_kv = 1; p.n_q = nq; p.n_k = nk; p.d = d; p.dv = dv;
+        p.q = q; p.q_sn = d; p.q_sd = 1;
+        p.k = k; p.k_sn = d; p.k_sd = 1;
+        p.v = v; p.v_sn = dv; p.v_sd = 1;
+        p.out = o; p.o_sn = dv; p.o_sd = 1;
+        p.causal = causal; p.causal_offset = nk - nq;
+        p.scale = scale;
+        if (fa_attention(&p) != FA_OK) { printf("FAIL status\n"); bad++; continue; }
+        double err = 0;
+        for (int i = 0; i < nq * dv; i++) {
+            const double e = fabs((double)o[i] - ref[i]);
+            if (!(e <= err)) err = e; /* NaN counts as a failure */
+        }
+        const int ok = err <= 2e-5;
+        printf("%-6s nq=%4d nk=%4d d=%3d dv=%3d causal=%d  max err %.2e %s\n",
+               fa_isa_name((fa_isa)isa), nq, nk, d, dv, causal, err, ok ? "ok" : "FAIL");
+        bad += !ok;
+    }
+    free(q); free(k); free(v); free(o); free(ref);
+    return bad;
+}
+
+int main(void)
+{
+    int bad = 0;
+    bad += run_case(17, 33, 8, 8, 0);
+    bad += run_case(129, 200, 64, 32, 1);
+    bad += run_case(1, 1500, 128, 128, 0); /* decode kernel + split keys */
+    bad += run_case(3, 700, 17, 9, 1);
+    bad += run_case(70, 70, 80, 80, 0);
+    printf(bad ? "%d FAILED\n" : "all ok\n", bad);
+    return bad != 0;
+}
