@@ -28,11 +28,32 @@
 
 static int fa_num_threads = 0; /* 0: the OpenMP default */
 
+/* OpenMP's thread pool (libgomp's in particular) does not survive fork():
+ * a child that enters a parallel region after the parent started the pool
+ * can wait forever for threads that no longer exist.  So a child forked
+ * after the pool started runs serially and never enters OpenMP again. */
+#if defined(_OPENMP) && !defined(_WIN32)
+#include <pthread.h>
+static volatile int fa_pool_started = 0;
+static volatile int fa_serial_only = 0;
+static void fa_atfork_child(void)
+{
+    if (fa_pool_started) fa_serial_only = 1;
+}
+__attribute__((constructor)) static void fa_register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, fa_atfork_child);
+}
+#else
+static const int fa_serial_only = 0;
+#endif
+
 void fa_set_num_threads(int n) { fa_num_threads = n > 0 ? n : 0; }
 
 int fa_get_num_threads(void)
 {
 #ifdef _OPENMP
+    if (fa_serial_only) return 1;
     return fa_num_threads > 0 ? fa_num_threads : omp_get_max_threads();
 #else
     return 1;
@@ -181,6 +202,54 @@ static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part
     }
 }
 
+/* Everything a worker needs to run one work item or merge one task. */
+typedef struct {
+    const fa_params *p;   /* the caller's params */
+    fa_params pp;         /* the params a split item's kernel sees */
+    fa_tile_fn kernel;
+    int64_t nvr, tile_rows, tiles, tasks, nsplit, chunk;
+    char *part;           /* split partials, or NULL */
+    size_t split_stride;
+} fa_plan;
+
+/* Tile of a task: last tiles first, since with causal masking they are the
+ * heaviest, which balances the dynamic schedule. */
+static void fa_task_tile(const fa_plan *pl, int64_t task, fa_tile *tile)
+{
+    const fa_params *p = pl->p;
+    const int64_t bh = task / pl->tiles;
+    const int64_t ti = pl->tiles - 1 - task % pl->tiles;
+    fa_fill_tile(p, bh / p->h_kv, bh % p->h_kv, ti * pl->tile_rows, pl->tile_rows,
+                 pl->nvr, tile);
+}
+
+static void fa_run_item(const fa_plan *pl, int64_t item, fa_tile *tile, void *scratch)
+{
+    const fa_params *p = pl->p;
+    const int64_t task = item / pl->nsplit, split = item % pl->nsplit;
+    fa_task_tile(pl, task, tile);
+    if (pl->nsplit == 1) {
+        pl->kernel(p, tile, scratch);
+        return;
+    }
+    const size_t es = fa_elem_size(p);
+    char *dst = pl->part + (size_t)item * pl->split_stride;
+    for (int r = 0; r < tile->rows; r++) {
+        tile->o_row[r] = dst + (size_t)r * (size_t)(p->dv + 1) * es;
+        tile->lse_row[r] = dst + ((size_t)r * (size_t)(p->dv + 1) + (size_t)p->dv) * es;
+    }
+    tile->k_lo = split * pl->chunk;
+    tile->k_hi = tile->k_lo + pl->chunk < p->n_k ? tile->k_lo + pl->chunk : p->n_k;
+    pl->kernel(&pl->pp, tile, scratch);
+}
+
+static void fa_merge_task(const fa_plan *pl, int64_t task, fa_tile *tile)
+{
+    fa_task_tile(pl, task, tile);
+    fa_merge_tile(pl->p, tile, pl->part + (size_t)task * pl->nsplit * pl->split_stride,
+                  pl->nsplit, pl->split_stride);
+}
+
 int fa_attention(const fa_params *p)
 {
     if (p->batch < 0 || p->h_q < 0 || p->h_kv < 0 || p->n_q < 0 ||
@@ -193,37 +262,39 @@ int fa_attention(const fa_params *p)
         return FA_OK;
     }
 
-    const int64_t group = p->h_q / p->h_kv;
-    const int64_t nvr = group * p->n_q; /* virtual rows per (b, kv head) */
+    fa_plan pl;
+    pl.p = p;
+    pl.pp = *p;
+    pl.nvr = p->h_q / p->h_kv * p->n_q; /* virtual rows per (b, kv head) */
     /* Few rows per kv head and unit column strides: the decode kernel. */
-    const int few = nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1;
-    const fa_tile_fn kernel = few ? fa_dispatch_rows(p->dtype) : fa_dispatch_tile(p->dtype);
-    const int64_t tile_rows = few ? FA_ROWS_MAX : FA_BQ;
-    const int64_t tiles = (nvr + tile_rows - 1) / tile_rows;
-    const int64_t tasks = p->batch * p->h_kv * tiles;
-    const size_t scratch_bytes = fa_scratch_bytes(p);
+    const int few = pl.nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1;
+    pl.kernel = few ? fa_dispatch_rows(p->dtype) : fa_dispatch_tile(p->dtype);
+    pl.tile_rows = few ? FA_ROWS_MAX : FA_BQ;
+    pl.tiles = (pl.nvr + pl.tile_rows - 1) / pl.tile_rows;
+    pl.tasks = p->batch * p->h_kv * pl.tiles;
 
-    int64_t nsplit = 1, chunk = p->n_k;
-    if (tasks < FA_SPLIT_TASKS && p->n_k >= 2 * FA_SPLIT_MIN_KEYS) {
-        nsplit = (FA_SPLIT_TASKS + tasks - 1) / tasks;
+    pl.nsplit = 1;
+    pl.chunk = p->n_k;
+    if (pl.tasks < FA_SPLIT_TASKS && p->n_k >= 2 * FA_SPLIT_MIN_KEYS) {
+        int64_t nsplit = (FA_SPLIT_TASKS + pl.tasks - 1) / pl.tasks;
         if (nsplit > p->n_k / FA_SPLIT_MIN_KEYS) nsplit = p->n_k / FA_SPLIT_MIN_KEYS;
-        chunk = (p->n_k + nsplit - 1) / nsplit;
+        int64_t chunk = (p->n_k + nsplit - 1) / nsplit;
         chunk = (chunk + FA_BK - 1) / FA_BK * FA_BK;
-        nsplit = (p->n_k + chunk - 1) / chunk;
+        pl.chunk = chunk;
+        pl.nsplit = (p->n_k + chunk - 1) / chunk;
     }
-    const int64_t items = tasks * nsplit;
+    const int64_t items = pl.tasks * pl.nsplit;
 
     /* Partial results of split work: per item, rows x (dv + 1) values. */
-    const size_t es = fa_elem_size(p);
-    const size_t split_stride = (size_t)tile_rows * (size_t)(p->dv + 1) * es;
-    char *part = NULL;
-    fa_params pp = *p; /* the params a split item's kernel sees */
-    if (nsplit > 1) {
-        part = (char *)malloc((size_t)items * split_stride);
-        if (!part) return FA_ERR_NOMEM;
-        pp.o_sd = 1;
+    pl.split_stride = (size_t)pl.tile_rows * (size_t)(p->dv + 1) * fa_elem_size(p);
+    pl.part = NULL;
+    if (pl.nsplit > 1) {
+        pl.part = (char *)malloc((size_t)items * pl.split_stride);
+        if (!pl.part) return FA_ERR_NOMEM;
+        pl.pp.o_sd = 1;
     }
 
+    const size_t scratch_bytes = fa_scratch_bytes(p);
     /* Threads only pay off above a few hundred thousand FMAs of work. */
     const double work = (double)p->batch * p->h_q * p->n_q * p->n_k * (p->d + p->dv);
     int nthreads = fa_get_num_threads();
@@ -231,59 +302,47 @@ int fa_attention(const fa_params *p)
     if (nthreads > items) nthreads = (int)items;
 
     int status = FA_OK;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-#endif
-    {
+    if (nthreads <= 1) {
+        /* Serial: no OpenMP construct at all (cheaper for small calls, and
+         * safe in a child process forked after the pool started). */
         void *scratch = aligned_alloc(FA_ALIGN, scratch_bytes);
         fa_tile tile;
         if (!scratch) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
             status = FA_ERR_NOMEM;
+        } else {
+            for (int64_t item = 0; item < items; item++) fa_run_item(&pl, item, &tile, scratch);
+            if (pl.nsplit > 1)
+                for (int64_t task = 0; task < pl.tasks; task++) fa_merge_task(&pl, task, &tile);
+            free(scratch);
         }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t item = 0; item < items; item++) {
-            if (!scratch) continue;
-            const int64_t task = item / nsplit, split = item % nsplit;
-            /* Last tiles first: with causal masking they are the heaviest,
-             * which balances the dynamic schedule. */
-            const int64_t bh = task / tiles;
-            const int64_t ti = tiles - 1 - task % tiles;
-            const int64_t b = bh / p->h_kv, hkv = bh % p->h_kv;
-            fa_fill_tile(p, b, hkv, ti * tile_rows, tile_rows, nvr, &tile);
-            if (nsplit > 1) {
-                char *dst = part + (size_t)item * split_stride;
-                for (int r = 0; r < tile.rows; r++) {
-                    tile.o_row[r] = dst + (size_t)r * (size_t)(p->dv + 1) * es;
-                    tile.lse_row[r] = dst + ((size_t)r * (size_t)(p->dv + 1) + (size_t)p->dv) * es;
-                }
-                tile.k_lo = split * chunk;
-                tile.k_hi = tile.k_lo + chunk < p->n_k ? tile.k_lo + chunk : p->n_k;
-                kernel(&pp, &tile, scratch);
-            } else {
-                kernel(p, &tile, scratch);
-            }
-        }
-        if (nsplit > 1 && scratch) {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (int64_t task = 0; task < tasks; task++) {
-                const int64_t bh = task / tiles;
-                const int64_t ti = tiles - 1 - task % tiles;
-                const int64_t b = bh / p->h_kv, hkv = bh % p->h_kv;
-                fa_fill_tile(p, b, hkv, ti * tile_rows, tile_rows, nvr, &tile);
-                fa_merge_tile(p, &tile, part + (size_t)task * nsplit * split_stride,
-                              nsplit, split_stride);
-            }
-        }
-        free(scratch);
     }
-    free(part);
+#ifdef _OPENMP
+    else {
+#if !defined(_WIN32)
+        fa_pool_started = 1;
+#endif
+#pragma omp parallel num_threads(nthreads)
+        {
+            void *scratch = aligned_alloc(FA_ALIGN, scratch_bytes);
+            fa_tile tile;
+            if (!scratch) {
+#pragma omp atomic write
+                status = FA_ERR_NOMEM;
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t item = 0; item < items; item++)
+                if (scratch) fa_run_item(&pl, item, &tile, scratch);
+            /* (the implicit barrier of the loop above orders the merge) */
+            if (pl.nsplit > 1) {
+#pragma omp for schedule(static)
+                for (int64_t task = 0; task < pl.tasks; task++)
+                    if (scratch) fa_merge_task(&pl, task, &tile);
+            }
+            free(scratch);
+        }
+    }
+#endif
+    free(pl.part);
     return status;
 }
 
