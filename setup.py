@@ -92,6 +92,7 @@ class BuildExt(build_ext):
                 extra_postargs=kflags + flags, depends=[
                     os.path.join(CSRC, "kernels", "kernel_body.h"),
                     os.path.join(CSRC, "kernels", "kernel.h"),
+                    os.path.join(CSRC, "kernels", "kernel_instantiate.h"),
                     os.path.join(CSRC, "fastattn.h")])
         ext.extra_objects = list(ext.extra_objects or []) + kernel_objs
 

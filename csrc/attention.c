@@ -44,7 +44,7 @@ __attribute__((constructor)) static void fa_register_atfork(void)
 {
     pthread_atfork(NULL, NULL, fa_atfork_child);
 }
-#else
+#elif defined(_OPENMP)
 static const int fa_serial_only = 0;
 #endif
 

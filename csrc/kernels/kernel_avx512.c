@@ -19,15 +19,4 @@
 #define FA_PV_IB 4
 #define FA_PV_EB 4
 
-#define FA_T float
-#define FA_TNAME f32
-#define FA_IS_DOUBLE 0
-#include "kernel_body.h"
-#undef FA_T
-#undef FA_TNAME
-#undef FA_IS_DOUBLE
-
-#define FA_T double
-#define FA_TNAME f64
-#define FA_IS_DOUBLE 1
-#include "kernel_body.h"
+#include "kernel_instantiate.h"

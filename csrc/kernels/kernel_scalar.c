@@ -14,18 +14,7 @@
 #define FA_PV_IB 4
 #define FA_PV_EB 4
 
-#define FA_T float
-#define FA_VBYTES 4
-#define FA_TNAME f32
-#define FA_IS_DOUBLE 0
-#include "kernel_body.h"
-#undef FA_T
-#undef FA_TNAME
-#undef FA_IS_DOUBLE
-#undef FA_VBYTES
-
-#define FA_T double
-#define FA_VBYTES 8
-#define FA_TNAME f64
-#define FA_IS_DOUBLE 1
-#include "kernel_body.h"
+/* one element per "vector" */
+#define FA_VBYTES_F32 4
+#define FA_VBYTES_F64 8
+#include "kernel_instantiate.h"
