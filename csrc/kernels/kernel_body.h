@@ -39,10 +39,13 @@
 
 typedef FA_T VT __attribute__((vector_size(FA_VBYTES)));
 
+#define VU FA_FN(fa_vu_)
 #if FA_IS_DOUBLE
 typedef int64_t VI __attribute__((vector_size(FA_VBYTES)));
+typedef uint64_t VU __attribute__((vector_size(FA_VBYTES)));
 #else
 typedef int32_t VI __attribute__((vector_size(FA_VBYTES)));
+typedef uint32_t VU __attribute__((vector_size(FA_VBYTES)));
 #endif
 
 #define FA_INLINE static inline __attribute__((always_inline))
@@ -99,7 +102,8 @@ FA_INLINE VT FA_FN(fa_exp2_)(VT x)
     VT t = x + magic;
     VT n = t - magic;
     VT f = x - n;
-    VI ni = (VI)t - (VI)magic;
+    /* unsigned lanes: a NaN lane's garbage must not be a signed overflow */
+    VU ni = (VU)t - (VU)magic;
     VT pow2n = (VT)((ni + 1023) << 52);
     VT p = VSPLAT(2.5733568308756891235e-11);
     p = p * f + VSPLAT(4.4566753410492058782e-10);
@@ -120,7 +124,8 @@ FA_INLINE VT FA_FN(fa_exp2_)(VT x)
     VT t = x + magic;
     VT n = t - magic;
     VT f = x - n;
-    VI ni = (VI)t - (VI)magic;
+    /* unsigned lanes: a NaN lane's garbage must not be a signed overflow */
+    VU ni = (VU)t - (VU)magic;
     VT pow2n = (VT)((ni + 127) << 23);
     VT p = VSPLAT(1.5461444698569129083e-4f);
     p = p * f + VSPLAT(1.340042817761583794e-3f);
@@ -793,6 +798,7 @@ int FA_FN(fa_vec_lanes_)(void) { return VL; }
 #undef VL
 #undef VT
 #undef VI
+#undef VU
 #undef VLOAD
 #undef VSTORE
 #undef VSPLAT
