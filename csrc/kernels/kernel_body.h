@@ -14,7 +14,7 @@
  * vector types below become AVX-512, AVX2 or baseline (SSE2/NEON) code.
  *
  * Layout: vectors run along the QUERIES.  Q is packed transposed once per
- * tile (qt[d][row], pre-multiplied by scale*log2(e)); the scores tile is
+ * tile (qt[d][row], pre-multiplied by the scale); the scores tile is
  * st[key][row] and the output accumulator ot[col][row].  Keys and values are
  * then only ever read as scalars broadcast into a vector, straight from
  * their strided storage: K and V are never packed or copied, any stride
@@ -22,7 +22,11 @@
  * row: the running max, sum and rescale factor need no horizontal
  * reductions).
  *
- * Numerics: scores are kept in log2 units, so the softmax uses exp2.  A row
+ * Numerics: Q is pre-multiplied by the scale, so scores (and the additive
+ * mask, and the running max) are in natural units; the softmax evaluates
+ * exp(s - m) as exp2((s - m) * log2(e)), scaling only the difference, which
+ * cannot overflow (scaling the scores themselves by log2(e) would overflow
+ * scores above FLT_MAX / log2(e)).  A row
  * whose running max is still -inf uses 0 as its reference so that
  * exp2(-inf - -inf) never produces NaN; a row that saw no key ends with
  * sum 0 and is written as exact zeros with lse -inf.  NaN scores are not
@@ -308,8 +312,8 @@ FA_INLINE void FA_FN(fa_pv_tile_)(int nv, int nb, const FA_T *pt,
 
 /*
  * Read the mask for rows x keys [j0, j0 + nb) into mt[key][row] as an
- * additive term in log2 units (0 visible, -inf hidden, or the user's
- * additive value times log2(e)).  Returns nonzero if any entry is visible,
+ * additive term (0 visible, -inf hidden, or the user's additive value; an
+ * additive -inf hides the key like a False in a bool mask).  Returns nonzero if any entry is visible,
  * so the caller can skip a block that is masked for every row.
  */
 static int FA_FN(fa_load_mask_)(const fa_params *p, const fa_tile *t,
@@ -331,14 +335,14 @@ static int FA_FN(fa_load_mask_)(const fa_params *p, const fa_tile *t,
             for (int j = 0; j < nb; j++) {
                 const FA_T a = (FA_T)m[j * sk];
                 any |= a != ninf;
-                mt[j * FA_BQ + r] = a * (FA_T)1.4426950408889634074;
+                mt[j * FA_BQ + r] = a;
             }
         } else {
             const double *m = (const double *)t->mask_row[r] + j0 * sk;
             for (int j = 0; j < nb; j++) {
                 const FA_T a = (FA_T)m[j * sk];
                 any |= a != ninf;
-                mt[j * FA_BQ + r] = a * (FA_T)1.4426950408889634074;
+                mt[j * FA_BQ + r] = a;
             }
         }
     }
@@ -410,6 +414,7 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
     const int nv = (rows + VL - 1) / VL; /* query vectors in use */
     const int lanes = nv * VL;
     const FA_T ninf = -(FA_T)__builtin_inf();
+    const VT log2e = VSPLAT(1.4426950408889634074);
 
     /* Scratch: all sizes are multiples of FA_BQ elements, so every part
      * stays aligned like the base (FA_ALIGN). */
@@ -422,8 +427,8 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
     FA_T *alpha = row_sum + FA_BQ;    /* BQ: rescale of this block */
     FA_T *bmax = alpha + FA_BQ;       /* BQ: max score of this block */
 
-    /* Pack Q^T with scale*log2(e) folded in; padded lanes are zero. */
-    const FA_T c = (FA_T)(p->scale * 1.4426950408889634074);
+    /* Pack Q^T with the scale folded in; padded lanes are zero. */
+    const FA_T c = (FA_T)p->scale;
     FA_FN(fa_pack_q_)(t, d, p->q_sd, c, lanes, qt);
 
     for (int64_t e = 0; e < dv; e++)
@@ -474,8 +479,11 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
             masked = 1;
             for (int j = 0; j < nb; j++)
                 for (int i = 0; i < nv; i++) {
+                    /* hidden keys become -inf whatever their score (a NaN
+                     * or inf score there must not reach the row) */
                     FA_T *s = st + j * FA_BQ + i * VL;
-                    VSTORE(s, VLOAD(s) + VLOAD(mt + j * FA_BQ + i * VL));
+                    const VT m = VLOAD(mt + j * FA_BQ + i * VL);
+                    VSTORE(s, FA_FN(fa_vsel_)(m == VSPLAT(ninf), m, VLOAD(s) + m));
                 }
         }
         if (p->causal && j0 + nb - 1 > lim_min) {
@@ -500,11 +508,11 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
             }
             /* A row with no finite score yet keeps reference 0. */
             const VT m_ref = FA_FN(fa_vsel_)(m_new == VSPLAT(ninf), VSPLAT(0), m_new);
-            const VT a = FA_FN(fa_exp2_)(m_old - m_ref);
+            const VT a = FA_FN(fa_exp2_)((m_old - m_ref) * log2e);
             VT sum = VSPLAT(0);
             for (int j = 0; j < nb; j++) {
                 FA_T *s = st + j * FA_BQ + i * VL;
-                const VT pj = FA_FN(fa_exp2_)(VLOAD(s) - m_ref);
+                const VT pj = FA_FN(fa_exp2_)((VLOAD(s) - m_ref) * log2e);
                 VSTORE(s, pj);
                 sum += pj;
             }
@@ -552,10 +560,7 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
         } else {
             const FA_T inv = (FA_T)1 / l;
             for (int64_t e = e0; e < dv; e++) o[e * o_sd] = ot[e * FA_BQ + r] * inv;
-            if (lse) {
-                const double m = (double)row_max[r];
-                *lse = (FA_T)((m + __builtin_log2((double)l)) * 0.69314718055994530942);
-            }
+            if (lse) *lse = (FA_T)((double)row_max[r] + __builtin_log((double)l));
         }
     }
 }
@@ -677,7 +682,8 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
     FA_T *row_max = sc + FA_ROWS_MAX * FA_BK;
     FA_T *row_sum = row_max + FA_ROWS_MAX;
 
-    const FA_T c = (FA_T)(p->scale * 1.4426950408889634074);
+    const FA_T c = (FA_T)p->scale;
+    const VT log2e = VSPLAT(1.4426950408889634074);
     for (int r = 0; r < rows; r++) {
         const FA_T *q = (const FA_T *)t->q_row[r];
         for (int64_t k = 0; k < d; k++) qs[r * dpad + k] = q[k * p->q_sd] * c;
@@ -707,17 +713,23 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             int j = 0;
             for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
             for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
-            /* mask and causal limit, in log2 units */
+            /* mask and causal limit; an additive -inf hides the key */
             if (p->mask_kind == FA_MASK_BOOL) {
                 const uint8_t *m = (const uint8_t *)t->mask_row[r] + j0 * p->m_sk;
                 for (j = 0; j < nb; j++)
                     if (!m[j * p->m_sk]) s[j] = ninf;
             } else if (p->mask_kind == FA_MASK_ADD_F32) {
                 const float *m = (const float *)t->mask_row[r] + j0 * p->m_sk;
-                for (j = 0; j < nb; j++) s[j] += (FA_T)m[j * p->m_sk] * (FA_T)1.4426950408889634074;
+                for (j = 0; j < nb; j++) {
+                    const FA_T a = (FA_T)m[j * p->m_sk];
+                    s[j] = a == ninf ? ninf : s[j] + a;
+                }
             } else if (p->mask_kind == FA_MASK_ADD_F64) {
                 const double *m = (const double *)t->mask_row[r] + j0 * p->m_sk;
-                for (j = 0; j < nb; j++) s[j] += (FA_T)m[j * p->m_sk] * (FA_T)1.4426950408889634074;
+                for (j = 0; j < nb; j++) {
+                    const FA_T a = (FA_T)m[j * p->m_sk];
+                    s[j] = a == ninf ? ninf : s[j] + a;
+                }
             }
             if (p->causal) {
                 int64_t first = t->qi[r] + p->causal_offset + 1 - j0;
@@ -734,7 +746,7 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             const VT mr = VSPLAT(m_ref);
             VT sum = VSPLAT(0);
             for (j = 0; j + VL <= nb; j += VL) {
-                const VT pj = FA_FN(fa_exp2_)(FA_FN(fa_loadu_)(s + j) - mr);
+                const VT pj = FA_FN(fa_exp2_)((FA_FN(fa_loadu_)(s + j) - mr) * log2e);
                 FA_FN(fa_storeu_)(s + j, pj);
                 sum += pj;
             }
@@ -742,11 +754,11 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             if (j < nb) {
                 FA_T buf[VL];
                 for (int u = 0; u < VL; u++) buf[u] = j + u < nb ? s[j + u] - m_ref : ninf;
-                const VT pj = FA_FN(fa_exp2_)(FA_FN(fa_loadu_)(buf));
+                const VT pj = FA_FN(fa_exp2_)(FA_FN(fa_loadu_)(buf) * log2e);
                 FA_FN(fa_storeu_)(buf, pj);
                 for (int u = 0; j + u < nb; u++) { s[j + u] = buf[u]; tail += buf[u]; }
             }
-            const VT av = FA_FN(fa_exp2_)(VSPLAT(row_max[r] - m_ref));
+            const VT av = FA_FN(fa_exp2_)(VSPLAT(row_max[r] - m_ref) * log2e);
             const FA_T a = av[0];
             row_sum[r] = row_sum[r] * a + (FA_FN(fa_hsum_)(sum) + tail);
             row_max[r] = m_new;
@@ -764,9 +776,7 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
         } else {
             const FA_T inv = (FA_T)1 / l;
             for (int64_t e = 0; e < dv; e++) o[e * p->o_sd] = acc[r * dvpad + e] * inv;
-            if (lse)
-                *lse = (FA_T)(((double)row_max[r] + __builtin_log2((double)l)) *
-                              0.69314718055994530942);
+            if (lse) *lse = (FA_T)((double)row_max[r] + __builtin_log((double)l));
         }
     }
 }

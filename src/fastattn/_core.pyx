@@ -147,8 +147,10 @@ _ISA_BY_NAME = {"scalar": FA_ISA_SCALAR, "avx2": FA_ISA_AVX2, "avx512": FA_ISA_A
 # ---------------------------------------------------------------- attention
 
 def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
-              bint return_lse=False):
+              return_lse=False):
     """Fused attention; see fastattn.attention for the contract."""
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     cdef cnp.ndarray aq = _as_float_array(q, "q")
     cdef cnp.ndarray ak = _as_float_array(k, "k")
     cdef cnp.ndarray av = _as_float_array(v, "v")
@@ -217,10 +219,11 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
     cdef int64_t c_offset = 0
     if causal is None or causal is False or (isinstance(causal, np.bool_) and not causal):
         c_causal = 0
-    elif causal is True or isinstance(causal, np.bool_) or causal == "bottom_right":
+    elif causal is True or isinstance(causal, np.bool_) or (
+            isinstance(causal, str) and causal == "bottom_right"):
         c_causal = 1
         c_offset = kd[2] - qd[2]
-    elif causal == "top_left":
+    elif isinstance(causal, str) and causal == "top_left":
         c_causal = 1
         c_offset = 0
     else:
@@ -234,7 +237,11 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
         if isinstance(scale, (bool, np.bool_)) or not isinstance(
                 scale, (int, float, np.integer, np.floating)):
             raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-        c_scale = float(scale)
+        try:
+            c_scale = float(scale)
+        except OverflowError:
+            raise ValueError("scale must be finite, got an integer too large for a "
+                             f"float ({len(str(abs(scale)))} digits)") from None
         if not isfinite(c_scale):
             raise ValueError(f"scale must be finite, got {c_scale}")
 

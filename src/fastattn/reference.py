@@ -184,8 +184,13 @@ def _scores(q, k, mask, causal, scale):
         if m.dtype == np.bool_:
             visible &= m
         else:
-            # Additive mask, applied in the compute dtype.
-            scores = scores + m.astype(dtype, copy=False)
+            # Additive mask, applied in the compute dtype.  -inf hides the
+            # key exactly like False in a bool mask (so a NaN or inf score
+            # at a hidden key is ignored, not turned into NaN).
+            m = m.astype(dtype, copy=False)
+            hidden = m == -np.inf
+            visible &= ~hidden
+            scores = scores + np.where(hidden, dtype.type(0), m)
 
     scores = np.where(visible, scores, dtype.type(-np.inf))
     return scores, (h, hkv)
