@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Run a representative subset of the test suite under Valgrind's memcheck.
+#
+#   tools/valgrind.sh                      # the built-in selection (below)
+#   tools/valgrind.sh tests/test_edge.py   # other pytest arguments instead
+#   PYTHON=python3.12 tools/valgrind.sh
+#   FASTATTN_VALGRIND_DIR=/tmp/vg tools/valgrind.sh   # work in (and keep) this dir
+#   KEEP=1 tools/valgrind.sh               # keep the temporary directory
+#   FASTATTN_VALGRIND_DIR=/tmp/vg FASTATTN_VALGRIND_REUSE=1 tools/valgrind.sh
+#                                          # rerun with the build (and tests) of a previous run
+#
+# fastattn is built with FASTATTN_DEBUG=1 (-O1 -g, no sanitizer) in a
+# virtual environment of its own, from a copy of the sources (without
+# build/, compiled modules or generated C); the working tree is not
+# modified.  Then
+#
+#   valgrind --tool=memcheck --error-exitcode=99 --leak-check=full
+#            --errors-for-leak-kinds=definite python -m pytest <selection>
+#
+# runs with PYTHONMALLOC=malloc (so that memcheck sees every allocation of
+# the interpreter), OMP_NUM_THREADS=2 and OMP_WAIT_POLICY=passive (idle
+# OpenMP threads sleep instead of spinning, which under Valgrind's
+# serialized threads would only burn time).  Invalid reads and writes, use
+# of uninitialised values, bad frees and definite leaks are errors; the
+# script fails (non-zero) on any of them, and on any failed test.
+#
+# Valgrind does not emulate AVX-512: under it the CPU appears to have AVX2
+# at most, so the AVX-512 kernels are not run here (tools/sanitize.sh runs
+# them), and the tests that force that path are skipped.
+#
+# On Debian, as root, valgrind is installed with apt-get when it is missing.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+PYTHON="${PYTHON:-python3}"
+
+# The selection: about 60 fast tests covering plain, causal (all three
+# alignments), boolean / additive masks and their broadcasting, GQA / MQA,
+# head and value dimensions, float64, every input layout (Fortran,
+# transposed, negative strides, strided, unaligned, broadcast), the decode
+# path that splits the keys and merges the partial results, out=, empty
+# and fully masked inputs, NaNs, forced ISA paths, and argument errors.
+SELECTION=(
+    "tests/test_attention.py::test_sequence_lengths[f32-nq1-nk1]"
+    "tests/test_attention.py::test_sequence_lengths[f32-nq65-nk63]"
+    "tests/test_attention.py::test_sequence_lengths[f32-nq7-nk513]"
+    "tests/test_attention.py::test_sequence_lengths[f64-nq129-nk33]"
+    "tests/test_attention.py::test_causal[true-nq17-nk33]"
+    "tests/test_attention.py::test_causal[bottom_right-nq130-nk65]"
+    "tests/test_attention.py::test_causal[top_left-nq65-nk130]"
+    "tests/test_attention.py::test_head_dims[f32-d1]"
+    "tests/test_attention.py::test_head_dims[f32-d80]"
+    "tests/test_attention.py::test_head_dims[f64-d256]"
+    "tests/test_attention.py::test_value_dim_differs[d17-dv3]"
+    "tests/test_attention.py::test_value_dim_differs[d3-dv129]"
+    "tests/test_attention.py::test_mask_kinds[f32-bool]"
+    "tests/test_attention.py::test_mask_kinds[f32-add32]"
+    "tests/test_attention.py::test_mask_kinds[f64-add64]"
+    "tests/test_attention.py::test_mask_broadcast_shapes[bool-1x3x37x1]"
+    "tests/test_attention.py::test_mask_broadcast_shapes[add32-2x1x1x70]"
+    "tests/test_attention.py::test_causal_with_mask[nq>nk-top_left-add64]"
+    "tests/test_attention.py::test_gqa[3d-h8-hkv2]"
+    "tests/test_attention.py::test_gqa[4d-h12-hkv4]"
+    "tests/test_attention.py::test_gqa_with_per_head_mask[bool]"
+    "tests/test_attention.py::test_mqa_float64"
+    "tests/test_attention.py::test_decode_long_keys[f32-False-nq4-nk2049-4d-hkv2]"
+    "tests/test_attention.py::test_decode_long_keys[f32-bottom_right-nq65-nk1100-2d-hkvNone]"
+    "tests/test_attention.py::test_decode_long_keys[f64-top_left-nq2-nk3000-3d-hkv3]"
+    "tests/test_attention.py::test_decode_long_keys_masked[f32-add32]"
+    "tests/test_attention.py::test_decode_long_keys_strided"
+    "tests/test_attention.py::test_inputs_not_modified[add32]"
+    "tests/test_layouts.py::test_all_inputs_in_layout[4d-fortran]"
+    "tests/test_layouts.py::test_all_inputs_in_layout[4d-transposed]"
+    "tests/test_layouts.py::test_all_inputs_in_layout[3d-negative]"
+    "tests/test_layouts.py::test_all_inputs_in_layout[4d-strided]"
+    "tests/test_layouts.py::test_all_inputs_in_layout[2d-unaligned]"
+    "tests/test_layouts.py::test_all_inputs_in_layout[4d-broadcast_cols]"
+    "tests/test_layouts.py::test_one_input_in_layout[f64-k-unaligned]"
+    "tests/test_layouts.py::test_one_input_in_layout[f32-v-negative]"
+    "tests/test_layouts.py::test_gqa_inputs_in_layout[strided]"
+    "tests/test_layouts.py::test_decode_inputs_in_layout[nk2100-negative]"
+    "tests/test_layouts.py::test_decode_inputs_in_layout[nk2100-unaligned]"
+    "tests/test_layouts.py::test_mask_in_layout[bool-negative]"
+    "tests/test_layouts.py::test_mask_in_layout[add32-broadcast_rows]"
+    "tests/test_layouts.py::test_unaligned_float_mask"
+    "tests/test_layouts.py::test_out_is_filled_and_returned[f64-4d]"
+    "tests/test_layouts.py::test_out_with_lse"
+    "tests/test_edge.py::test_no_keys[True-f32-4d]"
+    "tests/test_edge.py::test_no_keys_with_mask_and_gqa"
+    "tests/test_edge.py::test_no_queries[f64-3d]"
+    "tests/test_edge.py::test_zero_head_dim[top_left-f32]"
+    "tests/test_edge.py::test_zero_batch_with_out"
+    "tests/test_edge.py::test_fully_masked_rows[add32-f32]"
+    "tests/test_edge.py::test_split_keys_nan_in_one_chunk[700-f32]"
+    "tests/test_edge.py::test_nan_in_query_row[40-f64]"
+    "tests/test_isa.py::test_forced_isa_matches_reference"
+    "tests/test_errors.py::test_bad_argument[q_5d]"
+    "tests/test_errors.py::test_bad_argument[kv_heads_not_divisor]"
+    "tests/test_errors.py::test_bad_argument[mask_wrong_heads]"
+    "tests/test_errors.py::test_bad_argument[scale_nan]"
+    "tests/test_errors.py::test_bad_argument[out_overlaps_k]"
+    "tests/test_errors.py::test_failed_call_leaves_out_untouched[out_overlaps_q]"
+    "tests/test_errors.py::test_messages_give_sizes"
+)
+
+if ! command -v valgrind >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing valgrind"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind
+    else
+        echo "error: valgrind is not installed (Debian: apt-get install valgrind)" >&2
+        exit 2
+    fi
+fi
+
+if [[ -n "${FASTATTN_VALGRIND_DIR:-}" ]]; then
+    WORK="$FASTATTN_VALGRIND_DIR"
+    mkdir -p "$WORK"
+    KEEP=1
+else
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastattn-valgrind.XXXXXX")"
+fi
+cleanup() {
+    if [[ -n "${KEEP:-}" ]]; then echo "== kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+start=$SECONDS
+VPY="$WORK/venv/bin/python"
+if [[ -n "${FASTATTN_VALGRIND_REUSE:-}" && -x "$VPY" ]]; then
+    echo "== reusing the build in $WORK (FASTATTN_VALGRIND_REUSE)"
+    rm -rf "$WORK/logs"
+    mkdir -p "$WORK/logs"
+else
+    echo "== copying sources from $ROOT to $WORK/src"
+    rm -rf "$WORK/src" "$WORK/venv" "$WORK/logs"
+    mkdir -p "$WORK/src" "$WORK/logs"
+    tar -C "$ROOT" -cf - \
+        --exclude=./.git --exclude=./build --exclude=./dist --exclude='*.egg-info' \
+        --exclude='__pycache__' --exclude='*.so' --exclude='*.pyd' --exclude='*.o' \
+        --exclude=./src/fastattn/_core.c --exclude=./.ci-venv --exclude=./.venv \
+        --exclude=./venv --exclude=./.hypothesis --exclude=./.pytest_cache \
+        --exclude=./.benchmarks \
+        . | tar -C "$WORK/src" -xf -
+
+    echo "== creating a virtual environment with $PYTHON"
+    "$PYTHON" -m venv "$WORK/venv"
+    VPY="$WORK/venv/bin/python"
+
+    echo "== building with FASTATTN_DEBUG=1 (-O1 -g)"
+    FASTATTN_DEBUG=1 "$VPY" -m pip install --no-cache-dir --quiet "$WORK/src[test]"
+fi
+
+if [[ $# -eq 0 ]]; then set -- "${SELECTION[@]}"; fi
+LOGS="$WORK/logs"
+SUPP="$ROOT/tools/valgrind-python.supp"
+echo "== running pytest under valgrind ($(valgrind --version)), $# arguments"
+cd "$WORK/src"
+OUT="$WORK/pytest.log"
+set +e
+PYTHONMALLOC=malloc OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive \
+OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH= \
+    valgrind --tool=memcheck --error-exitcode=99 \
+        --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+        --track-origins=yes --num-callers=40 --suppressions="$SUPP" \
+        --log-file="$LOGS/memcheck.%p.log" \
+        "$VPY" -m pytest -p no:cacheprovider -q -ra "$@" 2>&1 | tee "$OUT"
+status=${PIPESTATUS[0]}
+set -e
+
+# One log per process (pytest's and any subprocess'); print those with errors.
+errors=0
+shopt -s nullglob
+for f in "$LOGS"/memcheck.*.log; do
+    n=$(sed -n 's/.*ERROR SUMMARY: \([0-9]*\) errors.*/\1/p' "$f" | tail -1)
+    if [[ -z "$n" ]]; then
+        # No summary: a forked child that exec'd another program (memcheck
+        # stops following it there), unless it reported something first.
+        if grep -qE '^==[0-9]+== (Invalid|Conditional|Use of uninit|Syscall param|Mismatched|Source and destination|Process terminating|Argument|Jump to)' "$f"; then
+            echo "== memcheck report $f (no ERROR SUMMARY: the process died?)"
+            cat "$f"
+            n=1
+        else
+            n=0
+        fi
+    elif [[ "$n" -ne 0 ]]; then
+        echo "== memcheck report $f"
+        cat "$f"
+    fi
+    errors=$((errors + n))
+done
+logs=("$LOGS"/memcheck.*.log)
+if [[ ${#logs[@]} -eq 0 ]]; then
+    echo "== no memcheck log was written"
+    errors=$((errors + 1))
+fi
+
+passed=$(grep -oE '[0-9]+ passed' "$OUT" | tail -1 | grep -oE '[0-9]+' || echo 0)
+failed=$(grep -oE '[0-9]+ (failed|errors?)' "$OUT" | tail -1 | grep -oE '[0-9]+' || echo 0)
+elapsed=$((SECONDS - start))
+if [[ $status -eq 0 && $errors -eq 0 ]]; then
+    echo "valgrind: ${passed} passed, 0 errors (${elapsed} s)"
+    exit 0
+fi
+echo "valgrind: ${passed} passed, ${failed} failed, ${errors} errors, exit ${status} (${elapsed} s)"
+exit 1
