@@ -379,3 +379,21 @@ def test_cases_cover_the_features(cases):
     missing = [t for t in need if cov.get(t, 0) < 2]
     assert not missing, f"features drawn fewer than twice: {missing} (coverage {cov})"
     assert empty_rows > 0 and nan_cases > 0
+
+
+# --------------------------------------------------------------------------
+# The hypothesis property suite itself, once per forced ISA path
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("isa", AVAILABLE)
+def test_hypothesis_properties_on_every_isa(isa):
+    """tests/test_property.py (hypothesis: random shapes, strides, masks,
+    causal modes, GQA) run in a child interpreter with FASTATTN_ISA forced,
+    at two threads, so every path meets the same properties."""
+    env = dict(os.environ, FASTATTN_ISA=isa, OMP_NUM_THREADS="2")
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", os.path.join(here, "test_property.py"),
+         "-q", "-x", "-p", "no:cacheprovider"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"FASTATTN_ISA={isa}:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
