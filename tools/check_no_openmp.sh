@@ -19,6 +19,7 @@
 # tree, and the working tree is left untouched.
 
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -33,12 +34,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== copying sources from $ROOT"
-mkdir "$WORK/src"
-tar -C "$ROOT" -cf - \
-    --exclude=./.git --exclude=./build --exclude=./dist --exclude='*.egg-info' \
-    --exclude='__pycache__' --exclude='*.so' --exclude='*.pyd' --exclude='*.o' \
-    --exclude=./src/fastattn/_core.c --exclude=./.venv --exclude=./venv \
-    . | tar -C "$WORK/src" -xf -
+copy_clean_sources "$ROOT" "$WORK/src"
 
 echo "== creating a virtual environment with $PYTHON"
 "$PYTHON" -m venv "$WORK/venv"

@@ -30,6 +30,7 @@
 #
 # On Debian, as root, valgrind is installed with apt-get when it is missing.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -136,13 +137,7 @@ else
     echo "== copying sources from $ROOT to $WORK/src"
     rm -rf "$WORK/src" "$WORK/venv" "$WORK/logs"
     mkdir -p "$WORK/src" "$WORK/logs"
-    tar -C "$ROOT" -cf - \
-        --exclude=./.git --exclude=./build --exclude=./dist --exclude='*.egg-info' \
-        --exclude='__pycache__' --exclude='*.so' --exclude='*.pyd' --exclude='*.o' \
-        --exclude=./src/fastattn/_core.c --exclude=./.ci-venv --exclude=./.venv \
-        --exclude=./venv --exclude=./.hypothesis --exclude=./.pytest_cache \
-        --exclude=./.benchmarks \
-        . | tar -C "$WORK/src" -xf -
+    copy_clean_sources "$ROOT" "$WORK/src"
 
     echo "== creating a virtual environment with $PYTHON"
     "$PYTHON" -m venv "$WORK/venv"
