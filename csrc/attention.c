@@ -149,6 +149,9 @@ static void fa_empty_keys(const fa_params *p)
  * items and merged by their lse.  The split depends only on the shape,
  * never on the thread count, so results are bitwise reproducible. */
 #define FA_SPLIT_TASKS 16
+/* Largest d or dv accepted: scratch is O(64 * d) elements, so anything
+ * larger is beyond any memory, and sizes stay far from size_t overflow. */
+#define FA_MAX_HEAD_DIM ((int64_t)1 << 32)
 #define FA_SPLIT_MIN_KEYS 512
 
 /* Merge nsplit partial results of one tile (rows x (dv + 1) values per
@@ -261,6 +264,10 @@ int fa_attention(const fa_params *p)
         fa_empty_keys(p);
         return FA_OK;
     }
+    /* Head dims this large (possible with stride-0 views) could not get
+     * their O(d) scratch anyway, and the size arithmetic below must not
+     * wrap around: refuse them as out of memory. */
+    if (p->d > FA_MAX_HEAD_DIM || p->dv > FA_MAX_HEAD_DIM) return FA_ERR_NOMEM;
 
     fa_plan pl;
     pl.p = p;

@@ -306,3 +306,36 @@ def test_split_keys_all_masked(rng):
     q, k, v = make_qkv(rng, (1, 2), 2, 3000, 16)
     out, lse = fastattn.attention(q, k, v, mask=np.zeros(3000, bool), return_lse=True)
     assert np.all(out == 0.0) and np.all(lse == -np.inf)
+
+
+def test_absurd_head_dim_is_memory_error_not_overflow():
+    """A stride-0 view can claim d = 2**60; the scratch size must not wrap
+    around (that would under-allocate and overrun): MemoryError instead."""
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, fastattn\n"
+        "q = np.broadcast_to(np.float32(1), (1, 1, 1, 2**60))\n"
+        "v = np.zeros((1, 1, 1, 1), np.float32)\n"
+        "try:\n"
+        "    fastattn.attention(q, q, v, scale=1e-9)\n"
+        "except MemoryError:\n"
+        "    print('MemoryError')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "MemoryError" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
+def test_self_overlapping_out_is_written_like_numpy():
+    """An ``out`` whose elements share memory (stride 0 over the heads) must
+    not be raced on by threads: it gets the same values as assigning the
+    result with NumPy (the last head wins)."""
+    from numpy.lib.stride_tricks import as_strided
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 2, 200, 16)).astype(np.float32) for _ in range(3))
+    buf = np.zeros(200 * 16, np.float32)
+    out = as_strided(buf, (1, 2, 200, 16), (0, 0, 64, 4))
+    expected = fastattn.attention(q, k, v)
+    res = fastattn.attention(q, k, v, out=out)
+    assert res is out
+    np.testing.assert_array_equal(buf.reshape(200, 16), expected[0, 1])

@@ -131,6 +131,23 @@ cdef void _dims4(cnp.ndarray a, int64_t *dims, int64_t *strides):
             strides[i] = cnp.PyArray_STRIDES(a)[j] // item if dims[i] > 1 else 0
 
 
+cdef bint _may_self_overlap(cnp.ndarray a):
+    """True unless the strides prove that no two elements of ``a`` share
+    memory (sorted by stride, each stride must exceed the extent of the
+    dims below it).  Stride-0 views written in place would race."""
+    cdef int i
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), extent
+    dims = [(abs(cnp.PyArray_STRIDES(a)[i]), cnp.PyArray_DIMS(a)[i])
+            for i in range(cnp.PyArray_NDIM(a)) if cnp.PyArray_DIMS(a)[i] > 1]
+    dims.sort()
+    extent = item
+    for stride, n in dims:
+        if stride < extent:
+            return True
+        extent = stride * n
+    return False
+
+
 cdef bint _overlaps(object a, object b):
     if not np.may_share_memory(a, b):
         return False
@@ -310,7 +327,8 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
             if other is not None and _overlaps(aout, other):
                 raise ValueError(f"out shares memory with {name}; it must not overlap "
                                  "any input")
-        if _whole_elements(aout) is not aout:
+        if _whole_elements(aout) is not aout or _may_self_overlap(aout):
+            # compute into a fresh array, then one NumPy copy into out
             aout = np.empty(oshape, dtype=aq.dtype)
             copy_back = True
     if return_lse:

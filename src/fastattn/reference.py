@@ -60,9 +60,9 @@ def _check_array(name, a):
 
 def _resolve_causal(causal):
     """Return None (no causal mask), "bottom_right" or "top_left"."""
-    if causal is False:
+    if causal is None or causal is False or (isinstance(causal, np.bool_) and not causal):
         return None
-    if causal is True:
+    if causal is True or isinstance(causal, np.bool_):
         return "bottom_right"
     if isinstance(causal, str) and causal in _CAUSAL_MODES:
         return causal
@@ -123,9 +123,11 @@ def _check_shapes(q, k, v=None):
 def _check_mask(mask, target_shape):
     """Validate mask and return it broadcast (read-only view) to target_shape."""
     mask = np.asarray(mask)
+    if mask.dtype == np.float16:
+        mask = mask.astype(np.float32)  # widened, as fastattn.attention does
     if mask.dtype != np.bool_ and mask.dtype not in _FLOAT_DTYPES:
         raise TypeError(
-            f"mask must be bool, float32 or float64, got {mask.dtype}")
+            f"mask must be bool, float16, float32 or float64, got {mask.dtype}")
     if mask.ndim > len(target_shape):
         raise ValueError(
             f"mask has {mask.ndim} dims, more than the {len(target_shape)} "
