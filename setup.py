@@ -4,7 +4,7 @@ The C core is compiled into one extension module, ``fastattn._core``.  The
 tile kernels in csrc/kernels/ are compiled once per instruction set, each
 with its own flags (and only those files get ISA flags); dispatch.c picks
 one at run time from cpuid, so the same build runs on any x86-64 CPU.
-Nothing is built with -march=native.
+Nothing is tuned for the build machine's own CPU.
 
 Environment:
   FASTATTN_NO_OPENMP=1   build without OpenMP (the core then runs serially)
