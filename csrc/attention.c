@@ -168,6 +168,7 @@ static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part
 {
     const int64_t dv = p->dv;
     const int f64 = p->dtype == FA_F64;
+    double w[FA_SPLIT_TASKS]; /* nsplit <= FA_SPLIT_TASKS (see fa_attention) */
     for (int r = 0; r < t->rows; r++) {
         const int64_t base = r * (dv + 1);
         double m = -__builtin_inf();
@@ -177,21 +178,23 @@ static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part
             if (l != l) nan = 1;
             else if (l > m) m = l;
         }
+        /* each split's weight once per row, normalized */
         double wsum = 0;
-        if (!nan && m != -__builtin_inf())
-            for (int64_t s = 0; s < nsplit; s++)
-                wsum += __builtin_exp(fa_part(p, part + s * split_stride, base + dv) - m);
-        const double inv = wsum > 0 ? 1.0 / wsum : 0.0;
+        for (int64_t s = 0; s < nsplit; s++) {
+            w[s] = (!nan && m != -__builtin_inf())
+                       ? __builtin_exp(fa_part(p, part + s * split_stride, base + dv) - m)
+                       : 0.0;
+            wsum += w[s];
+        }
+        if (wsum > 0)
+            for (int64_t s = 0; s < nsplit; s++) w[s] /= wsum;
         for (int64_t e = 0; e < dv; e++) {
             double x = 0;
             if (nan) {
                 x = __builtin_nan("");
-            } else if (wsum > 0) {
-                for (int64_t s = 0; s < nsplit; s++) {
-                    const char *row = part + s * split_stride;
-                    const double w = __builtin_exp(fa_part(p, row, base + dv) - m);
-                    if (w != 0) x += w * inv * fa_part(p, row, base + e);
-                }
+            } else {
+                for (int64_t s = 0; s < nsplit; s++)
+                    if (w[s] != 0) x += w[s] * fa_part(p, part + s * split_stride, base + e);
             }
             if (f64) ((double *)t->o_row[r])[e * p->o_sd] = x;
             else ((float *)t->o_row[r])[e * p->o_sd] = (float)x;
@@ -353,8 +356,8 @@ int fa_attention(const fa_params *p)
     return status;
 }
 
-/* Memory read bandwidth probe (for the decode benchmarks): reads n 32-bit
- * words with the current thread count.  An integer XOR reduction, which the
+/* Memory read bandwidth probe (declared in dispatch.h; for the decode
+ * benchmarks): reads n 32-bit words with the current thread count.  An integer XOR reduction, which the
  * compiler vectorizes freely, so arithmetic never limits the loads.  The
  * caller times it; the result only keeps the loads alive. */
 double fa_read_probe(const float *x, int64_t n)

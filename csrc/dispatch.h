@@ -18,4 +18,8 @@ void fa_exp2_f64(const double *x, double *y, int64_t n);
  * *lanes receives its float32 vector length. */
 double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes);
 
+/* Memory read bandwidth probe (attention.c): reads n 32-bit words with the
+ * current thread count; the caller times it. */
+double fa_read_probe(const float *x, int64_t n);
+
 #endif

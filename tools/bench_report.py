@@ -50,7 +50,7 @@ import numpy as np
 
 import fastattn
 from fastattn import reference
-from fastattn.cli import attention_flops
+from fastattn.cli import attention_flops, format_ms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
@@ -299,17 +299,7 @@ def time_interleaved(impls: Sequence[Impl], rounds: int) -> Dict[str, dict]:
 
 
 def fmt_ms(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "n/a"
-    ms = seconds * 1e3
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.2f}"
-    return f"{ms:.3f}"
-
+    return format_ms(seconds, missing="n/a")
 
 def fmt_ratio(num: Optional[float], den: Optional[float]) -> str:
     if num is None or den is None or den <= 0:

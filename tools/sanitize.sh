@@ -45,17 +45,7 @@ ROOT="$(pwd)"
 PYTHON="${PYTHON:-python3}"
 CC="${CC:-gcc}"
 
-if [[ -n "${FASTATTN_SANITIZE_DIR:-}" ]]; then
-    WORK="$FASTATTN_SANITIZE_DIR"
-    mkdir -p "$WORK"
-    KEEP=1
-else
-    WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastattn-sanitize.XXXXXX")"
-fi
-cleanup() {
-    if [[ -n "${KEEP:-}" ]]; then echo "== kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+setup_workdir sanitize "${FASTATTN_SANITIZE_DIR:-}"
 
 start=$SECONDS
 # -fno-wrapv: Python's own CFLAGS (which setuptools passes first) usually
@@ -72,21 +62,7 @@ if [[ "$LIBASAN" != /* || ! -e "$LIBASAN" ]]; then
 fi
 LIBASAN="$(readlink -f "$LIBASAN")"
 
-VPY="$WORK/venv/bin/python"
-if [[ -n "${FASTATTN_SANITIZE_REUSE:-}" && -x "$VPY" ]]; then
-    echo "== reusing the build in $WORK (FASTATTN_SANITIZE_REUSE)"
-    rm -rf "$WORK/logs"
-    mkdir -p "$WORK/logs"
-else
-    echo "== copying sources from $ROOT to $WORK/src"
-    rm -rf "$WORK/src" "$WORK/venv" "$WORK/logs"
-    mkdir -p "$WORK/src" "$WORK/logs"
-    copy_clean_sources "$ROOT" "$WORK/src"
-
-    echo "== creating a virtual environment with $PYTHON"
-    "$PYTHON" -m venv "$WORK/venv"
-    VPY="$WORK/venv/bin/python"
-
+if prepare_build_dir "${FASTATTN_SANITIZE_REUSE:-}"; then
     echo "== building with FASTATTN_DEBUG=1 and $SAN_FLAGS"
     # Build isolation stays on (pip fetches the build requirements); the
     # FASTATTN_* variables reach the isolated build.

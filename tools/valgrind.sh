@@ -115,34 +115,10 @@ if ! command -v valgrind >/dev/null 2>&1; then
     fi
 fi
 
-if [[ -n "${FASTATTN_VALGRIND_DIR:-}" ]]; then
-    WORK="$FASTATTN_VALGRIND_DIR"
-    mkdir -p "$WORK"
-    KEEP=1
-else
-    WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastattn-valgrind.XXXXXX")"
-fi
-cleanup() {
-    if [[ -n "${KEEP:-}" ]]; then echo "== kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+setup_workdir valgrind "${FASTATTN_VALGRIND_DIR:-}"
 
 start=$SECONDS
-VPY="$WORK/venv/bin/python"
-if [[ -n "${FASTATTN_VALGRIND_REUSE:-}" && -x "$VPY" ]]; then
-    echo "== reusing the build in $WORK (FASTATTN_VALGRIND_REUSE)"
-    rm -rf "$WORK/logs"
-    mkdir -p "$WORK/logs"
-else
-    echo "== copying sources from $ROOT to $WORK/src"
-    rm -rf "$WORK/src" "$WORK/venv" "$WORK/logs"
-    mkdir -p "$WORK/src" "$WORK/logs"
-    copy_clean_sources "$ROOT" "$WORK/src"
-
-    echo "== creating a virtual environment with $PYTHON"
-    "$PYTHON" -m venv "$WORK/venv"
-    VPY="$WORK/venv/bin/python"
-
+if prepare_build_dir "${FASTATTN_VALGRIND_REUSE:-}"; then
     echo "== building with FASTATTN_DEBUG=1 (-O1 -g)"
     FASTATTN_DEBUG=1 "$VPY" -m pip install --no-cache-dir --quiet "$WORK/src[test]"
 fi

@@ -67,12 +67,7 @@ cdef extern from "dispatch.h" nogil:
     void fa_exp2_f32(const float *x, float *y, int64_t n) noexcept
     void fa_exp2_f64(const double *x, double *y, int64_t n) noexcept
     double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes) noexcept
-
-cdef extern from *:
-    """
-    double fa_read_probe(const float *x, int64_t n);
-    """
-    double fa_read_probe(const float *x, int64_t n) noexcept nogil
+    double fa_read_probe(const float *x, int64_t n) noexcept
 
 cdef extern from "fa_build_info.h":
     const char *FA_BUILD_COMPILER

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Callable, List, NamedTuple, Optional, Sequence
 
-__all__ = ["main", "build_parser", "BenchCase", "attention_flops"]
+__all__ = ["main", "build_parser", "BenchCase", "attention_flops", "format_ms"]
 
 PROG = "fastattn"
 
@@ -105,9 +105,11 @@ def _median_time(fn: Callable[[], object], repeat: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def _fmt_time(seconds: Optional[float]) -> str:
+def format_ms(seconds: Optional[float], missing: str = "-") -> str:
+    """A duration in milliseconds with 3 significant digits (``missing``
+    for None); shared by ``fastattn bench`` and tools/bench_report.py."""
     if seconds is None:
-        return "-"
+        return missing
     ms = seconds * 1e3
     if ms >= 100:
         return f"{ms:.0f}"
@@ -285,8 +287,8 @@ def run_bench(cases: Sequence[BenchCase], repeat: int, reference: bool = True,
         rows.append([
             case.name, str(case.B), str(case.H), str(case.kv_heads), str(case.Nq),
             str(case.Nk), str(case.D), "yes" if case.causal else "no",
-            _fmt_time(t_fast), f"{gflops:.1f}", f"{100 * gflops / (peak * threads):.0f}%",
-            _fmt_time(t_ref), speedup_s, err_s,
+            format_ms(t_fast), f"{gflops:.1f}", f"{100 * gflops / (peak * threads):.0f}%",
+            format_ms(t_ref), speedup_s, err_s,
         ])
 
     print(_format_table(headers, rows), file=out)
