@@ -31,9 +31,9 @@ IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
 # (F, DQ, BW, VL and OS support for zmm state).
 KERNEL_ISAS = {"scalar": []}
 if IS_X86:
-    KERNEL_ISAS["avx2"] = ["-mavx2", "-mfma"]
+    KERNEL_ISAS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]
     KERNEL_ISAS["avx512"] = ["-mavx512f", "-mavx512dq", "-mavx512bw",
-                             "-mavx512vl", "-mavx2", "-mfma"]
+                             "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]
 if IS_ARM64:
     KERNEL_ISAS["neon"] = []  # Advanced SIMD is baseline on aarch64
 

@@ -21,6 +21,7 @@
 #include "fastattn.h"
 #include "kernels/kernel.h"
 #include "dispatch.h"
+#include "half.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -69,12 +70,32 @@ int fa_has_openmp(void)
 #endif
 }
 
+/* Bytes of one stored element, and of one element of the compute type
+ * (float32 for the 16-bit storage types). */
+static size_t fa_store_size(const fa_params *p)
+{
+    switch (p->dtype) {
+    case FA_F64: return sizeof(double);
+    case FA_F16:
+    case FA_BF16: return sizeof(uint16_t);
+    default: return sizeof(float);
+    }
+}
+
+static size_t fa_compute_size(const fa_params *p)
+{
+    return p->dtype == FA_F64 ? sizeof(double) : sizeof(float);
+}
+
 size_t fa_scratch_bytes(const fa_params *p)
 {
-    const size_t elem = p->dtype == FA_F64 ? sizeof(double) : sizeof(float);
-    /* qt (d) + scores (BK) + mask terms (BK) + acc (dv) + 4 row vectors */
-    const size_t cols = (size_t)p->d + 2 * FA_BK + (size_t)p->dv + 4;
-    size_t bytes = cols * FA_BQ * elem;
+    const size_t elem = fa_compute_size(p);
+    const int half = p->dtype == FA_F16 || p->dtype == FA_BF16;
+    /* qt (d) + scores (BK) + mask terms (BK) + acc (dv) + 6 row vectors;
+     * the 16-bit types also hold a key and a value block widened to float
+     * (BK x d and BK x dv). */
+    size_t bytes = ((size_t)p->d + 2 * FA_BK + (size_t)p->dv + 6) * FA_BQ * elem;
+    if (half) bytes += (size_t)FA_BK * ((size_t)p->d + (size_t)p->dv) * elem;
     /* the few-row kernel's layout (see fa_rows_ in kernel_body.h) */
     const size_t pad = 64 / elem;
     const size_t rows_bytes = ((size_t)FA_ROWS_MAX * (((size_t)p->d + pad - 1) / pad * pad +
@@ -84,20 +105,43 @@ size_t fa_scratch_bytes(const fa_params *p)
     return (bytes + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN;
 }
 
-static size_t fa_elem_size(const fa_params *p)
+/* Query and key counts of batch b, and the row offsets of its first query
+ * and key (packed variable-length batches). */
+static int64_t fa_nq(const fa_params *p, int64_t b)
 {
-    return p->dtype == FA_F64 ? sizeof(double) : sizeof(float);
+    return p->q_start ? p->q_start[b + 1] - p->q_start[b] : p->n_q;
+}
+
+static int64_t fa_nk(const fa_params *p, int64_t b)
+{
+    if (p->k_start) return p->k_start[b + 1] - p->k_start[b];
+    if (p->k_len) return p->k_len[b] < p->n_k ? p->k_len[b] : p->n_k;
+    return p->n_k;
+}
+
+/* a + b clamped to [lo, hi] (b may be huge: an unbounded band side). */
+static int64_t fa_clamp_add(int64_t a, int64_t b, int64_t lo, int64_t hi)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r)) r = b > 0 ? INT64_MAX : INT64_MIN;
+    return r < lo ? lo : r > hi ? hi : r;
 }
 
 /* Fill the tile whose first virtual row is vr0 for (b, hkv). */
 static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
                          int64_t vr0, int64_t tile_rows, int64_t nvr, fa_tile *t)
 {
-    const size_t es = fa_elem_size(p);
+    const size_t es = fa_store_size(p);
+    const size_t les = fa_compute_size(p);
     const int64_t group = p->h_q / p->h_kv;
+    const int64_t nq = fa_nq(p, b), nk = fa_nk(p, b);
+    const int64_t q0 = p->q_start ? p->q_start[b] : 0;
+    const int64_t k0 = p->k_start ? p->k_start[b] : 0;
+    const int64_t base = p->band_from_end ? nk - nq : 0;
     const char *q = (const char *)p->q;
     char *o = (char *)p->out;
     char *lse = (char *)p->lse;
+    char *w = (char *)p->weights;
     const size_t mes = p->mask_kind == FA_MASK_BOOL ? 1
                        : p->mask_kind == FA_MASK_ADD_F32 ? 4 : 8;
     const char *mask = (const char *)p->mask;
@@ -106,42 +150,29 @@ static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
     t->rows = rows;
     for (int r = 0; r < rows; r++) {
         const int64_t vr = vr0 + r;
-        const int64_t h = hkv * group + vr / p->n_q;
-        const int64_t i = vr % p->n_q;
-        t->qi[r] = i;
-        t->q_row[r] = q + (size_t)(b * p->q_sb + h * p->q_sh + i * p->q_sn) * es;
-        t->o_row[r] = o + (size_t)(b * p->o_sb + h * p->o_sh + i * p->o_sn) * es;
-        t->lse_row[r] = lse ? lse + (size_t)(b * p->l_sb + h * p->l_sh + i * p->l_sn) * es
+        const int64_t h = hkv * group + vr / nq;
+        const int64_t i = vr % nq;
+        const int64_t row = q0 + i;
+        t->q_row[r] = q + (size_t)(b * p->q_sb + h * p->q_sh + row * p->q_sn) * es;
+        t->o_row[r] = o + (size_t)(b * p->o_sb + h * p->o_sh + row * p->o_sn) * es;
+        t->lse_row[r] = lse ? lse + (size_t)(b * p->l_sb + h * p->l_sh + row * p->l_sn) * les
                             : NULL;
         t->mask_row[r] = p->mask_kind != FA_MASK_NONE
                              ? mask + (size_t)(b * p->m_sb + h * p->m_sh + i * p->m_sq) * mes
                              : NULL;
+        t->w_row[r] = w ? w + (size_t)(b * p->w_sb + h * p->w_sh + i * p->w_sq) * es : NULL;
+        t->jlo[r] = p->band_lo == FA_UNBOUNDED_LO ? 0 : fa_clamp_add(i + base, p->band_lo, 0, nk);
+        t->jhi[r] = p->band_hi == FA_UNBOUNDED_HI ? nk
+                                                  : fa_clamp_add(i + base + 1, p->band_hi, 0, nk);
+        if (t->jhi[r] < t->jlo[r]) t->jhi[r] = t->jlo[r];
+        t->pos[r] = i + nk - nq;
+        t->slope[r] = p->alibi ? p->alibi[b * p->a_sb + h * p->a_sh] : 0.0;
     }
-    t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh) * es;
-    t->v = (const char *)p->v + (size_t)(b * p->v_sb + hkv * p->v_sh) * es;
+    t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh + k0 * p->k_sn) * es;
+    t->v = (const char *)p->v + (size_t)(b * p->v_sb + hkv * p->v_sh + k0 * p->v_sn) * es;
     t->k_lo = 0;
-    t->k_hi = p->n_k;
-}
-
-/* Write zeros (and lse -inf) for every row: the n_k == 0 case. */
-static void fa_empty_keys(const fa_params *p)
-{
-    const size_t es = fa_elem_size(p);
-    for (int64_t b = 0; b < p->batch; b++)
-        for (int64_t h = 0; h < p->h_q; h++)
-            for (int64_t i = 0; i < p->n_q; i++) {
-                char *o = (char *)p->out + (size_t)(b * p->o_sb + h * p->o_sh + i * p->o_sn) * es;
-                char *l = p->lse ? (char *)p->lse + (size_t)(b * p->l_sb + h * p->l_sh + i * p->l_sn) * es
-                                 : NULL;
-                for (int64_t e = 0; e < p->dv; e++) {
-                    if (p->dtype == FA_F64) ((double *)o)[e * p->o_sd] = 0;
-                    else ((float *)o)[e * p->o_sd] = 0;
-                }
-                if (l) {
-                    if (p->dtype == FA_F64) *(double *)l = -__builtin_inf();
-                    else *(float *)l = -__builtin_inff();
-                }
-            }
+    t->k_hi = nk;
+    t->out_compute = 0;
 }
 
 /* Split-KV: when there are fewer than FA_SPLIT_TASKS tiles, the keys are
@@ -155,19 +186,29 @@ static void fa_empty_keys(const fa_params *p)
 #define FA_SPLIT_MIN_KEYS 512
 
 /* Merge nsplit partial results of one tile (rows x (dv + 1) values per
- * split: the normalized output then the lse) into the real output:
- * out = sum_s w_s o_s / sum_s w_s with w_s = exp(lse_s - max lse), in
- * double precision.  NaN in any partial makes the row NaN. */
+ * split, in the compute type: the normalized output then the lse) into the
+ * real output: out = sum_s w_s o_s / sum_s w_s with
+ * w_s = exp(lse_s - max lse), in double precision.  NaN in any partial
+ * makes the row NaN. */
 static double fa_part(const fa_params *p, const char *row, int64_t idx)
 {
     return p->dtype == FA_F64 ? ((const double *)row)[idx] : (double)((const float *)row)[idx];
+}
+
+static void fa_store(const fa_params *p, void *dst, int64_t idx, double x)
+{
+    switch (p->dtype) {
+    case FA_F64: ((double *)dst)[idx] = x; break;
+    case FA_F16: ((uint16_t *)dst)[idx] = fa_f32_to_half((float)x); break;
+    case FA_BF16: ((uint16_t *)dst)[idx] = fa_f32_to_bf16((float)x); break;
+    default: ((float *)dst)[idx] = (float)x; break;
+    }
 }
 
 static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part,
                           int64_t nsplit, size_t split_stride)
 {
     const int64_t dv = p->dv;
-    const int f64 = p->dtype == FA_F64;
     double w[FA_SPLIT_TASKS]; /* nsplit <= FA_SPLIT_TASKS (see fa_attention) */
     for (int r = 0; r < t->rows; r++) {
         const int64_t base = r * (dv + 1);
@@ -196,13 +237,12 @@ static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part
                 for (int64_t s = 0; s < nsplit; s++)
                     if (w[s] != 0) x += w[s] * fa_part(p, part + s * split_stride, base + e);
             }
-            if (f64) ((double *)t->o_row[r])[e * p->o_sd] = x;
-            else ((float *)t->o_row[r])[e * p->o_sd] = (float)x;
+            fa_store(p, t->o_row[r], e * p->o_sd, x);
         }
         if (t->lse_row[r]) {
             const double lse = nan ? __builtin_nan("")
                                : wsum > 0 ? m + __builtin_log(wsum) : -__builtin_inf();
-            if (f64) *(double *)t->lse_row[r] = lse;
+            if (p->dtype == FA_F64) *(double *)t->lse_row[r] = lse;
             else *(float *)t->lse_row[r] = (float)lse;
         }
     }
@@ -213,20 +253,38 @@ typedef struct {
     const fa_params *p;   /* the caller's params */
     fa_params pp;         /* the params a split item's kernel sees */
     fa_tile_fn kernel;
-    int64_t nvr, tile_rows, tiles, tasks, nsplit, chunk;
+    int64_t tile_rows, tasks, nsplit, chunk;
+    int64_t *task_start;  /* batch + 1 offsets: first task of each batch */
     char *part;           /* split partials, or NULL */
     size_t split_stride;
 } fa_plan;
+
+static int64_t fa_tiles_of(const fa_plan *pl, int64_t b)
+{
+    const fa_params *p = pl->p;
+    const int64_t nvr = p->h_q / p->h_kv * fa_nq(p, b);
+    return (nvr + pl->tile_rows - 1) / pl->tile_rows;
+}
 
 /* Tile of a task: last tiles first, since with causal masking they are the
  * heaviest, which balances the dynamic schedule. */
 static void fa_task_tile(const fa_plan *pl, int64_t task, fa_tile *tile)
 {
     const fa_params *p = pl->p;
-    const int64_t bh = task / pl->tiles;
-    const int64_t ti = pl->tiles - 1 - task % pl->tiles;
-    fa_fill_tile(p, bh / p->h_kv, bh % p->h_kv, ti * pl->tile_rows, pl->tile_rows,
-                 pl->nvr, tile);
+    /* the batch: the last b with task_start[b] <= task */
+    int64_t lo = 0, hi = p->batch - 1;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (pl->task_start[mid] <= task) lo = mid;
+        else hi = mid - 1;
+    }
+    const int64_t b = lo;
+    const int64_t tiles = fa_tiles_of(pl, b);
+    const int64_t rel = task - pl->task_start[b];
+    const int64_t hkv = rel / tiles;
+    const int64_t ti = tiles - 1 - rel % tiles;
+    fa_fill_tile(p, b, hkv, ti * pl->tile_rows, pl->tile_rows,
+                 p->h_q / p->h_kv * fa_nq(p, b), tile);
 }
 
 static void fa_run_item(const fa_plan *pl, int64_t item, fa_tile *tile, void *scratch)
@@ -238,14 +296,16 @@ static void fa_run_item(const fa_plan *pl, int64_t item, fa_tile *tile, void *sc
         pl->kernel(p, tile, scratch);
         return;
     }
-    const size_t es = fa_elem_size(p);
+    const size_t es = fa_compute_size(p);
     char *dst = pl->part + (size_t)item * pl->split_stride;
     for (int r = 0; r < tile->rows; r++) {
         tile->o_row[r] = dst + (size_t)r * (size_t)(p->dv + 1) * es;
         tile->lse_row[r] = dst + ((size_t)r * (size_t)(p->dv + 1) + (size_t)p->dv) * es;
     }
-    tile->k_lo = split * pl->chunk;
-    tile->k_hi = tile->k_lo + pl->chunk < p->n_k ? tile->k_lo + pl->chunk : p->n_k;
+    tile->out_compute = 1;
+    const int64_t nk = tile->k_hi;
+    tile->k_lo = split * pl->chunk < nk ? split * pl->chunk : nk;
+    tile->k_hi = tile->k_lo + pl->chunk < nk ? tile->k_lo + pl->chunk : nk;
     pl->kernel(&pl->pp, tile, scratch);
 }
 
@@ -256,57 +316,12 @@ static void fa_merge_task(const fa_plan *pl, int64_t task, fa_tile *tile)
                   pl->nsplit, pl->split_stride);
 }
 
-int fa_attention(const fa_params *p)
+/* Run a plan's items (and merges) on the thread pool. */
+static int fa_run_plan(fa_plan *pl, int64_t items, double work)
 {
-    if (p->batch < 0 || p->h_q < 0 || p->h_kv < 0 || p->n_q < 0 ||
-        p->n_k < 0 || p->d < 0 || p->dv < 0)
-        return FA_ERR_PARAMS;
-    if (p->batch == 0 || p->h_q == 0 || p->n_q == 0) return FA_OK;
-    if (p->h_kv == 0 || p->h_q % p->h_kv != 0) return FA_ERR_PARAMS;
-    if (p->n_k == 0) {
-        fa_empty_keys(p);
-        return FA_OK;
-    }
-    /* Head dims this large (possible with stride-0 views) could not get
-     * their O(d) scratch anyway, and the size arithmetic below must not
-     * wrap around: refuse them as out of memory. */
-    if (p->d > FA_MAX_HEAD_DIM || p->dv > FA_MAX_HEAD_DIM) return FA_ERR_NOMEM;
-
-    fa_plan pl;
-    pl.p = p;
-    pl.pp = *p;
-    pl.nvr = p->h_q / p->h_kv * p->n_q; /* virtual rows per (b, kv head) */
-    /* Few rows per kv head and unit column strides: the decode kernel. */
-    const int few = pl.nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1;
-    pl.kernel = few ? fa_dispatch_rows(p->dtype) : fa_dispatch_tile(p->dtype);
-    pl.tile_rows = few ? FA_ROWS_MAX : FA_BQ;
-    pl.tiles = (pl.nvr + pl.tile_rows - 1) / pl.tile_rows;
-    pl.tasks = p->batch * p->h_kv * pl.tiles;
-
-    pl.nsplit = 1;
-    pl.chunk = p->n_k;
-    if (pl.tasks < FA_SPLIT_TASKS && p->n_k >= 2 * FA_SPLIT_MIN_KEYS) {
-        int64_t nsplit = (FA_SPLIT_TASKS + pl.tasks - 1) / pl.tasks;
-        if (nsplit > p->n_k / FA_SPLIT_MIN_KEYS) nsplit = p->n_k / FA_SPLIT_MIN_KEYS;
-        int64_t chunk = (p->n_k + nsplit - 1) / nsplit;
-        chunk = (chunk + FA_BK - 1) / FA_BK * FA_BK;
-        pl.chunk = chunk;
-        pl.nsplit = (p->n_k + chunk - 1) / chunk;
-    }
-    const int64_t items = pl.tasks * pl.nsplit;
-
-    /* Partial results of split work: per item, rows x (dv + 1) values. */
-    pl.split_stride = (size_t)pl.tile_rows * (size_t)(p->dv + 1) * fa_elem_size(p);
-    pl.part = NULL;
-    if (pl.nsplit > 1) {
-        pl.part = (char *)malloc((size_t)items * pl.split_stride);
-        if (!pl.part) return FA_ERR_NOMEM;
-        pl.pp.o_sd = 1;
-    }
-
+    const fa_params *p = pl->p;
     const size_t scratch_bytes = fa_scratch_bytes(p);
     /* Threads only pay off above a few hundred thousand FMAs of work. */
-    const double work = (double)p->batch * p->h_q * p->n_q * p->n_k * (p->d + p->dv);
     int nthreads = fa_get_num_threads();
     if (work < 4.0e5 || items < 2) nthreads = 1;
     if (nthreads > items) nthreads = (int)items;
@@ -320,9 +335,9 @@ int fa_attention(const fa_params *p)
         if (!scratch) {
             status = FA_ERR_NOMEM;
         } else {
-            for (int64_t item = 0; item < items; item++) fa_run_item(&pl, item, &tile, scratch);
-            if (pl.nsplit > 1)
-                for (int64_t task = 0; task < pl.tasks; task++) fa_merge_task(&pl, task, &tile);
+            for (int64_t item = 0; item < items; item++) fa_run_item(pl, item, &tile, scratch);
+            if (pl->nsplit > 1)
+                for (int64_t task = 0; task < pl->tasks; task++) fa_merge_task(pl, task, &tile);
             free(scratch);
         }
     }
@@ -341,18 +356,105 @@ int fa_attention(const fa_params *p)
             }
 #pragma omp for schedule(dynamic, 1)
             for (int64_t item = 0; item < items; item++)
-                if (scratch) fa_run_item(&pl, item, &tile, scratch);
+                if (scratch) fa_run_item(pl, item, &tile, scratch);
             /* (the implicit barrier of the loop above orders the merge) */
-            if (pl.nsplit > 1) {
+            if (pl->nsplit > 1) {
 #pragma omp for schedule(static)
-                for (int64_t task = 0; task < pl.tasks; task++)
-                    if (scratch) fa_merge_task(&pl, task, &tile);
+                for (int64_t task = 0; task < pl->tasks; task++)
+                    if (scratch) fa_merge_task(pl, task, &tile);
             }
             free(scratch);
         }
     }
 #endif
+    return status;
+}
+
+/* Shared checks and planning of fa_attention and fa_attention_weights.
+ * Returns FA_OK with pl->tasks == 0 when there is nothing to do. */
+static int fa_plan_init(const fa_params *p, fa_plan *pl, int weights, double *work)
+{
+    if (p->batch < 0 || p->h_q < 0 || p->h_kv < 0 || p->n_q < 0 ||
+        p->n_k < 0 || p->d < 0 || p->dv < 0)
+        return FA_ERR_PARAMS;
+    pl->p = p;
+    pl->pp = *p;
+    pl->tasks = 0;
+    pl->task_start = NULL;
+    pl->part = NULL;
+    pl->nsplit = 1;
+    if (p->batch == 0 || p->h_q == 0 || p->n_q == 0) return FA_OK;
+    if (p->h_kv == 0 || p->h_q % p->h_kv != 0) return FA_ERR_PARAMS;
+    /* Head dims this large (possible with stride-0 views) could not get
+     * their O(d) scratch anyway, and the size arithmetic below must not
+     * wrap around: refuse them as out of memory. */
+    if (p->d > FA_MAX_HEAD_DIM || p->dv > FA_MAX_HEAD_DIM) return FA_ERR_NOMEM;
+
+    const int64_t group = p->h_q / p->h_kv;
+    int64_t max_nvr = 0, max_nk = 0;
+    *work = 0;
+    for (int64_t b = 0; b < p->batch; b++) {
+        const int64_t nq = fa_nq(p, b), nk = fa_nk(p, b);
+        if (nq < 0 || nk < 0) return FA_ERR_PARAMS;
+        if (group * nq > max_nvr) max_nvr = group * nq;
+        if (nk > max_nk) max_nk = nk;
+        *work += (double)p->h_q * nq * nk * (p->d + p->dv);
+    }
+    /* Few rows per kv head and unit column strides: the decode kernel. */
+    const int few = !weights && max_nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1;
+    pl->kernel = weights ? fa_dispatch_weights(p->dtype)
+                 : few ? fa_dispatch_rows(p->dtype) : fa_dispatch_tile(p->dtype);
+    pl->tile_rows = few ? FA_ROWS_MAX : FA_BQ;
+    pl->task_start = (int64_t *)malloc((size_t)(p->batch + 1) * sizeof(int64_t));
+    if (!pl->task_start) return FA_ERR_NOMEM;
+    pl->task_start[0] = 0;
+    for (int64_t b = 0; b < p->batch; b++)
+        pl->task_start[b + 1] = pl->task_start[b] + p->h_kv * fa_tiles_of(pl, b);
+    pl->tasks = pl->task_start[p->batch];
+
+    pl->chunk = max_nk;
+    if (!weights && pl->tasks < FA_SPLIT_TASKS && max_nk >= 2 * FA_SPLIT_MIN_KEYS) {
+        int64_t nsplit = (FA_SPLIT_TASKS + pl->tasks - 1) / pl->tasks;
+        if (nsplit > max_nk / FA_SPLIT_MIN_KEYS) nsplit = max_nk / FA_SPLIT_MIN_KEYS;
+        int64_t chunk = (max_nk + nsplit - 1) / nsplit;
+        chunk = (chunk + FA_BK - 1) / FA_BK * FA_BK;
+        pl->chunk = chunk;
+        pl->nsplit = (max_nk + chunk - 1) / chunk;
+    }
+    /* Partial results of split work: per item, rows x (dv + 1) values. */
+    pl->split_stride = (size_t)pl->tile_rows * (size_t)(p->dv + 1) * fa_compute_size(p);
+    if (pl->nsplit > 1) {
+        pl->part = (char *)malloc((size_t)(pl->tasks * pl->nsplit) * pl->split_stride);
+        if (!pl->part) {
+            free(pl->task_start);
+            pl->task_start = NULL;
+            return FA_ERR_NOMEM;
+        }
+        pl->pp.o_sd = 1;
+    }
+    return FA_OK;
+}
+
+int fa_attention(const fa_params *p)
+{
+    fa_plan pl;
+    double work = 0;
+    int status = fa_plan_init(p, &pl, 0, &work);
+    if (status == FA_OK && pl.tasks > 0) status = fa_run_plan(&pl, pl.tasks * pl.nsplit, work);
     free(pl.part);
+    free(pl.task_start);
+    return status;
+}
+
+int fa_attention_weights(const fa_params *p)
+{
+    if (!p->weights || !p->lse) return FA_ERR_PARAMS;
+    fa_plan pl;
+    double work = 0;
+    int status = fa_plan_init(p, &pl, 1, &work);
+    if (status == FA_OK && pl.tasks > 0) status = fa_run_plan(&pl, pl.tasks, work / 2);
+    free(pl.part);
+    free(pl.task_start);
     return status;
 }
 

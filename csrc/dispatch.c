@@ -40,7 +40,8 @@ static int fa_probe(fa_isa isa)
     if (isa == FA_ISA_SCALAR) return 1;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
-    if (!osxsave || !avx || !fma) return 0;
+    const int f16c = (c >> 29) & 1; /* float16 conversions */
+    if (!osxsave || !avx || !fma || !f16c) return 0;
     const unsigned long long xcr0 = fa_xgetbv0();
     if ((xcr0 & 0x6) != 0x6) return 0; /* xmm and ymm state */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
@@ -122,23 +123,18 @@ int fa_set_isa(fa_isa isa)
     { name##_scalar, NULL, NULL, NULL }
 #endif
 
-static const fa_tile_fn fa_tile_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_tile_f32);
-static const fa_tile_fn fa_tile_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_tile_f64);
+/* Kernels by [dtype][isa] (fa_dtype order: f32, f64, f16, bf16). */
+#define FA_TYPE_TABLES(name)                                                  \
+    static const fa_tile_fn name##_table[4][FA_ISA_COUNT] = {                 \
+        FA_TABLE(name##_f32), FA_TABLE(name##_f64),                           \
+        FA_TABLE(name##_f16), FA_TABLE(name##_bf16)};
+FA_TYPE_TABLES(fa_tile)
+FA_TYPE_TABLES(fa_rows)
+FA_TYPE_TABLES(fa_weights)
 
-static const fa_tile_fn fa_rows_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_rows_f32);
-static const fa_tile_fn fa_rows_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_rows_f64);
-
-fa_tile_fn fa_dispatch_rows(fa_dtype dtype)
-{
-    const fa_isa isa = fa_get_isa();
-    return dtype == FA_F64 ? fa_rows_f64_table[isa] : fa_rows_f32_table[isa];
-}
-
-fa_tile_fn fa_dispatch_tile(fa_dtype dtype)
-{
-    const fa_isa isa = fa_get_isa();
-    return dtype == FA_F64 ? fa_tile_f64_table[isa] : fa_tile_f32_table[isa];
-}
+fa_tile_fn fa_dispatch_rows(fa_dtype dtype) { return fa_rows_table[dtype][fa_get_isa()]; }
+fa_tile_fn fa_dispatch_tile(fa_dtype dtype) { return fa_tile_table[dtype][fa_get_isa()]; }
+fa_tile_fn fa_dispatch_weights(fa_dtype dtype) { return fa_weights_table[dtype][fa_get_isa()]; }
 
 typedef void (*fa_exp2_f32_fn)(const float *, float *, int64_t);
 typedef void (*fa_exp2_f64_fn)(const double *, double *, int64_t);
@@ -154,6 +150,12 @@ void fa_exp2_f64(const double *x, double *y, int64_t n)
 {
     fa_exp2_f64_table[fa_get_isa()](x, y, n);
 }
+
+static const fa_exp2_f32_fn fa_tanh_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_tanh_array_f32);
+static const fa_exp2_f64_fn fa_tanh_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_tanh_array_f64);
+
+void fa_tanh_f32(const float *x, float *y, int64_t n) { fa_tanh_f32_table[fa_get_isa()](x, y, n); }
+void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_tanh_f64_table[fa_get_isa()](x, y, n); }
 
 typedef double (*fa_probe_fn)(int64_t);
 typedef int (*fa_lanes_fn)(void);

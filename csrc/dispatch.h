@@ -9,10 +9,15 @@
 fa_tile_fn fa_dispatch_tile(fa_dtype dtype);
 /* The few-row (decode) kernel of the current ISA path for dtype. */
 fa_tile_fn fa_dispatch_rows(fa_dtype dtype);
+/* The attention-weights kernel of the current ISA path for dtype. */
+fa_tile_fn fa_dispatch_weights(fa_dtype dtype);
 
 /* The vector exp2 of the current ISA path (exported for its test). */
 void fa_exp2_f32(const float *x, float *y, int64_t n);
 void fa_exp2_f64(const double *x, double *y, int64_t n);
+/* The soft cap's vector tanh of the current ISA path (for its test). */
+void fa_tanh_f32(const float *x, float *y, int64_t n);
+void fa_tanh_f64(const double *x, double *y, int64_t n);
 
 /* Run the FMA peak probe of an ISA path (iters x 12 vector FMAs);
  * *lanes receives its float32 vector length. */

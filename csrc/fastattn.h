@@ -23,10 +23,14 @@
 extern "C" {
 #endif
 
-/* Element type of q, k, v, out (and lse: float32 for fp32, float64 for fp64). */
+/* Element type of q, k, v, out and weights.  The half types are storage
+ * only: they are widened to float32 in registers, every sum is float32, and
+ * lse (and the split-KV partials) are float32.  lse is float64 for FA_F64. */
 typedef enum {
     FA_F32 = 0,
-    FA_F64 = 1
+    FA_F64 = 1,
+    FA_F16 = 2,  /* IEEE binary16, as uint16_t bits */
+    FA_BF16 = 3  /* bfloat16 (the top half of a float32), as uint16_t bits */
 } fa_dtype;
 
 /* How the optional mask is read. */
@@ -78,15 +82,47 @@ typedef struct {
     const void *mask;
     int64_t m_sb, m_sh, m_sq, m_sk;
 
-    /* Causal masking: query i may attend key j only if j <= i + causal_offset.
-     * causal = 0 disables it.  Bottom-right alignment uses
-     * causal_offset = n_k - n_q, top-left uses 0. */
-    int causal;
-    int64_t causal_offset;
+    /* Band of visible keys (causal masking and sliding windows): query i of
+     * batch b may attend key j only if
+     *     band_lo <= j - i - base_b <= band_hi,
+     * where base_b = nk_b - nq_b when band_from_end (bottom-right
+     * alignment: the last query sits on the last key) and 0 otherwise
+     * (top-left).  FA_UNBOUNDED_LO / FA_UNBOUNDED_HI disable a side; both
+     * unbounded is no band.  Causal is band_hi = 0. */
+    int64_t band_lo, band_hi;
+    int band_from_end;
+
+    /* Optional ALiBi slopes (float64), indexed [b * a_sb + h * a_sh]: the
+     * scaled score of query i and key j gets -slope * |i + nk_b - nq_b - j|
+     * (bottom-right alignment).  NULL: no bias. */
+    const double *alibi;
+    int64_t a_sb, a_sh;
+
+    /* Soft capping: scores s become softcap * tanh(s / softcap) before the
+     * bias and the mask are applied.  0 disables it. */
+    double softcap;
+
+    /* Optional per-batch lengths; NULL means every batch has n_q queries
+     * and n_k keys (n_q and n_k are then also the largest lengths).
+     *   q_start, k_start: batch + 1 ascending row offsets (packed variable
+     *     length batches): batch b's queries are rows q_start[b] ..
+     *     q_start[b+1] - 1 of q, out and lse, counted with the row strides
+     *     (the batch strides are then normally 0); likewise its keys.
+     *   k_len: batch key counts (padded batches): keys j >= k_len[b] of
+     *     batch b do not exist.  Ignored when k_start is set. */
+    const int64_t *q_start, *k_start, *k_len;
 
     /* Multiplier of q.k (usually 1/sqrt(d)). */
     double scale;
+
+    /* Attention weights, for fa_attention_weights only: written for
+     * (b, h, i, j), j < nk_b, in the element type, through these strides. */
+    void *weights;
+    int64_t w_sb, w_sh, w_sq, w_sk;
 } fa_params;
+
+#define FA_UNBOUNDED_LO INT64_MIN
+#define FA_UNBOUNDED_HI INT64_MAX
 
 /* Status codes. */
 #define FA_OK 0
@@ -97,6 +133,14 @@ typedef struct {
  * Releases nothing and takes no locks: safe to call from several threads
  * at once on distinct outputs.  Uses up to fa_get_num_threads() threads. */
 int fa_attention(const fa_params *p);
+
+/* The softmax probabilities (the attention matrix) of the problem in p,
+ * given its lse (p->lse, as computed by fa_attention with the same params,
+ * is read, not written): weights = exp(score - lse), written to
+ * p->weights for every visible (query, key) pair and 0 for hidden pairs of
+ * the key blocks that are computed; the caller zero-fills the buffer, since
+ * key blocks nobody sees are skipped.  Rows with lse = -inf stay zero. */
+int fa_attention_weights(const fa_params *p);
 
 /* Threads used by fa_attention (OpenMP; 1 when built without it). */
 void fa_set_num_threads(int n);

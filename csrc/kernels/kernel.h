@@ -31,10 +31,16 @@ typedef struct {
     void *o_row[FA_BQ];             /* start of each output row */
     void *lse_row[FA_BQ];           /* lse slot of each row, or NULL */
     const void *mask_row[FA_BQ];    /* mask row (b, h, i, 0), or NULL */
-    int64_t qi[FA_BQ];              /* query index of each row (causal) */
+    void *w_row[FA_BQ];             /* weights row (b, h, i, 0) (weights pass) */
+    int64_t jlo[FA_BQ], jhi[FA_BQ]; /* keys [jlo, jhi) are inside the band */
+    int64_t pos[FA_BQ];             /* i + nk_b - nq_b: ALiBi's diagonal */
+    double slope[FA_BQ];            /* ALiBi slope of the row's head, or 0 */
     const void *k;                  /* key 0, column 0 of this kv head */
     const void *v;                  /* value 0, column 0 of this kv head */
     int64_t k_lo, k_hi;             /* keys [k_lo, k_hi) are processed */
+    int out_compute;                /* o_row/lse_row hold the compute type
+                                       (float32 for the 16-bit types):
+                                       split-KV partials */
 } fa_tile;
 
 /* Scratch bytes a kernel needs for the given params. */
@@ -44,15 +50,21 @@ typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
 
 /* One tile function per dtype for each ISA (defined in kernel_<isa>.c),
  * plus the vector exp2 exported for its accuracy test. */
+#define FA_DECLARE_TYPE(t, isa)                                               \
+    void fa_tile_##t##_##isa(const fa_params *p, const fa_tile *tl, void *s); \
+    void fa_rows_##t##_##isa(const fa_params *p, const fa_tile *tl, void *s); \
+    void fa_weights_##t##_##isa(const fa_params *p, const fa_tile *tl, void *s);
 #define FA_DECLARE_ISA(isa)                                                   \
-    void fa_tile_f32_##isa(const fa_params *p, const fa_tile *t, void *s);   \
-    void fa_tile_f64_##isa(const fa_params *p, const fa_tile *t, void *s);   \
-    void fa_rows_f32_##isa(const fa_params *p, const fa_tile *t, void *s);   \
-    void fa_rows_f64_##isa(const fa_params *p, const fa_tile *t, void *s);   \
+    FA_DECLARE_TYPE(f32, isa)                                                 \
+    FA_DECLARE_TYPE(f64, isa)                                                 \
+    FA_DECLARE_TYPE(f16, isa)                                                 \
+    FA_DECLARE_TYPE(bf16, isa)                                                \
     void fa_exp2_array_f32_##isa(const float *x, float *y, int64_t n);       \
     double fa_fma_probe_f32_##isa(int64_t iters);                            \
     int fa_vec_lanes_f32_##isa(void);                                        \
-    void fa_exp2_array_f64_##isa(const double *x, double *y, int64_t n);
+    void fa_exp2_array_f64_##isa(const double *x, double *y, int64_t n);     \
+    void fa_tanh_array_f32_##isa(const float *x, float *y, int64_t n);       \
+    void fa_tanh_array_f64_##isa(const double *x, double *y, int64_t n);
 
 FA_DECLARE_ISA(scalar)
 FA_DECLARE_ISA(avx2)

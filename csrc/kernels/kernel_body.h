@@ -22,6 +22,14 @@
  * row: the running max, sum and rescale factor need no horizontal
  * reductions).
  *
+ * Storage types: the 16-bit types (FA_S_KIND 1 = float16, 2 = bfloat16) are
+ * widened to float32 as they are loaded (F16C's vcvtph2ps on x86, a shift
+ * for bfloat16): Q while it is packed, K and V one key block at a time into
+ * a float32 block in scratch (the tile reuses each block for 64 rows, so
+ * the conversion is noise), and straight into registers in the few-row
+ * kernel, where the loads are the cost.  Every product and sum is float32;
+ * the output is rounded to the storage type once, at the end.
+ *
  * Numerics: Q is pre-multiplied by the scale, so scores (and the additive
  * mask, and the running max) are in natural units; the softmax evaluates
  * exp(s - m) as exp2((s - m) * log2(e)), scaling only the difference, which
@@ -66,6 +74,79 @@ FA_INLINE VT FA_FN(fa_loadu_)(const FA_T *x)
 }
 
 FA_INLINE void FA_FN(fa_storeu_)(FA_T *x, VT v) { __builtin_memcpy(x, &v, sizeof(VT)); }
+
+#if FA_S_KIND != 0
+#define VH FA_FN(fa_vh_)
+typedef uint16_t VH __attribute__((vector_size(FA_VBYTES / 2)));
+#endif
+
+/* One stored element to the compute type, and back (round to nearest
+ * even, as the conversion instructions do). */
+FA_INLINE FA_T FA_FN(fa_s2t_)(FA_S x)
+{
+#if FA_S_KIND == 0
+    return x;
+#elif FA_S_KIND == 1 && defined(__F16C__)
+    return _cvtsh_ss(x);
+#elif FA_S_KIND == 1
+    return fa_half_to_f32(x);
+#else
+    return fa_bf16_to_f32(x);
+#endif
+}
+
+FA_INLINE FA_S FA_FN(fa_t2s_)(FA_T x)
+{
+#if FA_S_KIND == 0
+    return x;
+#elif FA_S_KIND == 1 && defined(__F16C__)
+    return (FA_S)_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT);
+#elif FA_S_KIND == 1
+    return fa_f32_to_half(x);
+#else
+    return fa_f32_to_bf16(x);
+#endif
+}
+
+/* VL stored elements (unaligned) widened to a vector, and back. */
+FA_INLINE VT FA_FN(fa_loads_)(const FA_S *x)
+{
+#if FA_S_KIND == 0
+    return FA_FN(fa_loadu_)(x);
+#elif FA_S_KIND == 1 && defined(__F16C__) && FA_VBYTES == 64
+    return (VT)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)x));
+#elif FA_S_KIND == 1 && defined(__F16C__) && FA_VBYTES == 32
+    return (VT)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x));
+#elif FA_S_KIND == 1
+    VT v;
+    for (int l = 0; l < VL; l++) v[l] = fa_half_to_f32(x[l]);
+    return v;
+#else
+    VH h;
+    __builtin_memcpy(&h, x, sizeof(VH));
+    return (VT)(__builtin_convertvector(h, VU) << 16);
+#endif
+}
+
+FA_INLINE void FA_FN(fa_stores_)(FA_S *x, VT v)
+{
+#if FA_S_KIND == 0
+    FA_FN(fa_storeu_)(x, v);
+#elif FA_S_KIND == 1 && defined(__F16C__) && FA_VBYTES == 64
+    _mm256_storeu_si256((__m256i *)x, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
+#elif FA_S_KIND == 1 && defined(__F16C__) && FA_VBYTES == 32
+    _mm_storeu_si128((__m128i *)x, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#elif FA_S_KIND == 1
+    for (int l = 0; l < VL; l++) x[l] = fa_f32_to_half(v[l]);
+#else
+    /* round to nearest even on the top 16 bits; NaN stays a quiet NaN */
+    const VU u = (VU)v;
+    const VU nan = (VU)(v != v);
+    const VU r = ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16 & ~nan) | (((u >> 16) | 0x40u) & nan);
+    const VH h = __builtin_convertvector(r, VH);
+    __builtin_memcpy(x, &h, sizeof(VH));
+#endif
+}
 
 /* Lane select: mask ? a : b (mask lanes are all ones or all zeros). */
 FA_INLINE VT FA_FN(fa_vsel_)(VI mask, VT a, VT b)
@@ -143,6 +224,7 @@ FA_INLINE VT FA_FN(fa_exp2_)(VT x)
     return p * pow2n;
 }
 
+#if FA_S_KIND == 0
 /* Exported for the exp accuracy test: y[i] = exp2(x[i]) for n values
  * (n a multiple of the vector length is not required). */
 void FA_FN(fa_exp2_array_)(const FA_T *x, FA_T *y, int64_t n)
@@ -165,6 +247,7 @@ void FA_FN(fa_exp2_array_)(const FA_T *x, FA_T *y, int64_t n)
         for (int l = 0; l < r; l++) y[i + l] = buf[l];
     }
 }
+#endif
 
 /*
  * Q.K^T micro-kernel: scores of ib query vectors against jb keys, summed
@@ -390,7 +473,7 @@ FA_INLINE void FA_FN(fa_pack_q_)(const fa_tile *t, int64_t d, int64_t q_sd, FA_T
                 VT x[VL];
 #pragma GCC unroll 16
                 for (int i = 0; i < VL; i++)
-                    x[i] = r0 + i < rows ? FA_FN(fa_loadu_)((const FA_T *)t->q_row[r0 + i] + k0)
+                    x[i] = r0 + i < rows ? FA_FN(fa_loads_)((const FA_S *)t->q_row[r0 + i] + k0)
                                          : VSPLAT(0);
                 FA_FN(fa_transpose_)(x);
 #pragma GCC unroll 16
@@ -398,38 +481,258 @@ FA_INLINE void FA_FN(fa_pack_q_)(const fa_tile *t, int64_t d, int64_t q_sd, FA_T
             }
     }
     for (int r = 0; r < rows; r++) {
-        const FA_T *q = (const FA_T *)t->q_row[r];
-        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = q[k * q_sd] * c;
+        const FA_S *q = (const FA_S *)t->q_row[r];
+        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = FA_FN(fa_s2t_)(q[k * q_sd]) * c;
     }
     for (int r = rows; r < lanes; r++)
         for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = 0;
 }
 
+#if FA_S_KIND != 0
+/* Widen nb stored rows of n elements (row stride sn, column stride sd)
+ * into dst, rows of n contiguous compute-type elements. */
+static void FA_FN(fa_widen_rows_)(const FA_S *src, int64_t sn, int64_t sd, int nb,
+                                  int64_t n, FA_T *restrict dst)
+{
+    for (int j = 0; j < nb; j++) {
+        const FA_S *s = src + j * sn;
+        FA_T *o = dst + j * n;
+        int64_t c = 0;
+        if (sd == 1)
+            for (; c + VL <= n; c += VL) FA_FN(fa_storeu_)(o + c, FA_FN(fa_loads_)(s + c));
+        for (; c < n; c++) o[c] = FA_FN(fa_s2t_)(s[c * sd]);
+    }
+}
+#endif
+
+/* Lane-wise |x|. */
+FA_INLINE VT FA_FN(fa_vabs_)(VT x)
+{
+    return (VT)((VI)x & ~(VI)VSPLAT(-0.0));
+}
+
+/*
+ * tanh for the soft cap.  |x| >= FA_TANH_SMALL: (1 - e) / (1 + e) with
+ * e = exp(-2|x|) = exp2(-2 log2(e) |x|) <= 0.45 (no cancellation in 1 - e);
+ * below it, the odd Taylor series to x^13, whose first omitted term is
+ * below half an ulp there (x^15 * 0.0015 at 0.4 is 4e-9 relative for float;
+ * double uses 0.05).  The sign is copied back; NaN stays NaN, +-inf gives
+ * +-1.
+ */
+#if FA_IS_DOUBLE
+#define FA_TANH_SMALL 0.05
+#else
+#define FA_TANH_SMALL 0.4f
+#endif
+FA_INLINE VT FA_FN(fa_tanh_)(VT x)
+{
+    const VT ax = FA_FN(fa_vabs_)(x);
+    const VT e = FA_FN(fa_exp2_)(ax * VSPLAT(-2.8853900817779268147));
+    const VT big = (VSPLAT(1) - e) / (VSPLAT(1) + e);
+    const VT x2 = ax * ax;
+    VT p = VSPLAT(21844.0 / 6081075.0);
+    p = p * x2 + VSPLAT(-1382.0 / 155925.0);
+    p = p * x2 + VSPLAT(62.0 / 2835.0);
+    p = p * x2 + VSPLAT(-17.0 / 315.0);
+    p = p * x2 + VSPLAT(2.0 / 15.0);
+    p = p * x2 + VSPLAT(-1.0 / 3.0);
+    const VT small = ax + ax * x2 * p;
+    const VT t = FA_FN(fa_vsel_)(ax < VSPLAT(FA_TANH_SMALL), small, big);
+    /* copy the sign of x (NaN keeps its bits through the select) */
+    return (VT)((VI)t | ((VI)x & (VI)VSPLAT(-0.0)));
+}
+
+/* Exported for the soft-cap accuracy test: y[i] = tanh(x[i]). */
+#if FA_S_KIND == 0
+void FA_FN(fa_tanh_array_)(const FA_T *x, FA_T *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += VL) {
+        FA_T buf[VL];
+        const int r = (int)(n - i < VL ? n - i : VL);
+        for (int l = 0; l < VL; l++) buf[l] = l < r ? x[i + l] : (FA_T)0;
+        const VT yv = FA_FN(fa_tanh_)(FA_FN(fa_loadu_)(buf));
+        FA_FN(fa_storeu_)(buf, yv);
+        for (int l = 0; l < r; l++) y[i + l] = buf[l];
+    }
+}
+#endif
+
+/* Per-tile row data of the score pipeline, in lanes (padded lanes 0). */
+typedef struct {
+    int64_t j_start, j_end;   /* keys worth visiting */
+    int64_t lo_max, hi_min;   /* a block inside [lo_max, hi_min) needs no band mask */
+} FA_FN(fa_range_);
+
+/* The keys a tile visits: [k_lo, k_hi) cut to the union of its rows' bands. */
+FA_INLINE FA_FN(fa_range_) FA_FN(fa_tile_range_)(const fa_tile *t)
+{
+    FA_FN(fa_range_) g;
+    int64_t lo_min = INT64_MAX, hi_max = INT64_MIN;
+    g.lo_max = INT64_MIN;
+    g.hi_min = INT64_MAX;
+    for (int r = 0; r < t->rows; r++) {
+        /* every row bounds the blocks that need no masking (an empty band
+         * makes every block need it) ... */
+        if (t->jlo[r] > g.lo_max) g.lo_max = t->jlo[r];
+        if (t->jhi[r] < g.hi_min) g.hi_min = t->jhi[r];
+        /* ... but only rows that see something widen the range visited */
+        if (t->jlo[r] >= t->jhi[r]) continue;
+        if (t->jlo[r] < lo_min) lo_min = t->jlo[r];
+        if (t->jhi[r] > hi_max) hi_max = t->jhi[r];
+    }
+    g.j_start = lo_min > t->k_lo ? lo_min : t->k_lo;
+    g.j_end = hi_max < t->k_hi ? hi_max : t->k_hi;
+    if (g.j_end < g.j_start) g.j_end = g.j_start;
+    return g;
+}
+
+/* Does any row's band meet keys [j0, j0 + nb)? */
+FA_INLINE int FA_FN(fa_band_meets_)(const fa_tile *t, int64_t j0, int nb)
+{
+    for (int r = 0; r < t->rows; r++)
+        if (t->jlo[r] < j0 + nb && t->jhi[r] > j0 && t->jlo[r] < t->jhi[r]) return 1;
+    return 0;
+}
+
+/*
+ * Scores of one key block, st[key][row], through the whole pipeline:
+ * Q.K^T (scale folded into Q), soft cap, ALiBi bias, the mask terms mt
+ * (when the call has a mask), and the band (when `band`).  bmax receives
+ * each lane's block max when it is still exact on return (the return value
+ * is 0); 1 means the bias or masking changed scores and the caller must
+ * take the max again.
+ */
+FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
+                                      int64_t j0, int nb, int nv, const FA_T *qt,
+                                      const FA_T *kb, int64_t k_sn, int64_t k_sd,
+                                      const FA_T *slope_v, FA_T *dist_v,
+                                      const FA_T *mt, int band, FA_T *st, FA_T *bmax)
+{
+    const FA_T ninf = -(FA_T)__builtin_inf();
+    const int64_t d = p->d;
+    for (int i = 0; i < nv; i++) VSTORE(bmax + i * VL, VSPLAT(ninf));
+    if (k_sd == 1)
+        FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, 1, d, st, bmax);
+    else
+        FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, k_sd, d, st, bmax);
+    int masked = 0;
+
+    if (p->softcap > 0) {
+        /* tanh is increasing, so the block max is capped like the scores */
+        const VT cap = VSPLAT(p->softcap), inv = VSPLAT(1.0 / p->softcap);
+        for (int j = 0; j < nb; j++)
+            for (int i = 0; i < nv; i++) {
+                FA_T *sp = st + j * FA_BQ + i * VL;
+                VSTORE(sp, cap * FA_FN(fa_tanh_)(VLOAD(sp) * inv));
+            }
+        for (int i = 0; i < nv; i++)
+            VSTORE(bmax + i * VL, cap * FA_FN(fa_tanh_)(VLOAD(bmax + i * VL) * inv));
+    }
+    if (p->alibi) {
+        /* -slope * |pos - j|, with the distance counted from this block */
+        masked = 1;
+        for (int r = 0; r < t->rows; r++) dist_v[r] = (FA_T)(t->pos[r] - j0);
+        for (int i = 0; i < nv; i++) {
+            const VT sl = VLOAD(slope_v + i * VL), dist = VLOAD(dist_v + i * VL);
+            for (int j = 0; j < nb; j++) {
+                FA_T *sp = st + j * FA_BQ + i * VL;
+                VSTORE(sp, VLOAD(sp) - sl * FA_FN(fa_vabs_)(dist - VSPLAT(j)));
+            }
+        }
+    }
+    if (p->mask_kind != FA_MASK_NONE) {
+        masked = 1;
+        for (int j = 0; j < nb; j++)
+            for (int i = 0; i < nv; i++) {
+                /* hidden keys become -inf whatever their score (a NaN or
+                 * inf score there must not reach the row) */
+                FA_T *sp = st + j * FA_BQ + i * VL;
+                const VT m = VLOAD(mt + j * FA_BQ + i * VL);
+                VSTORE(sp, FA_FN(fa_vsel_)(m == VSPLAT(ninf), m, VLOAD(sp) + m));
+            }
+    }
+    if (band) {
+        masked = 1;
+        for (int r = 0; r < t->rows; r++) {
+            int64_t lo = t->jlo[r] - j0, hi = t->jhi[r] - j0;
+            if (lo > nb) lo = nb;
+            if (hi < lo) hi = lo;
+            for (int64_t j = 0; j < lo; j++) st[j * FA_BQ + r] = ninf;
+            for (int64_t j = hi < 0 ? 0 : hi; j < nb; j++) st[j * FA_BQ + r] = ninf;
+        }
+    }
+    return masked;
+}
+
+/* Shared tile setup: the scratch layout, the packed Q and the ALiBi lanes. */
+typedef struct {
+    FA_T *qt, *st, *mt, *ot, *row_max, *row_sum, *alpha, *bmax, *slope_v, *dist_v;
+    FA_T *kc, *vc; /* widened key and value blocks (16-bit types only) */
+    int nv, lanes;
+} FA_FN(fa_scr_);
+
+FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile *t,
+                                               void *scratch)
+{
+    FA_FN(fa_scr_) w;
+    const int64_t d = p->d, dv = p->dv;
+    w.nv = (t->rows + VL - 1) / VL; /* query vectors in use */
+    w.lanes = w.nv * VL;
+    /* All sizes are multiples of FA_BQ elements, so every part stays
+     * aligned like the base (FA_ALIGN). */
+    w.qt = (FA_T *)scratch;          /* d x BQ: packed, scaled Q^T */
+    w.st = w.qt + d * FA_BQ;         /* BK x BQ: scores, then probs */
+    w.mt = w.st + FA_BK * FA_BQ;     /* BK x BQ: mask terms */
+    w.ot = w.mt + FA_BK * FA_BQ;     /* dv x BQ: output accumulator */
+    w.row_max = w.ot + dv * FA_BQ;   /* BQ: running max */
+    w.row_sum = w.row_max + FA_BQ;   /* BQ: running sum */
+    w.alpha = w.row_sum + FA_BQ;     /* BQ: rescale of this block */
+    w.bmax = w.alpha + FA_BQ;        /* BQ: max score of this block */
+    w.slope_v = w.bmax + FA_BQ;      /* BQ: ALiBi slopes */
+    w.dist_v = w.slope_v + FA_BQ;    /* BQ: ALiBi distances */
+    w.kc = w.dist_v + FA_BQ;         /* BK x d (16-bit types) */
+    w.vc = w.kc + FA_BK * d;         /* BK x dv (16-bit types) */
+
+    FA_FN(fa_pack_q_)(t, d, p->q_sd, (FA_T)p->scale, w.lanes, w.qt);
+    for (int r = 0; r < w.lanes; r++) {
+        w.slope_v[r] = r < t->rows ? (FA_T)t->slope[r] : (FA_T)0;
+        w.dist_v[r] = 0;
+    }
+    return w;
+}
+
+/* The key block's rows as compute-type pointers (widened for 16-bit). */
+#if FA_S_KIND != 0
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd) \
+    do {                                                                 \
+        FA_FN(fa_widen_rows_)((base) + (j0) * (sn), sn, sd, nb, n, buf); \
+        out_ptr = (buf);                                                 \
+        out_sn = (n);                                                    \
+        out_sd = 1;                                                      \
+    } while (0)
+#else
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd) \
+    do {                                                                 \
+        (void)(n);                                                       \
+        out_ptr = (base) + (j0) * (sn);                                  \
+        out_sn = (sn);                                                   \
+        out_sd = (sd);                                                   \
+    } while (0)
+#endif
+
 /* The tile: online softmax attention of t->rows query rows over keys
- * [t->k_lo, t->k_hi), written normalized to t->o_row and t->lse_row. */
+ * [t->k_lo, t->k_hi) (and inside each row's band), written normalized to
+ * t->o_row and t->lse_row. */
 void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
 {
     const int64_t d = p->d, dv = p->dv;
     const int rows = t->rows;
-    const int nv = (rows + VL - 1) / VL; /* query vectors in use */
-    const int lanes = nv * VL;
     const FA_T ninf = -(FA_T)__builtin_inf();
     const VT log2e = VSPLAT(1.4426950408889634074);
-
-    /* Scratch: all sizes are multiples of FA_BQ elements, so every part
-     * stays aligned like the base (FA_ALIGN). */
-    FA_T *qt = (FA_T *)scratch;       /* d x BQ: packed, scaled Q^T */
-    FA_T *st = qt + d * FA_BQ;        /* BK x BQ: scores, then probs */
-    FA_T *mt = st + FA_BK * FA_BQ;    /* BK x BQ: mask terms */
-    FA_T *ot = mt + FA_BK * FA_BQ;    /* dv x BQ: output accumulator */
-    FA_T *row_max = ot + dv * FA_BQ;  /* BQ: running max (log2 units) */
-    FA_T *row_sum = row_max + FA_BQ;  /* BQ: running sum */
-    FA_T *alpha = row_sum + FA_BQ;    /* BQ: rescale of this block */
-    FA_T *bmax = alpha + FA_BQ;       /* BQ: max score of this block */
-
-    /* Pack Q^T with the scale folded in; padded lanes are zero. */
-    const FA_T c = (FA_T)p->scale;
-    FA_FN(fa_pack_q_)(t, d, p->q_sd, c, lanes, qt);
+    FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
+    const int nv = w.nv, lanes = w.lanes;
+    FA_T *st = w.st, *ot = w.ot, *row_max = w.row_max, *row_sum = w.row_sum;
+    FA_T *alpha = w.alpha, *bmax = w.bmax;
 
     for (int64_t e = 0; e < dv; e++)
         for (int r = 0; r < lanes; r++) ot[e * FA_BQ + r] = 0;
@@ -438,62 +741,24 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
         row_sum[r] = 0;
     }
 
-    /* Key range.  Causal: row r sees key j iff j <= qi[r] + offset, so
-     * nothing past the largest limit is read, and keys up to the smallest
-     * limit need no causal masking. */
-    int64_t j_end = t->k_hi;
-    int64_t lim_min = INT64_MAX;
-    if (p->causal) {
-        int64_t lim_max = INT64_MIN;
-        for (int r = 0; r < rows; r++) {
-            const int64_t lim = t->qi[r] + p->causal_offset;
-            if (lim > lim_max) lim_max = lim;
-            if (lim < lim_min) lim_min = lim;
-        }
-        if (lim_max + 1 < j_end) j_end = lim_max + 1;
-    }
+    /* Keys outside every row's band are never read; blocks inside all of
+     * them need no band masking. */
+    const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
+    const FA_S *kbase = (const FA_S *)t->k;
+    const FA_S *vbase = (const FA_S *)t->v;
 
-    const FA_T *kbase = (const FA_T *)t->k;
-    const FA_T *vbase = (const FA_T *)t->v;
-    const int64_t k_sn = p->k_sn, k_sd = p->k_sd;
-    const int64_t v_sn = p->v_sn, v_sd = p->v_sd;
-
-    for (int64_t j0 = t->k_lo; j0 < j_end; j0 += FA_BK) {
-        const int nb = (int)(j_end - j0 < FA_BK ? j_end - j0 : FA_BK);
-
-        if (p->mask_kind != FA_MASK_NONE &&
-            !FA_FN(fa_load_mask_)(p, t, j0, nb, mt))
+    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
+        const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+        const int band = j0 < g.lo_max || j0 + nb > g.hi_min;
+        if (band && !FA_FN(fa_band_meets_)(t, j0, nb)) continue;
+        if (p->mask_kind != FA_MASK_NONE && !FA_FN(fa_load_mask_)(p, t, j0, nb, w.mt))
             continue; /* every row masked for this block */
 
-        /* S = Q.K^T (the contiguous-row case gets its own unrolling),
-         * with each row's block max taken from the registers. */
-        for (int i = 0; i < nv; i++) VSTORE(bmax + i * VL, VSPLAT(ninf));
-        const FA_T *kb = kbase + j0 * k_sn;
-        if (k_sd == 1)
-            FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, 1, d, st, bmax);
-        else
-            FA_FN(fa_qk_tile_)(nv, nb, qt, kb, k_sn, k_sd, d, st, bmax);
-        int masked = 0;
-
-        if (p->mask_kind != FA_MASK_NONE) {
-            masked = 1;
-            for (int j = 0; j < nb; j++)
-                for (int i = 0; i < nv; i++) {
-                    /* hidden keys become -inf whatever their score (a NaN
-                     * or inf score there must not reach the row) */
-                    FA_T *s = st + j * FA_BQ + i * VL;
-                    const VT m = VLOAD(mt + j * FA_BQ + i * VL);
-                    VSTORE(s, FA_FN(fa_vsel_)(m == VSPLAT(ninf), m, VLOAD(s) + m));
-                }
-        }
-        if (p->causal && j0 + nb - 1 > lim_min) {
-            masked = 1;
-            for (int r = 0; r < rows; r++) {
-                int64_t first = t->qi[r] + p->causal_offset + 1 - j0;
-                if (first < 0) first = 0;
-                for (int64_t j = first; j < nb; j++) st[j * FA_BQ + r] = ninf;
-            }
-        }
+        const FA_T *kb;
+        int64_t k_sn, k_sd;
+        FA_BLOCK(kbase, j0, p->k_sn, p->k_sd, nb, d, w.kc, kb, k_sn, k_sd);
+        const int masked = FA_FN(fa_block_scores_)(p, t, j0, nb, nv, w.qt, kb, k_sn, k_sd,
+                                                   w.slope_v, w.dist_v, w.mt, band, st, bmax);
 
         /* Online softmax, one lane per query row. */
         for (int i = 0; i < nv; i++) {
@@ -511,9 +776,9 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
             const VT a = FA_FN(fa_exp2_)((m_old - m_ref) * log2e);
             VT sum = VSPLAT(0);
             for (int j = 0; j < nb; j++) {
-                FA_T *s = st + j * FA_BQ + i * VL;
-                const VT pj = FA_FN(fa_exp2_)((VLOAD(s) - m_ref) * log2e);
-                VSTORE(s, pj);
+                FA_T *sp = st + j * FA_BQ + i * VL;
+                const VT pj = FA_FN(fa_exp2_)((VLOAD(sp) - m_ref) * log2e);
+                VSTORE(sp, pj);
                 sum += pj;
             }
             VSTORE(row_sum + i * VL, VLOAD(row_sum + i * VL) * a + sum);
@@ -522,7 +787,9 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
         }
 
         /* O = O * alpha + P.V */
-        const FA_T *vb = vbase + j0 * v_sn;
+        const FA_T *vb;
+        int64_t v_sn, v_sd;
+        FA_BLOCK(vbase, j0, p->v_sn, p->v_sd, nb, dv, w.vc, vb, v_sn, v_sd);
         if (v_sd == 1)
             FA_FN(fa_pv_tile_)(nv, nb, st, vb, v_sn, 1, dv, alpha, ot);
         else
@@ -531,8 +798,10 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
 
     /* Normalize once and write out through the output strides: unit
      * column stride in VL x VL blocks through the transpose, the rest (and
-     * rows that saw no key, which must be exact zeros) element by element. */
+     * rows that saw no key, which must be exact zeros) element by element.
+     * Split-KV partials (out_compute) stay in the compute type. */
     const int64_t o_sd = p->o_sd;
+    const int wide = t->out_compute || FA_S_KIND == 0;
     int64_t e0 = 0;
     if (VL > 1 && o_sd == 1) {
         for (int r = 0; r < lanes; r++)
@@ -545,25 +814,76 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
                 for (int i = 0; i < VL; i++) x[i] = VLOAD(ot + (e0 + i) * FA_BQ + r0) * inv;
                 FA_FN(fa_transpose_)(x);
 #pragma GCC unroll 16
-                for (int i = 0; i < VL; i++)
-                    if (r0 + i < rows) FA_FN(fa_storeu_)((FA_T *)t->o_row[r0 + i] + e0, x[i]);
+                for (int i = 0; i < VL; i++) {
+                    if (r0 + i >= rows) continue;
+                    if (wide) FA_FN(fa_storeu_)((FA_T *)t->o_row[r0 + i] + e0, x[i]);
+                    else FA_FN(fa_stores_)((FA_S *)t->o_row[r0 + i] + e0, x[i]);
+                }
             }
     }
     for (int r = 0; r < rows; r++) {
-        FA_T *o = (FA_T *)t->o_row[r];
         const FA_T l = row_sum[r];
         FA_T *lse = (FA_T *)t->lse_row[r];
-        if (l == 0) {
-            /* No visible key: exact zeros over the whole row (and -inf lse). */
-            for (int64_t e = 0; e < dv; e++) o[e * o_sd] = 0;
-            if (lse) *lse = ninf;
+        const FA_T inv = l == 0 ? (FA_T)0 : (FA_T)1 / l;
+        /* No visible key: exact zeros over the whole row (and -inf lse). */
+        const int64_t from = l == 0 ? 0 : e0;
+        if (wide) {
+            FA_T *o = (FA_T *)t->o_row[r];
+            for (int64_t e = from; e < dv; e++) o[e * o_sd] = l == 0 ? 0 : ot[e * FA_BQ + r] * inv;
         } else {
-            const FA_T inv = (FA_T)1 / l;
-            for (int64_t e = e0; e < dv; e++) o[e * o_sd] = ot[e * FA_BQ + r] * inv;
-            if (lse) *lse = (FA_T)((double)row_max[r] + __builtin_log((double)l));
+            FA_S *o = (FA_S *)t->o_row[r];
+            for (int64_t e = from; e < dv; e++)
+                o[e * o_sd] = FA_FN(fa_t2s_)(l == 0 ? 0 : ot[e * FA_BQ + r] * inv);
+        }
+        if (lse) *lse = l == 0 ? ninf : (FA_T)((double)row_max[r] + __builtin_log((double)l));
+    }
+}
+
+/* The weights pass: exp(score - lse) for every visited (row, key), through
+ * the same score pipeline as fa_tile_, so the weights are the probabilities
+ * the attention used.  lse_row is read; rows with lse -inf are left alone. */
+void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scratch)
+{
+    const int64_t d = p->d;
+    const int rows = t->rows;
+    const FA_T ninf = -(FA_T)__builtin_inf();
+    const VT log2e = VSPLAT(1.4426950408889634074);
+    FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
+    const int nv = w.nv;
+    FA_T *st = w.st, *row_lse = w.row_max;
+    for (int r = 0; r < w.lanes; r++)
+        row_lse[r] = r < rows ? *(const FA_T *)t->lse_row[r] : ninf;
+
+    const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
+    const FA_S *kbase = (const FA_S *)t->k;
+    const int64_t w_sk = p->w_sk;
+    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
+        const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+        const int band = j0 < g.lo_max || j0 + nb > g.hi_min;
+        if (band && !FA_FN(fa_band_meets_)(t, j0, nb)) continue;
+        if (p->mask_kind != FA_MASK_NONE && !FA_FN(fa_load_mask_)(p, t, j0, nb, w.mt))
+            continue;
+        const FA_T *kb;
+        int64_t k_sn, k_sd;
+        FA_BLOCK(kbase, j0, p->k_sn, p->k_sd, nb, d, w.kc, kb, k_sn, k_sd);
+        FA_FN(fa_block_scores_)(p, t, j0, nb, nv, w.qt, kb, k_sn, k_sd, w.slope_v,
+                                w.dist_v, w.mt, band, st, w.bmax);
+        for (int i = 0; i < nv; i++) {
+            const VT l = VLOAD(row_lse + i * VL);
+            const VI none = l == VSPLAT(ninf);
+            for (int j = 0; j < nb; j++) {
+                FA_T *sp = st + j * FA_BQ + i * VL;
+                const VT pj = FA_FN(fa_exp2_)((VLOAD(sp) - l) * log2e);
+                VSTORE(sp, FA_FN(fa_vsel_)(none, VSPLAT(0), pj));
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            FA_S *wr = (FA_S *)t->w_row[r] + j0 * w_sk;
+            for (int j = 0; j < nb; j++) wr[j * w_sk] = FA_FN(fa_t2s_)(st[j * FA_BQ + r]);
         }
     }
 }
+#undef FA_BLOCK
 
 
 /* ------------------------------------------------------------------------
@@ -572,7 +892,8 @@ void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
  * so here vectors run along d for Q.K (a dot product per key, reduced
  * across lanes) and along dv for P.V, and the softmax runs along the keys.
  * It needs unit d-strides for K and V (the driver checks).  Rows share each
- * key block while it is hot in L1.
+ * key block while it is hot in L1.  16-bit keys and values are widened in
+ * registers as they are loaded.
  * ---------------------------------------------------------------------- */
 
 
@@ -598,43 +919,43 @@ FA_INLINE FA_T FA_FN(fa_hmax_)(VT x)
 }
 
 /* Dot products of one scaled query row with 4 keys (d contiguous). */
-FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict q, const FA_T *restrict k,
+FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict q, const FA_S *restrict k,
                                int64_t k_sn, int64_t d, FA_T *restrict out)
 {
     VT a0 = VSPLAT(0), a1 = VSPLAT(0), a2 = VSPLAT(0), a3 = VSPLAT(0);
-    const FA_T *k0 = k, *k1 = k + k_sn, *k2 = k + 2 * k_sn, *k3 = k + 3 * k_sn;
+    const FA_S *k0 = k, *k1 = k + k_sn, *k2 = k + 2 * k_sn, *k3 = k + 3 * k_sn;
     int64_t c = 0;
     for (; c + VL <= d; c += VL) {
         const VT qv = VLOAD(q + c);
-        a0 += qv * FA_FN(fa_loadu_)(k0 + c);
-        a1 += qv * FA_FN(fa_loadu_)(k1 + c);
-        a2 += qv * FA_FN(fa_loadu_)(k2 + c);
-        a3 += qv * FA_FN(fa_loadu_)(k3 + c);
+        a0 += qv * FA_FN(fa_loads_)(k0 + c);
+        a1 += qv * FA_FN(fa_loads_)(k1 + c);
+        a2 += qv * FA_FN(fa_loads_)(k2 + c);
+        a3 += qv * FA_FN(fa_loads_)(k3 + c);
     }
     FA_T s0 = FA_FN(fa_hsum_)(a0), s1 = FA_FN(fa_hsum_)(a1);
     FA_T s2 = FA_FN(fa_hsum_)(a2), s3 = FA_FN(fa_hsum_)(a3);
     for (; c < d; c++) {
-        s0 += q[c] * k0[c];
-        s1 += q[c] * k1[c];
-        s2 += q[c] * k2[c];
-        s3 += q[c] * k3[c];
+        s0 += q[c] * FA_FN(fa_s2t_)(k0[c]);
+        s1 += q[c] * FA_FN(fa_s2t_)(k1[c]);
+        s2 += q[c] * FA_FN(fa_s2t_)(k2[c]);
+        s3 += q[c] * FA_FN(fa_s2t_)(k3[c]);
     }
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
 
-FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_T *restrict k, int64_t d)
+FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_S *restrict k, int64_t d)
 {
     VT a = VSPLAT(0);
     int64_t c = 0;
-    for (; c + VL <= d; c += VL) a += VLOAD(q + c) * FA_FN(fa_loadu_)(k + c);
+    for (; c + VL <= d; c += VL) a += VLOAD(q + c) * FA_FN(fa_loads_)(k + c);
     FA_T s = FA_FN(fa_hsum_)(a);
-    for (; c < d; c++) s += q[c] * k[c];
+    for (; c < d; c++) s += q[c] * FA_FN(fa_s2t_)(k[c]);
     return s;
 }
 
 /* acc[0:dv] = acc * alpha + sum_j p[j] * v[j][0:dv] (dv contiguous), the
  * block summed on its own first (see fa_pv_micro_). */
-FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_T *restrict v,
+FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_S *restrict v,
                                   int64_t v_sn, int nb, int64_t dv, FA_T alpha,
                                   FA_T *restrict acc)
 {
@@ -646,9 +967,9 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_T *restrict 
         for (int u = 0; u < CH; u++) a[u] = VSPLAT(0);
         for (int j = 0; j < nb; j++) {
             const FA_T pj = pr[j];
-            const FA_T *vr = v + j * v_sn + e;
+            const FA_S *vr = v + j * v_sn + e;
 #pragma GCC unroll 8
-            for (int u = 0; u < CH; u++) a[u] += FA_FN(fa_loadu_)(vr + u * VL) * pj;
+            for (int u = 0; u < CH; u++) a[u] += FA_FN(fa_loads_)(vr + u * VL) * pj;
         }
 #pragma GCC unroll 8
         for (int u = 0; u < CH; u++)
@@ -656,12 +977,12 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_T *restrict 
     }
     for (; e + VL <= dv; e += VL) {
         VT a = VSPLAT(0);
-        for (int j = 0; j < nb; j++) a += FA_FN(fa_loadu_)(v + j * v_sn + e) * pr[j];
+        for (int j = 0; j < nb; j++) a += FA_FN(fa_loads_)(v + j * v_sn + e) * pr[j];
         VSTORE(acc + e, VLOAD(acc + e) * alpha + a);
     }
     for (; e < dv; e++) {
         FA_T a = 0;
-        for (int j = 0; j < nb; j++) a += pr[j] * v[j * v_sn + e];
+        for (int j = 0; j < nb; j++) a += pr[j] * FA_FN(fa_s2t_)(v[j * v_sn + e]);
         acc[e] = acc[e] * alpha + a;
     }
 }
@@ -685,35 +1006,52 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
     const FA_T c = (FA_T)p->scale;
     const VT log2e = VSPLAT(1.4426950408889634074);
     for (int r = 0; r < rows; r++) {
-        const FA_T *q = (const FA_T *)t->q_row[r];
-        for (int64_t k = 0; k < d; k++) qs[r * dpad + k] = q[k * p->q_sd] * c;
+        const FA_S *q = (const FA_S *)t->q_row[r];
+        for (int64_t k = 0; k < d; k++) qs[r * dpad + k] = FA_FN(fa_s2t_)(q[k * p->q_sd]) * c;
         for (int64_t k = d; k < dpad; k++) qs[r * dpad + k] = 0;
         for (int64_t e = 0; e < dvpad; e++) acc[r * dvpad + e] = 0;
         row_max[r] = ninf;
         row_sum[r] = 0;
     }
 
-    int64_t j_end = t->k_hi;
-    if (p->causal) {
-        int64_t lim_max = INT64_MIN;
-        for (int r = 0; r < rows; r++)
-            if (t->qi[r] + p->causal_offset > lim_max) lim_max = t->qi[r] + p->causal_offset;
-        if (lim_max + 1 < j_end) j_end = lim_max + 1;
-    }
-    const FA_T *kbase = (const FA_T *)t->k;
-    const FA_T *vbase = (const FA_T *)t->v;
+    const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
+    const FA_S *kbase = (const FA_S *)t->k;
+    const FA_S *vbase = (const FA_S *)t->v;
     const int64_t k_sn = p->k_sn, v_sn = p->v_sn;
+    const int capped = p->softcap > 0;
+    const VT cap = VSPLAT(capped ? p->softcap : 1.0), capinv = VSPLAT(capped ? 1.0 / p->softcap : 1.0);
 
-    for (int64_t j0 = t->k_lo; j0 < j_end; j0 += FA_BK) {
-        const int nb = (int)(j_end - j0 < FA_BK ? j_end - j0 : FA_BK);
-        const FA_T *kb = kbase + j0 * k_sn;
+    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
+        const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+        const FA_S *kb = kbase + j0 * k_sn;
         for (int r = 0; r < rows; r++) {
+            /* this row's band inside the block */
+            int64_t lo = t->jlo[r] - j0, hi = t->jhi[r] - j0;
+            if (lo < 0) lo = 0;
+            if (hi > nb) hi = nb;
+            if (hi <= lo) continue; /* nothing visible here: no change */
             FA_T *s = sc + r * FA_BK;
             const FA_T *q = qs + r * dpad;
             int j = 0;
             for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
             for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
-            /* mask and causal limit; an additive -inf hides the key */
+            if (capped) {
+                for (j = 0; j + VL <= nb; j += VL)
+                    FA_FN(fa_storeu_)(s + j, cap * FA_FN(fa_tanh_)(FA_FN(fa_loadu_)(s + j) * capinv));
+                for (; j < nb; j++) {
+                    const VT x = FA_FN(fa_tanh_)(VSPLAT(s[j]) * capinv) * cap;
+                    s[j] = x[0];
+                }
+            }
+            if (p->alibi) {
+                const FA_T sl = (FA_T)t->slope[r];
+                const int64_t pos = t->pos[r] - j0;
+                for (j = 0; j < nb; j++) {
+                    const int64_t dist = pos - j;
+                    s[j] -= sl * (FA_T)(dist < 0 ? -dist : dist);
+                }
+            }
+            /* mask and band; an additive -inf hides the key */
             if (p->mask_kind == FA_MASK_BOOL) {
                 const uint8_t *m = (const uint8_t *)t->mask_row[r] + j0 * p->m_sk;
                 for (j = 0; j < nb; j++)
@@ -731,11 +1069,8 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
                     s[j] = a == ninf ? ninf : s[j] + a;
                 }
             }
-            if (p->causal) {
-                int64_t first = t->qi[r] + p->causal_offset + 1 - j0;
-                if (first < 0) first = 0;
-                for (int64_t jj = first; jj < nb; jj++) s[jj] = ninf;
-            }
+            for (j = 0; j < lo; j++) s[j] = ninf;
+            for (j = (int)hi; j < nb; j++) s[j] = ninf;
             /* online softmax along the keys */
             VT mv = VSPLAT(ninf);
             for (j = 0; j + VL <= nb; j += VL) mv = FA_FN(fa_vmax_)(FA_FN(fa_loadu_)(s + j), mv);
@@ -767,21 +1102,22 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
     }
 
     for (int r = 0; r < rows; r++) {
-        FA_T *o = (FA_T *)t->o_row[r];
         FA_T *lse = (FA_T *)t->lse_row[r];
         const FA_T l = row_sum[r];
-        if (l == 0) {
-            for (int64_t e = 0; e < dv; e++) o[e * p->o_sd] = 0;
-            if (lse) *lse = ninf;
+        const FA_T inv = l == 0 ? (FA_T)0 : (FA_T)1 / l;
+        if (t->out_compute || FA_S_KIND == 0) {
+            FA_T *o = (FA_T *)t->o_row[r];
+            for (int64_t e = 0; e < dv; e++) o[e * p->o_sd] = l == 0 ? 0 : acc[r * dvpad + e] * inv;
         } else {
-            const FA_T inv = (FA_T)1 / l;
-            for (int64_t e = 0; e < dv; e++) o[e * p->o_sd] = acc[r * dvpad + e] * inv;
-            if (lse) *lse = (FA_T)((double)row_max[r] + __builtin_log((double)l));
+            FA_S *o = (FA_S *)t->o_row[r];
+            for (int64_t e = 0; e < dv; e++)
+                o[e * p->o_sd] = FA_FN(fa_t2s_)(l == 0 ? 0 : acc[r * dvpad + e] * inv);
         }
+        if (lse) *lse = l == 0 ? ninf : (FA_T)((double)row_max[r] + __builtin_log((double)l));
     }
 }
 
-#if !FA_IS_DOUBLE
+#if !FA_IS_DOUBLE && FA_S_KIND == 0
 /* FMA peak probe: 12 independent chains of vector FMAs (enough to cover
  * the latency of two FMA pipes), compiled with this path's flags.  Returns
  * a value that depends on every result so nothing is optimized away;
@@ -809,6 +1145,8 @@ int FA_FN(fa_vec_lanes_)(void) { return VL; }
 #undef VT
 #undef VI
 #undef VU
+#undef VH
+#undef FA_TANH_SMALL
 #undef VLOAD
 #undef VSTORE
 #undef VSPLAT

@@ -62,7 +62,8 @@ static int run_case(int nq, int nk, int d, int dv, int causal)
         p.k = k; p.k_sn = d; p.k_sd = 1;
         p.v = v; p.v_sn = dv; p.v_sd = 1;
         p.out = o; p.o_sn = dv; p.o_sd = 1;
-        p.causal = causal; p.causal_offset = nk - nq;
+        p.band_lo = FA_UNBOUNDED_LO; p.band_from_end = 1;
+        p.band_hi = causal ? 0 : FA_UNBOUNDED_HI;
         p.scale = scale;
         if (fa_attention(&p) != FA_OK) { printf("FAIL status\n"); bad++; continue; }
         double err = 0;

@@ -21,6 +21,8 @@ cdef extern from "fastattn.h" nogil:
     ctypedef enum fa_dtype:
         FA_F32
         FA_F64
+        FA_F16
+        FA_BF16
     ctypedef enum fa_mask_kind:
         FA_MASK_NONE
         FA_MASK_BOOL
@@ -48,12 +50,23 @@ cdef extern from "fastattn.h" nogil:
         fa_mask_kind mask_kind
         const void *mask
         int64_t m_sb, m_sh, m_sq, m_sk
-        int causal
-        int64_t causal_offset
+        int64_t band_lo, band_hi
+        int band_from_end
+        const double *alibi
+        int64_t a_sb, a_sh
+        double softcap
+        const int64_t *q_start
+        const int64_t *k_start
+        const int64_t *k_len
         double scale
+        void *weights
+        int64_t w_sb, w_sh, w_sq, w_sk
     int FA_OK
     int FA_ERR_NOMEM
+    int64_t FA_UNBOUNDED_LO
+    int64_t FA_UNBOUNDED_HI
     int fa_attention(const fa_params *p) noexcept
+    int fa_attention_weights(const fa_params *p) noexcept
     void fa_set_num_threads(int n) noexcept
     int fa_get_num_threads() noexcept
     int fa_has_openmp() noexcept
@@ -66,6 +79,8 @@ cdef extern from "fastattn.h" nogil:
 cdef extern from "dispatch.h" nogil:
     void fa_exp2_f32(const float *x, float *y, int64_t n) noexcept
     void fa_exp2_f64(const double *x, double *y, int64_t n) noexcept
+    void fa_tanh_f32(const float *x, float *y, int64_t n) noexcept
+    void fa_tanh_f64(const double *x, double *y, int64_t n) noexcept
     double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes) noexcept
     double fa_read_probe(const float *x, int64_t n) noexcept
 
@@ -81,15 +96,33 @@ cdef inline str _shape_str(tuple shape):
     return "(" + ", ".join([str(s) for s in shape]) + ")"
 
 
+cdef bint _is_bfloat16(object dtype):
+    """ml_dtypes' bfloat16 (recognized by name: ml_dtypes is optional and
+    never imported here)."""
+    return dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype.kind == "V"
+
+
+cdef fa_dtype _dtype_code(object dtype):
+    if dtype == np.float64:
+        return FA_F64
+    if dtype == np.float16:
+        return FA_F16
+    if _is_bfloat16(dtype):
+        return FA_BF16
+    return FA_F32
+
+
 cdef cnp.ndarray _as_float_array(object a, str name):
-    """Check that ``a`` is a float32/float64 ndarray; return it, or an
-    aligned copy when its data or strides are not whole elements."""
+    """Check that ``a`` is a float32/float64/float16/bfloat16 ndarray; return
+    it, or an aligned copy when its data or strides are not whole elements."""
     if not isinstance(a, cnp.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int t = cnp.PyArray_TYPE(arr)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"{name} has dtype {arr.dtype}; expected float32 or float64")
+    if (t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64 and t != cnp.NPY_FLOAT16
+            and not _is_bfloat16(arr.dtype)):
+        raise TypeError(f"{name} has dtype {arr.dtype}; expected float32, float64, "
+                        "float16 or bfloat16")
     return _whole_elements(arr)
 
 
@@ -158,11 +191,72 @@ _ISA_BY_NAME = {"scalar": FA_ISA_SCALAR, "avx2": FA_ISA_AVX2, "avx512": FA_ISA_A
 
 # ---------------------------------------------------------------- attention
 
+cdef int64_t _window_side(object x, str side) except? -2:
+    """One side of ``window``: -1 (unbounded) or a count >= 0."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"window {side} must be an int, got {type(x).__name__}")
+    if x < -1:
+        raise ValueError(f"window {side} must be >= 0, or -1 for unbounded; got {x}")
+    # wider than any sequence is the same as unbounded (and keeps the C
+    # core's index arithmetic far from int64 overflow)
+    if x == -1 or x >= (1 << 62):
+        return -1
+    return <int64_t>x
+
+
+cdef cnp.ndarray _int_lengths(object a, str name, int64_t n, int64_t limit, str what):
+    """``a`` as a contiguous int64 array of n entries in [0, limit]."""
+    if not isinstance(a, (cnp.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a numpy.ndarray of ints, got {type(a).__name__}")
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+        raise TypeError(f"{name} has dtype {arr.dtype}; expected an integer dtype")
+    if arr.shape != (n,):
+        raise ValueError(f"{name} has shape {_shape_str(arr.shape)}; expected ({n},), "
+                         f"one entry per batch")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > (1 << 62):
+        raise ValueError(f"{name} has an entry {arr.max()} larger than {what} {limit}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} has a negative entry {arr.min()}")
+    if arr.size and arr.max() > limit:
+        raise ValueError(f"{name} has an entry {arr.max()} larger than {what} {limit}")
+    return arr
+
+
+def tanh(x):
+    """The soft cap's vector tanh on the current ISA path (for testing its
+    accuracy).  ``x`` is float32 or float64; returns a new array."""
+    cdef cnp.ndarray a = np.ascontiguousarray(x)
+    cdef cnp.ndarray y
+    cdef int64_t n = a.size
+    if a.dtype == np.float32:
+        y = np.empty_like(a)
+        with nogil:
+            fa_tanh_f32(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
+    elif a.dtype == np.float64:
+        y = np.empty_like(a)
+        with nogil:
+            fa_tanh_f64(<const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(y), n)
+    else:
+        raise TypeError(f"x has dtype {a.dtype}; expected float32 or float64")
+    return y
+
+
 def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
-              return_lse=False):
-    """Fused attention; see fastattn.attention for the contract."""
+              return_lse=False, window=None, alibi_slopes=None, softcap=None,
+              kv_lengths=None, return_weights=False, cu_seqlens_q=None,
+              cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
+    """Fused attention; see fastattn.attention for the contract.
+
+    With ``cu_seqlens_q`` / ``cu_seqlens_k`` (validated int64 arrays, from
+    fastattn.attention_varlen) q, k, v are (1, H, total, D) views and the
+    batch is given by the offsets.  ``return_weights`` also runs the
+    weights pass; a v with Dv = 0 then gives just the weights' lse."""
     if not isinstance(return_lse, (bool, np.bool_)):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    if not isinstance(return_weights, (bool, np.bool_)):
+        raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
     cdef cnp.ndarray aq = _as_float_array(q, "q")
     cdef cnp.ndarray ak = _as_float_array(k, "k")
     cdef cnp.ndarray av = _as_float_array(v, "v")
@@ -226,21 +320,37 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
 
     oshape = (<object>aq).shape[:nd - 1] + ((<object>av).shape[nd - 1],)
 
-    # causal
+    # causal and window: the band of visible keys
     cdef int c_causal = 0
-    cdef int64_t c_offset = 0
+    cdef int c_from_end = 1
+    cdef int64_t band_lo = FA_UNBOUNDED_LO, band_hi = FA_UNBOUNDED_HI, wl, wr
     if causal is None or causal is False or (isinstance(causal, np.bool_) and not causal):
         c_causal = 0
     elif causal is True or isinstance(causal, np.bool_) or (
             isinstance(causal, str) and causal == "bottom_right"):
         c_causal = 1
-        c_offset = kd[2] - qd[2]
     elif isinstance(causal, str) and causal == "top_left":
         c_causal = 1
-        c_offset = 0
+        c_from_end = 0
     else:
         raise ValueError(f"causal must be False, True, 'bottom_right' or 'top_left'; "
                          f"got {causal!r}")
+    if window is not None:
+        if not isinstance(window, (tuple, list)) or len(window) != 2:
+            raise TypeError("window must be a pair (left, right) of ints (-1 = unbounded), "
+                            f"got {window!r}")
+        if c_causal and not c_from_end:
+            raise ValueError("window is aligned bottom-right (the last query on the last "
+                             "key) and cannot be combined with causal='top_left'; use "
+                             "causal=True")
+        wl = _window_side(window[0], "left")
+        wr = _window_side(window[1], "right")
+        if wl >= 0:
+            band_lo = -wl
+        if wr >= 0:
+            band_hi = wr
+    if c_causal and band_hi > 0:
+        band_hi = 0
 
     # scale
     if scale is None:
@@ -301,6 +411,40 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
         p.mask = cnp.PyArray_DATA(amask)
         p.m_sb, p.m_sh, p.m_sq, p.m_sk = ms[0], ms[1], ms[2], ms[3]
 
+    # ALiBi slopes: (H,) or (B, H), float64 for the core
+    cdef cnp.ndarray aslopes = None
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, (cnp.ndarray, list, tuple)):
+            raise TypeError("alibi_slopes must be a numpy.ndarray or None, got "
+                            f"{type(alibi_slopes).__name__}")
+        sl = np.asarray(alibi_slopes)
+        if sl.dtype.kind not in "fiu" or sl.dtype == np.bool_:
+            raise TypeError(f"alibi_slopes has dtype {sl.dtype}; expected a real dtype")
+        nbatch = qd[0] if cu_seqlens_q is None else len(cu_seqlens_q) - 1
+        if sl.shape != (qd[1],) and sl.shape != (nbatch, qd[1]):
+            raise ValueError(f"alibi_slopes has shape {_shape_str(sl.shape)}; expected "
+                             f"({qd[1]},) or ({nbatch}, {qd[1]}) (one slope per head, "
+                             "optionally per batch)")
+        aslopes = np.ascontiguousarray(sl, dtype=np.float64)
+        if not np.isfinite(aslopes).all():
+            raise ValueError("alibi_slopes must be finite")
+    cdef double c_softcap = 0
+    if softcap is not None:
+        if isinstance(softcap, (bool, np.bool_)) or not isinstance(
+                softcap, (int, float, np.integer, np.floating)):
+            raise TypeError(f"softcap must be a positive real number or None, got "
+                            f"{type(softcap).__name__}")
+        c_softcap = float(softcap)
+        if not (c_softcap > 0 and isfinite(c_softcap)):
+            raise ValueError(f"softcap must be a positive finite number, got {softcap}")
+    cdef cnp.ndarray alens = None
+    if kv_lengths is not None:
+        alens = _int_lengths(kv_lengths, "kv_lengths", qd[0], kd[2], "the number of keys")
+    cdef cnp.ndarray acuq = None, acuk = None
+    if cu_seqlens_q is not None:
+        acuq = cu_seqlens_q
+        acuk = cu_seqlens_k
+
     # out
     cdef bint copy_back = False
     user_out = out
@@ -326,12 +470,14 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
             # compute into a fresh array, then one NumPy copy into out
             aout = np.empty(oshape, dtype=aq.dtype)
             copy_back = True
-    if return_lse:
-        alse = np.empty((<object>aq).shape[:nd - 1], dtype=aq.dtype)
+    cdef fa_dtype code = _dtype_code(aq.dtype)
+    ltype = np.float64 if code == FA_F64 else np.float32
+    if return_lse or return_weights:
+        alse = np.empty((<object>aq).shape[:nd - 1], dtype=ltype)
 
     _dims4(aout, od, os)
 
-    p.dtype = FA_F64 if cnp.PyArray_TYPE(aq) == cnp.NPY_FLOAT64 else FA_F32
+    p.dtype = code
     p.batch, p.h_q, p.h_kv = qd[0], qd[1], kd[1]
     p.n_q, p.n_k, p.d, p.dv = qd[2], kd[2], qd[3], vd[3]
     p.q = cnp.PyArray_DATA(aq)
@@ -354,23 +500,62 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
     else:
         p.lse = NULL
         p.l_sb = p.l_sh = p.l_sn = 0
-    p.causal = c_causal
-    p.causal_offset = c_offset
+    p.band_lo, p.band_hi, p.band_from_end = band_lo, band_hi, c_from_end
+    p.alibi = NULL
+    p.a_sb = p.a_sh = 0
+    if aslopes is not None:
+        p.alibi = <const double *>cnp.PyArray_DATA(aslopes)
+        p.a_sh = 1
+        p.a_sb = qd[1] if cnp.PyArray_NDIM(aslopes) == 2 else 0
+    p.softcap = c_softcap
+    p.q_start = p.k_start = p.k_len = NULL
+    if alens is not None:
+        p.k_len = <const int64_t *>cnp.PyArray_DATA(alens)
+    if acuq is not None:
+        # packed batches: q, k, v, out, lse are (1, H, total, .) views
+        p.q_start = <const int64_t *>cnp.PyArray_DATA(acuq)
+        p.k_start = <const int64_t *>cnp.PyArray_DATA(acuk)
+        p.batch = cnp.PyArray_DIMS(acuq)[0] - 1
+        p.n_q, p.n_k = max_seqlen_q, max_seqlen_k
+        p.q_sb = p.k_sb = p.v_sb = p.o_sb = p.l_sb = 0
     p.scale = c_scale
+    p.weights = NULL
+    p.w_sb = p.w_sh = p.w_sq = p.w_sk = 0
 
     with nogil:
         status = fa_attention(&p)
-    if status == FA_ERR_NOMEM:
-        raise MemoryError("fastattn: could not allocate the kernel's scratch buffers")
-    elif status != FA_OK:
-        raise RuntimeError(f"fastattn: internal error {status}")
+    _check_status(status)
+
+    cdef cnp.ndarray aw = None
+    cdef int64_t wd[4]
+    cdef int64_t ws[4]
+    if return_weights:
+        # (..., Nq, Nk), zero where no key block is visited
+        aw = np.zeros((<object>aq).shape[:nd - 1] + ((<object>ak).shape[nd - 2],),
+                      dtype=aq.dtype)
+        _dims4(aw, wd, ws)
+        p.weights = cnp.PyArray_DATA(aw)
+        p.w_sb, p.w_sh, p.w_sq, p.w_sk = ws[0], ws[1], ws[2], ws[3]
+        with nogil:
+            status = fa_attention_weights(&p)
+        _check_status(status)
 
     if copy_back:
         user_out[...] = aout
         aout = user_out
+    res = (aout,)
     if return_lse:
-        return aout, alse
-    return aout
+        res += (alse,)
+    if return_weights:
+        res += (aw,)
+    return res[0] if len(res) == 1 else res
+
+
+cdef _check_status(int status):
+    if status == FA_ERR_NOMEM:
+        raise MemoryError("fastattn: could not allocate the kernel's scratch buffers")
+    elif status != FA_OK:
+        raise RuntimeError(f"fastattn: internal error {status}")
 
 
 # ---------------------------------------------------------------- runtime
