@@ -8,11 +8,13 @@ import os as _os
 
 from . import _core
 from . import reference
-from .api import attention
+from .api import attention, attention_varlen, attention_weights, merge
+from .kvcache import KVCache
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "reference", "info", "set_num_threads", "get_num_threads",
+__all__ = ["attention", "attention_varlen", "attention_weights", "merge", "KVCache",
+           "reference", "info", "set_num_threads", "get_num_threads",
            "__version__"]
 
 

@@ -25,6 +25,15 @@ allowed); it broadcasts to ``(..., Nq, Nk)``.  ``causal`` is False, True or
 ``"top_left"`` (``j <= i``).  A query row that can see no key gives an
 output row of zeros and a log-sum-exp of ``-inf``.
 
+The variants follow :func:`fastattn.attention` too: ``window=(left,
+right)`` keeps keys j with ``-left <= j - (i + Nk_b - Nq) <= right`` (-1 =
+unbounded); ``softcap`` replaces each scaled score s by
+``softcap * tanh(s / softcap)``; ``alibi_slopes`` (H,) or (B, H) add
+``-slope * |i + Nk_b - Nq - j|``; ``kv_lengths`` (B,) hides keys
+``j >= kv_lengths[b]`` and makes ``Nk_b = kv_lengths[b]`` the key count
+that the bottom-right alignments use.  float16 and bfloat16 inputs are
+computed in float32 and the result rounded to the input dtype.
+
 Only NumPy is imported here, so this module works without the compiled
 extension.
 """
@@ -34,7 +43,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["attention", "attention_weights"]
+__all__ = ["attention", "attention_weights", "attention_varlen"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -49,10 +58,14 @@ _CAUSAL_MODES = ("bottom_right", "top_left")
 # Argument checking
 # ---------------------------------------------------------------------------
 
+def _is_half(dtype):
+    return dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2)
+
+
 def _check_array(name, a):
     a = np.asarray(a)
-    if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if a.dtype not in _FLOAT_DTYPES and not _is_half(a.dtype):
+        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {a.dtype}")
     if a.ndim not in (2, 3, 4):
         raise ValueError(f"{name} must be 2-D, 3-D or 4-D, got {a.ndim}-D")
     return a
@@ -153,8 +166,24 @@ def _overlaps(a, b):
 # The computation
 # ---------------------------------------------------------------------------
 
-def _scores(q, k, mask, causal, scale):
-    """Scaled, masked scores (-inf where a key is hidden) in q's dtype.
+def _lengths(kv_lengths, batch, nk):
+    """Key count of each batch, shape (B, 1, 1) for broadcasting (or None)."""
+    if kv_lengths is None:
+        return None
+    lens = np.asarray(kv_lengths)
+    if lens.dtype.kind not in "iu":
+        raise TypeError(f"kv_lengths must be integers, got {lens.dtype}")
+    if lens.shape != (batch,):
+        raise ValueError(f"kv_lengths has shape {lens.shape}, expected ({batch},)")
+    if lens.size and (lens.min() < 0 or lens.max() > nk):
+        raise ValueError(f"kv_lengths must be in [0, {nk}]")
+    return lens.astype(np.int64).reshape(batch, 1, 1)
+
+
+def _scores(q, k, mask, causal, scale, window=None, alibi_slopes=None, softcap=None,
+            kv_lengths=None):
+    """Scaled, capped, biased, masked scores (-inf where a key is hidden)
+    in q's dtype.
 
     Returns (scores, (H, Hkv)); scores has shape q.shape[:-1] + (Nk,).
     """
@@ -163,6 +192,17 @@ def _scores(q, k, mask, causal, scale):
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = _resolve_scale(scale, d)
     mode = _resolve_causal(causal)
+    batch = q.shape[0] if q.ndim == 4 else 1
+    lens = _lengths(kv_lengths, batch, nk)
+    # The key count each batch aligns its bottom-right diagonal with.
+    nk_b = np.full((batch, 1, 1), nk, dtype=np.int64) if lens is None else lens
+    i = np.arange(nq)[None, :, None]
+    j = np.arange(nk)[None, None, :]
+    rel = j - (i + nk_b - nq)  # (B, Nq, Nk): key offset from the diagonal
+
+    def per_batch(x):
+        # (B, Nq, Nk) -> broadcastable to the scores' shape
+        return x[:, None] if q.ndim == 4 else x[0] if q.ndim == 2 else x
 
     # Grouped-query attention: give every query head its own copy of the
     # kv head it reads (head h reads kv head h // (H // Hkv)).
@@ -175,12 +215,30 @@ def _scores(q, k, mask, causal, scale):
     target = scores.shape  # q.shape[:-1] + (Nk,)
 
     # visible[..., i, j] is True when query i may attend key j.
+    if softcap is not None:
+        scores = (dtype.type(softcap) * np.tanh(scores / dtype.type(softcap))).astype(dtype)
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes, dtype=np.float64)
+        # (H,) or (B, H) -> (B or 1, H, 1, 1) against distances (B, 1, Nq, Nk)
+        slopes4 = slopes[None, :, None, None] if slopes.ndim == 1 else slopes[:, :, None, None]
+        bias = (-slopes4 * np.abs(rel)[:, None]).astype(dtype)
+        bias = bias[0] if q.ndim == 3 else bias[0, 0] if q.ndim == 2 else bias
+        scores = scores + bias
+
     visible = np.ones(target, dtype=bool)
     if mode is not None:
-        offset = nk - nq if mode == "bottom_right" else 0
-        i = np.arange(nq)[:, None]
-        j = np.arange(nk)[None, :]
-        visible &= j <= i + offset
+        if mode == "bottom_right":
+            visible &= per_batch(rel <= 0)
+        else:
+            visible &= per_batch(j - i <= 0 + 0 * nk_b)
+    if window is not None:
+        left, right = window
+        if left >= 0:
+            visible &= per_batch(rel >= -left)
+        if right >= 0:
+            visible &= per_batch(rel <= right)
+    if lens is not None:
+        visible &= per_batch(j < lens)
     if mask is not None:
         m = _check_mask(mask, target)
         if m.dtype == np.bool_:
@@ -224,7 +282,13 @@ def _softmax(scores):
     return p, lse, empty
 
 
-def attention_weights(q, k, *, mask=None, causal=False, scale=None):
+def _widen(*arrays):
+    """float16/bfloat16 arrays as float32 (the compute type), others as is."""
+    return tuple(a.astype(np.float32) if _is_half(a.dtype) else a for a in arrays)
+
+
+def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
+                      alibi_slopes=None, softcap=None, kv_lengths=None):
     """Softmax attention probabilities, shape ``q.shape[:-1] + (Nk,)``.
 
     Rows that can see no key are all zeros.  Same argument conventions as
@@ -232,13 +296,16 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None):
     """
     q = _check_array("q", q)
     k = _check_array("k", k)
-    scores, _ = _scores(q, k, mask, causal, scale)
+    dtype = q.dtype
+    q, k = _widen(q, k)
+    scores, _ = _scores(q, k, mask, causal, scale, window, alibi_slopes, softcap, kv_lengths)
     p, _, _ = _softmax(scores)
-    return p
+    return p.astype(dtype)
 
 
 def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
-              return_lse=False):
+              return_lse=False, window=None, alibi_slopes=None, softcap=None,
+              kv_lengths=None):
     """Reference attention: ``softmax(scale * q @ k.T + mask) @ v``.
 
     See the module docstring for the conventions.  Returns the output of
@@ -267,7 +334,10 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
             if a is not None and _overlaps(out, np.asarray(a)):
                 raise ValueError(f"out shares memory with {name}")
 
-    scores, _ = _scores(q, k, mask, causal, scale)
+    store = dtype
+    q, k, v = _widen(q, k, v)
+    dtype = q.dtype
+    scores, _ = _scores(q, k, mask, causal, scale, window, alibi_slopes, softcap, kv_lengths)
     p, lse, empty = _softmax(scores)
 
     if q.ndim >= 3 and hkv != h and hkv > 0:
@@ -276,7 +346,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     # Rows that see no key are exactly zero (p is zero there, but 0 * NaN
     # or 0 * inf in v would otherwise leak into them).
     result = np.where(empty[..., None], dtype.type(0), result)
-    result = np.asarray(result, dtype=dtype).reshape(out_shape)
+    result = np.asarray(result, dtype=dtype).reshape(out_shape).astype(store)
 
     if out is not None:
         out[...] = result
@@ -284,3 +354,30 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     if return_lse:
         return result, lse.reshape(q.shape[:-1])
     return result
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, **kwargs):
+    """Packed variable-length attention, one :func:`attention` call per
+    sequence: q is (total_q, H, D), k and v (total_k, Hkv, D); sequence b
+    owns rows ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` (and likewise for
+    keys).  ``alibi_slopes`` may be (H,) or (B, H).  Returns out
+    (total_q, H, Dv) and, with ``return_lse``, lse (H, total_q)."""
+    return_lse = kwargs.pop("return_lse", False)
+    slopes = kwargs.pop("alibi_slopes", None)
+    outs, lses = [], []
+    for b in range(len(cu_seqlens_q) - 1):
+        qs = q[cu_seqlens_q[b]:cu_seqlens_q[b + 1]].transpose(1, 0, 2)
+        ks = k[cu_seqlens_k[b]:cu_seqlens_k[b + 1]].transpose(1, 0, 2)
+        vs = v[cu_seqlens_k[b]:cu_seqlens_k[b + 1]].transpose(1, 0, 2)
+        sl = None if slopes is None else np.asarray(slopes)
+        if sl is not None and sl.ndim == 2:
+            sl = sl[b]
+        o, lse = attention(qs, ks, vs, return_lse=True, alibi_slopes=sl, **kwargs)
+        outs.append(o.transpose(1, 0, 2))
+        lses.append(lse)
+    out = np.concatenate(outs, axis=0) if outs else np.zeros(
+        (0,) + q.shape[1:-1] + (v.shape[-1],), q.dtype)
+    if return_lse:
+        lse = np.concatenate(lses, axis=1) if lses else np.zeros((q.shape[1], 0), np.float32)
+        return out, lse
+    return out
