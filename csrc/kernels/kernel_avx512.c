@@ -11,6 +11,8 @@
 /* Native lane max (the generic select costs three instructions). */
 #define FA_VMAX_PS(a, b) _mm512_max_ps((__m512)(a), (__m512)(b))
 #define FA_VMAX_PD(a, b) _mm512_max_pd((__m512d)(a), (__m512d)(b))
+/* 14-bit reciprocal estimate (the soft cap's tanh refines it). */
+#define FA_VRCP_PS(x) _mm512_rcp14_ps((__m512)(x))
 
 #define FA_ISA_NAME avx512
 #define FA_VBYTES 64

@@ -505,10 +505,17 @@ static void FA_FN(fa_widen_rows_)(const FA_S *src, int64_t sn, int64_t sd, int n
 }
 #endif
 
+/* The sign bit in every lane (VSPLAT(-0.0) would be +0: 0 + -0 = +0). */
+#if FA_IS_DOUBLE
+#define FA_SIGN_BITS ((VU){0} + ((uint64_t)1 << 63))
+#else
+#define FA_SIGN_BITS ((VU){0} + ((uint32_t)1 << 31))
+#endif
+
 /* Lane-wise |x|. */
 FA_INLINE VT FA_FN(fa_vabs_)(VT x)
 {
-    return (VT)((VI)x & ~(VI)VSPLAT(-0.0));
+    return (VT)((VU)x & ~FA_SIGN_BITS);
 }
 
 /*
@@ -528,7 +535,17 @@ FA_INLINE VT FA_FN(fa_tanh_)(VT x)
 {
     const VT ax = FA_FN(fa_vabs_)(x);
     const VT e = FA_FN(fa_exp2_)(ax * VSPLAT(-2.8853900817779268147));
+#if defined(FA_VRCP_PS) && !FA_IS_DOUBLE
+    /* 1 / (1 + e) from the 14-bit reciprocal estimate and one Newton step
+     * (relative error ~2^-28, far below float's half ulp; 1 + e is in
+     * [1, 2], so no special values reach it) */
+    const VT den = VSPLAT(1) + e;
+    VT rcp = (VT)FA_VRCP_PS(den);
+    rcp = rcp * (VSPLAT(2) - den * rcp);
+    const VT big = (VSPLAT(1) - e) * rcp;
+#else
     const VT big = (VSPLAT(1) - e) / (VSPLAT(1) + e);
+#endif
     const VT x2 = ax * ax;
     VT p = VSPLAT(21844.0 / 6081075.0);
     p = p * x2 + VSPLAT(-1382.0 / 155925.0);
@@ -539,7 +556,7 @@ FA_INLINE VT FA_FN(fa_tanh_)(VT x)
     const VT small = ax + ax * x2 * p;
     const VT t = FA_FN(fa_vsel_)(ax < VSPLAT(FA_TANH_SMALL), small, big);
     /* copy the sign of x (NaN keeps its bits through the select) */
-    return (VT)((VI)t | ((VI)x & (VI)VSPLAT(-0.0)));
+    return (VT)((VU)t | ((VU)x & FA_SIGN_BITS));
 }
 
 /* Exported for the soft-cap accuracy test: y[i] = tanh(x[i]). */
@@ -1147,6 +1164,7 @@ int FA_FN(fa_vec_lanes_)(void) { return VL; }
 #undef VU
 #undef VH
 #undef FA_TANH_SMALL
+#undef FA_SIGN_BITS
 #undef VLOAD
 #undef VSTORE
 #undef VSPLAT
