@@ -34,6 +34,8 @@ if IS_X86:
     KERNEL_ISAS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]
     KERNEL_ISAS["avx512"] = ["-mavx512f", "-mavx512dq", "-mavx512bw",
                              "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]
+    # bfloat16 decode with vdpbf16ps; used only when cpuid reports it
+    KERNEL_ISAS["avx512bf16"] = KERNEL_ISAS["avx512"] + ["-mavx512bf16"]
 if IS_ARM64:
     KERNEL_ISAS["neon"] = []  # Advanced SIMD is baseline on aarch64
 

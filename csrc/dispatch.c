@@ -132,7 +132,39 @@ FA_TYPE_TABLES(fa_tile)
 FA_TYPE_TABLES(fa_rows)
 FA_TYPE_TABLES(fa_weights)
 
-fa_tile_fn fa_dispatch_rows(fa_dtype dtype) { return fa_rows_table[dtype][fa_get_isa()]; }
+#if FA_X86
+/* AVX512-BF16 (vdpbf16ps): cpuid leaf 7, subleaf 1, eax bit 5. */
+static int fa_has_avx512bf16(void)
+{
+    static _Atomic int cached = -1;
+    int v = atomic_load(&cached);
+    if (v < 0) {
+        unsigned int a, b, c, d;
+        v = __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1);
+        atomic_store(&cached, v);
+    }
+    return v;
+}
+#endif
+
+fa_tile_fn fa_dispatch_rows(fa_dtype dtype)
+{
+    const fa_isa isa = fa_get_isa();
+#if FA_X86
+    if (dtype == FA_BF16 && isa == FA_ISA_AVX512 && fa_has_avx512bf16())
+        return fa_rows_bf16_avx512bf16;
+#endif
+    return fa_rows_table[dtype][isa];
+}
+
+int fa_bf16_dot_product(void)
+{
+#if FA_X86
+    return fa_get_isa() == FA_ISA_AVX512 && fa_has_avx512bf16();
+#else
+    return 0;
+#endif
+}
 fa_tile_fn fa_dispatch_tile(fa_dtype dtype) { return fa_tile_table[dtype][fa_get_isa()]; }
 fa_tile_fn fa_dispatch_weights(fa_dtype dtype) { return fa_weights_table[dtype][fa_get_isa()]; }
 

@@ -9,6 +9,9 @@
 fa_tile_fn fa_dispatch_tile(fa_dtype dtype);
 /* The few-row (decode) kernel of the current ISA path for dtype. */
 fa_tile_fn fa_dispatch_rows(fa_dtype dtype);
+/* Whether bfloat16 decode uses the AVX512-BF16 dot product (1) or widens
+ * to float32 (0) on the current path. */
+int fa_bf16_dot_product(void);
 /* The attention-weights kernel of the current ISA path for dtype. */
 fa_tile_fn fa_dispatch_weights(fa_dtype dtype);
 

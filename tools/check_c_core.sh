@@ -17,7 +17,9 @@ case "$arch" in
   x86_64*)
     compile -mavx2 -mfma -mf16c -c csrc/kernels/kernel_avx2.c -o "$out/k_avx2.o"; objs+=("$out/k_avx2.o")
     compile -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx2 -mfma -mf16c \
-      -c csrc/kernels/kernel_avx512.c -o "$out/k_avx512.o"; objs+=("$out/k_avx512.o") ;;
+      -c csrc/kernels/kernel_avx512.c -o "$out/k_avx512.o"; objs+=("$out/k_avx512.o")
+    compile -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx2 -mfma -mf16c -mavx512bf16 \
+      -c csrc/kernels/kernel_avx512bf16.c -o "$out/k_avx512bf16.o"; objs+=("$out/k_avx512bf16.o") ;;
   aarch64*)
     compile -c csrc/kernels/kernel_neon.c -o "$out/k_neon.o"; objs+=("$out/k_neon.o") ;;
 esac

@@ -935,6 +935,47 @@ FA_INLINE FA_T FA_FN(fa_hmax_)(VT x)
     return x[0];
 }
 
+#if defined(FA_BF16DP) && FA_S_KIND == 2
+/* bfloat16 with the AVX512-BF16 dot-product instruction: q holds the row's
+ * raw (unscaled) bfloat16 values, zero-padded to a multiple of 32;
+ * vdpbf16ps multiplies pairs of bfloat16 exactly and adds them into float32
+ * lanes, 32 elements per instruction.  The caller applies the scale. */
+#define FA_DOT_UNSCALED 1
+FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict qf, const FA_S *restrict k,
+                               int64_t k_sn, int64_t d, FA_T *restrict out)
+{
+    const uint16_t *q = (const uint16_t *)qf;
+    __m512 a[4];
+    const FA_S *kr[4];
+    for (int u = 0; u < 4; u++) { a[u] = _mm512_setzero_ps(); kr[u] = k + u * k_sn; }
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+        const __m512bh qv = (__m512bh)_mm512_loadu_si512((const void *)(q + c));
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            a[u] = _mm512_dpbf16_ps(a[u], qv, (__m512bh)_mm512_loadu_si512((const void *)(kr[u] + c)));
+    }
+    for (int u = 0; u < 4; u++) {
+        FA_T s = _mm512_reduce_add_ps(a[u]);
+        for (int64_t e = c; e < d; e++) s += fa_bf16_to_f32(q[e]) * fa_bf16_to_f32(kr[u][e]);
+        out[u] = s;
+    }
+}
+
+FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict qf, const FA_S *restrict k, int64_t d)
+{
+    const uint16_t *q = (const uint16_t *)qf;
+    __m512 a = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32)
+        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512((const void *)(q + c)),
+                             (__m512bh)_mm512_loadu_si512((const void *)(k + c)));
+    FA_T s = _mm512_reduce_add_ps(a);
+    for (; c < d; c++) s += fa_bf16_to_f32(q[c]) * fa_bf16_to_f32(k[c]);
+    return s;
+}
+#else
+#define FA_DOT_UNSCALED 0
 /* Dot products of one scaled query row with 4 keys (d contiguous). */
 FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict q, const FA_S *restrict k,
                                int64_t k_sn, int64_t d, FA_T *restrict out)
@@ -969,6 +1010,8 @@ FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_S *restrict k, i
     for (; c < d; c++) s += q[c] * FA_FN(fa_s2t_)(k[c]);
     return s;
 }
+
+#endif
 
 /* acc[0:dv] = acc * alpha + sum_j p[j] * v[j][0:dv] (dv contiguous), the
  * block summed on its own first (see fa_pv_micro_). */
@@ -1024,8 +1067,15 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
     const VT log2e = VSPLAT(1.4426950408889634074);
     for (int r = 0; r < rows; r++) {
         const FA_S *q = (const FA_S *)t->q_row[r];
+#if FA_DOT_UNSCALED
+        /* raw bfloat16, zero-padded (2 * dpad >= d rounded up to 32) */
+        uint16_t *qr = (uint16_t *)(qs + r * dpad);
+        for (int64_t k = 0; k < d; k++) qr[k] = q[k * p->q_sd];
+        for (int64_t k = d; k < 2 * dpad; k++) qr[k] = 0;
+#else
         for (int64_t k = 0; k < d; k++) qs[r * dpad + k] = FA_FN(fa_s2t_)(q[k * p->q_sd]) * c;
         for (int64_t k = d; k < dpad; k++) qs[r * dpad + k] = 0;
+#endif
         for (int64_t e = 0; e < dvpad; e++) acc[r * dvpad + e] = 0;
         row_max[r] = ninf;
         row_sum[r] = 0;
@@ -1052,6 +1102,9 @@ void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             int j = 0;
             for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
             for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
+#if FA_DOT_UNSCALED
+            for (j = 0; j < nb; j++) s[j] *= c;
+#endif
             if (capped) {
                 for (j = 0; j + VL <= nb; j += VL)
                     FA_FN(fa_storeu_)(s + j, cap * FA_FN(fa_tanh_)(FA_FN(fa_loadu_)(s + j) * capinv));
@@ -1165,6 +1218,7 @@ int FA_FN(fa_vec_lanes_)(void) { return VL; }
 #undef VH
 #undef FA_TANH_SMALL
 #undef FA_SIGN_BITS
+#undef FA_DOT_UNSCALED
 #undef VLOAD
 #undef VSTORE
 #undef VSPLAT

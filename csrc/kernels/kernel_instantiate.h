@@ -7,7 +7,8 @@
  *   FA_T  the compute type (every product and sum)
  *   FA_S  the storage type of q, k, v, out and weights
  *   FA_S_KIND  0: FA_S is FA_T; 1: IEEE float16 bits; 2: bfloat16 bits
- * The 16-bit types compute in float32.
+ * The 16-bit types compute in float32.  FA_ONLY_BF16 compiles just the
+ * bfloat16 kernels (the AVX512-BF16 variant).
  */
 #include "../half.h"
 
@@ -17,6 +18,7 @@
 #define FA_VBYTES FA_VBYTES_F32
 #endif
 
+#ifndef FA_ONLY_BF16
 #define FA_S float
 #define FA_S_KIND 0
 #define FA_TNAME f32
@@ -32,6 +34,7 @@
 #undef FA_S
 #undef FA_S_KIND
 #undef FA_TNAME
+#endif
 
 #define FA_S uint16_t
 #define FA_S_KIND 2
@@ -47,6 +50,7 @@
 #undef FA_T
 #undef FA_IS_DOUBLE
 
+#ifndef FA_ONLY_BF16
 #define FA_T double
 #define FA_S double
 #define FA_S_KIND 0
@@ -64,3 +68,4 @@
 #undef FA_S_KIND
 #undef FA_TNAME
 #undef FA_IS_DOUBLE
+#endif

@@ -52,6 +52,7 @@ def info():
         "version": __version__,
         "isa": _core.get_isa(),
         "isa_available": _core.isa_available(),
+        "bf16_dot_product": _core.bf16_dot_product(),
         "num_threads": _core.get_num_threads(),
         "openmp": b["openmp"],
         "compiler": b["compiler"],

@@ -83,6 +83,7 @@ cdef extern from "dispatch.h" nogil:
     void fa_tanh_f64(const double *x, double *y, int64_t n) noexcept
     double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes) noexcept
     double fa_read_probe(const float *x, int64_t n) noexcept
+    int fa_bf16_dot_product() noexcept
 
 cdef extern from "fa_build_info.h":
     const char *FA_BUILD_COMPILER
@@ -602,6 +603,12 @@ def set_isa(name):
             else "this CPU does not support it"
         raise ValueError(f"ISA {name!r} is not available: {why} "
                          f"(available: {', '.join(isa_available())})")
+
+
+def bf16_dot_product():
+    """True when bfloat16 decode uses the AVX512-BF16 dot-product
+    instruction on the current path."""
+    return bool(fa_bf16_dot_product())
 
 
 def build_info():
