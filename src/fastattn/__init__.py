@@ -10,10 +10,13 @@ from . import _core
 from . import reference
 from .api import attention, attention_varlen, attention_weights, merge
 from .kvcache import KVCache
+from .layer import MultiHeadAttention
+from . import plot  # matplotlib is imported only when a plot is drawn
 
 __version__ = "0.1.0"
 
 __all__ = ["attention", "attention_varlen", "attention_weights", "merge", "KVCache",
+           "MultiHeadAttention", "plot",
            "reference", "info", "set_num_threads", "get_num_threads",
            "__version__"]
 

@@ -1,0 +1,215 @@
+"""Pictures of attention weights.
+
+matplotlib is an optional dependency (``pip install "fastattn[plot]"``): it
+is imported inside the functions here, so ``import fastattn`` and
+``import fastattn.plot`` never load it.
+"""
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["attention_heatmap"]
+
+# Size of one heatmap cell and room for the token labels, in inches.
+_CELL_IN = 0.42
+_LABEL_IN = 0.09          # per character of the longest token label
+_MIN_PANEL_IN = 2.0
+_MAX_COLS = 4
+
+
+def _import_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError as e:
+        raise ImportError(
+            "fastattn.plot needs matplotlib, which is not installed; install it with "
+            'pip install "fastattn[plot]" (or pip install matplotlib)') from e
+    return matplotlib, Figure, Patch
+
+
+def _labels(name, tokens, n, what):
+    if isinstance(tokens, str):
+        raise TypeError(f"{name} must be a sequence of token strings, not one str "
+                        f"(split it first, e.g. {name}.split())")
+    try:
+        labels = [str(t) for t in tokens]
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of token strings, got "
+                        f"{type(tokens).__name__}") from None
+    if len(labels) != n:
+        raise ValueError(f"{name} has {len(labels)} tokens but the weights have {n} {what}")
+    return labels
+
+
+def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zeros", ax=None,
+                      title=None, cmap="viridis"):
+    """Draw attention weights as heatmaps: query tokens on the rows, key
+    tokens on the columns, one colour scale from 0 to 1 with a colorbar.
+
+    Parameters
+    ----------
+    weights : array, shape (Nq, Nk), (H, Nq, Nk) or (1, H, Nq, Nk)
+        Attention weights (rows summing to 1), e.g. from
+        ``fastattn.attention(..., return_weights=True)``,
+        ``fastattn.attention_weights`` or
+        ``MultiHeadAttention(..., need_weights=True)`` (take one batch
+        row, ``w[b]``).
+    tokens : sequence of str, length Nq
+        Labels of the queries (rows).
+    key_tokens : sequence of str, length Nk, or None
+        Labels of the keys (columns); default ``tokens`` (self-attention).
+    head : None, int or "mean"
+        None: one panel per head, in a grid of up to four columns; an int:
+        only that head (negative counts from the end); ``"mean"``: the
+        average over the heads in one panel.
+    mask : "zeros", None or bool array broadcastable to the weights
+        Which cells to draw as masked: empty, showing a hatched
+        background instead of a colour, so that a hidden key is not
+        mistaken for a key that merely gets little weight.  ``"zeros"``
+        (default): cells whose weight is exactly 0.  fastattn gives hidden
+        keys (masked, causal, padding) weight exactly 0, while a visible
+        key's float32 weight underflows to 0 only when its score is about
+        100 below the row's maximum, where it takes no part in the result
+        either.  A bool array uses fastattn's polarity: True = may attend,
+        False = drawn empty.  None: every cell is coloured.  With
+        ``head="mean"`` a cell is empty only if it is masked in every head.
+    ax : matplotlib Axes or None
+        Draw into this Axes (one panel only: 2-D weights, or ``head`` an
+        int or ``"mean"``), with a colorbar beside it.  Default: a new
+        figure.
+    title : str or None
+        Title of the figure (or of ``ax``); panels are titled by head.
+    cmap : str or matplotlib Colormap
+        Colormap of the weights (default ``"viridis"``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure, or the Axes when ``ax`` was given.  A new
+    figure is not registered with pyplot (no window opens, nothing to
+    close): save it with ``fig.savefig("attention.png")``; Jupyter displays
+    it when it is a cell's value.
+
+    Raises ``ImportError`` (with the install command) when matplotlib is
+    missing, ``TypeError``/``ValueError`` for arguments of the wrong type
+    or shape.
+    """
+    w = np.asarray(weights)
+    if w.dtype == np.bool_ or w.dtype.kind not in "fiu":
+        raise TypeError(f"weights must be a real array, got dtype {w.dtype}")
+    if w.ndim == 4:
+        if w.shape[0] != 1:
+            raise ValueError(f"weights has shape {w.shape}; a 4-D array must be one batch "
+                             "row (1, H, Nq, Nk): pass weights[b] to pick one")
+        w = w[0]
+    if w.ndim == 2:
+        w = w[None]
+    if w.ndim != 3:
+        raise ValueError(f"weights has shape {w.shape}; expected (Nq, Nk), (H, Nq, Nk) "
+                         "or (1, H, Nq, Nk)")
+    w = w.astype(np.float64)
+    H, Nq, Nk = w.shape
+    row_labels = _labels("tokens", tokens, Nq, "queries (rows)")
+    col_labels = row_labels if key_tokens is None else _labels("key_tokens", key_tokens,
+                                                               Nk, "keys (columns)")
+
+    if isinstance(mask, str):
+        if mask != "zeros":
+            raise ValueError(f"mask must be 'zeros', None or a bool array, got {mask!r}")
+        hidden = w == 0
+    elif mask is None:
+        hidden = np.zeros(w.shape, dtype=bool)
+    else:
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask has dtype {m.dtype}; expected bool (True = may attend)")
+        if m.ndim == 4 and m.shape[0] == 1:
+            m = m[0]
+        try:
+            hidden = ~np.broadcast_to(m, w.shape)
+        except ValueError:
+            raise ValueError(f"mask has shape {m.shape}, which does not broadcast to the "
+                             f"weights' (H, Nq, Nk) = {w.shape}") from None
+
+    if head is None:
+        panels = [(f"head {h}", w[h], hidden[h]) for h in range(H)]
+        if H == 1:
+            panels = [(None, w[0], hidden[0])]
+    elif isinstance(head, str):
+        if head != "mean":
+            raise ValueError(f"head must be None, an int or 'mean', got {head!r}")
+        label = f"mean of {H} heads" if H > 1 else None
+        panels = [(label, w.mean(axis=0), hidden.all(axis=0))]
+    elif isinstance(head, numbers.Integral) and not isinstance(head, (bool, np.bool_)):
+        if not -H <= head < H:
+            raise ValueError(f"head is {head} but the weights have {H} heads")
+        h = int(head) % H
+        panels = [(f"head {h}", w[h], hidden[h])]
+    else:
+        raise TypeError(f"head must be None, an int or 'mean', got {type(head).__name__}")
+    if ax is not None and len(panels) > 1:
+        raise ValueError(f"ax holds one panel but the weights have {H} heads; choose one "
+                         "with head=INT or head='mean'")
+
+    matplotlib, Figure, Patch = _import_matplotlib()
+    cm = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+    cm = cm.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))   # masked: transparent over hatching
+
+    label_in = _LABEL_IN * max((len(s) for s in row_labels + col_labels), default=1)
+    if ax is None:
+        ncols = min(len(panels), _MAX_COLS)
+        nrows = math.ceil(len(panels) / ncols)
+        panel_w = max(_MIN_PANEL_IN, _CELL_IN * Nk)
+        panel_h = max(_MIN_PANEL_IN, _CELL_IN * Nq)
+        fig = Figure(figsize=(ncols * (panel_w + label_in + 0.5) + 1.2,
+                              nrows * (panel_h + label_in + 0.6) + (0.9 if title else 0.5)),
+                     layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for extra in axes[len(panels):]:
+            extra.set_visible(False)
+        axes = axes[:len(panels)]
+    else:
+        fig = ax.figure
+        axes = [ax]
+
+    image = None
+    fontsize = 9 if max(Nq, Nk) <= 24 else 7
+    for a, (label, data, empty) in zip(axes, panels):
+        # Hatching behind the image shows through the transparent masked cells.
+        a.set_facecolor("white")
+        a.add_patch(matplotlib.patches.Rectangle(
+            (-0.5, -0.5), Nk, Nq, facecolor="#f4f4f4", edgecolor="#b0b0b0", hatch="////",
+            linewidth=0, zorder=0))
+        image = a.imshow(np.ma.masked_array(data, mask=empty), cmap=cm, vmin=0.0, vmax=1.0,
+                         interpolation="nearest", aspect="equal", zorder=1)
+        a.set_xticks(np.arange(Nk), labels=col_labels, rotation=60, ha="right",
+                     rotation_mode="anchor", fontsize=fontsize)
+        a.set_yticks(np.arange(Nq), labels=row_labels, fontsize=fontsize)
+        a.set_xlim(-0.5, Nk - 0.5)
+        a.set_ylim(Nq - 0.5, -0.5)
+        a.set_xlabel("key")
+        a.set_ylabel("query")
+        a.tick_params(length=0)
+        if label:
+            a.set_title(label, fontsize=10)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9 if len(axes) > 1 else 1.0,
+                        fraction=0.05 if len(axes) > 1 else 0.08, pad=0.02)
+    cbar.set_label("attention weight")
+    any_masked = any(empty.any() for _, _, empty in panels)
+    hatch = dict(facecolor="#f4f4f4", edgecolor="#b0b0b0", hatch="////")
+    if ax is None:
+        if any_masked:
+            fig.legend(handles=[Patch(label="masked (weight 0, key hidden)", **hatch)],
+                       loc="outside lower center", frameon=False, fontsize=9)
+        if title:
+            fig.suptitle(title)
+    else:
+        if any_masked:
+            ax.legend(handles=[Patch(label="masked", **hatch)], loc="lower right",
+                      bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, frameon=False,
+                      fontsize=8)
+        if title:
+            ax.set_title(title, loc="left")
+    return fig if ax is None else ax
