@@ -18,6 +18,12 @@ _MIN_PANEL_IN = 2.0
 _MAX_COLS = 4
 
 
+def _grid_columns(n):
+    """Columns of the panel grid: a row for up to 3 panels, then as square
+    as possible with at most 4 columns (4 -> 2x2, 6 -> 3x2, 8 -> 4x2)."""
+    return {4: 2, 5: 3, 6: 3, 9: 3}.get(n, min(n, _MAX_COLS))
+
+
 def _import_matplotlib():
     try:
         import matplotlib  # noqa: F401
@@ -112,8 +118,13 @@ def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zero
     w = w.astype(np.float64)
     H, Nq, Nk = w.shape
     row_labels = _labels("tokens", tokens, Nq, "queries (rows)")
-    col_labels = row_labels if key_tokens is None else _labels("key_tokens", key_tokens,
-                                                               Nk, "keys (columns)")
+    if key_tokens is None:
+        if Nk != Nq:
+            raise ValueError(f"key_tokens is needed: the weights have {Nq} queries but {Nk} "
+                             "keys, so tokens cannot label both")
+        col_labels = row_labels
+    else:
+        col_labels = _labels("key_tokens", key_tokens, Nk, "keys (columns)")
 
     if isinstance(mask, str):
         if mask != "zeros":
@@ -159,7 +170,7 @@ def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zero
 
     label_in = _LABEL_IN * max((len(s) for s in row_labels + col_labels), default=1)
     if ax is None:
-        ncols = min(len(panels), _MAX_COLS)
+        ncols = _grid_columns(len(panels))
         nrows = math.ceil(len(panels) / ncols)
         panel_w = max(_MIN_PANEL_IN, _CELL_IN * Nk)
         panel_h = max(_MIN_PANEL_IN, _CELL_IN * Nq)
@@ -204,7 +215,7 @@ def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zero
             fig.legend(handles=[Patch(label="masked (weight 0, key hidden)", **hatch)],
                        loc="outside lower center", frameon=False, fontsize=9)
         if title:
-            fig.suptitle(title)
+            fig.suptitle(title, wrap=True)
     else:
         if any_masked:
             ax.legend(handles=[Patch(label="masked", **hatch)], loc="lower right",
