@@ -4,6 +4,7 @@ Usage::
 
     fastattn info [--json]
     fastattn bench [--threads N] [--repeat N] [--quick] [--no-reference]
+    fastattn demo [TEXT] [--out PATH] [--causal] [--heads N] [--dim E] [--seed S]
     fastattn --version
 
 ``python -m fastattn`` is equivalent to the ``fastattn`` console script.
@@ -318,6 +319,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# demo (the logic lives in fastattn.demo)
+# --------------------------------------------------------------------------
+
+_DEMO_TEXT = "Life is short, eat dessert first"   # fastattn.demo.DEFAULT_TEXT
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fastattn import demo
+
+    try:
+        path = demo.main(args.text, args.out, causal=args.causal, heads=args.heads,
+                         dim=args.dim, seed=args.seed)
+    except (ValueError, ImportError) as exc:
+        print(f"{PROG} demo: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {os.path.abspath(path)}")
+    return 0
+
+
+# --------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------
 
@@ -364,6 +385,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--no-reference", action="store_true",
                          help="skip the NumPy reference (no speed-up or error columns)")
     p_bench.set_defaults(func=cmd_bench)
+
+    p_demo = sub.add_parser(
+        "demo", help="draw the attention weights of a self-attention layer over a sentence",
+        description="Run a MultiHeadAttention self-attention layer over TEXT (one token per "
+                    "word) and write a heatmap of each head's attention weights.  The "
+                    "embeddings (seeded by each word's CRC-32) and the layer's weights are "
+                    "random: an illustration of the computation, not a trained model.")
+    p_demo.add_argument("text", nargs="?", default=None, metavar="TEXT",
+                        help=f"the sentence (default: {_DEMO_TEXT!r})")
+    p_demo.add_argument("--out", default="attention.png", metavar="PATH",
+                        help="image to write; the format follows the extension "
+                             "(default: attention.png)")
+    p_demo.add_argument("--causal", action="store_true",
+                        help="causal attention: each word sees only itself and the words "
+                             "before it (the hidden cells are drawn empty)")
+    p_demo.add_argument("--heads", type=_positive_int, default=4, metavar="N",
+                        help="attention heads, one panel each (default: 4)")
+    p_demo.add_argument("--dim", type=_positive_int, default=64, metavar="E",
+                        help="embedding width, a multiple of --heads (default: 64)")
+    p_demo.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed of the embeddings and weights (default: 0)")
+    p_demo.set_defaults(func=cmd_demo)
     return parser
 
 
