@@ -232,7 +232,10 @@ def merge(outs, lses, *, return_lse=False):
     for s, o in enumerate(outs):
         ws = w[s]
         # a slice with weight 0 contributes nothing, even if it holds inf
-        acc += np.where(ws[..., None] > 0, ws[..., None] * np.asarray(o, dtype=np.float64), 0.0)
+        # (0 * inf is computed, then discarded: no warning for it)
+        with np.errstate(invalid="ignore"):
+            acc += np.where(ws[..., None] > 0, ws[..., None] * np.asarray(o, dtype=np.float64),
+                            0.0)
     acc[nan] = np.nan
     acc[empty & ~nan] = 0.0
     merged = acc.astype(o0.dtype)

@@ -141,6 +141,8 @@ class KVCache:
                              f"{self.k.shape[3]})")
         # only the filled prefix is passed, so work and masks stay small
         used = int(self.lengths.max()) if self.batch else 0
+        if isinstance(mask, np.ndarray) and mask.ndim and mask.shape[-1] == self.max_len:
+            mask = mask[..., :used]  # the mask spans max_len keys: its filled prefix
         return _core.attention(q, self.k[:, :, :used], self.v[:, :, :used], mask, causal,
                                scale, out, return_lse, window, alibi_slopes, softcap,
                                self.lengths, False)
