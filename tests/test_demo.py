@@ -13,13 +13,15 @@ import fastattn
 from fastattn import demo
 from fastattn.cli import main
 
+from optional_deps import require
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def mpl():
-    matplotlib = pytest.importorskip(
-        "matplotlib", reason="the demo draws with matplotlib (pip install \"fastattn[plot]\")")
+    matplotlib = require("matplotlib",
+                         reason="the demo draws with matplotlib (pip install \"fastattn[plot]\")")
     matplotlib.use("Agg")
     import matplotlib.image  # noqa: F401
     return matplotlib

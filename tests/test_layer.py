@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from conftest import F32_U, assert_matches
+from conftest import assert_matches
+from optional_deps import require
 
 import fastattn
 from fastattn import MultiHeadAttention, reference
@@ -602,7 +603,7 @@ def test_context_required_when_dims_differ():
 
 @pytest.fixture
 def torch():
-    return pytest.importorskip("torch", reason="torch is an optional test oracle")
+    return require("torch", reason="torch is an optional test oracle")
 
 
 def _torch_module(torch, sd_layer, **kw):

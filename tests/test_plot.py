@@ -12,6 +12,8 @@ import pytest
 import fastattn
 from fastattn import plot
 
+from optional_deps import require
+
 
 def causal_weights(rng, H, N):
     s = rng.standard_normal((H, N, N)) * 2
@@ -66,8 +68,8 @@ def test_missing_matplotlib_says_how_to_install():
 
 @pytest.fixture(scope="module")
 def mpl():
-    matplotlib = pytest.importorskip(
-        "matplotlib", reason="matplotlib is optional (pip install \"fastattn[plot]\")")
+    matplotlib = require("matplotlib",
+                         reason="matplotlib is optional (pip install \"fastattn[plot]\")")
     matplotlib.use("Agg")
     import matplotlib.image  # noqa: F401
     return matplotlib
