@@ -435,7 +435,11 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
                 softcap, (int, float, np.integer, np.floating)):
             raise TypeError(f"softcap must be a positive real number or None, got "
                             f"{type(softcap).__name__}")
-        c_softcap = float(softcap)
+        try:
+            c_softcap = float(softcap)
+        except OverflowError:
+            raise ValueError("softcap must be a positive finite number, got an integer "
+                             f"too large for a float ({len(str(abs(softcap)))} digits)") from None
         if not (c_softcap > 0 and isfinite(c_softcap)):
             raise ValueError(f"softcap must be a positive finite number, got {softcap}")
     cdef cnp.ndarray alens = None
@@ -540,6 +544,11 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
         with nogil:
             status = fa_attention_weights(&p)
         _check_status(status)
+        # A NaN score makes its row's lse NaN; the whole row of weights is
+        # then NaN (as in the reference), not just the key blocks visited.
+        nan_rows = np.isnan(alse)
+        if nan_rows.any():
+            aw[nan_rows] = np.nan
 
     if copy_back:
         user_out[...] = aout
