@@ -41,8 +41,19 @@ PYTHON="${PYTHON:-python3}"
 # head and value dimensions, float64, every input layout (Fortran,
 # transposed, negative strides, strided, unaligned, broadcast), the decode
 # path that splits the keys and merges the partial results, out=, empty
+# (and the variants: window, 16-bit, packed batches, KV cache, soft cap,
+# kv_lengths, weights, merge),
 # and fully masked inputs, NaNs, forced ISA paths, and argument errors.
 SELECTION=(
+    "tests/test_window.py::test_window_matches_reference_and_band_mask[w3_0-9x9-causal]"
+    "tests/test_window.py::test_window_zero_sizes"
+    "tests/test_half.py::test_layouts[transposed-bf16]"
+    "tests/test_varlen.py::test_varlen_matches_reference[mixed-local]"
+    "tests/test_kvcache.py::test_token_by_token_decode_equals_one_full_causal_call[2-2]"
+    "tests/test_alibi_softcap.py::test_softcap_with_minus_inf_masks[bool]"
+    "tests/test_kv_lengths.py::test_kv_lengths_equal_sliced_keys[all-mixed-nq1]"
+    "tests/test_weights_merge.py::test_weights_match_reference[all-1-17-f64]"
+    "tests/test_weights_merge.py::test_merge_of_chunks_equals_the_whole[39-1-f64]"
     "tests/test_attention.py::test_sequence_lengths[f32-nq1-nk1]"
     "tests/test_attention.py::test_sequence_lengths[f32-nq65-nk63]"
     "tests/test_attention.py::test_sequence_lengths[f32-nq7-nk513]"
