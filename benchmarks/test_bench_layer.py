@@ -23,7 +23,15 @@ The projections are 8 * B * N * E^2 FLOPs (4.3 GFLOP here) and the attention
 is mostly GEMMs that all three share; ``extra_info`` records both counts.
 The thread count of each implementation is set to the benchmark's: fastattn
 via ``set_num_threads``, torch via ``torch.set_num_threads`` and NumPy's BLAS
-via threadpoolctl when it is installed.
+(the projections of ``fastattn`` and ``reference``) via threadpoolctl when it
+is installed.
+
+Two thread pools take turns in the NumPy-based layers: OpenBLAS's for the
+projections and fastattn's OpenMP pool for the kernel.  By default both
+spin for a while after their work is done, and on a machine with no spare
+cores the spinning threads slow the other pool down; torch has one pool for
+everything.  ``OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4`` (set
+before Python starts) make both go to sleep at once.
 """
 
 from __future__ import annotations
@@ -98,7 +106,11 @@ def make_runner(impl, layer, x, causal, threads):
 
     if impl == "fastattn":
         fastattn.set_num_threads(threads)
-        return lambda: layer(x, causal=causal)
+
+        def run():
+            with blas_limit(threads):          # the projections are NumPy GEMMs
+                return layer(x, causal=causal)
+        return run
     if impl == "reference":
         w_in = np.concatenate([layer.w_q, layer.w_k, layer.w_v])
         b_in = np.concatenate([layer.b_q, layer.b_k, layer.b_v])
