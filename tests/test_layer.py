@@ -350,6 +350,15 @@ def test_kv_cache_with_mask(rng):
     for t in range(4, N):
         yt = layer(x[:, t:t + 1], kv_cache=cache, mask=mask[t:t + 1, :t + 1], causal=True)
         np.testing.assert_allclose(yt, full[:, t:t + 1], rtol=1e-5, atol=1e-5)
+    # a mask may also span the cache's max_len keys, as in KVCache.attend
+    cache = layer.make_kv_cache(B, 2 * N)
+    wide = np.zeros((N, 2 * N), dtype=bool)
+    wide[:, :N] = mask
+    for t in range(N):
+        yt, wt = layer(x[:, t:t + 1], kv_cache=cache, mask=wide[t:t + 1], causal=True,
+                       need_weights=True)
+        np.testing.assert_allclose(yt, full[:, t:t + 1], rtol=1e-5, atol=1e-5)
+        assert wt.shape == (B, 2, 1, t + 1)
 
 
 def test_kv_cache_overflow_leaves_cache_unchanged(rng):

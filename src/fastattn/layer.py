@@ -475,8 +475,9 @@ class MultiHeadAttention:
             cache in pieces gives the result of one causal call on the
             whole sequence.  ``layer.make_kv_cache(batch, max_len)`` makes
             one of the right shape.  ``mask`` then spans the cached keys
-            (all tokens held after the append); ``key_padding_mask`` is not
-            accepted (use the cache's own row lengths).
+            (all tokens held after the append) or ``max_len`` keys, as in
+            ``KVCache.attend``; ``key_padding_mask`` is not accepted (use
+            the cache's own row lengths).
 
         Returns
         -------
@@ -553,6 +554,9 @@ class MultiHeadAttention:
         else:
             n_keys = Nk
         if mask is not None:
+            if (kv_cache is not None and isinstance(mask, np.ndarray) and mask.ndim
+                    and mask.shape[-1] == kv_cache.max_len):
+                mask = mask[..., :n_keys]     # spans max_len keys: its filled prefix
             mask = self._check_mask(mask, (B, H, Nq, n_keys), batched)
         if key_padding_mask is not None:
             mask, kv_lengths = self._apply_padding(key_padding_mask, mask, B, Nk, batched,
