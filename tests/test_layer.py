@@ -710,7 +710,8 @@ def test_loads_from_torch_transformer_layer(torch, rng):
     E, H = 64, 8
     block = torch.nn.TransformerEncoderLayer(E, H, dim_feedforward=32, batch_first=True,
                                              dropout=0.0).eval()
-    layer = MultiHeadAttention.from_torch_state_dict(_torch_state_dict(block), H,
+    # the tensors of state_dict() go in as they are (numpy.asarray converts them)
+    layer = MultiHeadAttention.from_torch_state_dict(block.state_dict(), H,
                                                      prefix="self_attn.")
     x = randn(rng, (2, 9, E))
     tx = torch.from_numpy(x)

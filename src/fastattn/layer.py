@@ -93,26 +93,24 @@ class MultiHeadAttention:
         Feature dim of ``context`` in cross-attention (PyTorch's
         ``kdim == vdim``); default ``embed_dim``.
 
-    Weights
-    -------
-    Stored in PyTorch's ``(out_features, in_features)`` orientation, and
-    applied as ``x @ w.T + b``, so PyTorch weights load without transposes:
+    Notes
+    -----
+    The weights are stored in PyTorch's ``(out_features, in_features)``
+    orientation and applied as ``x @ w.T + b``, so PyTorch weights load
+    without transposes (``C = context_dim``):
 
-    ============  ======================  ===========
-    ``w_q``       ``(H * D, E)``          ``b_q (H * D,)``
-    ``w_k``       ``(Hkv * D, C)``        ``b_k (Hkv * D,)``
-    ``w_v``       ``(Hkv * D, C)``        ``b_v (Hkv * D,)``
-    ``w_o``       ``(E, H * D)``          ``b_o (E,)``
-    ============  ======================  ===========
+    - ``w_q`` ``(H * D, E)`` and ``b_q`` ``(H * D,)``
+    - ``w_k`` ``(Hkv * D, C)`` and ``b_k`` ``(Hkv * D,)``
+    - ``w_v`` ``(Hkv * D, C)`` and ``b_v`` ``(Hkv * D,)``
+    - ``w_o`` ``(E, H * D)`` and ``b_o`` ``(E,)``
 
-    with ``C = context_dim``.  The attributes are writable views of the
-    layer's storage (the three input projections share one buffer when
-    ``C == E``, so that self-attention projects in one matrix product):
-    edit them in place, or assign an array of the same shape, which is
-    copied in.  The biases are None when ``bias=False``.  Initialization:
-    each weight matrix is drawn Xavier-uniform (Glorot) from
-    ``U(-a, a)``, ``a = sqrt(6 / (fan_in + fan_out))``, and the biases
-    are zero.
+    The attributes are writable views of the layer's storage (the three
+    input projections share one buffer when ``C == E``, so that
+    self-attention projects in one matrix product): edit them in place, or
+    assign an array of the same shape, which is copied in.  The biases are
+    None when ``bias=False``.  Initialization: each weight matrix is drawn
+    Xavier-uniform (Glorot) from ``U(-a, a)``, ``a = sqrt(6 / (fan_in +
+    fan_out))``, and the biases are zero.
 
     Examples
     --------
@@ -256,10 +254,9 @@ class MultiHeadAttention:
         Parameters
         ----------
         state_dict : mapping of str to array-like
-            The module's ``state_dict()`` with each value converted to a
-            NumPy array (``{k: t.detach().cpu().numpy() for k, t in
-            sd.items()}``); anything ``numpy.asarray`` accepts works, and
-            torch is never imported.  Recognized keys: ``in_proj_weight``
+            The module's ``state_dict()``, with NumPy arrays or anything
+            ``numpy.asarray`` accepts as values (CPU tensors of a
+            ``state_dict()`` convert as they are); torch is never imported.  Recognized keys: ``in_proj_weight``
             ``(3E, E)``, or ``q_proj_weight (E, E)``, ``k_proj_weight (E,
             kdim)`` and ``v_proj_weight (E, vdim)`` (the form PyTorch uses
             when ``kdim`` or ``vdim`` differ from ``embed_dim``; here they
