@@ -222,6 +222,16 @@ def max_abs_score(q, k, scale=None):
     return abs(float(scale)) * float(s.max()) if s.size else 0.0
 
 
+def _fail_at_worst(name, f, ref64, fin, err, bound, rule):
+    """Raise the tolerance failure, naming the worst index and its values."""
+    diff = np.where(fin, np.abs(f - np.where(fin, ref64, 0.0)), -1.0)
+    where = np.unravel_index(np.argmax(diff), ref64.shape)
+    raise AssertionError(
+        f"{name}: max error {err:.3g} exceeds {bound:.3g} ({rule}); "
+        f"worst at index {tuple(int(i) for i in where)}: "
+        f"got {f[where]!r}, expected {ref64[where]!r}")
+
+
 def assert_matches(name, fast, ref64, naive, dtype, nk, score_term=0.0):
     """Apply the tolerance rule of this module to one result array.
 
@@ -256,12 +266,7 @@ def assert_matches(name, fast, ref64, naive, dtype, nk, score_term=0.0):
         bound = F64_RTOL * (1.0 + scale)
         rule = f"{F64_RTOL:g} * (1 + max|ref| = {scale:.3g})"
     if not err <= bound:
-        diff = np.where(fin, np.abs(f - np.where(fin, ref64, 0.0)), -1.0)
-        where = np.unravel_index(np.argmax(diff), ref64.shape)
-        raise AssertionError(
-            f"{name}: max error {err:.3g} exceeds {bound:.3g} ({rule}); "
-            f"worst at index {tuple(int(i) for i in where)}: "
-            f"got {f[where]!r}, expected {ref64[where]!r}")
+        _fail_at_worst(name, f, ref64, fin, err, bound, rule)
 
 
 def _finite_abs_max(a):
@@ -428,12 +433,9 @@ def assert_matches_half(name, fast, ref64, naive, naive32, nk, score_term=0.0):
         f"{name}: {flips} of {rounded.size} entries differ from the correctly rounded "
         f"float64 reference (naive: {flips_naive}; allowed {allowed:.0f}): wrong rounding?")
     if not err <= bound:
-        diff = np.where(fin, np.abs(f - np.where(fin, ref64, 0.0)), -1.0)
-        where = np.unravel_index(np.argmax(diff), ref64.shape)
-        raise AssertionError(
-            f"{name}: max error {err:.3g} exceeds {bound:.3g} (2 * naive {fast.dtype} "
-            f"error {n16:.3g} + 6 * naive float32 error {n32:.3g} + floor); worst at "
-            f"index {tuple(int(i) for i in where)}: got {f[where]!r}, expected {ref64[where]!r}")
+        _fail_at_worst(name, f, ref64, fin, err, bound,
+                       f"2 * naive {fast.dtype} error {n16:.3g} + 6 * naive float32 "
+                       f"error {n32:.3g} + floor")
 
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,20 @@ from conftest import (ISA_COMBOS, AttentionRefs, IsaCase, check_isa_path, half_d
                       make_mask, randn)
 
 
+
+def _prefill_in_chunks(cache, Q, K, V, chunks):
+    """Append the tokens chunk by chunk, attending (causal) after each;
+    returns the outputs and lses concatenated along the queries."""
+    outs, lses = [], []
+    pos = 0
+    for m in chunks:
+        cache.append(K[:, :, pos:pos + m], V[:, :, pos:pos + m])
+        o, lse = cache.attend(Q[:, :, pos:pos + m], causal=True, return_lse=True)
+        outs.append(o)
+        lses.append(lse)
+        pos += m
+    return np.concatenate(outs, axis=2), np.concatenate(lses, axis=2)
+
 def snapshot(cache):
     return cache.k.tobytes(), cache.v.tobytes(), cache.lengths.copy()
 
@@ -123,16 +137,7 @@ def test_chunked_prefill_equals_full_causal(rng):
     K, V = randn(rng, (b, hkv, n, d)), randn(rng, (b, hkv, n, dv))
     Q = randn(rng, (b, h, n, d))
     c = fastattn.KVCache(b, hkv, n + 3, d, value_dim=dv)
-    outs, lses = [], []
-    pos = 0
-    for m in chunks:
-        c.append(K[:, :, pos:pos + m], V[:, :, pos:pos + m])
-        o, lse = c.attend(Q[:, :, pos:pos + m], causal=True, return_lse=True)
-        outs.append(o)
-        lses.append(lse)
-        pos += m
-    AttentionRefs(Q, K, V, causal=True).check(np.concatenate(outs, axis=2),
-                                              np.concatenate(lses, axis=2))
+    AttentionRefs(Q, K, V, causal=True).check(*_prefill_in_chunks(c, Q, K, V, chunks))
 
 
 def test_per_row_lengths_equal_per_row_computations(rng):
@@ -302,15 +307,7 @@ def prefill_case(name, rng, b, h, hkv, d, chunks):
 
     def run():
         c = fastattn.KVCache(b, hkv, n, d)
-        outs, lses = [], []
-        pos = 0
-        for m in chunks:
-            c.append(K[:, :, pos:pos + m], V[:, :, pos:pos + m])
-            o, lse = c.attend(Q[:, :, pos:pos + m], causal=True, return_lse=True)
-            outs.append(o)
-            lses.append(lse)
-            pos += m
-        return np.concatenate(outs, axis=2), np.concatenate(lses, axis=2)
+        return _prefill_in_chunks(c, Q, K, V, chunks)
 
     def check(res):
         if "refs" not in cache:

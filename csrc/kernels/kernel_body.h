@@ -899,6 +899,14 @@ void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scratch)
             for (int j = 0; j < nb; j++) wr[j * w_sk] = FA_FN(fa_t2s_)(st[j * FA_BQ + r]);
         }
     }
+    /* A NaN score made its row's lse NaN: the whole row is NaN (all n_k
+     * keys, not only the blocks visited), as a softmax over it would be. */
+    const FA_S nan = FA_FN(fa_t2s_)((FA_T)__builtin_nan(""));
+    for (int r = 0; r < rows; r++)
+        if (row_lse[r] != row_lse[r]) {
+            FA_S *wr = (FA_S *)t->w_row[r];
+            for (int64_t j = 0; j < p->n_k; j++) wr[j * w_sk] = nan;
+        }
 }
 #undef FA_BLOCK
 

@@ -225,25 +225,6 @@ cdef cnp.ndarray _int_lengths(object a, str name, int64_t n, int64_t limit, str 
     return arr
 
 
-def tanh(x):
-    """The soft cap's vector tanh on the current ISA path (for testing its
-    accuracy).  ``x`` is float32 or float64; returns a new array."""
-    cdef cnp.ndarray a = np.ascontiguousarray(x)
-    cdef cnp.ndarray y
-    cdef int64_t n = a.size
-    if a.dtype == np.float32:
-        y = np.empty_like(a)
-        with nogil:
-            fa_tanh_f32(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
-    elif a.dtype == np.float64:
-        y = np.empty_like(a)
-        with nogil:
-            fa_tanh_f64(<const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(y), n)
-    else:
-        raise TypeError(f"x has dtype {a.dtype}; expected float32 or float64")
-    return y
-
-
 def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
               return_lse=False, window=None, alibi_slopes=None, softcap=None,
               kv_lengths=None, return_weights=False, cu_seqlens_q=None,
@@ -544,11 +525,6 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
         with nogil:
             status = fa_attention_weights(&p)
         _check_status(status)
-        # A NaN score makes its row's lse NaN; the whole row of weights is
-        # then NaN (as in the reference), not just the key blocks visited.
-        nan_rows = np.isnan(alse)
-        if nan_rows.any():
-            aw[nan_rows] = np.nan
 
     if copy_back:
         user_out[...] = aout
@@ -629,23 +605,39 @@ def build_info():
     }
 
 
-def exp2(x):
-    """The kernel's vector exp2 on the current ISA path (for testing its
-    accuracy).  ``x`` is float32 or float64; returns a new array."""
+ctypedef void (*_vec_f32)(const float *, float *, int64_t) noexcept nogil
+ctypedef void (*_vec_f64)(const double *, double *, int64_t) noexcept nogil
+
+
+cdef cnp.ndarray _apply_vector_fn(object x, _vec_f32 f32, _vec_f64 f64):
+    """y = f(x) for a float32 or float64 array, through the kernel's vector
+    function on the current ISA path; returns a new array."""
     cdef cnp.ndarray a = np.ascontiguousarray(x)
     cdef cnp.ndarray y
     cdef int64_t n = a.size
     if a.dtype == np.float32:
         y = np.empty_like(a)
         with nogil:
-            fa_exp2_f32(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
+            f32(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
     elif a.dtype == np.float64:
         y = np.empty_like(a)
         with nogil:
-            fa_exp2_f64(<const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(y), n)
+            f64(<const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(y), n)
     else:
         raise TypeError(f"x has dtype {a.dtype}; expected float32 or float64")
     return y
+
+
+def exp2(x):
+    """The kernel's vector exp2 on the current ISA path (for testing its
+    accuracy).  ``x`` is float32 or float64; returns a new array."""
+    return _apply_vector_fn(x, fa_exp2_f32, fa_exp2_f64)
+
+
+def tanh(x):
+    """The soft cap's vector tanh on the current ISA path (for testing its
+    accuracy).  ``x`` is float32 or float64; returns a new array."""
+    return _apply_vector_fn(x, fa_tanh_f32, fa_tanh_f64)
 
 
 def fma_peak(isa=None, double seconds=0.2):

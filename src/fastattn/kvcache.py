@@ -4,12 +4,9 @@ import numbers
 import numpy as np
 
 from . import _core
+from .reference import _is_half
 
 __all__ = ["KVCache"]
-
-
-def _is_bfloat16(dtype):
-    return dtype.name == "bfloat16" and dtype.itemsize == 2
 
 
 class KVCache:
@@ -50,7 +47,7 @@ class KVCache:
             dt = np.dtype(dtype)
         except TypeError:
             raise TypeError(f"dtype must be a numpy float dtype, got {dtype!r}") from None
-        if dt not in (np.float32, np.float64, np.float16) and not _is_bfloat16(dt):
+        if dt not in (np.float32, np.float64) and not _is_half(dt):
             raise TypeError(f"dtype must be float32, float64, float16 or bfloat16, got {dt}")
         dv = head_dim if value_dim is None else value_dim
         self.k = np.zeros((batch, kv_heads, max_len, head_dim), dtype=dt)

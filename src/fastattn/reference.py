@@ -230,7 +230,7 @@ def _scores(q, k, mask, causal, scale, window=None, alibi_slopes=None, softcap=N
         if mode == "bottom_right":
             visible &= per_batch(rel <= 0)
         else:
-            visible &= per_batch(j - i <= 0 + 0 * nk_b)
+            visible &= per_batch(np.broadcast_to(j - i <= 0, rel.shape))
     if window is not None:
         left, right = window
         if left >= 0:
