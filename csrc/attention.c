@@ -22,6 +22,7 @@
 #include "kernels/kernel.h"
 #include "dispatch.h"
 #include "half.h"
+#include "kernels/scratch.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -85,24 +86,6 @@ static size_t fa_store_size(const fa_params *p)
 static size_t fa_compute_size(const fa_params *p)
 {
     return p->dtype == FA_F64 ? sizeof(double) : sizeof(float);
-}
-
-size_t fa_scratch_bytes(const fa_params *p)
-{
-    const size_t elem = fa_compute_size(p);
-    const int half = p->dtype == FA_F16 || p->dtype == FA_BF16;
-    /* qt (d) + scores (BK) + mask terms (BK) + acc (dv) + 6 row vectors;
-     * the 16-bit types also hold a key and a value block widened to float
-     * (BK x d and BK x dv). */
-    size_t bytes = ((size_t)p->d + 2 * FA_BK + (size_t)p->dv + 6) * FA_BQ * elem;
-    if (half) bytes += (size_t)FA_BK * ((size_t)p->d + (size_t)p->dv) * elem;
-    /* the few-row kernel's layout (see fa_rows_ in kernel_body.h) */
-    const size_t pad = 64 / elem;
-    const size_t rows_bytes = ((size_t)FA_ROWS_MAX * (((size_t)p->d + pad - 1) / pad * pad +
-                               ((size_t)p->dv + pad - 1) / pad * pad + FA_BK) +
-                               2 * FA_ROWS_MAX) * elem;
-    if (rows_bytes > bytes) bytes = rows_bytes;
-    return (bytes + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN;
 }
 
 /* Query and key counts of batch b, and the row offsets of its first query
@@ -257,18 +240,14 @@ typedef struct {
     int64_t *task_start;  /* batch + 1 offsets: first task of each batch */
     char *part;           /* split partials, or NULL */
     size_t split_stride;
-} fa_plan;
+} fa_work;
 
-static int64_t fa_tiles_of(const fa_plan *pl, int64_t b)
-{
-    const fa_params *p = pl->p;
-    const int64_t nvr = p->h_q / p->h_kv * fa_nq(p, b);
-    return (nvr + pl->tile_rows - 1) / pl->tile_rows;
-}
+static int64_t fa_tiles_in(const fa_params *p, int64_t b, int64_t q_block);
+static int64_t fa_tiles_of(const fa_work *pl, int64_t b) { return fa_tiles_in(pl->p, b, pl->tile_rows); }
 
 /* Tile of a task: last tiles first, since with causal masking they are the
  * heaviest, which balances the dynamic schedule. */
-static void fa_task_tile(const fa_plan *pl, int64_t task, fa_tile *tile)
+static void fa_task_tile(const fa_work *pl, int64_t task, fa_tile *tile)
 {
     const fa_params *p = pl->p;
     /* the batch: the last b with task_start[b] <= task */
@@ -287,7 +266,7 @@ static void fa_task_tile(const fa_plan *pl, int64_t task, fa_tile *tile)
                  p->h_q / p->h_kv * fa_nq(p, b), tile);
 }
 
-static void fa_run_item(const fa_plan *pl, int64_t item, fa_tile *tile, void *scratch)
+static void fa_run_item(const fa_work *pl, int64_t item, fa_tile *tile, void *scratch)
 {
     const fa_params *p = pl->p;
     const int64_t task = item / pl->nsplit, split = item % pl->nsplit;
@@ -309,7 +288,7 @@ static void fa_run_item(const fa_plan *pl, int64_t item, fa_tile *tile, void *sc
     pl->kernel(&pl->pp, tile, scratch);
 }
 
-static void fa_merge_task(const fa_plan *pl, int64_t task, fa_tile *tile)
+static void fa_merge_task(const fa_work *pl, int64_t task, fa_tile *tile)
 {
     fa_task_tile(pl, task, tile);
     fa_merge_tile(pl->p, tile, pl->part + (size_t)task * pl->nsplit * pl->split_stride,
@@ -317,14 +296,11 @@ static void fa_merge_task(const fa_plan *pl, int64_t task, fa_tile *tile)
 }
 
 /* Run a plan's items (and merges) on the thread pool. */
-static int fa_run_plan(fa_plan *pl, int64_t items, double work)
+static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
 {
-    const fa_params *p = pl->p;
-    const size_t scratch_bytes = fa_scratch_bytes(p);
-    /* Threads only pay off above a few hundred thousand FMAs of work. */
-    int nthreads = fa_get_num_threads();
-    if (work < 4.0e5 || items < 2) nthreads = 1;
-    if (nthreads > items) nthreads = (int)items;
+    const size_t scratch_bytes = info->scratch_bytes;
+    const int64_t items = info->items;
+    const int nthreads = info->threads;
 
     int status = FA_OK;
     if (nthreads <= 1) {
@@ -370,20 +346,28 @@ static int fa_run_plan(fa_plan *pl, int64_t items, double work)
     return status;
 }
 
-/* Shared checks and planning of fa_attention and fa_attention_weights.
- * Returns FA_OK with pl->tasks == 0 when there is nothing to do. */
-static int fa_plan_init(const fa_params *p, fa_plan *pl, int weights, double *work)
+/* Work items per batch b (all kv heads) for tiles of q_block rows. */
+static int64_t fa_tiles_in(const fa_params *p, int64_t b, int64_t q_block)
 {
+    const int64_t nvr = p->h_q / p->h_kv * fa_nq(p, b);
+    return (nvr + q_block - 1) / q_block;
+}
+
+/* The plan of fa_attention (weights = 0) or fa_attention_weights: the
+ * kernel family, ISA, blocks, key splits, threads and scratch.  Every
+ * choice the driver makes is made here. */
+static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
+{
+    memset(info, 0, sizeof *info);
+    info->family = weights ? FA_FAMILY_WEIGHTS : FA_FAMILY_TILE;
+    info->isa = (int)fa_get_isa();
+    info->q_block = FA_BQ;
+    info->k_block = FA_BK;
+    info->key_splits = 1;
     if (p->batch < 0 || p->h_q < 0 || p->h_kv < 0 || p->n_q < 0 ||
         p->n_k < 0 || p->d < 0 || p->dv < 0)
         return FA_ERR_PARAMS;
-    pl->p = p;
-    pl->pp = *p;
-    pl->tasks = 0;
-    pl->task_start = NULL;
-    pl->part = NULL;
-    pl->nsplit = 1;
-    if (p->batch == 0 || p->h_q == 0 || p->n_q == 0) return FA_OK;
+    if (p->batch == 0 || p->h_q == 0 || p->n_q == 0) goto kernel; /* nothing to do */
     if (p->h_kv == 0 || p->h_q % p->h_kv != 0) return FA_ERR_PARAMS;
     /* Head dims this large (possible with stride-0 views) could not get
      * their O(d) scratch anyway, and the size arithmetic below must not
@@ -392,70 +376,85 @@ static int fa_plan_init(const fa_params *p, fa_plan *pl, int weights, double *wo
 
     const int64_t group = p->h_q / p->h_kv;
     int64_t max_nvr = 0, max_nk = 0;
-    *work = 0;
     for (int64_t b = 0; b < p->batch; b++) {
         const int64_t nq = fa_nq(p, b), nk = fa_nk(p, b);
         if (nq < 0 || nk < 0) return FA_ERR_PARAMS;
         if (group * nq > max_nvr) max_nvr = group * nq;
         if (nk > max_nk) max_nk = nk;
-        *work += (double)p->h_q * nq * nk * (p->d + p->dv);
+        info->work += (double)p->h_q * nq * nk * (p->d + p->dv);
     }
     /* Few rows per kv head and unit column strides: the decode kernel. */
-    const int few = !weights && max_nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1;
-    pl->kernel = weights ? fa_dispatch_weights(p->dtype)
-                 : few ? fa_dispatch_rows(p->dtype) : fa_dispatch_tile(p->dtype);
-    pl->tile_rows = few ? FA_ROWS_MAX : FA_BQ;
-    pl->task_start = (int64_t *)malloc((size_t)(p->batch + 1) * sizeof(int64_t));
-    if (!pl->task_start) return FA_ERR_NOMEM;
-    pl->task_start[0] = 0;
-    for (int64_t b = 0; b < p->batch; b++)
-        pl->task_start[b + 1] = pl->task_start[b] + p->h_kv * fa_tiles_of(pl, b);
-    pl->tasks = pl->task_start[p->batch];
+    if (!weights && max_nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1) {
+        info->family = FA_FAMILY_ROWS;
+        info->q_block = FA_ROWS_MAX;
+    }
+    for (int64_t b = 0; b < p->batch; b++) info->tasks += p->h_kv * fa_tiles_in(p, b, info->q_block);
 
-    pl->chunk = max_nk;
-    if (!weights && pl->tasks < FA_SPLIT_TASKS && max_nk >= 2 * FA_SPLIT_MIN_KEYS) {
-        int64_t nsplit = (FA_SPLIT_TASKS + pl->tasks - 1) / pl->tasks;
+    /* Split-KV: too few tiles for the threads, and long keys. */
+    info->split_keys = max_nk;
+    if (!weights && info->tasks < FA_SPLIT_TASKS && max_nk >= 2 * FA_SPLIT_MIN_KEYS) {
+        int64_t nsplit = (FA_SPLIT_TASKS + info->tasks - 1) / info->tasks;
         if (nsplit > max_nk / FA_SPLIT_MIN_KEYS) nsplit = max_nk / FA_SPLIT_MIN_KEYS;
         int64_t chunk = (max_nk + nsplit - 1) / nsplit;
         chunk = (chunk + FA_BK - 1) / FA_BK * FA_BK;
-        pl->chunk = chunk;
-        pl->nsplit = (max_nk + chunk - 1) / chunk;
+        info->split_keys = chunk;
+        info->key_splits = (max_nk + chunk - 1) / chunk;
     }
-    /* Partial results of split work: per item, rows x (dv + 1) values. */
-    pl->split_stride = (size_t)pl->tile_rows * (size_t)(p->dv + 1) * fa_compute_size(p);
-    if (pl->nsplit > 1) {
-        pl->part = (char *)malloc((size_t)(pl->tasks * pl->nsplit) * pl->split_stride);
-        if (!pl->part) {
-            free(pl->task_start);
-            pl->task_start = NULL;
-            return FA_ERR_NOMEM;
-        }
-        pl->pp.o_sd = 1;
-    }
+    info->items = info->tasks * info->key_splits;
+    info->scratch_bytes = fa_scratch_size(p->d, p->dv, fa_compute_size(p),
+                                          p->dtype == FA_F16 || p->dtype == FA_BF16);
+    /* Threads only pay off above a few hundred thousand FMAs of work (the
+     * weights pass does half the work of the attention). */
+    info->threads = fa_get_num_threads();
+    if ((weights ? info->work / 2 : info->work) < 4.0e5 || info->items < 2) info->threads = 1;
+    if (info->threads > info->items) info->threads = (int)info->items;
+kernel:
+    fa_dispatch((fa_family)info->family, p->dtype, &info->kernel_isa);
     return FA_OK;
 }
 
-int fa_attention(const fa_params *p)
+int fa_plan(const fa_params *p, fa_plan_info *info) { return fa_plan_make(p, 0, info); }
+int fa_plan_weights(const fa_params *p, fa_plan_info *info) { return fa_plan_make(p, 1, info); }
+
+/* Run the plan of p: the work decomposition and buffers it asks for. */
+static int fa_execute(const fa_params *p, int weights)
 {
-    fa_plan pl;
-    double work = 0;
-    int status = fa_plan_init(p, &pl, 0, &work);
-    if (status == FA_OK && pl.tasks > 0) status = fa_run_plan(&pl, pl.tasks * pl.nsplit, work);
+    fa_plan_info info;
+    int status = fa_plan_make(p, weights, &info);
+    if (status != FA_OK || info.items == 0) return status;
+    fa_work pl;
+    pl.p = p;
+    pl.pp = *p;
+    pl.kernel = fa_dispatch((fa_family)info.family, p->dtype, NULL);
+    pl.tile_rows = info.q_block;
+    pl.tasks = info.tasks;
+    pl.nsplit = info.key_splits;
+    pl.chunk = info.split_keys;
+    pl.part = NULL;
+    pl.task_start = (int64_t *)malloc((size_t)(p->batch + 1) * sizeof(int64_t));
+    if (!pl.task_start) return FA_ERR_NOMEM;
+    pl.task_start[0] = 0;
+    for (int64_t b = 0; b < p->batch; b++)
+        pl.task_start[b + 1] = pl.task_start[b] + p->h_kv * fa_tiles_of(&pl, b);
+    /* Partial results of split work: per item, rows x (dv + 1) values. */
+    pl.split_stride = (size_t)pl.tile_rows * (size_t)(p->dv + 1) * fa_compute_size(p);
+    if (pl.nsplit > 1) {
+        pl.part = (char *)malloc((size_t)(pl.tasks * pl.nsplit) * pl.split_stride);
+        pl.pp.o_sd = 1;
+    }
+    if (pl.nsplit > 1 && !pl.part) status = FA_ERR_NOMEM;
+    else status = fa_run_plan(&pl, &info);
     free(pl.part);
     free(pl.task_start);
     return status;
 }
+
+int fa_attention(const fa_params *p) { return fa_execute(p, 0); }
 
 int fa_attention_weights(const fa_params *p)
 {
     if (!p->weights || !p->lse) return FA_ERR_PARAMS;
-    fa_plan pl;
-    double work = 0;
-    int status = fa_plan_init(p, &pl, 1, &work);
-    if (status == FA_OK && pl.tasks > 0) status = fa_run_plan(&pl, pl.tasks, work / 2);
-    free(pl.part);
-    free(pl.task_start);
-    return status;
+    return fa_execute(p, 1);
 }
 
 /* Memory read bandwidth probe (declared in dispatch.h; for the decode

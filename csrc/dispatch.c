@@ -1,14 +1,24 @@
 /*
- * dispatch.c: choose the kernel for this CPU, once.
+ * dispatch.c: the ISA registry, and the choice of kernels for this CPU.
  *
- * The CPU is probed with cpuid, and the OS support of the wide registers
- * with xgetbv (a CPU may have AVX-512 while the OS does not save zmm
- * state).  The best supported path is chosen at first use; fa_set_isa()
- * forces another (the Python layer maps FASTATTN_ISA onto it).
- * Paths that were not compiled (non-x86 builds) report unsupported.
+ * Every kernel file (kernels/kernel_<isa>.c, compiled with its own flags)
+ * provides one kernel table, fa_kernels_<isa>.  The registry below lists
+ * them, one row each: the row's name, the CPU features it needs and its
+ * table.  A row either is an ISA path (the user can force it by name
+ * through fa_set_isa / FASTATTN_ISA; paths are numbered in registry order,
+ * which fa_isa names) or refines an earlier path: then, while that path
+ * runs and the CPU has the row's features, the row's non-NULL kernels
+ * replace the path's (the AVX512-BF16 dot product refines avx512 this way).
+ *
+ * The CPU is probed once with cpuid, and the OS support of the wide
+ * registers with xgetbv (a CPU may have AVX-512 while the OS does not save
+ * zmm state).  The best supported path is chosen at first use.  Rows whose
+ * kernel file is not part of this build (other architectures) have a NULL
+ * table and report "not compiled".
  */
 #include <stdatomic.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "fastattn.h"
 #include "kernels/kernel.h"
@@ -26,6 +36,53 @@
 #define FA_ARM64 0
 #endif
 
+/* CPU features a registry row may require. */
+enum {
+    FA_CPU_AVX2 = 1 << 0,       /* AVX2, FMA, F16C, OS-saved ymm state */
+    FA_CPU_AVX512 = 1 << 1,     /* AVX-512 F/DQ/BW/VL, OS-saved zmm state */
+    FA_CPU_AVX512BF16 = 1 << 2, /* vdpbf16ps */
+    FA_CPU_NEON = 1 << 3        /* Advanced SIMD (baseline on aarch64) */
+};
+
+/* The kernel table of an architecture's kernel file, or NULL elsewhere. */
+#if FA_X86
+#define FA_X86_TABLE(isa) &fa_kernels_##isa
+#define FA_ARM64_TABLE(isa) NULL
+#elif FA_ARM64
+#define FA_X86_TABLE(isa) NULL
+#define FA_ARM64_TABLE(isa) &fa_kernels_##isa
+#else
+#define FA_X86_TABLE(isa) NULL
+#define FA_ARM64_TABLE(isa) NULL
+#endif
+
+extern const fa_kernels fa_kernels_scalar;
+#if FA_X86
+extern const fa_kernels fa_kernels_avx2, fa_kernels_avx512, fa_kernels_avx512bf16;
+#endif
+#if FA_ARM64
+extern const fa_kernels fa_kernels_neon;
+#endif
+
+typedef struct {
+    const char *name;          /* the path's name, or the refinement's */
+    const char *refines;       /* NULL for a path; else the path refined */
+    unsigned features;         /* FA_CPU_* bits the row needs */
+    const fa_kernels *kernels; /* NULL: not part of this build */
+} fa_isa_row;
+
+/* The registry.  Paths keep the order of fa_isa (better paths later within
+ * an architecture). */
+static const fa_isa_row fa_registry[] = {
+    {"scalar", NULL, 0, &fa_kernels_scalar},
+    {"avx2", NULL, FA_CPU_AVX2, FA_X86_TABLE(avx2)},
+    {"avx512", NULL, FA_CPU_AVX2 | FA_CPU_AVX512, FA_X86_TABLE(avx512)},
+    {"neon", NULL, FA_CPU_NEON, FA_ARM64_TABLE(neon)},
+    {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16,
+     FA_X86_TABLE(avx512bf16)},
+};
+#define FA_REGISTRY_ROWS ((int)(sizeof fa_registry / sizeof fa_registry[0]))
+
 #if FA_X86
 static unsigned long long fa_xgetbv0(void)
 {
@@ -34,10 +91,10 @@ static unsigned long long fa_xgetbv0(void)
     return ((unsigned long long)hi << 32) | lo;
 }
 
-static int fa_probe(fa_isa isa)
+static unsigned fa_probe_cpu(void)
 {
     unsigned int a, b, c, d;
-    if (isa == FA_ISA_SCALAR) return 1;
+    unsigned f = 0;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
     const int f16c = (c >> 29) & 1; /* float16 conversions */
@@ -45,47 +102,65 @@ static int fa_probe(fa_isa isa)
     const unsigned long long xcr0 = fa_xgetbv0();
     if ((xcr0 & 0x6) != 0x6) return 0; /* xmm and ymm state */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    const int avx2 = (b >> 5) & 1;
-    if (isa == FA_ISA_AVX2) return avx2;
-    if (isa == FA_ISA_AVX512) {
-        const int f = (b >> 16) & 1, dq = (b >> 17) & 1;
-        const int bw = (b >> 30) & 1, vl = (b >> 31) & 1;
-        if ((xcr0 & 0xE0) != 0xE0) return 0; /* opmask, zmm0-15, zmm16-31 */
-        return avx2 && f && dq && bw && vl;
-    }
-    return 0;
+    if ((b >> 5) & 1) f |= FA_CPU_AVX2;
+    const int avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
+    if (avx512 && (xcr0 & 0xE0) == 0xE0) f |= FA_CPU_AVX512; /* opmask, zmm0-15, zmm16-31 */
+    /* AVX512-BF16: leaf 7, subleaf 1, eax bit 5 */
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) f |= FA_CPU_AVX512BF16;
+    return f;
 }
 #else
-/* Advanced SIMD is mandatory on aarch64. */
-static int fa_probe(fa_isa isa) { return isa == FA_ISA_SCALAR || (FA_ARM64 && isa == FA_ISA_NEON); }
+static unsigned fa_probe_cpu(void) { return FA_ARM64 ? FA_CPU_NEON : 0; }
 #endif
+
+/* The features of this CPU, probed once (-1 until then). */
+static unsigned fa_cpu_features(void)
+{
+    static _Atomic long cached = -1;
+    long v = atomic_load(&cached);
+    if (v < 0) {
+        v = (long)fa_probe_cpu();
+        atomic_store(&cached, v);
+    }
+    return (unsigned)v;
+}
+
+static int fa_row_runs(const fa_isa_row *row)
+{
+    return row->kernels && (fa_cpu_features() & row->features) == row->features;
+}
+
+/* The registry row of path `isa` (the isa-th row that is a path), or NULL. */
+static const fa_isa_row *fa_path_row(int isa)
+{
+    for (int i = 0, n = 0; i < FA_REGISTRY_ROWS; i++)
+        if (!fa_registry[i].refines && n++ == isa) return &fa_registry[i];
+    return NULL;
+}
+
+int fa_isa_count(void)
+{
+    int n = 0;
+    for (int i = 0; i < FA_REGISTRY_ROWS; i++) n += !fa_registry[i].refines;
+    return n;
+}
 
 int fa_isa_compiled(fa_isa isa)
 {
-    switch (isa) {
-    case FA_ISA_SCALAR: return 1;
-    case FA_ISA_AVX2:
-    case FA_ISA_AVX512: return FA_X86;
-    case FA_ISA_NEON: return FA_ARM64;
-    default: return 0;
-    }
+    const fa_isa_row *row = fa_path_row((int)isa);
+    return row && row->kernels;
 }
 
 int fa_isa_supported(fa_isa isa)
 {
-    if (isa < 0 || isa >= FA_ISA_COUNT) return 0;
-    return fa_isa_compiled(isa) && fa_probe(isa);
+    const fa_isa_row *row = fa_path_row((int)isa);
+    return row && fa_row_runs(row);
 }
 
 const char *fa_isa_name(fa_isa isa)
 {
-    switch (isa) {
-    case FA_ISA_SCALAR: return "scalar";
-    case FA_ISA_AVX2: return "avx2";
-    case FA_ISA_AVX512: return "avx512";
-    case FA_ISA_NEON: return "neon";
-    default: return "unknown";
-    }
+    const fa_isa_row *row = fa_path_row((int)isa);
+    return row ? row->name : "unknown";
 }
 
 /* -1 until first use; then the chosen path. */
@@ -95,8 +170,9 @@ fa_isa fa_get_isa(void)
 {
     int cur = atomic_load(&fa_current);
     if (cur < 0) {
-        cur = FA_ISA_SCALAR;
-        for (int i = FA_ISA_COUNT - 1; i > 0; i--)
+        /* the last supported path of the registry (the scalar one always runs) */
+        cur = 0;
+        for (int i = fa_isa_count() - 1; i > 0; i--)
             if (fa_isa_supported((fa_isa)i)) { cur = i; break; }
         int expected = -1;
         if (!atomic_compare_exchange_strong(&fa_current, &expected, cur))
@@ -112,91 +188,43 @@ int fa_set_isa(fa_isa isa)
     return FA_OK;
 }
 
-#if FA_X86
-#define FA_TABLE(name) \
-    { name##_scalar, name##_avx2, name##_avx512, NULL }
-#elif FA_ARM64
-#define FA_TABLE(name) \
-    { name##_scalar, NULL, NULL, name##_neon }
-#else
-#define FA_TABLE(name) \
-    { name##_scalar, NULL, NULL, NULL }
-#endif
-
-/* Kernels by [dtype][isa] (fa_dtype order: f32, f64, f16, bf16). */
-#define FA_TYPE_TABLES(name)                                                  \
-    static const fa_tile_fn name##_table[4][FA_ISA_COUNT] = {                 \
-        FA_TABLE(name##_f32), FA_TABLE(name##_f64),                           \
-        FA_TABLE(name##_f16), FA_TABLE(name##_bf16)};
-FA_TYPE_TABLES(fa_tile)
-FA_TYPE_TABLES(fa_rows)
-FA_TYPE_TABLES(fa_weights)
-
-#if FA_X86
-/* AVX512-BF16 (vdpbf16ps): cpuid leaf 7, subleaf 1, eax bit 5. */
-static int fa_has_avx512bf16(void)
+/* The row that serves (family, dtype) on the current path: the last
+ * runnable row of the path (itself or a refinement) that provides it. */
+static const fa_isa_row *fa_serving_row(fa_family family, fa_dtype dtype)
 {
-    static _Atomic int cached = -1;
-    int v = atomic_load(&cached);
-    if (v < 0) {
-        unsigned int a, b, c, d;
-        v = __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1);
-        atomic_store(&cached, v);
+    const fa_isa_row *path = fa_path_row((int)fa_get_isa());
+    for (int i = FA_REGISTRY_ROWS - 1; i >= 0; i--) {
+        const fa_isa_row *row = &fa_registry[i];
+        if (row != path && !(row->refines && strcmp(row->refines, path->name) == 0)) continue;
+        if (fa_row_runs(row) && row->kernels->kernel[family][dtype]) return row;
     }
-    return v;
+    return path;
 }
-#endif
 
-fa_tile_fn fa_dispatch_rows(fa_dtype dtype)
+fa_tile_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source)
 {
-    const fa_isa isa = fa_get_isa();
-#if FA_X86
-    if (dtype == FA_BF16 && isa == FA_ISA_AVX512 && fa_has_avx512bf16())
-        return fa_rows_bf16_avx512bf16;
-#endif
-    return fa_rows_table[dtype][isa];
+    const fa_isa_row *row = fa_serving_row(family, dtype);
+    if (source) *source = row->name;
+    return row->kernels->kernel[family][dtype];
 }
 
 int fa_bf16_dot_product(void)
 {
-#if FA_X86
-    return fa_get_isa() == FA_ISA_AVX512 && fa_has_avx512bf16();
-#else
-    return 0;
-#endif
-}
-fa_tile_fn fa_dispatch_tile(fa_dtype dtype) { return fa_tile_table[dtype][fa_get_isa()]; }
-fa_tile_fn fa_dispatch_weights(fa_dtype dtype) { return fa_weights_table[dtype][fa_get_isa()]; }
-
-typedef void (*fa_exp2_f32_fn)(const float *, float *, int64_t);
-typedef void (*fa_exp2_f64_fn)(const double *, double *, int64_t);
-static const fa_exp2_f32_fn fa_exp2_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_exp2_array_f32);
-static const fa_exp2_f64_fn fa_exp2_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_exp2_array_f64);
-
-void fa_exp2_f32(const float *x, float *y, int64_t n)
-{
-    fa_exp2_f32_table[fa_get_isa()](x, y, n);
+    return strcmp(fa_serving_row(FA_FAMILY_ROWS, FA_BF16)->name, "avx512bf16") == 0;
 }
 
-void fa_exp2_f64(const double *x, double *y, int64_t n)
-{
-    fa_exp2_f64_table[fa_get_isa()](x, y, n);
-}
+/* The current path's kernel table (the probes and vector functions). */
+static const fa_kernels *fa_current_table(void) { return fa_path_row((int)fa_get_isa())->kernels; }
 
-static const fa_exp2_f32_fn fa_tanh_f32_table[FA_ISA_COUNT] = FA_TABLE(fa_tanh_array_f32);
-static const fa_exp2_f64_fn fa_tanh_f64_table[FA_ISA_COUNT] = FA_TABLE(fa_tanh_array_f64);
-
-void fa_tanh_f32(const float *x, float *y, int64_t n) { fa_tanh_f32_table[fa_get_isa()](x, y, n); }
-void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_tanh_f64_table[fa_get_isa()](x, y, n); }
-
-typedef double (*fa_probe_fn)(int64_t);
-typedef int (*fa_lanes_fn)(void);
-static const fa_probe_fn fa_probe_table[FA_ISA_COUNT] = FA_TABLE(fa_fma_probe_f32);
-static const fa_lanes_fn fa_lanes_table[FA_ISA_COUNT] = FA_TABLE(fa_vec_lanes_f32);
+void fa_exp2_f32(const float *x, float *y, int64_t n) { fa_current_table()->exp2_f32(x, y, n); }
+void fa_exp2_f64(const double *x, double *y, int64_t n) { fa_current_table()->exp2_f64(x, y, n); }
+void fa_tanh_f32(const float *x, float *y, int64_t n) { fa_current_table()->tanh_f32(x, y, n); }
+void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_current_table()->tanh_f64(x, y, n); }
 
 double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes)
 {
     if (!fa_isa_supported(isa)) return 0;
-    *lanes = fa_lanes_table[isa]();
-    return fa_probe_table[isa](iters);
+    const fa_kernels *k = fa_path_row((int)isa)->kernels;
+    *lanes = k->lanes();
+    return k->fma_probe(iters);
 }

@@ -5,15 +5,12 @@
 #include "fastattn.h"
 #include "kernels/kernel.h"
 
-/* The tile kernel of the current ISA path for dtype. */
-fa_tile_fn fa_dispatch_tile(fa_dtype dtype);
-/* The few-row (decode) kernel of the current ISA path for dtype. */
-fa_tile_fn fa_dispatch_rows(fa_dtype dtype);
+/* The kernel of a family for dtype on the current ISA path; *source (if
+ * not NULL) receives the name of the registry row that provides it. */
+fa_tile_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source);
 /* Whether bfloat16 decode uses the AVX512-BF16 dot product (1) or widens
  * to float32 (0) on the current path. */
 int fa_bf16_dot_product(void);
-/* The attention-weights kernel of the current ISA path for dtype. */
-fa_tile_fn fa_dispatch_weights(fa_dtype dtype);
 
 /* The vector exp2 of the current ISA path (exported for its test). */
 void fa_exp2_f32(const float *x, float *y, int64_t n);

@@ -41,8 +41,10 @@ typedef enum {
     FA_MASK_ADD_F64 = 3  /* float64 added to the scaled scores (-inf allowed) */
 } fa_mask_kind;
 
-/* Instruction-set paths (within an architecture, better paths have larger
- * numbers). */
+/* Instruction-set paths: the paths of the registry in dispatch.c, in its
+ * order (within an architecture, better paths have larger numbers).  The
+ * names below are for C callers; fa_isa_count() and fa_isa_name() list
+ * every path of the registry. */
 typedef enum {
     FA_ISA_SCALAR = 0, /* portable C, one element at a time */
     FA_ISA_AVX2 = 1,   /* x86-64: AVX2 + FMA */
@@ -142,6 +144,30 @@ int fa_attention(const fa_params *p);
  * key blocks nobody sees are skipped.  Rows with lse = -inf stay zero. */
 int fa_attention_weights(const fa_params *p);
 
+/* What fa_attention (or fa_attention_weights) would do with the same
+ * params: filled by fa_plan (fa_plan_weights), which the driver itself
+ * calls before it runs, so the plan and the execution cannot diverge. */
+typedef struct {
+    int family;           /* 0: tile kernel, 1: few-row kernel, 2: weights */
+    int isa;              /* the ISA path (fa_isa) */
+    const char *kernel_isa; /* the registry row whose kernel runs (the path,
+                             or a refinement such as "avx512bf16") */
+    int64_t q_block;      /* query rows per work item (a tile) */
+    int64_t k_block;      /* keys per block of the kernel's inner loop */
+    int64_t tasks;        /* row tiles (all batches and kv heads) */
+    int64_t key_splits;   /* key chunks per tile (1: no split-KV) */
+    int64_t split_keys;   /* keys per chunk (the largest key count if 1 split) */
+    int64_t items;        /* work items: tasks x key_splits */
+    int threads;          /* threads the call runs on */
+    size_t scratch_bytes; /* scratch per thread */
+    double work;          /* multiply-adds of the visible and hidden pairs */
+} fa_plan_info;
+
+/* Fill *info for p.  Returns FA_OK, FA_ERR_PARAMS or FA_ERR_NOMEM (a head
+ * dim too large for any scratch), as fa_attention would. */
+int fa_plan(const fa_params *p, fa_plan_info *info);
+int fa_plan_weights(const fa_params *p, fa_plan_info *info);
+
 /* Threads used by fa_attention (OpenMP; 1 when built without it). */
 void fa_set_num_threads(int n);
 int fa_get_num_threads(void);
@@ -149,6 +175,7 @@ int fa_has_openmp(void);
 
 /* Runtime ISA dispatch.  fa_isa_supported() tells what this CPU can run;
  * fa_set_isa() forces a path (returns nonzero if unsupported or not built). */
+int fa_isa_count(void);
 int fa_isa_supported(fa_isa isa);
 int fa_isa_compiled(fa_isa isa);
 fa_isa fa_get_isa(void);

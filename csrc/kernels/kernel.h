@@ -43,33 +43,28 @@ typedef struct {
                                        split-KV partials */
 } fa_tile;
 
-/* Scratch bytes a kernel needs for the given params. */
-size_t fa_scratch_bytes(const fa_params *p);
-
 typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
+typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
+typedef void (*fa_vec_f64_fn)(const double *x, double *y, int64_t n);
 
-/* One tile function per dtype for each ISA (defined in kernel_<isa>.c),
- * plus the vector exp2 exported for its accuracy test. */
-#define FA_DECLARE_TYPE(t, isa)                                               \
-    void fa_tile_##t##_##isa(const fa_params *p, const fa_tile *tl, void *s); \
-    void fa_rows_##t##_##isa(const fa_params *p, const fa_tile *tl, void *s); \
-    void fa_weights_##t##_##isa(const fa_params *p, const fa_tile *tl, void *s);
-#define FA_DECLARE_ISA(isa)                                                   \
-    FA_DECLARE_TYPE(f32, isa)                                                 \
-    FA_DECLARE_TYPE(f64, isa)                                                 \
-    FA_DECLARE_TYPE(f16, isa)                                                 \
-    FA_DECLARE_TYPE(bf16, isa)                                                \
-    void fa_exp2_array_f32_##isa(const float *x, float *y, int64_t n);       \
-    double fa_fma_probe_f32_##isa(int64_t iters);                            \
-    int fa_vec_lanes_f32_##isa(void);                                        \
-    void fa_exp2_array_f64_##isa(const double *x, double *y, int64_t n);     \
-    void fa_tanh_array_f32_##isa(const float *x, float *y, int64_t n);       \
-    void fa_tanh_array_f64_##isa(const double *x, double *y, int64_t n);
+/* Kernel families: the layouts the driver can run a tile with. */
+typedef enum {
+    FA_FAMILY_TILE = 0,    /* vectors along the queries, FA_BQ rows a tile */
+    FA_FAMILY_ROWS = 1,    /* few rows, vectors along d and the keys */
+    FA_FAMILY_WEIGHTS = 2, /* the attention-weights pass */
+    FA_FAMILY_COUNT = 3
+} fa_family;
 
-FA_DECLARE_ISA(scalar)
-FA_DECLARE_ISA(avx2)
-FA_DECLARE_ISA(avx512)
-FA_DECLARE_ISA(neon)
-FA_DECLARE_TYPE(bf16, avx512bf16)
+/* Everything one kernel_<isa>.c provides, defined by kernel_instantiate.h
+ * as fa_kernels_<isa>.  Kernels are indexed [family][fa_dtype]; NULL means
+ * "not provided here" (a refining registry row, such as the AVX512-BF16
+ * one, provides only what it does better). */
+typedef struct {
+    fa_tile_fn kernel[FA_FAMILY_COUNT][4];
+    fa_vec_f32_fn exp2_f32, tanh_f32;
+    fa_vec_f64_fn exp2_f64, tanh_f64;
+    double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */
+    int (*lanes)(void);                 /* float32 lanes of a vector */
+} fa_kernels;
 
 #endif /* FA_KERNEL_H */

@@ -11,6 +11,7 @@
  * bfloat16 kernels (the AVX512-BF16 variant).
  */
 #include "../half.h"
+#include "scratch.h"
 
 #define FA_T float
 #define FA_IS_DOUBLE 0
@@ -69,3 +70,34 @@
 #undef FA_TNAME
 #undef FA_IS_DOUBLE
 #endif
+
+/* The kernel table of this ISA (read by dispatch.c's registry). */
+#define FA_KT_(isa) fa_kernels_##isa
+#define FA_KT(isa) FA_KT_(isa)
+#define FA_K3_(f, t, isa) f##_##t##_##isa
+#define FA_K3(f, t, isa) FA_K3_(f, t, isa)
+#define FA_DTYPES(f) {FA_K3(f, f32, FA_ISA_NAME), FA_K3(f, f64, FA_ISA_NAME), \
+                      FA_K3(f, f16, FA_ISA_NAME), FA_K3(f, bf16, FA_ISA_NAME)}
+#ifndef FA_ONLY_BF16
+const fa_kernels FA_KT(FA_ISA_NAME) = {
+    .kernel = {[FA_FAMILY_TILE] = FA_DTYPES(fa_tile), [FA_FAMILY_ROWS] = FA_DTYPES(fa_rows),
+               [FA_FAMILY_WEIGHTS] = FA_DTYPES(fa_weights)},
+    .exp2_f32 = FA_K3(fa_exp2_array, f32, FA_ISA_NAME),
+    .tanh_f32 = FA_K3(fa_tanh_array, f32, FA_ISA_NAME),
+    .exp2_f64 = FA_K3(fa_exp2_array, f64, FA_ISA_NAME),
+    .tanh_f64 = FA_K3(fa_tanh_array, f64, FA_ISA_NAME),
+    .fma_probe = FA_K3(fa_fma_probe, f32, FA_ISA_NAME),
+    .lanes = FA_K3(fa_vec_lanes, f32, FA_ISA_NAME),
+};
+#else
+/* Only the few-row bfloat16 kernel gains from vdpbf16ps (the tile kernel's
+ * vectors run along the queries, while vdpbf16ps pairs elements along d). */
+const fa_kernels FA_KT(FA_ISA_NAME) = {
+    .kernel = {[FA_FAMILY_ROWS] = {[FA_BF16] = FA_K3(fa_rows, bf16, FA_ISA_NAME)}},
+};
+#endif
+#undef FA_DTYPES
+#undef FA_K3
+#undef FA_K3_
+#undef FA_KT
+#undef FA_KT_

@@ -1,0 +1,246 @@
+/*
+ * rows.h: the few-row kernel (decode: Nq of 1 to FA_ROWS_MAX rows per kv
+ * head).  With one query row, vectors along the queries would leave all
+ * lanes but one idle, so here vectors run along d for Q.K (a dot product
+ * per key, reduced across lanes), along the keys for the score epilogue
+ * and the softmax, and along dv for P.V.  It needs unit d-strides for K
+ * and V (the driver checks).  Rows share each key block while it is hot in
+ * L1.  16-bit keys and values are widened in registers as they are loaded;
+ * with FA_BF16DP (the AVX512-BF16 variant) bfloat16 dot products use
+ * vdpbf16ps on the raw values instead.
+ */
+
+#if defined(FA_BF16DP) && FA_S_KIND == 2
+/* bfloat16 with the AVX512-BF16 dot-product instruction: q holds the row's
+ * raw (unscaled) bfloat16 values, zero-padded to a multiple of 32;
+ * vdpbf16ps multiplies pairs of bfloat16 exactly and adds them into float32
+ * lanes, 32 elements per instruction.  The caller applies the scale. */
+#define FA_DOT_UNSCALED 1
+FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict qf, const FA_S *restrict k,
+                               int64_t k_sn, int64_t d, FA_T *restrict out)
+{
+    const uint16_t *q = (const uint16_t *)qf;
+    __m512 a[4];
+    const FA_S *kr[4];
+    for (int u = 0; u < 4; u++) { a[u] = _mm512_setzero_ps(); kr[u] = k + u * k_sn; }
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+        const __m512bh qv = (__m512bh)_mm512_loadu_si512((const void *)(q + c));
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            a[u] = _mm512_dpbf16_ps(a[u], qv, (__m512bh)_mm512_loadu_si512((const void *)(kr[u] + c)));
+    }
+    for (int u = 0; u < 4; u++) {
+        FA_T s = _mm512_reduce_add_ps(a[u]);
+        for (int64_t e = c; e < d; e++) s += fa_bf16_to_f32(q[e]) * fa_bf16_to_f32(kr[u][e]);
+        out[u] = s;
+    }
+}
+
+FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict qf, const FA_S *restrict k, int64_t d)
+{
+    const uint16_t *q = (const uint16_t *)qf;
+    __m512 a = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32)
+        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512((const void *)(q + c)),
+                             (__m512bh)_mm512_loadu_si512((const void *)(k + c)));
+    FA_T s = _mm512_reduce_add_ps(a);
+    for (; c < d; c++) s += fa_bf16_to_f32(q[c]) * fa_bf16_to_f32(k[c]);
+    return s;
+}
+#else
+#define FA_DOT_UNSCALED 0
+/* Dot products of one scaled query row with 4 keys (d contiguous). */
+FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict q, const FA_S *restrict k,
+                               int64_t k_sn, int64_t d, FA_T *restrict out)
+{
+    VT a0 = VSPLAT(0), a1 = VSPLAT(0), a2 = VSPLAT(0), a3 = VSPLAT(0);
+    const FA_S *k0 = k, *k1 = k + k_sn, *k2 = k + 2 * k_sn, *k3 = k + 3 * k_sn;
+    int64_t c = 0;
+    for (; c + VL <= d; c += VL) {
+        const VT qv = VLOAD(q + c);
+        a0 += qv * FA_FN(fa_loads_)(k0 + c);
+        a1 += qv * FA_FN(fa_loads_)(k1 + c);
+        a2 += qv * FA_FN(fa_loads_)(k2 + c);
+        a3 += qv * FA_FN(fa_loads_)(k3 + c);
+    }
+    FA_T s0 = FA_FN(fa_hsum_)(a0), s1 = FA_FN(fa_hsum_)(a1);
+    FA_T s2 = FA_FN(fa_hsum_)(a2), s3 = FA_FN(fa_hsum_)(a3);
+    for (; c < d; c++) {
+        s0 += q[c] * FA_FN(fa_s2t_)(k0[c]);
+        s1 += q[c] * FA_FN(fa_s2t_)(k1[c]);
+        s2 += q[c] * FA_FN(fa_s2t_)(k2[c]);
+        s3 += q[c] * FA_FN(fa_s2t_)(k3[c]);
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_S *restrict k, int64_t d)
+{
+    VT a = VSPLAT(0);
+    int64_t c = 0;
+    for (; c + VL <= d; c += VL) a += VLOAD(q + c) * FA_FN(fa_loads_)(k + c);
+    FA_T s = FA_FN(fa_hsum_)(a);
+    for (; c < d; c++) s += q[c] * FA_FN(fa_s2t_)(k[c]);
+    return s;
+}
+
+#endif
+
+/* acc[0:dv] = acc * alpha + sum_j p[j] * v[j][0:dv] (dv contiguous), the
+ * block summed on its own first (see fa_pv_micro_). */
+FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_S *restrict v,
+                                  int64_t v_sn, int nb, int64_t dv, FA_T alpha,
+                                  FA_T *restrict acc)
+{
+    enum { CH = 8 }; /* value vectors held in registers at once */
+    int64_t e = 0;
+    for (; e + CH * VL <= dv; e += CH * VL) {
+        VT a[CH];
+#pragma GCC unroll 8
+        for (int u = 0; u < CH; u++) a[u] = VSPLAT(0);
+        for (int j = 0; j < nb; j++) {
+            const FA_T pj = pr[j];
+            const FA_S *vr = v + j * v_sn + e;
+#pragma GCC unroll 8
+            for (int u = 0; u < CH; u++) a[u] += FA_FN(fa_loads_)(vr + u * VL) * pj;
+        }
+#pragma GCC unroll 8
+        for (int u = 0; u < CH; u++)
+            VSTORE(acc + e + u * VL, VLOAD(acc + e + u * VL) * alpha + a[u]);
+    }
+    for (; e + VL <= dv; e += VL) {
+        VT a = VSPLAT(0);
+        for (int j = 0; j < nb; j++) a += FA_FN(fa_loads_)(v + j * v_sn + e) * pr[j];
+        VSTORE(acc + e, VLOAD(acc + e) * alpha + a);
+    }
+    for (; e < dv; e++) {
+        FA_T a = 0;
+        for (int j = 0; j < nb; j++) a += pr[j] * FA_FN(fa_s2t_)(v[j * v_sn + e]);
+        acc[e] = acc[e] * alpha + a;
+    }
+}
+
+/* Scores of one row for keys [j0, j0 + nb): the dot products, then the
+ * score epilogue along the keys (the row's band inside the block is
+ * [lo, hi)).  mt receives the row's mask terms. */
+FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int r,
+                                      FA_FN(fa_epi_) *e, const FA_T *q, const FA_S *kb,
+                                      int64_t j0, int nb, int64_t lo, int64_t hi,
+                                      FA_T *restrict s, FA_T *restrict mt)
+{
+    const int64_t k_sn = p->k_sn, d = p->d;
+    int j = 0;
+    for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
+    for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
+#if FA_DOT_UNSCALED
+    const FA_T c = (FA_T)p->scale;
+    for (j = 0; j < nb; j++) s[j] *= c;
+#endif
+    e->band = lo > 0 || hi < nb;
+    if (!FA_FN(fa_epi_any_)(e)) return;
+    if (e->masked) FA_FN(fa_mask_terms_)(p->mask_kind, t->mask_row[r], p->m_sk, j0, nb, mt, 1);
+    FA_FN(fa_rowv_) row;
+    row.slope = VSPLAT((FA_T)t->slope[r]);
+    row.pos = VSPLAT((FA_T)(t->pos[r] - j0));
+    row.lo = VSPLAT((FA_T)lo);
+    row.hi = VSPLAT((FA_T)hi);
+    VT jidx;
+    for (int l = 0; l < VL; l++) jidx[l] = (FA_T)l;
+    for (j = 0; j + VL <= nb; j += VL, jidx += VSPLAT(VL))
+        FA_FN(fa_storeu_)(s + j, FA_FN(fa_score_epilogue_)(e, FA_FN(fa_loadu_)(s + j), jidx,
+                                                           &row, mt + j));
+    if (j < nb) {
+        const int n = nb - j;
+        FA_T mtail[VL];
+        for (int l = 0; l < VL; l++) mtail[l] = l < n && e->masked ? mt[j + l] : 0;
+        const VT x = FA_FN(fa_score_epilogue_)(e, FA_FN(fa_load_tail_)(s + j, n, 0), jidx,
+                                               &row, mtail);
+        FA_FN(fa_store_tail_)(s + j, n, x);
+    }
+}
+
+/* Online softmax of one row over a block of nb scores (along the keys):
+ * the scores become probabilities, the running max and sum move on, and
+ * the accumulator's rescale factor is returned. */
+FA_INLINE FA_T FA_FN(fa_rows_softmax_)(FA_T *restrict s, int nb, FA_T *row_max, FA_T *row_sum)
+{
+    const FA_T ninf = -(FA_T)__builtin_inf();
+    VT mv = VSPLAT(ninf);
+    int j = 0;
+    for (; j + VL <= nb; j += VL) mv = FA_FN(fa_vmax_)(FA_FN(fa_loadu_)(s + j), mv);
+    FA_T m_new = FA_FN(fa_hmax_)(mv);
+    for (; j < nb; j++) m_new = s[j] > m_new ? s[j] : m_new;
+    if (*row_max > m_new) m_new = *row_max;
+    const VT mr = FA_FN(fa_softmax_ref_)(VSPLAT(m_new));
+    VT sum = VSPLAT(0);
+    for (j = 0; j + VL <= nb; j += VL) {
+        const VT pj = FA_FN(fa_softmax_exp_)(FA_FN(fa_loadu_)(s + j), mr);
+        FA_FN(fa_storeu_)(s + j, pj);
+        sum += pj;
+    }
+    FA_T tail = 0;
+    if (j < nb) {
+        const int n = nb - j;
+        FA_FN(fa_store_tail_)(s + j, n, FA_FN(fa_softmax_exp_)(FA_FN(fa_load_tail_)(s + j, n, ninf), mr));
+        for (int u = 0; u < n; u++) tail += s[j + u];
+    }
+    const FA_T a = FA_FN(fa_softmax_exp_)(VSPLAT(*row_max), mr)[0];
+    *row_sum = *row_sum * a + (FA_FN(fa_hsum_)(sum) + tail);
+    *row_max = m_new;
+    return a;
+}
+
+static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
+{
+    const int64_t d = p->d, dv = p->dv;
+    const int rows = t->rows;
+    const FA_T ninf = -(FA_T)__builtin_inf();
+    const fa_rows_scratch sl = fa_rows_scratch_layout(d, dv, VL);
+    const int64_t dpad = sl.dpad, dvpad = sl.dvpad;
+    FA_T *base = (FA_T *)scratch;
+    FA_T *qs = base + sl.qs, *acc = base + sl.acc, *sc = base + sl.sc, *mt = base + sl.mt;
+    FA_T *row_max = base + sl.row_max, *row_sum = base + sl.row_sum;
+
+    for (int r = 0; r < rows; r++) {
+        const FA_S *q = (const FA_S *)t->q_row[r];
+#if FA_DOT_UNSCALED
+        /* raw bfloat16, zero-padded (2 * dpad >= d rounded up to 32) */
+        uint16_t *qr = (uint16_t *)(qs + r * dpad);
+        for (int64_t k = 0; k < d; k++) qr[k] = q[k * p->q_sd];
+        for (int64_t k = d; k < 2 * dpad; k++) qr[k] = 0;
+#else
+        const FA_T c = (FA_T)p->scale;
+        for (int64_t k = 0; k < d; k++) qs[r * dpad + k] = FA_FN(fa_s2t_)(q[k * p->q_sd]) * c;
+        for (int64_t k = d; k < dpad; k++) qs[r * dpad + k] = 0;
+#endif
+        for (int64_t e = 0; e < dvpad; e++) acc[r * dvpad + e] = 0;
+        row_max[r] = ninf;
+        row_sum[r] = 0;
+    }
+
+    const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
+    const FA_S *kbase = (const FA_S *)t->k;
+    const FA_S *vbase = (const FA_S *)t->v;
+    const int64_t k_sn = p->k_sn, v_sn = p->v_sn;
+    FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
+
+    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
+        const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+        for (int r = 0; r < rows; r++) {
+            /* this row's band inside the block */
+            int64_t lo = t->jlo[r] - j0, hi = t->jhi[r] - j0;
+            if (lo < 0) lo = 0;
+            if (hi > nb) hi = nb;
+            if (hi <= lo) continue; /* nothing visible here: no change */
+            FA_T *s = sc + r * FA_BK;
+            FA_FN(fa_rows_scores_)(p, t, r, &e, qs + r * dpad, kbase + j0 * k_sn, j0, nb, lo, hi,
+                                   s, mt);
+            const FA_T a = FA_FN(fa_rows_softmax_)(s, nb, row_max + r, row_sum + r);
+            FA_FN(fa_pv_rows_)(s, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        FA_FN(fa_row_finish_)(p, t, r, row_max[r], row_sum[r], acc + r * dvpad, 1, 0);
+}

@@ -1,0 +1,503 @@
+/*
+ * tile.h: the tile kernel (vectors along the QUERIES) and the weights pass
+ * that shares its score path.
+ *
+ * Q is packed transposed once per tile (qt[d][row], pre-multiplied by the
+ * scale); the scores tile is st[key][row] and the output accumulator
+ * ot[col][row].  Keys and values are only ever read as scalars broadcast
+ * into a vector, straight from their strided storage: K and V are never
+ * packed or copied (16-bit ones are widened one key block at a time into
+ * scratch, reused by all 64 rows), any stride works, and the online
+ * softmax is purely vertical: one lane = one query row, so the running
+ * max, sum and rescale factor need no horizontal reductions.
+ *
+ * Register blocking (from kernel_<isa>.c): FA_QK_IB x FA_QK_JB query
+ * vectors x keys for Q.K^T, FA_PV_IB x FA_PV_EB query vectors x value
+ * columns for P.V.
+ */
+
+/*
+ * Q.K^T micro-kernel: scores of ib query vectors against jb keys, summed
+ * over all d, accumulated in ib*jb vector registers.  Per d: ib vector loads
+ * of the packed Q^T and jb scalar broadcasts of K (an FMA with a memory
+ * broadcast operand on AVX-512).  ib, jb and k_sd are compile-time
+ * constants after inlining, so the loops unroll into registers.
+ */
+FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb,
+                                   const FA_T *restrict qt,
+                                   const FA_T *restrict k, int64_t k_sn,
+                                   const int64_t k_sd, int64_t d,
+                                   FA_T *restrict st, FA_T *restrict bmax)
+{
+    VT acc[FA_QK_IB][FA_QK_JB];
+#pragma GCC unroll 16
+    for (int i = 0; i < ib; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < jb; j++) acc[i][j] = VSPLAT(0);
+    const FA_T *krow[FA_QK_JB];
+#pragma GCC unroll 16
+    for (int j = 0; j < jb; j++) krow[j] = k + j * k_sn;
+    for (int64_t c = 0; c < d; c++) {
+        VT qv[FA_QK_IB];
+#pragma GCC unroll 16
+        for (int i = 0; i < ib; i++) qv[i] = VLOAD(qt + c * FA_BQ + i * VL);
+#pragma GCC unroll 16
+        for (int j = 0; j < jb; j++) {
+            const FA_T kv = krow[j][c * k_sd];
+#pragma GCC unroll 16
+            for (int i = 0; i < ib; i++) acc[i][j] += qv[i] * kv;
+        }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < jb; j++)
+#pragma GCC unroll 16
+        for (int i = 0; i < ib; i++) VSTORE(st + j * FA_BQ + i * VL, acc[i][j]);
+    /* The block's row max, while the scores are still in registers. */
+#pragma GCC unroll 16
+    for (int i = 0; i < ib; i++) {
+        VT mx = VLOAD(bmax + i * VL);
+#pragma GCC unroll 16
+        for (int j = 0; j < jb; j++) mx = FA_FN(fa_vmax_)(acc[i][j], mx);
+        VSTORE(bmax + i * VL, mx);
+    }
+}
+
+/* Scores of nv query vectors against nb keys starting at k. */
+FA_INLINE void FA_FN(fa_qk_tile_)(int nv, int nb, const FA_T *qt,
+                                  const FA_T *k, int64_t k_sn,
+                                  const int64_t k_sd, int64_t d, FA_T *st,
+                                  FA_T *bmax)
+{
+    int iv = 0;
+    for (; iv + FA_QK_IB <= nv; iv += FA_QK_IB) {
+        int j = 0;
+        for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
+            FA_FN(fa_qk_micro_)(FA_QK_IB, FA_QK_JB, qt + iv * VL,
+                                k + j * k_sn, k_sn, k_sd, d,
+                                st + j * FA_BQ + iv * VL, bmax + iv * VL);
+        for (; j < nb; j++)
+            FA_FN(fa_qk_micro_)(FA_QK_IB, 1, qt + iv * VL, k + j * k_sn,
+                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
+    }
+    for (; iv < nv; iv++) {
+        int j = 0;
+        for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
+            FA_FN(fa_qk_micro_)(1, FA_QK_JB, qt + iv * VL, k + j * k_sn,
+                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
+        for (; j < nb; j++)
+            FA_FN(fa_qk_micro_)(1, 1, qt + iv * VL, k + j * k_sn, k_sn,
+                                k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
+    }
+}
+
+/*
+ * P.V micro-kernel: ot[col][rows] = ot * alpha + sum_j p[j][rows] * v[j][col]
+ * for ib query vectors and eb value columns.  The block's sum starts from
+ * zero and is added to the rescaled running accumulator at the end
+ * (blocked summation): the rounding error then grows with
+ * FA_BK + Nk / FA_BK instead of Nk, at the cost of one FMA per block.
+ */
+FA_INLINE void FA_FN(fa_pv_micro_)(const int ib, const int eb,
+                                   const FA_T *restrict pt,
+                                   const FA_T *restrict v, int64_t v_sn,
+                                   const int64_t v_sd, int nb,
+                                   const FA_T *restrict alpha,
+                                   FA_T *restrict ot)
+{
+    VT acc[FA_PV_IB][FA_PV_EB];
+#pragma GCC unroll 16
+    for (int i = 0; i < ib; i++)
+#pragma GCC unroll 16
+        for (int e = 0; e < eb; e++) acc[i][e] = VSPLAT(0);
+    for (int j = 0; j < nb; j++) {
+        VT pv[FA_PV_IB];
+#pragma GCC unroll 16
+        for (int i = 0; i < ib; i++) pv[i] = VLOAD(pt + j * FA_BQ + i * VL);
+        const FA_T *vrow = v + j * v_sn;
+#pragma GCC unroll 16
+        for (int e = 0; e < eb; e++) {
+            const FA_T vv = vrow[e * v_sd];
+#pragma GCC unroll 16
+            for (int i = 0; i < ib; i++) acc[i][e] += pv[i] * vv;
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < ib; i++) {
+        const VT a = VLOAD(alpha + i * VL);
+#pragma GCC unroll 16
+        for (int e = 0; e < eb; e++)
+            VSTORE(ot + e * FA_BQ + i * VL, VLOAD(ot + e * FA_BQ + i * VL) * a + acc[i][e]);
+    }
+}
+
+FA_INLINE void FA_FN(fa_pv_tile_)(int nv, int nb, const FA_T *pt,
+                                  const FA_T *v, int64_t v_sn,
+                                  const int64_t v_sd, int64_t dv,
+                                  const FA_T *alpha, FA_T *ot)
+{
+    int iv = 0;
+    for (; iv + FA_PV_IB <= nv; iv += FA_PV_IB) {
+        int64_t e = 0;
+        for (; e + FA_PV_EB <= dv; e += FA_PV_EB)
+            FA_FN(fa_pv_micro_)(FA_PV_IB, FA_PV_EB, pt + iv * VL,
+                                v + e * v_sd, v_sn, v_sd, nb, alpha + iv * VL,
+                                ot + e * FA_BQ + iv * VL);
+        for (; e < dv; e++)
+            FA_FN(fa_pv_micro_)(FA_PV_IB, 1, pt + iv * VL, v + e * v_sd,
+                                v_sn, v_sd, nb, alpha + iv * VL,
+                                ot + e * FA_BQ + iv * VL);
+    }
+    for (; iv < nv; iv++) {
+        int64_t e = 0;
+        for (; e + FA_PV_EB <= dv; e += FA_PV_EB)
+            FA_FN(fa_pv_micro_)(1, FA_PV_EB, pt + iv * VL, v + e * v_sd,
+                                v_sn, v_sd, nb, alpha + iv * VL,
+                                ot + e * FA_BQ + iv * VL);
+        for (; e < dv; e++)
+            FA_FN(fa_pv_micro_)(1, 1, pt + iv * VL, v + e * v_sd, v_sn,
+                                v_sd, nb, alpha + iv * VL,
+                                ot + e * FA_BQ + iv * VL);
+    }
+}
+
+/* Pack Q^T for the tile: qt[k][r] = q_row[r][k] * c, rows >= rows and up to
+ * `lanes` zero.  Unit column stride: VL x VL blocks through the transpose;
+ * otherwise, and for the d tail, element by element. */
+FA_INLINE void FA_FN(fa_pack_q_)(const fa_tile *t, int64_t d, int64_t q_sd, FA_T c,
+                                 int lanes, FA_T *restrict qt)
+{
+    const int rows = t->rows;
+    int64_t k0 = 0;
+    if (VL > 1 && q_sd == 1) {
+        for (; k0 + VL <= d; k0 += VL)
+            for (int r0 = 0; r0 < lanes; r0 += VL) {
+                VT x[VL];
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++)
+                    x[i] = r0 + i < rows ? FA_FN(fa_loads_)((const FA_S *)t->q_row[r0 + i] + k0)
+                                         : VSPLAT(0);
+                FA_FN(fa_transpose_)(x);
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++) VSTORE(qt + (k0 + i) * FA_BQ + r0, x[i] * c);
+            }
+    }
+    for (int r = 0; r < rows; r++) {
+        const FA_S *q = (const FA_S *)t->q_row[r];
+        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = FA_FN(fa_s2t_)(q[k * q_sd]) * c;
+    }
+    for (int r = rows; r < lanes; r++)
+        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = 0;
+}
+
+#if FA_S_KIND != 0
+/* Widen nb stored rows of n elements (row stride sn, column stride sd)
+ * into dst, rows of n contiguous compute-type elements. */
+static void FA_FN(fa_widen_rows_)(const FA_S *src, int64_t sn, int64_t sd, int nb,
+                                  int64_t n, FA_T *restrict dst)
+{
+    for (int j = 0; j < nb; j++) {
+        const FA_S *s = src + j * sn;
+        FA_T *o = dst + j * n;
+        int64_t c = 0;
+        if (sd == 1)
+            for (; c + VL <= n; c += VL) FA_FN(fa_storeu_)(o + c, FA_FN(fa_loads_)(s + c));
+        for (; c < n; c++) o[c] = FA_FN(fa_s2t_)(s[c * sd]);
+    }
+}
+#endif
+
+/* Read the mask for the tile's rows x keys [j0, j0 + nb) into mt[key][row]
+ * (see fa_mask_terms_); padded lanes see everything, which keeps their
+ * arithmetic finite.  Returns nonzero if any entry is visible, so the
+ * caller can skip a block that is masked for every row. */
+static int FA_FN(fa_load_mask_)(const fa_params *p, const fa_tile *t,
+                                int64_t j0, int nb, FA_T *mt)
+{
+    int any = 0;
+    for (int r = 0; r < t->rows; r++)
+        any |= FA_FN(fa_mask_terms_)(p->mask_kind, t->mask_row[r], p->m_sk, j0, nb, mt + r, FA_BQ);
+    for (int r = t->rows; r < FA_BQ; r++)
+        for (int j = 0; j < nb; j++) mt[j * FA_BQ + r] = 0;
+    return any;
+}
+
+/* Scratch of a tile (carved by fa_tile_scratch_layout), the packed Q and
+ * the ALiBi slopes of its lanes. */
+typedef struct {
+    FA_T *qt, *st, *mt, *ot, *row_max, *row_sum, *alpha, *bmax;
+    FA_T *slope, *pos, *lo, *hi; /* per lane, relative to the block */
+    FA_T *kc, *vc;               /* widened key and value blocks (16-bit types) */
+    int nv, lanes;
+} FA_FN(fa_scr_);
+
+FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile *t,
+                                               void *scratch)
+{
+    FA_FN(fa_scr_) w;
+    FA_T *base = (FA_T *)scratch;
+    const fa_tile_scratch s = fa_tile_scratch_layout(p->d, p->dv, FA_S_KIND != 0);
+    w.nv = (t->rows + VL - 1) / VL; /* query vectors in use */
+    w.lanes = w.nv * VL;
+    w.qt = base + s.qt;
+    w.st = base + s.st;
+    w.mt = base + s.mt;
+    w.ot = base + s.ot;
+    w.row_max = base + s.row_max;
+    w.row_sum = base + s.row_sum;
+    w.alpha = base + s.alpha;
+    w.bmax = base + s.bmax;
+    w.slope = base + s.slope;
+    w.pos = base + s.pos;
+    w.lo = base + s.lo;
+    w.hi = base + s.hi;
+    w.kc = base + s.kc;
+    w.vc = base + s.vc;
+
+    FA_FN(fa_pack_q_)(t, p->d, p->q_sd, (FA_T)p->scale, w.lanes, w.qt);
+    for (int r = 0; r < w.lanes; r++) {
+        w.slope[r] = r < t->rows ? (FA_T)t->slope[r] : (FA_T)0;
+        w.pos[r] = 0;
+    }
+    return w;
+}
+
+/* Each lane's diagonal and band relative to key j0 of a block of nb keys
+ * (padded lanes see the whole block). */
+FA_INLINE void FA_FN(fa_tile_rows_at_)(const fa_tile *t, const FA_FN(fa_scr_) *w,
+                                       const FA_FN(fa_epi_) *e, int64_t j0, int nb)
+{
+    if (e->alibi)
+        for (int r = 0; r < t->rows; r++) w->pos[r] = (FA_T)(t->pos[r] - j0);
+    if (e->band)
+        for (int r = 0; r < w->lanes; r++) {
+            int64_t lo = r < t->rows ? t->jlo[r] - j0 : 0, hi = r < t->rows ? t->jhi[r] - j0 : nb;
+            lo = lo < 0 ? 0 : lo > nb ? nb : lo;
+            hi = hi < 0 ? 0 : hi > nb ? nb : hi;
+            w->lo[r] = (FA_T)lo;
+            w->hi[r] = (FA_T)hi;
+        }
+}
+
+/*
+ * Scores of one key block, st[key][row]: Q.K^T (scale folded into Q), then
+ * the score epilogue (fa_score_epilogue_) on every vector.  bmax receives
+ * each lane's block max when it is still exact on return (the return value
+ * is 0; tanh is increasing, so a soft cap alone caps the max like the
+ * scores); 1 means ALiBi or masking changed scores and the caller must
+ * take the max again.
+ */
+FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
+                                      const FA_FN(fa_scr_) *w, FA_FN(fa_epi_) *e,
+                                      int64_t j0, int nb, const FA_T *kb, int64_t k_sn,
+                                      int64_t k_sd, int band)
+{
+    const int nv = w->nv;
+    FA_T *st = w->st, *bmax = w->bmax;
+    for (int i = 0; i < nv; i++) VSTORE(bmax + i * VL, VSPLAT(-(FA_T)__builtin_inf()));
+    if (k_sd == 1)
+        FA_FN(fa_qk_tile_)(nv, nb, w->qt, kb, k_sn, 1, p->d, st, bmax);
+    else
+        FA_FN(fa_qk_tile_)(nv, nb, w->qt, kb, k_sn, k_sd, p->d, st, bmax);
+
+    e->band = band;
+    if (!FA_FN(fa_epi_any_)(e)) return 0;
+    FA_FN(fa_tile_rows_at_)(t, w, e, j0, nb);
+    for (int i = 0; i < nv; i++) {
+        FA_FN(fa_rowv_) row;
+        row.slope = VLOAD(w->slope + i * VL);
+        row.pos = VLOAD(w->pos + i * VL);
+        row.lo = VLOAD(w->lo + i * VL);
+        row.hi = VLOAD(w->hi + i * VL);
+        for (int j = 0; j < nb; j++) {
+            FA_T *sp = st + j * FA_BQ + i * VL;
+            VSTORE(sp, FA_FN(fa_score_epilogue_)(e, VLOAD(sp), VSPLAT(j), &row,
+                                                 w->mt + j * FA_BQ + i * VL));
+        }
+    }
+    if (e->capped)
+        for (int i = 0; i < nv; i++)
+            VSTORE(bmax + i * VL, e->cap * FA_FN(fa_tanh_)(VLOAD(bmax + i * VL) * e->capinv));
+    return e->alibi | e->masked | e->band;
+}
+
+/* The key block's rows as compute-type pointers (widened for 16-bit). */
+#if FA_S_KIND != 0
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd) \
+    do {                                                                 \
+        FA_FN(fa_widen_rows_)((base) + (j0) * (sn), sn, sd, nb, n, buf); \
+        out_ptr = (buf);                                                 \
+        out_sn = (n);                                                    \
+        out_sd = 1;                                                      \
+    } while (0)
+#else
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd) \
+    do {                                                                 \
+        (void)(n);                                                       \
+        out_ptr = (base) + (j0) * (sn);                                  \
+        out_sn = (sn);                                                   \
+        out_sd = (sd);                                                   \
+    } while (0)
+#endif
+
+/* Online softmax of one key block, one lane per query row: the new running
+ * max (taken again from the scores when the epilogue changed them), the
+ * probabilities in place of the scores, the running sum, and each lane's
+ * rescale factor alpha for the accumulator. */
+FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int rescan)
+{
+    for (int i = 0; i < w->nv; i++) {
+        const VT m_old = VLOAD(w->row_max + i * VL);
+        VT m_new = m_old;
+        if (rescan) {
+            for (int j = 0; j < nb; j++)
+                m_new = FA_FN(fa_vmax_)(VLOAD(w->st + j * FA_BQ + i * VL), m_new);
+        } else {
+            m_new = FA_FN(fa_vmax_)(VLOAD(w->bmax + i * VL), m_new);
+        }
+        const VT m_ref = FA_FN(fa_softmax_ref_)(m_new);
+        const VT a = FA_FN(fa_softmax_exp_)(m_old, m_ref);
+        VT sum = VSPLAT(0);
+        for (int j = 0; j < nb; j++) {
+            FA_T *sp = w->st + j * FA_BQ + i * VL;
+            const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(sp), m_ref);
+            VSTORE(sp, pj);
+            sum += pj;
+        }
+        VSTORE(w->row_sum + i * VL, VLOAD(w->row_sum + i * VL) * a + sum);
+        VSTORE(w->row_max + i * VL, m_new);
+        VSTORE(w->alpha + i * VL, a);
+    }
+}
+
+/* Write the tile's rows: unit column stride in VL x VL blocks through the
+ * transpose, then the row finish for the rest (and for rows that saw no
+ * key, which must be exact zeros). */
+FA_INLINE void FA_FN(fa_tile_finish_)(const fa_params *p, const fa_tile *t,
+                                      const FA_FN(fa_scr_) *w)
+{
+    const int rows = t->rows;
+    const int64_t dv = p->dv;
+    const int wide = t->out_compute || FA_S_KIND == 0;
+    FA_T *inv_v = w->alpha;
+    int64_t e0 = 0;
+    if (VL > 1 && p->o_sd == 1) {
+        for (int r = 0; r < w->lanes; r++) inv_v[r] = FA_FN(fa_row_inv_)(w->row_sum[r]);
+        for (; e0 + VL <= dv; e0 += VL)
+            for (int r0 = 0; r0 < rows; r0 += VL) {
+                VT x[VL];
+                const VT inv = VLOAD(inv_v + r0);
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++) x[i] = VLOAD(w->ot + (e0 + i) * FA_BQ + r0) * inv;
+                FA_FN(fa_transpose_)(x);
+#pragma GCC unroll 16
+                for (int i = 0; i < VL; i++) {
+                    if (r0 + i >= rows) continue;
+                    if (wide) FA_FN(fa_storeu_)((FA_T *)t->o_row[r0 + i] + e0, x[i]);
+                    else FA_FN(fa_stores_)((FA_S *)t->o_row[r0 + i] + e0, x[i]);
+                }
+            }
+    }
+    for (int r = 0; r < rows; r++)
+        FA_FN(fa_row_finish_)(p, t, r, w->row_max[r], w->row_sum[r], w->ot + r, FA_BQ, e0);
+}
+
+/* The tile: online softmax attention of t->rows query rows over keys
+ * [t->k_lo, t->k_hi) (and inside each row's band), written normalized to
+ * t->o_row and t->lse_row. */
+static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
+{
+    const int64_t d = p->d, dv = p->dv;
+    const FA_T ninf = -(FA_T)__builtin_inf();
+    FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
+    FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
+    const int nv = w.nv, lanes = w.lanes;
+
+    for (int64_t c = 0; c < dv; c++)
+        for (int r = 0; r < lanes; r++) w.ot[c * FA_BQ + r] = 0;
+    for (int r = 0; r < lanes; r++) {
+        w.row_max[r] = ninf;
+        w.row_sum[r] = 0;
+    }
+
+    /* Keys outside every row's band are never read; blocks inside all of
+     * them need no band masking. */
+    const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
+    const FA_S *kbase = (const FA_S *)t->k;
+    const FA_S *vbase = (const FA_S *)t->v;
+
+    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
+        const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+        const int band = j0 < g.lo_max || j0 + nb > g.hi_min;
+        if (band && !FA_FN(fa_band_meets_)(t, j0, nb)) continue;
+        if (e.masked && !FA_FN(fa_load_mask_)(p, t, j0, nb, w.mt))
+            continue; /* every row masked for this block */
+
+        const FA_T *kb;
+        int64_t k_sn, k_sd;
+        FA_BLOCK(kbase, j0, p->k_sn, p->k_sd, nb, d, w.kc, kb, k_sn, k_sd);
+        const int rescan = FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band);
+        FA_FN(fa_tile_softmax_)(&w, nb, rescan);
+
+        /* O = O * alpha + P.V */
+        const FA_T *vb;
+        int64_t v_sn, v_sd;
+        FA_BLOCK(vbase, j0, p->v_sn, p->v_sd, nb, dv, w.vc, vb, v_sn, v_sd);
+        if (v_sd == 1)
+            FA_FN(fa_pv_tile_)(nv, nb, w.st, vb, v_sn, 1, dv, w.alpha, w.ot);
+        else
+            FA_FN(fa_pv_tile_)(nv, nb, w.st, vb, v_sn, v_sd, dv, w.alpha, w.ot);
+    }
+    FA_FN(fa_tile_finish_)(p, t, &w);
+}
+
+/* The weights pass: exp(score - lse) for every visited (row, key), through
+ * the same score pipeline as fa_tile_, so the weights are the probabilities
+ * the attention used.  lse_row is read; rows with lse -inf are left alone. */
+static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scratch)
+{
+    const int64_t d = p->d;
+    const int rows = t->rows;
+    const FA_T ninf = -(FA_T)__builtin_inf();
+    FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
+    FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
+    const int nv = w.nv;
+    FA_T *st = w.st, *row_lse = w.row_max;
+    for (int r = 0; r < w.lanes; r++)
+        row_lse[r] = r < rows ? *(const FA_T *)t->lse_row[r] : ninf;
+
+    const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
+    const FA_S *kbase = (const FA_S *)t->k;
+    const int64_t w_sk = p->w_sk;
+    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
+        const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+        const int band = j0 < g.lo_max || j0 + nb > g.hi_min;
+        if (band && !FA_FN(fa_band_meets_)(t, j0, nb)) continue;
+        if (e.masked && !FA_FN(fa_load_mask_)(p, t, j0, nb, w.mt)) continue;
+        const FA_T *kb;
+        int64_t k_sn, k_sd;
+        FA_BLOCK(kbase, j0, p->k_sn, p->k_sd, nb, d, w.kc, kb, k_sn, k_sd);
+        FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band);
+        /* the softmax against the final lse; a row that saw no key stays 0 */
+        for (int i = 0; i < nv; i++) {
+            const VT l = VLOAD(row_lse + i * VL);
+            const VI none = l == VSPLAT(ninf);
+            for (int j = 0; j < nb; j++) {
+                FA_T *sp = st + j * FA_BQ + i * VL;
+                VSTORE(sp, FA_FN(fa_vsel_)(none, VSPLAT(0), FA_FN(fa_softmax_exp_)(VLOAD(sp), l)));
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            FA_S *wr = (FA_S *)t->w_row[r] + j0 * w_sk;
+            for (int j = 0; j < nb; j++) wr[j * w_sk] = FA_FN(fa_t2s_)(st[j * FA_BQ + r]);
+        }
+    }
+    /* A NaN score made its row's lse NaN: the whole row is NaN (all n_k
+     * keys, not only the blocks visited), as a softmax over it would be. */
+    const FA_S nan = FA_FN(fa_t2s_)((FA_T)__builtin_nan(""));
+    for (int r = 0; r < rows; r++)
+        if (row_lse[r] != row_lse[r]) {
+            FA_S *wr = (FA_S *)t->w_row[r];
+            for (int64_t j = 0; j < p->n_k; j++) wr[j * w_sk] = nan;
+        }
+}
+#undef FA_BLOCK
