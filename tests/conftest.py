@@ -543,11 +543,10 @@ def check_weights(w, q, k, **kw):
 # Shapes that reach each path of the core
 # ---------------------------------------------------------------------------
 
-# name: (lead of q, kv heads, Nq, Nk, D, Dv).  The core uses the few-row
-# ("decode") kernel when H / Hkv * Nq <= 4 (and k, v have unit column
-# strides), the 64-row tile kernel otherwise, and splits the keys among
-# work items (split-KV, merged by lse) when there are fewer than 16 tiles
-# and Nk >= 1024.
+# name: (lead of q, kv heads, Nq, Nk, D, Dv).  "decode" shapes run the
+# few-row kernel, "tile" ones the tile kernel, and "_split" ones have their
+# keys split among work items (split-KV, merged by lse): test_explain.py
+# asserts each against the core's plan (fastattn.explain).
 PATH_SHAPES = {
     "decode": ((2, 4), 2, 2, 150, 32, 24),          # 2 heads x 2 rows per kv head
     "decode_split": ((1, 4), 1, 1, 2100, 32, 32),   # MQA, 1 task, 4 key chunks
@@ -577,7 +576,9 @@ def path_qkv(rng, path, dtype=np.float32):
 # thread (normalized MSE <= 1e-10 / 1e-24, same NaN and inf positions) and,
 # at 2 threads, to be bitwise equal to the 1-thread results.
 
-ISA_NAMES = ("scalar", "avx2", "avx512")
+from fastattn import _core as _fa_core  # noqa: E402
+
+ISA_NAMES = tuple(_fa_core.isa_names())  # every path of the core's registry
 ISA_THREADS = (1, 2)
 ISA_COMBOS = [(i, t) for i in ISA_NAMES for t in ISA_THREADS]
 VARIANT_MODULES = ("test_window", "test_alibi_softcap", "test_kv_lengths", "test_varlen",

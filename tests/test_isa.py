@@ -21,7 +21,7 @@ import pytest
 
 import fastattn
 
-ISAS = ["scalar", "avx2", "avx512"]
+ISAS = fastattn._core.isa_names()  # every path of the core's registry
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
 

@@ -211,7 +211,7 @@ import pytest  # noqa: E402
 
 import fastattn  # noqa: E402
 
-ISAS = ["scalar", "avx2", "avx512"]
+ISAS = fastattn._core.isa_names()  # every path of the core's registry
 THREADS = [1, 2]
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
 AVAILABLE = fastattn.info()["isa_available"]

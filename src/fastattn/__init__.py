@@ -8,14 +8,14 @@ import os as _os
 
 from . import _core
 from . import reference
-from .api import attention, attention_varlen, attention_weights, merge
+from .api import attention, attention_varlen, attention_weights, explain, merge
 from .kvcache import KVCache
 from .layer import MultiHeadAttention
 from . import plot  # matplotlib is imported only when a plot is drawn
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "attention_varlen", "attention_weights", "merge", "KVCache",
+__all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge", "KVCache",
            "MultiHeadAttention", "plot",
            "reference", "info", "set_num_threads", "get_num_threads",
            "__version__"]

@@ -5,11 +5,13 @@ call costs a few microseconds on top of the kernel; this module holds the
 documented signatures and the small pieces of NumPy glue (packed batches,
 merging partial results).
 """
+from typing import Any, Dict
+
 import numpy as np
 
 from . import _core
 
-__all__ = ["attention", "attention_varlen", "attention_weights", "merge"]
+__all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
 
 
 def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
@@ -89,8 +91,53 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
     raise ``TypeError``; wrong shapes or values raise ``ValueError``; the
     message names the argument.
     """
-    return _core.attention(q, k, v, mask, causal, scale, out, return_lse, window,
-                           alibi_slopes, softcap, kv_lengths, return_weights)
+    return _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, out=out,
+                           return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
+                           softcap=softcap, kv_lengths=kv_lengths,
+                           return_weights=return_weights)
+
+
+def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
+    """What :func:`attention` would do with the same arguments, without
+    computing anything.
+
+    The arguments are validated exactly as :func:`attention` validates them
+    (the same errors), then the C core's planner, the one the core itself
+    runs before every call, reports its choices.
+
+    Parameters
+    ----------
+    q, k, v : ndarray
+        As in :func:`attention`.
+    **options
+        Any keyword argument of :func:`attention` (``mask``, ``causal``,
+        ``scale``, ``window``, ``alibi_slopes``, ``softcap``,
+        ``kv_lengths``, ``out``, ``return_lse``, ``return_weights``).
+
+    Returns
+    -------
+    dict
+        ``kernel``: ``"tile"`` (vectors along the queries, ``q_block`` rows
+        a tile), ``"rows"`` (the few-row decode kernel) or ``"weights"``;
+        ``isa``: the ISA path in use; ``kernel_isa``: the registry entry
+        whose kernel runs (the path, or a refinement such as
+        ``"avx512bf16"``); ``q_block`` and ``k_block``: query rows per work
+        item and keys per inner block; ``tasks``: row tiles over all
+        batches and kv heads; ``key_splits`` and ``split_keys``: key chunks
+        per tile (1: no split-KV) and keys per chunk; ``work_items``;
+        ``threads``: threads the call would run on (0: nothing to compute);
+        ``scratch_bytes``: scratch per thread.  With ``return_weights`` the
+        weights pass's plan is under ``"weights"``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> q = np.zeros((1, 8, 1, 64), np.float32)
+    >>> k = v = np.zeros((1, 8, 4096, 64), np.float32)
+    >>> fastattn.explain(q, k, v)["kernel"]
+    'rows'
+    """
+    return dict(_core.plan(q, k, v, **options))
 
 
 def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
@@ -104,8 +151,9 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
         raise TypeError(f"k must be a numpy.ndarray, got {type(k).__name__}")
     # Dv = 0 values: the first pass computes only the lse
     v = np.empty(k.shape[:-1] + (0,), dtype=k.dtype)
-    _, w = _core.attention(q, k, v, mask, causal, scale, None, False, window,
-                           alibi_slopes, softcap, kv_lengths, True)
+    _, w = _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
+                           alibi_slopes=alibi_slopes, softcap=softcap,
+                           kv_lengths=kv_lengths, return_weights=True)
     return w
 
 
@@ -180,9 +228,10 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale
     # (total, H, D) viewed as (1, H, total, D): the core walks rows by the
     # offsets, with no copy
     view = lambda a: a.transpose(1, 0, 2)[None]
-    res = _core.attention(view(q), view(k), view(v), None, causal, scale, view(out),
-                          return_lse, window, alibi_slopes, softcap, None, False, cq, ck,
-                          max_q, max_k)
+    res = _core.attention(view(q), view(k), view(v), causal=causal, scale=scale,
+                          out=view(out), return_lse=return_lse, window=window,
+                          alibi_slopes=alibi_slopes, softcap=softcap, cu_seqlens_q=cq,
+                          cu_seqlens_k=ck, max_seqlen_q=max_q, max_seqlen_k=max_k)
     if return_lse:
         return out, res[1][0]
     return out

@@ -140,6 +140,7 @@ class KVCache:
         used = int(self.lengths.max()) if self.batch else 0
         if isinstance(mask, np.ndarray) and mask.ndim and mask.shape[-1] == self.max_len:
             mask = mask[..., :used]  # the mask spans max_len keys: its filled prefix
-        return _core.attention(q, self.k[:, :, :used], self.v[:, :, :used], mask, causal,
-                               scale, out, return_lse, window, alibi_slopes, softcap,
-                               self.lengths, False)
+        return _core.attention(q, self.k[:, :, :used], self.v[:, :, :used], mask=mask,
+                               causal=causal, scale=scale, out=out, return_lse=return_lse,
+                               window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                               kv_lengths=self.lengths)

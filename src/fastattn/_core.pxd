@@ -1,0 +1,77 @@
+# The C API of the fastattn core (csrc/fastattn.h, csrc/dispatch.h), as
+# Cython sees it.  Declarations only: the binding is _core.pyx.
+from libc.stdint cimport int64_t
+
+cdef extern from "fastattn.h" nogil:
+    ctypedef enum fa_dtype:
+        FA_F32
+        FA_F64
+        FA_F16
+        FA_BF16
+    ctypedef enum fa_mask_kind:
+        FA_MASK_NONE
+        FA_MASK_BOOL
+        FA_MASK_ADD_F32
+        FA_MASK_ADD_F64
+    ctypedef int fa_isa
+    ctypedef struct fa_params:
+        fa_dtype dtype
+        int64_t batch, h_q, h_kv, n_q, n_k, d, dv
+        const void *q
+        int64_t q_sb, q_sh, q_sn, q_sd
+        const void *k
+        int64_t k_sb, k_sh, k_sn, k_sd
+        const void *v
+        int64_t v_sb, v_sh, v_sn, v_sd
+        void *out
+        int64_t o_sb, o_sh, o_sn, o_sd
+        void *lse
+        int64_t l_sb, l_sh, l_sn
+        fa_mask_kind mask_kind
+        const void *mask
+        int64_t m_sb, m_sh, m_sq, m_sk
+        int64_t band_lo, band_hi
+        int band_from_end
+        const double *alibi
+        int64_t a_sb, a_sh
+        double softcap
+        const int64_t *q_start
+        const int64_t *k_start
+        const int64_t *k_len
+        double scale
+        void *weights
+        int64_t w_sb, w_sh, w_sq, w_sk
+    ctypedef struct fa_plan_info:
+        int family
+        int isa
+        const char *kernel_isa
+        int64_t q_block, k_block, tasks, key_splits, split_keys, items
+        int threads
+        size_t scratch_bytes
+        double work
+    int FA_OK
+    int FA_ERR_NOMEM
+    int64_t FA_UNBOUNDED_LO
+    int64_t FA_UNBOUNDED_HI
+    int fa_attention(const fa_params *p) noexcept
+    int fa_attention_weights(const fa_params *p) noexcept
+    void fa_set_num_threads(int n) noexcept
+    int fa_get_num_threads() noexcept
+    int fa_has_openmp() noexcept
+    int fa_plan(const fa_params *p, fa_plan_info *info) noexcept
+    int fa_plan_weights(const fa_params *p, fa_plan_info *info) noexcept
+    int fa_isa_count() noexcept
+    int fa_isa_supported(fa_isa isa) noexcept
+    int fa_isa_compiled(fa_isa isa) noexcept
+    fa_isa fa_get_isa() noexcept
+    int fa_set_isa(fa_isa isa) noexcept
+    const char *fa_isa_name(fa_isa isa) noexcept
+
+cdef extern from "dispatch.h" nogil:
+    void fa_exp2_f32(const float *x, float *y, int64_t n) noexcept
+    void fa_exp2_f64(const double *x, double *y, int64_t n) noexcept
+    void fa_tanh_f32(const float *x, float *y, int64_t n) noexcept
+    void fa_tanh_f64(const double *x, double *y, int64_t n) noexcept
+    double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes) noexcept
+    double fa_read_probe(const float *x, int64_t n) noexcept
+    int fa_bf16_dot_product() noexcept

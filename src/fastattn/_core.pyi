@@ -1,0 +1,70 @@
+"""Typed stub of the compiled binding ``fastattn._core`` (its public surface)."""
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[Any]
+_Causal = Union[bool, np.bool_, str, None]
+_Real = Union[int, float, np.integer[Any], np.floating[Any]]
+_Window = Union[Tuple[int, int], List[int], None]
+_Ints = Union[_Array, Sequence[int], None]
+
+def attention(
+    q: _Array,
+    k: _Array,
+    v: _Array,
+    *,
+    mask: Optional[_Array] = ...,
+    causal: _Causal = ...,
+    scale: Optional[_Real] = ...,
+    out: Optional[_Array] = ...,
+    return_lse: Union[bool, np.bool_] = ...,
+    window: _Window = ...,
+    alibi_slopes: Union[_Array, Sequence[float], None] = ...,
+    softcap: Optional[_Real] = ...,
+    kv_lengths: _Ints = ...,
+    return_weights: Union[bool, np.bool_] = ...,
+    cu_seqlens_q: Optional[_Array] = ...,
+    cu_seqlens_k: Optional[_Array] = ...,
+    max_seqlen_q: int = ...,
+    max_seqlen_k: int = ...,
+) -> Union[_Array, Tuple[_Array, ...]]: ...
+def plan(
+    q: _Array,
+    k: _Array,
+    v: _Array,
+    *,
+    mask: Optional[_Array] = ...,
+    causal: _Causal = ...,
+    scale: Optional[_Real] = ...,
+    out: Optional[_Array] = ...,
+    return_lse: Union[bool, np.bool_] = ...,
+    window: _Window = ...,
+    alibi_slopes: Union[_Array, Sequence[float], None] = ...,
+    softcap: Optional[_Real] = ...,
+    kv_lengths: _Ints = ...,
+    return_weights: Union[bool, np.bool_] = ...,
+    cu_seqlens_q: Optional[_Array] = ...,
+    cu_seqlens_k: Optional[_Array] = ...,
+    max_seqlen_q: int = ...,
+    max_seqlen_k: int = ...,
+) -> Dict[str, Any]: ...
+
+# runtime
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def has_openmp() -> bool: ...
+def isa_names() -> List[str]: ...
+def isa_compiled() -> List[str]: ...
+def isa_available() -> List[str]: ...
+def get_isa() -> str: ...
+def set_isa(name: str) -> None: ...
+def bf16_dot_product() -> bool: ...
+def build_info() -> Dict[str, Union[str, bool]]: ...
+
+# probes and test hooks
+def exp2(x: _Array) -> _Array: ...
+def tanh(x: _Array) -> _Array: ...
+def fma_peak(isa: Optional[str] = ..., seconds: float = ...) -> float: ...
+def read_bandwidth(nbytes: int = ..., repeat: int = ...) -> float: ...

@@ -1,0 +1,86 @@
+# Probes and test hooks of the fastattn core, apart from the attention path:
+# the kernels' vector exp2 and tanh (for their accuracy tests), the FMA peak
+# and the memory read bandwidth (for the benchmarks).  Included by _core.pyx.
+
+ctypedef void (*_vec_f32)(const float *, float *, int64_t) noexcept nogil
+ctypedef void (*_vec_f64)(const double *, double *, int64_t) noexcept nogil
+
+
+cdef cnp.ndarray _apply_vector_fn(object x, _vec_f32 f32, _vec_f64 f64):
+    """y = f(x) for a float32 or float64 array, through the kernel's vector
+    function on the current ISA path; returns a new array."""
+    cdef cnp.ndarray a = np.ascontiguousarray(x)
+    cdef cnp.ndarray y
+    cdef int64_t n = a.size
+    if a.dtype == np.float32:
+        y = np.empty_like(a)
+        with nogil:
+            f32(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
+    elif a.dtype == np.float64:
+        y = np.empty_like(a)
+        with nogil:
+            f64(<const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(y), n)
+    else:
+        raise TypeError(f"x has dtype {a.dtype}; expected float32 or float64")
+    return y
+
+
+def exp2(x):
+    """The kernel's vector exp2 on the current ISA path (for testing its
+    accuracy).  ``x`` is float32 or float64; returns a new array."""
+    return _apply_vector_fn(x, fa_exp2_f32, fa_exp2_f64)
+
+
+def tanh(x):
+    """The soft cap's vector tanh on the current ISA path (for testing its
+    accuracy).  ``x`` is float32 or float64; returns a new array."""
+    return _apply_vector_fn(x, fa_tanh_f32, fa_tanh_f64)
+
+
+def fma_peak(isa=None, double seconds=0.2):
+    """Measure the float32 FMA peak of one core on an ISA path (default: the
+    one in use), in GFLOP/s: 12 independent FMA chains, timed for about
+    ``seconds``.  Runs on the calling thread with the GIL released."""
+    import time
+    cdef fa_isa code = fa_get_isa() if isa is None else _ISA_BY_NAME[isa]
+    cdef int lanes = 0
+    cdef int64_t iters = 1 << 16
+    cdef double t0, dt = 0, sink = 0
+    if not fa_isa_supported(code):
+        raise ValueError(f"ISA {isa!r} is not available on this CPU")
+    while True:
+        t0 = time.perf_counter()
+        with nogil:
+            sink += fa_fma_probe(code, iters, &lanes)
+        dt = time.perf_counter() - t0
+        if dt >= seconds or iters > (1 << 40):
+            break
+        iters *= 2 if dt < seconds / 8 else max(2, <int64_t>(seconds / max(dt, 1e-9)) + 1)
+    best = iters * 12.0 * 2.0 * lanes / dt / 1e9
+    # repeat twice more at that size and keep the best (least disturbed) run
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with nogil:
+            sink += fa_fma_probe(code, iters, &lanes)
+        dt = time.perf_counter() - t0
+        best = max(best, iters * 12.0 * 2.0 * lanes / dt / 1e9)
+    return best
+
+
+def read_bandwidth(nbytes=512 * 2**20, repeat=5):
+    """Measure the memory read bandwidth (GB/s) with the current thread
+    count: the best of ``repeat`` passes summing a buffer of ``nbytes``
+    (far larger than the caches)."""
+    import time
+    cdef cnp.ndarray buf = np.ones(max(int(nbytes) // 4, 1024), dtype=np.float32)
+    cdef const float *x = <const float *>cnp.PyArray_DATA(buf)
+    cdef int64_t n = buf.size
+    cdef double sink = 0, t0
+    best = 0.0
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        with nogil:
+            sink += fa_read_probe(x, n)
+        dt = time.perf_counter() - t0
+        best = max(best, n * 4.0 / dt / 1e9)
+    return best
