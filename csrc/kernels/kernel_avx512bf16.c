@@ -1,7 +1,8 @@
 /*
  * kernel_avx512bf16.c: the bfloat16 kernels for CPUs with AVX512-BF16.
- * Compiled with the avx512 flags plus -mavx512bf16; only its few-row
- * (decode) kernel is dispatched (dispatch.c checks the cpuid bit): its dot
+ * Compiled with the avx512 flags plus -mavx512bf16; its kernel table holds
+ * only the few-row (decode) kernel, which dispatch.c's registry row
+ * "avx512bf16" puts in place of avx512's when cpuid has the bit: its dot
  * products use vdpbf16ps on the raw bfloat16 keys, 32 per instruction, with
  * float32 accumulation.  The tile kernel keeps the widen-to-float32 path of
  * kernel_avx512.c (vectors there run along the queries, while vdpbf16ps

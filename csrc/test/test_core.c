@@ -52,7 +52,7 @@ static int run_case(int nq, int nk, int d, int dv, int causal)
     const double scale = 1.0 / sqrt((double)d);
     naive(q, k, v, nq, nk, d, dv, causal, nk - nq, scale, ref);
     int bad = 0;
-    for (int isa = 0; isa < FA_ISA_COUNT; isa++) {
+    for (int isa = 0; isa < fa_isa_count(); isa++) {
         if (!fa_isa_supported((fa_isa)isa)) continue;
         fa_set_isa((fa_isa)isa);
         fa_params p = {0};
