@@ -222,7 +222,7 @@ class MultiHeadAttention:
 
     @classmethod
     def from_torch_state_dict(cls, state_dict: Any, num_heads: int, *, prefix: str = "",
-                              dtype: DTypeLike = None) -> MultiHeadAttention:
+                              dtype: Optional[DTypeLike] = None) -> MultiHeadAttention:
         """Build a layer from the state dict of a ``torch.nn.MultiheadAttention``.
 
         Parameters
@@ -364,7 +364,7 @@ class MultiHeadAttention:
     def _project(self, a: Array, w: Array, b: Optional[Array]) -> Array:
         """``a @ w.T + b`` over all tokens, as one GEMM: (B, N, in) -> (B, N, out)."""
         B, N, _ = a.shape
-        y = np.matmul(a.reshape(B * N, a.shape[2]), w.T)
+        y: Array = np.matmul(a.reshape(B * N, a.shape[2]), w.T)
         if b is not None:
             y += b
         return y.reshape(B, N, w.shape[0])

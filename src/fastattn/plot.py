@@ -24,7 +24,7 @@ _MAX_COLS = 4
 _HATCH = dict(facecolor="#f4f4f4", edgecolor="#b0b0b0", hatch="////")
 
 # (title or None, weights (Nq, Nk), masked cells (Nq, Nk)) of one heatmap
-Panel = Tuple[Optional[str], NDArray[np.float64], NDArray[np.bool_]]
+Panel = Tuple[Optional[str], NDArray[np.float64], NDArray[Any]]
 
 
 def _grid_columns(n: int) -> int:
@@ -82,7 +82,8 @@ def _hidden(mask: Any, w: NDArray[np.float64]) -> NDArray[np.bool_]:
     if isinstance(mask, str):
         if mask != "zeros":
             raise ValueError(f"mask must be 'zeros', None or a bool array, got {mask!r}")
-        return w == 0
+        zeros: NDArray[np.bool_] = w == 0
+        return zeros
     if mask is None:
         return np.zeros(w.shape, dtype=bool)
     m = np.asarray(mask)
@@ -91,7 +92,8 @@ def _hidden(mask: Any, w: NDArray[np.float64]) -> NDArray[np.bool_]:
     if m.ndim == 4 and m.shape[0] == 1:
         m = m[0]
     try:
-        return ~np.broadcast_to(m, w.shape)
+        hidden: NDArray[np.bool_] = ~np.broadcast_to(m, w.shape)
+        return hidden
     except ValueError:
         raise ValueError(f"mask has shape {m.shape}, which does not broadcast to the "
                          f"weights' (H, Nq, Nk) = {w.shape}") from None
@@ -108,7 +110,7 @@ def _panels(w: NDArray[np.float64], hidden: NDArray[np.bool_], head: object) -> 
         if head != "mean":
             raise ValueError(f"head must be None, an int or 'mean', got {head!r}")
         label = f"mean of {H} heads" if H > 1 else None
-        return [(label, w.mean(axis=0), hidden.all(axis=0))]
+        return [(label, w.mean(axis=0), np.logical_and.reduce(hidden, axis=0))]
     if isinstance(head, numbers.Integral) and not isinstance(head, (bool, np.bool_)):
         if not -H <= head < H:
             raise ValueError(f"head is {head} but the weights have {H} heads")

@@ -100,7 +100,7 @@ def read_safetensors(path: Union[str, "os.PathLike[str]"], prefix: str = "") -> 
         raise ImportError("reading .safetensors files needs the safetensors package; "
                           "install it with pip install safetensors") from e
     with open(os.fspath(path), "rb") as f:
-        tensors = safetensors.deserialize(f.read())
+        tensors = safetensors.deserialize(f.read())  # type: ignore[no-untyped-call]
     arrays = {}
     for name, spec in tensors:
         if not name.startswith(prefix):
