@@ -97,9 +97,10 @@ def counts(name: str, a: object, batch: int, most: int) -> NDArray[np.int64]:
         raise TypeError(f"{name} has dtype {c.dtype}; expected integers")
     if c.shape != (batch,):
         raise ValueError(f"{name} has shape {c.shape}; expected ({batch},)")
-    if c.size and (c.min() < 0 or c.max() > most):
+    wide = c.astype(np.int64)
+    if ((wide < 0) | (wide > most)).any():
         raise ValueError(f"{name} must be in [0, {most}] (the new tokens given)")
-    return c.astype(np.int64)
+    return wide
 
 
 def mask(a: object, full: Tuple[int, ...], names: str, shown: Tuple[int, ...]) -> NDArray[Any]:
