@@ -247,6 +247,26 @@ def test_empty_caches(rng):
     assert (out == 0).all() and (lse == -np.inf).all()
 
 
+def test_attend_returns_weights_over_the_filled_prefix(rng):
+    """return_weights: the same output as without, and the weights of each
+    row over its own cached keys (bottom-right causal), zero beyond them;
+    a mask spanning max_len keys is cut to the prefix as for the output."""
+    c = fastattn.KVCache(2, 2, 12, 8)
+    c.append(*fill(rng, c, 7), lengths=[7, 4])
+    q = randn(rng, (2, 4, 3, 8))
+    mask = rng.random((1, 1, 3, 12)) < 0.8
+    out, w = c.attend(q, causal=True, mask=mask, return_weights=True)
+    np.testing.assert_array_equal(out, c.attend(q, causal=True, mask=mask))
+    assert w.shape == (2, 4, 3, 7) and w.dtype == np.float32
+    ref = fastattn.reference.attention_weights
+    kw = dict(causal=True, mask=mask[..., :7], kv_lengths=c.lengths)
+    w64 = ref(q.astype(np.float64), c.k[:, :, :7].astype(np.float64), **kw)
+    naive = ref(q, c.k[:, :, :7], **kw)          # float32, as computed plainly
+    # FlashAttention's rule: at most twice the plain float32 error, plus a floor
+    assert np.abs(w - w64).max() <= 2 * np.abs(naive - w64).max() + 1e-6
+    assert (w[1, :, :, 4:] == 0).all()
+
+
 @pytest.mark.parametrize("dtype", half_dtypes() + [pytest.param(np.dtype(np.float64), id="f64")])
 def test_decode_in_other_dtypes(rng, dtype):
     b, h, hkv, d, prompt, steps = 2, 4, 2, 16, 30, 4

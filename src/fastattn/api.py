@@ -5,18 +5,24 @@ call costs a few microseconds on top of the kernel; this module holds the
 documented signatures and the small pieces of NumPy glue (packed batches,
 merging partial results).
 """
-from typing import Any, Dict
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
-from . import _core
+from . import _checks, _core
 
 __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
 
 
-def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
-              alibi_slopes=None, softcap=None, kv_lengths=None, out=None,
-              return_lse=False, return_weights=False):
+def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
+              mask: Optional[NDArray[Any]] = None, causal: Union[bool, str] = False,
+              scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
+              alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
+              kv_lengths: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
+              return_lse: bool = False, return_weights: bool = False) -> Any:
     """Scaled dot-product attention, ``softmax(q @ k^T * scale + mask) @ v``,
     computed by a fused kernel that never materializes the score matrix.
 
@@ -140,15 +146,18 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     return dict(_core.plan(q, k, v, **options))
 
 
-def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
-                      alibi_slopes=None, softcap=None, kv_lengths=None):
+def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
+                      mask: Optional[NDArray[Any]] = None, causal: Union[bool, str] = False,
+                      scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
+                      alibi_slopes: Optional[ArrayLike] = None,
+                      softcap: Optional[float] = None,
+                      kv_lengths: Optional[ArrayLike] = None) -> NDArray[Any]:
     """The attention matrix ``softmax(q @ k^T * scale + bias + mask)``,
     shape ``(..., Nq, Nk)`` in q's dtype, computed by the C core: one pass
     for each row's log-sum-exp, a second for ``exp(score - lse)``.  Rows
     that see no key are zeros.  Arguments as in :func:`attention`.
     """
-    if not isinstance(k, np.ndarray):
-        raise TypeError(f"k must be a numpy.ndarray, got {type(k).__name__}")
+    _checks.ndarray("k", k)
     # Dv = 0 values: the first pass computes only the lse
     v = np.empty(k.shape[:-1] + (0,), dtype=k.dtype)
     _, w = _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
@@ -157,31 +166,12 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
     return w
 
 
-def _offsets(name, cu, total):
-    """cu_seqlens as validated int64 offsets: 1-D, starting at 0, ending
-    at ``total``, non-decreasing."""
-    if not isinstance(cu, (np.ndarray, list, tuple)):
-        raise TypeError(f"{name} must be a numpy.ndarray of ints, got {type(cu).__name__}")
-    a = np.asarray(cu)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{name} has dtype {a.dtype}; expected an integer dtype")
-    if a.ndim != 1 or a.size < 1:
-        raise ValueError(f"{name} must be 1-D with batch + 1 offsets, got shape {a.shape}")
-    if a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} has an offset larger than int64")
-    a = np.ascontiguousarray(a, dtype=np.int64)
-    if a[0] != 0:
-        raise ValueError(f"{name} must start at 0, got {a[0]}")
-    if np.any(np.diff(a) < 0):
-        raise ValueError(f"{name} must be non-decreasing (offsets of consecutive sequences)")
-    if a[-1] != total:
-        raise ValueError(f"{name} ends at {a[-1]} but there are {total} rows")
-    return a
-
-
-def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale=None,
-                     window=None, alibi_slopes=None, softcap=None, out=None,
-                     return_lse=False):
+def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
+                     cu_seqlens_q: ArrayLike, cu_seqlens_k: ArrayLike, *,
+                     causal: Union[bool, str] = False, scale: Optional[float] = None,
+                     window: Optional[Tuple[int, int]] = None,
+                     alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
+                     out: Optional[NDArray[Any]] = None, return_lse: bool = False) -> Any:
     """Attention over a packed batch of variable-length sequences, with no
     padding computed at all.
 
@@ -206,13 +196,11 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale
     out : ndarray, shape (total_q, H, Dv); and lse if ``return_lse``
     """
     for name, a in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.ndim != 3:
+        if _checks.ndarray(name, a).ndim != 3:
             raise ValueError(f"{name} must be 3-D (total, heads, head dim) for packed "
                              f"batches; got shape {a.shape}")
-    cq = _offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0])
-    ck = _offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0])
+    cq = _checks.offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0])
+    ck = _checks.offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0])
     if cq.size != ck.size:
         raise ValueError(f"cu_seqlens_q has {cq.size - 1} sequences but cu_seqlens_k has "
                          f"{ck.size - 1}")
@@ -237,7 +225,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale
     return out
 
 
-def merge(outs, lses, *, return_lse=False):
+def merge(outs: Sequence[NDArray[Any]], lses: Sequence[NDArray[Any]], *,
+          return_lse: bool = False) -> Any:
     """Combine attention computed over disjoint slices of the keys into
     attention over all of them.
 
@@ -258,9 +247,7 @@ def merge(outs, lses, *, return_lse=False):
         raise ValueError("outs must hold at least one partial result")
     if len(outs) != len(lses):
         raise ValueError(f"outs has {len(outs)} partial results but lses has {len(lses)}")
-    o0 = outs[0]
-    if not isinstance(o0, np.ndarray):
-        raise TypeError(f"outs[0] must be a numpy.ndarray, got {type(o0).__name__}")
+    o0 = _checks.ndarray("outs[0]", outs[0])
     for s, (o, l) in enumerate(zip(outs, lses)):
         if not isinstance(o, np.ndarray) or not isinstance(l, np.ndarray):
             raise TypeError(f"outs[{s}] and lses[{s}] must be numpy.ndarrays")

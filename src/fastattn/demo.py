@@ -76,12 +76,13 @@ class DemoResult(NamedTuple):
 Embed = Union[Callable[[str], Sequence[float]], np.ndarray, None]
 
 
-def _embeddings(tokens, embed, dim, seed):
+def _embeddings(tokens: List[str], embed: Embed, dim: int, seed: int) -> np.ndarray:
     n = len(tokens)
     if embed is None:
         vecs = np.stack([hashed_embedding(t, dim, seed=seed) for t in tokens]) if n else \
             np.zeros((0, dim))
-        return vecs + positional_encoding(n, dim)
+        with_positions: np.ndarray = vecs + positional_encoding(n, dim)
+        return with_positions
     if callable(embed):
         rows = [np.asarray(embed(t), dtype=np.float64) for t in tokens]
         for t, r in zip(tokens, rows):
@@ -137,7 +138,11 @@ def run_demo(tokens: Sequence[str], *, embed: Embed = None,
     return DemoResult(tokens, x, out, weights, bool(causal))
 
 
-def render(result: DemoResult, path, *, title: Optional[str] = None, dpi: int = 150) -> str:
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def render(result: DemoResult, path: PathLike, *, title: Optional[str] = None,
+           dpi: int = 150) -> str:
     """Draw ``result.weights`` (one panel per head) with
     :func:`fastattn.plot.attention_heatmap` and save it to ``path`` (the
     format follows the extension; PNG for ``.png``).  With a causal result
@@ -148,12 +153,12 @@ def render(result: DemoResult, path, *, title: Optional[str] = None, dpi: int = 
     # which keys each query may see: exact, rather than inferred from zeros
     mask = np.tril(np.ones((n, n), dtype=bool)) if result.causal else None
     fig = attention_heatmap(result.weights, result.tokens, mask=mask, title=title)
-    path = os.fspath(path)
-    fig.savefig(path, dpi=dpi)
-    return path
+    out = os.fspath(path)
+    fig.savefig(out, dpi=dpi)
+    return out
 
 
-def main(text: Optional[str] = None, out="attention.png", *, causal: bool = False,
+def main(text: Optional[str] = None, out: PathLike = "attention.png", *, causal: bool = False,
          heads: int = 4, dim: int = 64, seed: int = 0) -> str:
     """``fastattn demo``: tokenize ``text`` (default :data:`DEFAULT_TEXT`),
     run the illustrative layer, write the heatmaps to ``out`` and return

@@ -1,10 +1,13 @@
 """A key/value cache for incremental (autoregressive) decoding."""
-import numbers
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _core
-from .reference import _is_half
+from . import _checks
+from .api import attention
 
 __all__ = ["KVCache"]
 
@@ -31,50 +34,43 @@ class KVCache:
     of different lengths).
     """
 
-    def __init__(self, batch, kv_heads, max_len, head_dim, *, value_dim=None,
-                 dtype=np.float32):
+    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, *,
+                 value_dim: Optional[int] = None, dtype: DTypeLike = np.float32) -> None:
         dims = {"batch": batch, "kv_heads": kv_heads, "max_len": max_len,
                 "head_dim": head_dim}
         if value_dim is not None:
             dims["value_dim"] = value_dim
         for name, x in dims.items():
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
-                raise TypeError(f"{name} must be an int, got {type(x).__name__}")
-            if x < 0 or (name == "kv_heads" and x < 1):
-                raise ValueError(f"{name} must be {'>= 1' if name == 'kv_heads' else '>= 0'}, "
-                                 f"got {x}")
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype must be a numpy float dtype, got {dtype!r}") from None
-        if dt not in (np.float32, np.float64) and not _is_half(dt):
-            raise TypeError(f"dtype must be float32, float64, float16 or bfloat16, got {dt}")
-        dv = head_dim if value_dim is None else value_dim
-        self.k = np.zeros((batch, kv_heads, max_len, head_dim), dtype=dt)
-        self.v = np.zeros((batch, kv_heads, max_len, dv), dtype=dt)
-        self.lengths = np.zeros(batch, dtype=np.int64)
+            dims[name] = _checks.integer(name, x, 1 if name == "kv_heads" else 0)
+        dt = _checks.float_dtype(dtype, half=True, not_a_dtype="a numpy float dtype")
+        dv = dims.get("value_dim", dims["head_dim"])
+        shape = (dims["batch"], dims["kv_heads"], dims["max_len"])
+        self.k: NDArray[Any] = np.zeros(shape + (dims["head_dim"],), dtype=dt)
+        self.v: NDArray[Any] = np.zeros(shape + (dv,), dtype=dt)
+        self.lengths: NDArray[np.int64] = np.zeros(batch, dtype=np.int64)
 
     @property
-    def batch(self):
-        return self.k.shape[0]
+    def batch(self) -> int:
+        return int(self.k.shape[0])
 
     @property
-    def kv_heads(self):
-        return self.k.shape[1]
+    def kv_heads(self) -> int:
+        return int(self.k.shape[1])
 
     @property
-    def max_len(self):
-        return self.k.shape[2]
+    def max_len(self) -> int:
+        return int(self.k.shape[2])
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
         return self.k.dtype
 
-    def reset(self):
+    def reset(self) -> None:
         """Empty every row (the buffers are kept)."""
         self.lengths[:] = 0
 
-    def append(self, k, v, *, lengths=None):
+    def append(self, k: NDArray[Any], v: NDArray[Any], *,
+               lengths: Optional[ArrayLike] = None) -> None:
         """Append new tokens' keys and values.
 
         Parameters
@@ -89,10 +85,8 @@ class KVCache:
         is then left unchanged.
         """
         for name, a, ref in (("k", k, self.k), ("v", v, self.v)):
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-            if a.dtype != ref.dtype:
-                raise TypeError(f"{name} has dtype {a.dtype} but the cache holds {ref.dtype}")
+            _checks.ndarray(name, a)
+            _checks.same_dtype(name, a, ref.dtype, "the cache holds")
             if a.ndim != 4 or a.shape[:2] != ref.shape[:2] or a.shape[3] != ref.shape[3]:
                 raise ValueError(f"{name} has shape {a.shape}; expected ({ref.shape[0]}, "
                                  f"{ref.shape[1]}, n, {ref.shape[3]})")
@@ -102,14 +96,7 @@ class KVCache:
         if lengths is None:
             add = np.full(self.batch, n, dtype=np.int64)
         else:
-            add = np.asarray(lengths)
-            if add.dtype.kind not in "iu":
-                raise TypeError(f"lengths has dtype {add.dtype}; expected integers")
-            if add.shape != (self.batch,):
-                raise ValueError(f"lengths has shape {add.shape}; expected ({self.batch},)")
-            if add.size and (add.min() < 0 or add.max() > n):
-                raise ValueError(f"lengths must be in [0, {n}] (the new tokens given)")
-            add = add.astype(np.int64)
+            add = _checks.counts("lengths", lengths, self.batch, n)
         new = self.lengths + add
         if new.size and new.max() > self.max_len:
             b = int(np.argmax(new))
@@ -122,25 +109,38 @@ class KVCache:
                 self.v[b, :, lo:lo + m] = v[b, :, :m]
         self.lengths[:] = new
 
-    def attend(self, q, *, causal=False, scale=None, window=None, alibi_slopes=None,
-               softcap=None, mask=None, out=None, return_lse=False):
+    def mask_prefix(self, mask: Any, n_keys: int) -> Any:
+        """A mask that spans ``max_len`` keys cut to its first ``n_keys``
+        columns (the keys a call over the filled prefix sees); any other
+        mask is returned as it is."""
+        if isinstance(mask, np.ndarray) and mask.ndim and mask.shape[-1] == self.max_len:
+            return mask[..., :n_keys]
+        return mask
+
+    def attend(self, q: NDArray[Any], *, causal: Union[bool, str] = False,
+               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
+               alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
+               mask: Optional[NDArray[Any]] = None, out: Optional[NDArray[Any]] = None,
+               return_lse: bool = False, return_weights: bool = False) -> Any:
         """Attention of ``q`` (batch, H, Nq, head_dim) over each row's cached
         tokens, ``H`` a multiple of ``kv_heads``.  The queries are the last
         ``Nq`` positions of each row (bottom-right alignment), so after
         appending the queries' own keys, ``causal=True`` lets query i see
         the cached prefix and the new tokens up to itself.  Other arguments
-        as in :func:`fastattn.attention`; a ``mask`` spans ``max_len`` keys.
+        as in :func:`fastattn.attention`; a ``mask`` spans ``max_len`` keys
+        or the filled prefix (the most tokens any row holds).
+        ``return_weights`` also returns the attention matrix over that
+        prefix, ``(batch, H, Nq, max(lengths))``, after the lse when both
+        are asked for.
         """
-        if not isinstance(q, np.ndarray):
-            raise TypeError(f"q must be a numpy.ndarray, got {type(q).__name__}")
+        _checks.ndarray("q", q)
         if q.ndim != 4 or q.shape[0] != self.batch:
             raise ValueError(f"q has shape {q.shape}; expected ({self.batch}, H, Nq, "
                              f"{self.k.shape[3]})")
         # only the filled prefix is passed, so work and masks stay small
         used = int(self.lengths.max()) if self.batch else 0
-        if isinstance(mask, np.ndarray) and mask.ndim and mask.shape[-1] == self.max_len:
-            mask = mask[..., :used]  # the mask spans max_len keys: its filled prefix
-        return _core.attention(q, self.k[:, :, :used], self.v[:, :, :used], mask=mask,
-                               causal=causal, scale=scale, out=out, return_lse=return_lse,
-                               window=window, alibi_slopes=alibi_slopes, softcap=softcap,
-                               kv_lengths=self.lengths)
+        return attention(q, self.k[:, :, :used], self.v[:, :, :used],
+                         mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
+                         window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                         kv_lengths=self.lengths, out=out, return_lse=return_lse,
+                         return_weights=return_weights)

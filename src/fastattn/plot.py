@@ -4,10 +4,14 @@ matplotlib is an optional dependency (``pip install "fastattn[plot]"``): it
 is imported inside the functions here, so ``import fastattn`` and
 ``import fastattn.plot`` never load it.
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["attention_heatmap"]
 
@@ -16,15 +20,20 @@ _CELL_IN = 0.42
 _LABEL_IN = 0.09          # per character of the longest token label
 _MIN_PANEL_IN = 2.0
 _MAX_COLS = 4
+# the background that masked cells show
+_HATCH = dict(facecolor="#f4f4f4", edgecolor="#b0b0b0", hatch="////")
+
+# (title or None, weights (Nq, Nk), masked cells (Nq, Nk)) of one heatmap
+Panel = Tuple[Optional[str], NDArray[np.float64], NDArray[Any]]
 
 
-def _grid_columns(n):
+def _grid_columns(n: int) -> int:
     """Columns of the panel grid: a row for up to 3 panels, then as square
     as possible with at most 4 columns (4 -> 2x2, 6 -> 3x2, 8 -> 4x2)."""
     return {4: 2, 5: 3, 6: 3, 9: 3}.get(n, min(n, _MAX_COLS))
 
 
-def _import_matplotlib():
+def _import_matplotlib() -> Tuple[Any, Any, Any]:
     try:
         import matplotlib  # noqa: F401
         from matplotlib.figure import Figure
@@ -36,12 +45,12 @@ def _import_matplotlib():
     return matplotlib, Figure, Patch
 
 
-def _labels(name, tokens, n, what):
+def _labels(name: str, tokens: object, n: int, what: str) -> List[str]:
     if isinstance(tokens, str):
         raise TypeError(f"{name} must be a sequence of token strings, not one str "
                         f"(split it first, e.g. {name}.split())")
     try:
-        labels = [str(t) for t in tokens]
+        labels = [str(t) for t in tokens]  # type: ignore[attr-defined]
     except TypeError:
         raise TypeError(f"{name} must be a sequence of token strings, got "
                         f"{type(tokens).__name__}") from None
@@ -50,8 +59,128 @@ def _labels(name, tokens, n, what):
     return labels
 
 
-def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zeros", ax=None,
-                      title=None, cmap="viridis"):
+def _heads(weights: ArrayLike) -> NDArray[np.float64]:
+    """The weights as float64 (H, Nq, Nk)."""
+    w = np.asarray(weights)
+    if w.dtype == np.bool_ or w.dtype.kind not in "fiu":
+        raise TypeError(f"weights must be a real array, got dtype {w.dtype}")
+    if w.ndim == 4:
+        if w.shape[0] != 1:
+            raise ValueError(f"weights has shape {w.shape}; a 4-D array must be one batch "
+                             "row (1, H, Nq, Nk): pass weights[b] to pick one")
+        w = w[0]
+    if w.ndim == 2:
+        w = w[None]
+    if w.ndim != 3:
+        raise ValueError(f"weights has shape {w.shape}; expected (Nq, Nk), (H, Nq, Nk) "
+                         "or (1, H, Nq, Nk)")
+    return w.astype(np.float64)
+
+
+def _hidden(mask: Any, w: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Which cells of w to draw as masked, from the ``mask`` argument."""
+    if isinstance(mask, str):
+        if mask != "zeros":
+            raise ValueError(f"mask must be 'zeros', None or a bool array, got {mask!r}")
+        zeros: NDArray[np.bool_] = w == 0
+        return zeros
+    if mask is None:
+        return np.zeros(w.shape, dtype=bool)
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask has dtype {m.dtype}; expected bool (True = may attend)")
+    if m.ndim == 4 and m.shape[0] == 1:
+        m = m[0]
+    try:
+        hidden: NDArray[np.bool_] = ~np.broadcast_to(m, w.shape)
+        return hidden
+    except ValueError:
+        raise ValueError(f"mask has shape {m.shape}, which does not broadcast to the "
+                         f"weights' (H, Nq, Nk) = {w.shape}") from None
+
+
+def _panels(w: NDArray[np.float64], hidden: NDArray[np.bool_], head: object) -> List[Panel]:
+    """The heatmaps that ``head`` asks for."""
+    H = w.shape[0]
+    if head is None:
+        if H == 1:
+            return [(None, w[0], hidden[0])]
+        return [(f"head {h}", w[h], hidden[h]) for h in range(H)]
+    if isinstance(head, str):
+        if head != "mean":
+            raise ValueError(f"head must be None, an int or 'mean', got {head!r}")
+        label = f"mean of {H} heads" if H > 1 else None
+        return [(label, w.mean(axis=0), np.logical_and.reduce(hidden, axis=0))]
+    if isinstance(head, numbers.Integral) and not isinstance(head, (bool, np.bool_)):
+        if not -H <= head < H:
+            raise ValueError(f"head is {head} but the weights have {H} heads")
+        h = int(head) % H
+        return [(f"head {h}", w[h], hidden[h])]
+    raise TypeError(f"head must be None, an int or 'mean', got {type(head).__name__}")
+
+
+def _new_figure(Figure: Any, n: int, Nq: int, Nk: int, label_in: float,
+                title: Optional[str]) -> Tuple[Any, List[Any]]:
+    """A figure sized for n panels of Nq x Nk cells, and its n Axes."""
+    ncols = _grid_columns(n)
+    nrows = math.ceil(n / ncols)
+    panel_w = max(_MIN_PANEL_IN, _CELL_IN * Nk)
+    panel_h = max(_MIN_PANEL_IN, _CELL_IN * Nq)
+    fig = Figure(figsize=(ncols * (panel_w + label_in + 0.5) + 1.2,
+                          nrows * (panel_h + label_in + 0.6) + (0.9 if title else 0.5)),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _draw_panel(matplotlib: Any, a: Any, panel: Panel, cm: Any, col_labels: List[str],
+                row_labels: List[str]) -> Any:
+    """One heatmap into the Axes a; returns its image."""
+    label, data, empty = panel
+    Nq, Nk = data.shape
+    fontsize = 9 if max(Nq, Nk) <= 24 else 7
+    # Hatching behind the image shows through the transparent masked cells.
+    a.set_facecolor("white")
+    a.add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), Nk, Nq, linewidth=0, zorder=0,
+                                             **_HATCH))
+    image = a.imshow(np.ma.masked_array(data, mask=empty), cmap=cm, vmin=0.0, vmax=1.0,
+                     interpolation="nearest", aspect="equal", zorder=1)
+    a.set_xticks(np.arange(Nk), labels=col_labels, rotation=60, ha="right",
+                 rotation_mode="anchor", fontsize=fontsize)
+    a.set_yticks(np.arange(Nq), labels=row_labels, fontsize=fontsize)
+    a.set_xlim(-0.5, Nk - 0.5)
+    a.set_ylim(Nq - 0.5, -0.5)
+    a.set_xlabel("key")
+    a.set_ylabel("query")
+    a.tick_params(length=0)
+    if label:
+        a.set_title(label, fontsize=10)
+    return image
+
+
+def _legend_and_title(fig: Any, ax: Any, Patch: Any, any_masked: bool,
+                      title: Optional[str]) -> None:
+    """The masked-cell legend and the title, on the figure (ax None) or on ax."""
+    if ax is None:
+        if any_masked:
+            fig.legend(handles=[Patch(label="masked (weight 0, key hidden)", **_HATCH)],
+                       loc="outside lower center", frameon=False, fontsize=9)
+        if title:
+            fig.suptitle(title, wrap=True)
+        return
+    if any_masked:
+        ax.legend(handles=[Patch(label="masked", **_HATCH)], loc="lower right",
+                  bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, frameon=False, fontsize=8)
+    if title:
+        ax.set_title(title, loc="left")
+
+
+def attention_heatmap(weights: ArrayLike, tokens: Sequence[str],
+                      key_tokens: Optional[Sequence[str]] = None, *, head: Any = None,
+                      mask: Any = "zeros", ax: Any = None, title: Optional[str] = None,
+                      cmap: Any = "viridis") -> Any:
     """Draw attention weights as heatmaps: query tokens on the rows, key
     tokens on the columns, one colour scale from 0 to 1 with a colorbar.
 
@@ -102,20 +231,7 @@ def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zero
     missing, ``TypeError``/``ValueError`` for arguments of the wrong type
     or shape.
     """
-    w = np.asarray(weights)
-    if w.dtype == np.bool_ or w.dtype.kind not in "fiu":
-        raise TypeError(f"weights must be a real array, got dtype {w.dtype}")
-    if w.ndim == 4:
-        if w.shape[0] != 1:
-            raise ValueError(f"weights has shape {w.shape}; a 4-D array must be one batch "
-                             "row (1, H, Nq, Nk): pass weights[b] to pick one")
-        w = w[0]
-    if w.ndim == 2:
-        w = w[None]
-    if w.ndim != 3:
-        raise ValueError(f"weights has shape {w.shape}; expected (Nq, Nk), (H, Nq, Nk) "
-                         "or (1, H, Nq, Nk)")
-    w = w.astype(np.float64)
+    w = _heads(weights)
     H, Nq, Nk = w.shape
     row_labels = _labels("tokens", tokens, Nq, "queries (rows)")
     if key_tokens is None:
@@ -125,41 +241,7 @@ def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zero
         col_labels = row_labels
     else:
         col_labels = _labels("key_tokens", key_tokens, Nk, "keys (columns)")
-
-    if isinstance(mask, str):
-        if mask != "zeros":
-            raise ValueError(f"mask must be 'zeros', None or a bool array, got {mask!r}")
-        hidden = w == 0
-    elif mask is None:
-        hidden = np.zeros(w.shape, dtype=bool)
-    else:
-        m = np.asarray(mask)
-        if m.dtype != np.bool_:
-            raise TypeError(f"mask has dtype {m.dtype}; expected bool (True = may attend)")
-        if m.ndim == 4 and m.shape[0] == 1:
-            m = m[0]
-        try:
-            hidden = ~np.broadcast_to(m, w.shape)
-        except ValueError:
-            raise ValueError(f"mask has shape {m.shape}, which does not broadcast to the "
-                             f"weights' (H, Nq, Nk) = {w.shape}") from None
-
-    if head is None:
-        panels = [(f"head {h}", w[h], hidden[h]) for h in range(H)]
-        if H == 1:
-            panels = [(None, w[0], hidden[0])]
-    elif isinstance(head, str):
-        if head != "mean":
-            raise ValueError(f"head must be None, an int or 'mean', got {head!r}")
-        label = f"mean of {H} heads" if H > 1 else None
-        panels = [(label, w.mean(axis=0), hidden.all(axis=0))]
-    elif isinstance(head, numbers.Integral) and not isinstance(head, (bool, np.bool_)):
-        if not -H <= head < H:
-            raise ValueError(f"head is {head} but the weights have {H} heads")
-        h = int(head) % H
-        panels = [(f"head {h}", w[h], hidden[h])]
-    else:
-        raise TypeError(f"head must be None, an int or 'mean', got {type(head).__name__}")
+    panels = _panels(w, _hidden(mask, w), head)
     if ax is not None and len(panels) > 1:
         raise ValueError(f"ax holds one panel but the weights have {H} heads; choose one "
                          "with head=INT or head='mean'")
@@ -167,60 +249,16 @@ def attention_heatmap(weights, tokens, key_tokens=None, *, head=None, mask="zero
     matplotlib, Figure, Patch = _import_matplotlib()
     cm = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
     cm = cm.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))   # masked: transparent over hatching
-
-    label_in = _LABEL_IN * max((len(s) for s in row_labels + col_labels), default=1)
     if ax is None:
-        ncols = _grid_columns(len(panels))
-        nrows = math.ceil(len(panels) / ncols)
-        panel_w = max(_MIN_PANEL_IN, _CELL_IN * Nk)
-        panel_h = max(_MIN_PANEL_IN, _CELL_IN * Nq)
-        fig = Figure(figsize=(ncols * (panel_w + label_in + 0.5) + 1.2,
-                              nrows * (panel_h + label_in + 0.6) + (0.9 if title else 0.5)),
-                     layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for extra in axes[len(panels):]:
-            extra.set_visible(False)
-        axes = axes[:len(panels)]
+        label_in = _LABEL_IN * max((len(s) for s in row_labels + col_labels), default=1)
+        fig, axes = _new_figure(Figure, len(panels), Nq, Nk, label_in, title)
     else:
-        fig = ax.figure
-        axes = [ax]
-
+        fig, axes = ax.figure, [ax]
     image = None
-    fontsize = 9 if max(Nq, Nk) <= 24 else 7
-    for a, (label, data, empty) in zip(axes, panels):
-        # Hatching behind the image shows through the transparent masked cells.
-        a.set_facecolor("white")
-        a.add_patch(matplotlib.patches.Rectangle(
-            (-0.5, -0.5), Nk, Nq, facecolor="#f4f4f4", edgecolor="#b0b0b0", hatch="////",
-            linewidth=0, zorder=0))
-        image = a.imshow(np.ma.masked_array(data, mask=empty), cmap=cm, vmin=0.0, vmax=1.0,
-                         interpolation="nearest", aspect="equal", zorder=1)
-        a.set_xticks(np.arange(Nk), labels=col_labels, rotation=60, ha="right",
-                     rotation_mode="anchor", fontsize=fontsize)
-        a.set_yticks(np.arange(Nq), labels=row_labels, fontsize=fontsize)
-        a.set_xlim(-0.5, Nk - 0.5)
-        a.set_ylim(Nq - 0.5, -0.5)
-        a.set_xlabel("key")
-        a.set_ylabel("query")
-        a.tick_params(length=0)
-        if label:
-            a.set_title(label, fontsize=10)
-    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9 if len(axes) > 1 else 1.0,
+    for a, panel in zip(axes, panels):
+        image = _draw_panel(matplotlib, a, panel, cm, col_labels, row_labels)
+    cbar = fig.colorbar(image, ax=axes, shrink=0.9 if len(axes) > 1 else 1.0,
                         fraction=0.05 if len(axes) > 1 else 0.08, pad=0.02)
     cbar.set_label("attention weight")
-    any_masked = any(empty.any() for _, _, empty in panels)
-    hatch = dict(facecolor="#f4f4f4", edgecolor="#b0b0b0", hatch="////")
-    if ax is None:
-        if any_masked:
-            fig.legend(handles=[Patch(label="masked (weight 0, key hidden)", **hatch)],
-                       loc="outside lower center", frameon=False, fontsize=9)
-        if title:
-            fig.suptitle(title, wrap=True)
-    else:
-        if any_masked:
-            ax.legend(handles=[Patch(label="masked", **hatch)], loc="lower right",
-                      bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, frameon=False,
-                      fontsize=8)
-        if title:
-            ax.set_title(title, loc="left")
+    _legend_and_title(fig, ax, Patch, any(empty.any() for _, _, empty in panels), title)
     return fig if ax is None else ax

@@ -38,10 +38,16 @@ Only NumPy is imported here, so this module works without the compiled
 extension.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Optional, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Array = NDArray[Any]
 
 __all__ = ["attention", "attention_weights", "attention_varlen"]
 
@@ -58,11 +64,11 @@ _CAUSAL_MODES = ("bottom_right", "top_left")
 # Argument checking
 # ---------------------------------------------------------------------------
 
-def _is_half(dtype):
-    return dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2)
+def _is_half(dtype: np.dtype[Any]) -> bool:
+    return bool(dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2))
 
 
-def _check_array(name, a):
+def _check_array(name: str, a: ArrayLike) -> Array:
     a = np.asarray(a)
     if a.dtype not in _FLOAT_DTYPES and not _is_half(a.dtype):
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {a.dtype}")
@@ -71,7 +77,7 @@ def _check_array(name, a):
     return a
 
 
-def _resolve_causal(causal):
+def _resolve_causal(causal: object) -> Optional[str]:
     """Return None (no causal mask), "bottom_right" or "top_left"."""
     if causal is None or causal is False or (isinstance(causal, np.bool_) and not causal):
         return None
@@ -84,7 +90,7 @@ def _resolve_causal(causal):
         f"got {causal!r}")
 
 
-def _resolve_scale(scale, d):
+def _resolve_scale(scale: object, d: int) -> float:
     if scale is None:
         # 1/sqrt(D); with D == 0 every score is 0 anyway, use 1.0.
         return 1.0 if d == 0 else 1.0 / math.sqrt(d)
@@ -96,7 +102,7 @@ def _resolve_scale(scale, d):
     return scale
 
 
-def _check_shapes(q, k, v=None):
+def _check_shapes(q: Array, k: Array, v: Optional[Array] = None) -> Tuple[int, int]:
     """Validate q, k (and v) against each other; return (H, Hkv).
 
     For 2-D inputs (no head axis) (1, 1) is returned.
@@ -133,7 +139,7 @@ def _check_shapes(q, k, v=None):
     return h, hkv
 
 
-def _check_mask(mask, target_shape):
+def _check_mask(mask: ArrayLike, target_shape: Tuple[int, ...]) -> Array:
     """Validate mask and return it broadcast (read-only view) to target_shape."""
     mask = np.asarray(mask)
     if mask.dtype == np.float16:
@@ -153,20 +159,20 @@ def _check_mask(mask, target_shape):
             f"shape {target_shape}") from None
 
 
-def _overlaps(a, b):
+def _overlaps(a: Array, b: Array) -> bool:
     """True if a and b have an element in common (conservative if the exact
     answer is too expensive to work out)."""
     try:
-        return np.shares_memory(a, b, max_work=100_000)
+        return bool(np.shares_memory(a, b, max_work=100_000))  # type: ignore[arg-type]
     except _TooHardError:
-        return np.may_share_memory(a, b)
+        return bool(np.may_share_memory(a, b))
 
 
 # ---------------------------------------------------------------------------
 # The computation
 # ---------------------------------------------------------------------------
 
-def _lengths(kv_lengths, batch, nk):
+def _lengths(kv_lengths: Optional[ArrayLike], batch: int, nk: int) -> Optional[Array]:
     """Key count of each batch, shape (B, 1, 1) for broadcasting (or None)."""
     if kv_lengths is None:
         return None
@@ -180,8 +186,10 @@ def _lengths(kv_lengths, batch, nk):
     return lens.astype(np.int64).reshape(batch, 1, 1)
 
 
-def _scores(q, k, mask, causal, scale, window=None, alibi_slopes=None, softcap=None,
-            kv_lengths=None):
+def _scores(q: Array, k: Array, mask: Optional[ArrayLike], causal: object, scale: object,
+            window: Optional[Tuple[int, int]] = None, alibi_slopes: Optional[ArrayLike] = None,
+            softcap: Optional[float] = None, kv_lengths: Optional[ArrayLike] = None
+            ) -> Tuple[Array, Tuple[int, int]]:
     """Scaled, capped, biased, masked scores (-inf where a key is hidden)
     in q's dtype.
 
@@ -200,7 +208,7 @@ def _scores(q, k, mask, causal, scale, window=None, alibi_slopes=None, softcap=N
     j = np.arange(nk)[None, None, :]
     rel = j - (i + nk_b - nq)  # (B, Nq, Nk): key offset from the diagonal
 
-    def per_batch(x):
+    def per_batch(x: Array) -> Array:
         # (B, Nq, Nk) -> broadcastable to the scores' shape
         return x[:, None] if q.ndim == 4 else x[0] if q.ndim == 2 else x
 
@@ -256,7 +264,7 @@ def _scores(q, k, mask, causal, scale, window=None, alibi_slopes=None, softcap=N
     return scores, (h, hkv)
 
 
-def _softmax(scores):
+def _softmax(scores: Array) -> Tuple[Array, Array, Array]:
     """Row softmax and log-sum-exp of scores, robust to all -inf rows.
 
     Returns (p, lse, empty) where ``empty`` flags rows that see no key
@@ -282,13 +290,16 @@ def _softmax(scores):
     return p, lse, empty
 
 
-def _widen(*arrays):
+def _widen(*arrays: Array) -> Tuple[Array, ...]:
     """float16/bfloat16 arrays as float32 (the compute type), others as is."""
     return tuple(a.astype(np.float32) if _is_half(a.dtype) else a for a in arrays)
 
 
-def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
-                      alibi_slopes=None, softcap=None, kv_lengths=None):
+def attention_weights(q: ArrayLike, k: ArrayLike, *, mask: Optional[ArrayLike] = None,
+                      causal: object = False, scale: Optional[float] = None,
+                      window: Optional[Tuple[int, int]] = None,
+                      alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
+                      kv_lengths: Optional[ArrayLike] = None) -> Array:
     """Softmax attention probabilities, shape ``q.shape[:-1] + (Nk,)``.
 
     Rows that can see no key are all zeros.  Same argument conventions as
@@ -303,9 +314,12 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
     return p.astype(dtype)
 
 
-def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
-              return_lse=False, window=None, alibi_slopes=None, softcap=None,
-              kv_lengths=None):
+def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, mask: Optional[ArrayLike] = None,
+              causal: object = False, scale: Optional[float] = None,
+              out: Optional[Array] = None, return_lse: bool = False,
+              window: Optional[Tuple[int, int]] = None,
+              alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
+              kv_lengths: Optional[ArrayLike] = None) -> Any:
     """Reference attention: ``softmax(scale * q @ k.T + mask) @ v``.
 
     See the module docstring for the conventions.  Returns the output of
@@ -356,7 +370,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     return result
 
 
-def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, **kwargs):
+def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Any, cu_seqlens_k: Any,
+                     **kwargs: Any) -> Any:
     """Packed variable-length attention, one :func:`attention` call per
     sequence: q is (total_q, H, D), k and v (total_k, Hkv, D); sequence b
     owns rows ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` (and likewise for

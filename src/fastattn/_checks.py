@@ -1,0 +1,132 @@
+"""Argument checks shared by the Python layer (``api``, ``layer``,
+``kvcache`` and the models built on them).
+
+The compiled binding validates the arrays it is handed; the checks here
+are for what the Python modules take themselves: sizes, flags, dtypes,
+offsets, masks and generators.  Each raises ``TypeError`` for a wrong
+type or dtype and ``ValueError`` for a wrong shape or value, with a
+message that names the argument and says what was expected.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Tuple
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_half(dtype: np.dtype[Any]) -> bool:
+    """True for float16 and bfloat16 (``ml_dtypes.bfloat16``)."""
+    return bool(dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2))
+
+
+def integer(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int, which must be at least ``minimum`` (bools are
+    not ints here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def boolean(name: str, value: object) -> bool:
+    """``value`` as a bool; only ``bool`` and ``numpy.bool_`` are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def ndarray(name: str, a: object) -> NDArray[Any]:
+    """``a`` itself, which must be a ``numpy.ndarray``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    return a
+
+
+def same_dtype(name: str, a: NDArray[Any], dtype: np.dtype[Any], holder: str) -> None:
+    """``a`` must have ``dtype``; ``holder`` completes the message, e.g.
+    ``"the cache holds"`` gives "k has dtype float64 but the cache holds float32"."""
+    if a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but {holder} {dtype}")
+
+
+def float_dtype(dtype: DTypeLike, *, half: bool, not_a_dtype: str) -> np.dtype[Any]:
+    """``dtype`` as a NumPy dtype: float32 or float64, and with ``half``
+    also float16 or bfloat16.  ``not_a_dtype`` says what was expected when
+    ``dtype`` is not a dtype at all."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be {not_a_dtype}, got {dtype!r}") from None
+    if dt in FLOAT_DTYPES or (half and is_half(dt)):
+        return dt
+    names = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
+    raise TypeError(f"dtype must be {names}, got {dt}")
+
+
+def offsets(name: str, cu: object, total: int) -> NDArray[np.int64]:
+    """cu_seqlens as validated int64 offsets: 1-D, starting at 0, ending
+    at ``total``, non-decreasing."""
+    if not isinstance(cu, (np.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a numpy.ndarray of ints, got {type(cu).__name__}")
+    a = np.asarray(cu)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} has dtype {a.dtype}; expected an integer dtype")
+    if a.ndim != 1 or a.size < 1:
+        raise ValueError(f"{name} must be 1-D with batch + 1 offsets, got shape {a.shape}")
+    if a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} has an offset larger than int64")
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {a[0]}")
+    if np.any(np.diff(a) < 0):
+        raise ValueError(f"{name} must be non-decreasing (offsets of consecutive sequences)")
+    if a[-1] != total:
+        raise ValueError(f"{name} ends at {a[-1]} but there are {total} rows")
+    return a
+
+
+def counts(name: str, a: object, batch: int, most: int) -> NDArray[np.int64]:
+    """Per-row counts as int64, shape ``(batch,)``, each in ``[0, most]``."""
+    c = np.asarray(a)
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"{name} has dtype {c.dtype}; expected integers")
+    if c.shape != (batch,):
+        raise ValueError(f"{name} has shape {c.shape}; expected ({batch},)")
+    wide = c.astype(np.int64)
+    if ((wide < 0) | (wide > most)).any():
+        raise ValueError(f"{name} must be in [0, {most}] (the new tokens given)")
+    return wide
+
+
+def mask(a: object, full: Tuple[int, ...], names: str, shown: Tuple[int, ...]) -> NDArray[Any]:
+    """A bool or float mask that broadcasts to ``full``; ``names`` and
+    ``shown`` describe the expected shape in the message (e.g.
+    ``"(H, Nq, Nk)"`` for an unbatched call)."""
+    m = ndarray("mask", a)
+    if m.dtype != np.bool_ and m.dtype.kind != "f":
+        raise TypeError(f"mask has dtype {m.dtype}; expected bool (True = may attend) "
+                        "or float (added to the scores)")
+    try:
+        ok = np.broadcast_shapes(m.shape, full) == full
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask has shape {m.shape}; expected a shape broadcastable "
+                         f"to {names} = {shown}")
+    return m
+
+
+def generator(rng: object) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a Generator, an int seed or None."""
+    if isinstance(rng, (bool, np.bool_)):
+        raise TypeError("rng must be a numpy.random.Generator, an int seed or None, got bool")
+    try:
+        return np.random.default_rng(rng)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise TypeError("rng must be a numpy.random.Generator, an int seed or None, "
+                        f"got {type(rng).__name__}: {e}") from None
