@@ -320,7 +320,7 @@ static void fa_merge_task(const fa_plan *pl, int64_t task, fa_tile *tile)
 /* Subnormal numbers.  On x86 every arithmetic instruction that meets a
  * subnormal operand (or makes a subnormal result) takes a microcode assist
  * of ~150 cycles, so one subnormal q, k or v (an uninitialized cache slot,
- * an underflowed activation) made a whole call 30-150x slower.  Each thread
+ * an underflowed activation) made a whole call 12-300x slower.  Each thread
  * that computes part of a call therefore switches its own floating-point
  * control to flush subnormals to zero (x86 MXCSR DAZ | FTZ; aarch64 FPCR.FZ)
  * for the duration of its work and then restores its previous control
