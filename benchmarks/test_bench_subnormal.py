@@ -28,7 +28,7 @@ import fastattn
 from fastattn import _core
 
 try:
-    import ml_dtypes  # type: ignore[import-untyped]
+    import ml_dtypes
 
     BF16: Any = ml_dtypes.bfloat16
 except ImportError:
@@ -71,6 +71,13 @@ def _inputs(dtype: Any, lead: Tuple[int, ...], nq: int, nk: int,
     return out
 
 
+def _caller(args: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> Callable[[], Any]:
+    def call() -> Any:
+        return fastattn.attention(*args)
+
+    return call
+
+
 def _interleaved_ratios(calls: Dict[str, Callable[[], Any]],
                         pairs: int) -> Dict[str, Tuple[float, float]]:
     """Per variant: (median over `pairs` rounds of time(variant) /
@@ -105,7 +112,7 @@ def test_subnormal_ratio(benchmark: Any, isa: str, case: str) -> None:
     fastattn.set_num_threads(1)
     try:
         inputs = _inputs(dtype, lead, nq, nk, d)
-        calls = {name: (lambda a=args: fastattn.attention(*a)) for name, args in inputs.items()}
+        calls = {name: _caller(args) for name, args in inputs.items()}
         for fn in calls.values():  # warm up every variant once
             fn()
         pairs = 3 if isa == "scalar" else 15

@@ -42,7 +42,7 @@ ISA_PATHS: List[str] = list(_core.isa_available())
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
 
 try:
-    import ml_dtypes  # type: ignore[import-untyped]
+    import ml_dtypes
 
     BF16: Optional[np.dtype] = np.dtype(ml_dtypes.bfloat16)
 except ImportError:  # bfloat16 cases are skipped with that reason
@@ -71,7 +71,7 @@ def _subnormal_like(rng: np.random.Generator, shape: Tuple[int, ...],
     """Random nonzero subnormals of both signs, spread over the range."""
     tiny = _tiny(dtype)
     mag = tiny * rng.uniform(0.01, 0.99, size=shape)
-    x = (mag * rng.choice([-1.0, 1.0], size=shape)).astype(dtype)
+    x: np.ndarray = (mag * rng.choice([-1.0, 1.0], size=shape)).astype(dtype)
     x64 = np.abs(x.astype(np.float64))
     assert ((x64 > 0) & (x64 < tiny)).all(), "test data not subnormal"
     return x
