@@ -1,0 +1,64 @@
+/*
+ * amx_gemm_real.c: the GEMM micro-kernel and the TDPBF16PS probe on the
+ * real tiles.  Compiled with -mamx-tile -mamx-bf16 where the compiler has
+ * them (gcc >= 11); without them only stubs remain.  Nothing here runs
+ * unless fa_amx_available() said yes.
+ */
+#include <time.h>
+
+#include "amx_gate.h"
+#include "amx_gemm.h"
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define FA_AMX_REAL 1
+#include "amx_gemm_body.h"
+
+int fa_amx_real_compiled(void) { return 1; }
+
+double fa_amx_tdpbf16ps_probe(int64_t iters)
+{
+    if (!fa_amx_available() || iters <= 0) return -1;
+    static _Alignas(64) uint16_t src[16 * 32]; /* zeros: no subnormal, no NaN */
+    fa_amx_tilecfg cfg;
+    fa_amx_cfg_init(&cfg);
+    for (int t = 0; t < 8; t++) fa_amx_cfg_tile(&cfg, t, 16, 64);
+    _tile_loadconfig(&cfg);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, src, 64);
+    _tile_loadd(5, src, 64);
+    _tile_loadd(6, src, 64);
+    _tile_loadd(7, src, 64);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int64_t i = 0; i < iters; i++) {
+        /* four independent accumulator chains hide the instruction latency */
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    _tile_release();
+    const double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    return sec > 0 ? (double)iters * 4.0 * 16384.0 / sec * 1e-9 : -1;
+}
+#else
+int fa_amx_real_compiled(void) { return 0; }
+
+int fa_amx_gemm_bf16_amx(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                         const uint16_t *packed_b, float *c, int64_t ldc, int accumulate)
+{
+    (void)m, (void)n, (void)k, (void)a, (void)lda, (void)packed_b, (void)c, (void)ldc;
+    (void)accumulate;
+    return -1;
+}
+
+double fa_amx_tdpbf16ps_probe(int64_t iters)
+{
+    (void)iters;
+    return -1;
+}
+#endif

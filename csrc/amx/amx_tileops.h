@@ -1,0 +1,47 @@
+/*
+ * amx_tileops.h: the tile operations as one vocabulary that compiles to
+ * the real AMX instructions or to the portable emulation, so that a kernel
+ * is written once and runs on every CPU.
+ *
+ * A file that includes this header with FA_AMX_REAL defined to 1 must be
+ * compiled with -mamx-tile -mamx-bf16 and may only run after
+ * fa_amx_available() said yes; otherwise (the default) the operations call
+ * amx_emu.c.  FA_TILE_FN(name) gives a kernel its _amx or _emu name so that
+ * both builds can live in one program.
+ *
+ * Tile numbers must be integer constants (the real instructions encode
+ * them).  The emulation returns a status that these macros drop; a kernel
+ * test checks fa_amx_emu_fault() after a run instead.
+ */
+#ifndef FA_AMX_TILEOPS_H
+#define FA_AMX_TILEOPS_H
+
+#include "amx_emu.h" /* fa_amx_tilecfg, shared by both builds */
+
+#if defined(FA_AMX_REAL) && FA_AMX_REAL
+#include <immintrin.h>
+#define FA_TILE_FN(name) name##_amx
+#define FA_TILE_CONFIG(cfg) _tile_loadconfig(cfg)
+#define FA_TILE_RELEASE() _tile_release()
+#define FA_TILE_LOAD(t, base, stride) _tile_loadd(t, base, (long)(stride))
+#define FA_TILE_STORE(t, base, stride) _tile_stored(t, base, (long)(stride))
+#define FA_TILE_ZERO(t) _tile_zero(t)
+#define FA_TILE_DPBF16PS(c, a, b) _tile_dpbf16ps(c, a, b)
+#else
+#define FA_TILE_FN(name) name##_emu
+#define FA_TILE_CONFIG(cfg) ((void)fa_amx_emu_loadconfig(cfg))
+#define FA_TILE_RELEASE() fa_amx_emu_release()
+#define FA_TILE_LOAD(t, base, stride) ((void)fa_amx_emu_loadd(t, base, (size_t)(stride)))
+#define FA_TILE_STORE(t, base, stride) ((void)fa_amx_emu_stored(t, base, (size_t)(stride)))
+#define FA_TILE_ZERO(t) ((void)fa_amx_emu_zero(t))
+#define FA_TILE_DPBF16PS(c, a, b) ((void)fa_amx_emu_dpbf16ps(c, a, b))
+#endif
+
+/* Set tile t of cfg to rows x colsb bytes. */
+static inline void fa_amx_cfg_tile(fa_amx_tilecfg *cfg, int t, int rows, int colsb)
+{
+    cfg->rows[t] = (uint8_t)rows;
+    cfg->colsb[t] = (uint16_t)colsb;
+}
+
+#endif /* FA_AMX_TILEOPS_H */
