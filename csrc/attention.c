@@ -358,7 +358,8 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
     int status = FA_OK;
     /* (not with a positive subnormal soft cap: the kernels test cap > 0,
      * which flushing would turn false, silently switching capping off) */
-    const int flush = fa_flush_subnormals() && !(p->softcap > 0 && p->softcap < 0x1p-1022);
+    const int flush = fa_flush_subnormals() &&
+        !(pl->p->softcap > 0 && pl->p->softcap < 0x1p-1022);
     if (nthreads <= 1) {
         /* Serial: no OpenMP construct at all (cheaper for small calls, and
          * safe in a child process forked after the pool started). */
