@@ -1,10 +1,10 @@
-"""fastattn.attention against the NumPy reference (tolerance rule in conftest)."""
+"""fastattn.attention against the NumPy reference (tolerance rule in support/compare.py)."""
 
 import numpy as np
 import pytest
 
 import fastattn
-from conftest import (assert_result, check_attention, check_attention_out_only,
+from support import (assert_result, check_attention, check_attention_out_only,
                       make_mask, make_qkv)
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]

@@ -3,7 +3,7 @@
 A seeded NumPy generator (deterministic: the same cases in every run and
 every child) draws ``N_CASES`` problems: shapes with sizes 0 and 1 and sizes
 around the 64-row/key blocks, head dims from 0 to 128, 2-D/3-D/4-D inputs,
-grouped-query heads, float32 and float64, every layout of conftest.relayout
+grouped-query heads, float32 and float64, every layout of support.relayout
 (transposed, sliced, negative and stride-0 strides, Fortran order,
 unaligned, read-only), masks (bool; additive float32/float64 with -inf;
 broadcast through size-1 axes, dropped leading axes and stride-0 views),
@@ -11,12 +11,12 @@ all causal modes, random and zero scales, preallocated ``out`` arrays with
 odd strides, and NaN in q, k or v.
 
 Each (ISA path, thread count) runs the cases in its own interpreter
-(FASTATTN_ISA is read at import; ``python tests/test_isa_property.py
---child``), so a crash fails that path's tests instead of the run, and saves
-every output.  The parent draws the same cases again, computes the float64
-(and naive) references once for all paths, and requires
+(FASTATTN_ISA is read at import; the harness of support/isa.py), so a crash
+fails that path's tests instead of the run, and saves every output.  The
+parent draws the same cases again, computes the float64 (and naive)
+references once for all paths, and requires
 
-* every output of every path to meet the tolerance rule of conftest, with
+* every output of every path to meet the tolerance rule of support/compare.py, with
   the reference's NaN and infinity positions, and rows that see no key to
   be exact zeros with lse -inf,
 * every path's outputs to agree with the scalar path at 1 thread:
@@ -33,17 +33,18 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+import fastattn
+from support import (ISA_COMBOS, ISA_NAMES, LAYOUTS, IsaCase, _finite_abs_max,
+                     assert_matches, check_isa_path, make_mask, max_abs_score,
+                     reference_results, relayout)
+from support.child import child_env
 
 N_CASES = 150
 SEED = 20240611
-NMSE_MAX = {"float32": 1e-10, "float64": 1e-24}
 SIZES = [0, 1, 1, 2, 3, 5, 8, 16, 17, 33, 63, 64, 65, 100, 130]
 DIMS = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 32, 33, 64, 80, 128]
 MASK_LAYOUTS = ["contiguous", "fortran", "negative", "strided", "broadcast_lead"]
@@ -52,8 +53,6 @@ OUT_LAYOUTS = ["contiguous", "fortran", "transposed", "negative", "strided", "un
 
 def gen_case(rng):
     """One random problem: (q, k, v, kw, out_or_None, description)."""
-    from conftest import LAYOUTS, make_mask, relayout
-
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
     desc = {}
     ndim = pick([2, 3, 4, 4])
@@ -164,133 +163,66 @@ def _features(q, k, v, kw, out, desc):
 
 
 # ---------------------------------------------------------------------------
-# The child
+# The cases of the per-ISA harness
 # ---------------------------------------------------------------------------
 
-def child_main():
-    """Run every case on the forced path; save outputs (or the exception)."""
-    import fastattn
+def _run(q, k, v, kw, out):
+    def run():
+        if out is None:
+            return fastattn.attention(q, k, v, return_lse=True, **kw)
+        o, lse = fastattn.attention(q, k, v, out=out, return_lse=True, **kw)
+        assert o is out, "out= was not returned"
+        return o, lse
+    return run
 
-    forced = os.environ["FASTATTN_ISA"]
-    assert fastattn.info()["isa"] == forced, (forced, fastattn.info()["isa"])
-    threads = int(os.environ["FASTATTN_TEST_THREADS"])
-    fastattn.set_num_threads(threads)
-    if fastattn.info()["openmp"]:
-        assert fastattn.get_num_threads() == threads
 
-    rng = np.random.default_rng(SEED)
-    saved, errors = {}, {}
-    for i in range(N_CASES):
-        q, k, v, kw, out, desc = gen_case(rng)
-        print(f"@@start {i}", flush=True)
+def _drawn_case(i, c):
+    def check(res):
+        if "refs" not in c:
+            c["refs"] = reference_results(c["q"], c["k"], c["v"], **c["kw"])
         try:
-            if out is not None:
-                o, lse = fastattn.attention(q, k, v, out=out, return_lse=True, **kw)
-                assert o is out, "out= was not returned"
-            else:
-                o, lse = fastattn.attention(q, k, v, return_lse=True, **kw)
-        except Exception as e:
-            errors[i] = f"{type(e).__name__}: {e}"
-            continue
-        saved[f"{i}/out"] = np.ascontiguousarray(o)
-        saved[f"{i}/lse"] = np.ascontiguousarray(lse)
-    np.savez(os.environ["FASTATTN_TEST_DUMP"], **saved)
-    print("@@done " + json.dumps({"errors": errors}), flush=True)
+            check_case(c, *res)
+        except AssertionError as e:
+            desc = json.dumps({k: str(v) for k, v in c["desc"].items()})
+            raise AssertionError(f"{desc}:\n    {str(e).strip()[:600]}") from None
+    return IsaCase(str(i), _run(c["q"], c["k"], c["v"], c["kw"], c["out"]), check)
 
 
-if __name__ == "__main__" and "--child" in sys.argv:
-    child_main()
-    sys.exit(0)
+_DRAWN = []
 
 
-# ---------------------------------------------------------------------------
-# The parent
-# ---------------------------------------------------------------------------
-
-import pytest  # noqa: E402
-
-import fastattn  # noqa: E402
-
-ISAS = ["scalar", "avx2", "avx512"]
-THREADS = [1, 2]
-PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
-AVAILABLE = fastattn.info()["isa_available"]
-
-
-def _run_child(isa, threads, dump):
-    env = dict(os.environ)
-    # Two children share the machine: idle OpenMP threads must not spin.
-    env.setdefault("OMP_WAIT_POLICY", "passive")
-    env.update(FASTATTN_ISA=isa, FASTATTN_TEST_THREADS=str(threads),
-               FASTATTN_TEST_DUMP=str(dump))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [PKG_PARENT, TESTS_DIR] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env,
-                       capture_output=True, text=True, timeout=300, cwd=TESTS_DIR)
-    done = [ln for ln in r.stdout.splitlines() if ln.startswith("@@done ")]
-    started = [ln for ln in r.stdout.splitlines() if ln.startswith("@@start ")]
-    res = {"returncode": r.returncode, "stderr": r.stderr[-3000:],
-           "last_started": started[-1].split()[1] if started else None}
-    if r.returncode == 0 and done:
-        res.update(json.loads(done[-1][len("@@done "):]))
-        with np.load(dump) as z:
-            res["saved"] = {key: z[key] for key in z.files}
-    return res
+def draw_cases():
+    """The N_CASES problems, drawn from SEED (the same in every process),
+    once per process."""
+    if _DRAWN:
+        return _DRAWN
+    rng = np.random.default_rng(SEED)
+    drawn = _DRAWN
+    for _ in range(N_CASES):
+        q, k, v, kw, out, desc = gen_case(rng)
+        drawn.append(dict(q=q, k=k, v=v, kw=kw, out=out, desc=desc,
+                          s_max=max_abs_score(q, k, kw.get("scale")),
+                          v_max=_finite_abs_max(v)))
+    return drawn
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """{(isa, threads): child result} for every available path, run once,
-    two children at a time (this machine may have only two cores)."""
-    tmp = tmp_path_factory.mktemp("isa_property")
-    combos = [(isa, t) for isa in ISAS if isa in AVAILABLE for t in THREADS]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {c: pool.submit(_run_child, c[0], c[1], tmp / f"{c[0]}-{c[1]}.npz")
-                   for c in combos}
-        return {c: f.result() for c, f in futures.items()}
-
-
-def _require(isa):
-    if isa not in AVAILABLE:
-        pytest.skip(f"this CPU or build does not support the {isa} path")
-
-
-def _ok(res, isa, threads):
-    assert res["returncode"] == 0 and "saved" in res, (
-        f"FASTATTN_ISA={isa}, {threads} threads: the child died (exit status "
-        f"{res['returncode']}) during case {res['last_started']}:\n{res['stderr']}")
-
-
-def nmse(a, b):
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    fin = np.isfinite(b)
-    den = np.sum(b[fin] ** 2)
-    num = np.sum((a[fin] - b[fin]) ** 2)
-    return num / den if den > 0 else num
+def isa_cases():
+    return [_drawn_case(i, c) for i, c in enumerate(draw_cases())]
 
 
 @pytest.fixture(scope="module")
 def cases():
-    """The children's cases, drawn again here, with their float64 (and
-    naive) references, computed once for all paths."""
-    from conftest import _finite_abs_max, max_abs_score, reference_results
-
-    rng = np.random.default_rng(SEED)
-    drawn = []
-    for _ in range(N_CASES):
-        q, k, v, kw, out, desc = gen_case(rng)
-        refs = reference_results(q, k, v, **kw)
-        s_max = max_abs_score(q, k, kw.get("scale"))
-        drawn.append(dict(q=q, k=k, v=v, kw=kw, out=out, desc=desc, refs=refs,
-                          s_max=s_max, v_max=_finite_abs_max(v)))
+    """The cases with their float64 (and naive) references."""
+    drawn = draw_cases()
+    for c in drawn:
+        if "refs" not in c:
+            c["refs"] = reference_results(c["q"], c["k"], c["v"], **c["kw"])
     return drawn
 
 
 def check_case(c, o, lse):
-    """The tolerance rule of conftest, and exact zeros / -inf for rows that
-    see no key."""
-    from conftest import assert_matches
-
+    """The tolerance rule of support/compare.py, and exact zeros / -inf for
+    rows that see no key."""
     q, k, v = c["q"], c["k"], c["v"]
     assert o.dtype == q.dtype and lse.dtype == q.dtype
     assert o.shape == q.shape[:-1] + (v.shape[-1],) and lse.shape == q.shape[:-1]
@@ -303,63 +235,22 @@ def check_case(c, o, lse):
     assert (lse[empty] == -np.inf).all(), "a row that sees no key has lse != -inf"
 
 
-@pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("isa", ISAS)
-def test_random_cases_match_reference(runs, cases, isa, threads):
-    _require(isa)
-    res = runs[isa, threads]
-    _ok(res, isa, threads)
-    fails = []
-    for i, c in enumerate(cases):
-        try:
-            if str(i) in res["errors"]:
-                raise AssertionError(f"raised {res['errors'][str(i)]}")
-            check_case(c, res["saved"][f"{i}/out"], res["saved"][f"{i}/lse"])
-        except AssertionError as e:
-            fails.append(f"case {i} {json.dumps({k: str(v) for k, v in c['desc'].items()})}:"
-                         f"\n    {str(e).strip()[:600]}")
-    assert not fails, (
-        f"FASTATTN_ISA={isa}, {threads} threads: {len(fails)} of {N_CASES} cases fail; "
-        "first ones:\n" + "\n".join(fails[:5]))
+@pytest.mark.parametrize("isa, threads", ISA_COMBOS)
+def test_random_cases_match_reference(isa_runs, isa, threads):
+    check_isa_path(isa_runs, "test_isa_property", isa, threads, checks=("reference",))
 
 
-@pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("isa", ISAS)
-def test_paths_agree_with_scalar(runs, isa, threads, capsys):
-    _require(isa)
-    got, base = runs[isa, threads], runs["scalar", 1]
-    _ok(got, isa, threads)
-    _ok(base, "scalar", 1)
-    assert sorted(got["saved"]) == sorted(base["saved"])
-    worst = {}
-    bad = []
-    for key, b in base["saved"].items():
-        a = got["saved"][key]
-        assert a.shape == b.shape and a.dtype == b.dtype, key
-        assert np.array_equal(np.isnan(a), np.isnan(b)), f"{key}: NaN positions differ"
-        inf = np.isinf(b)
-        assert np.array_equal(np.isinf(a), inf) and np.array_equal(a[inf], b[inf]), (
-            f"{key}: infinities differ")
-        e = nmse(a, b)
-        name = b.dtype.name
-        worst[name] = max(worst.get(name, 0.0), e)
-        if e > NMSE_MAX[name]:
-            bad.append(f"{key} ({name}): NMSE {e:.3g}")
+@pytest.mark.parametrize("isa, threads", ISA_COMBOS)
+def test_paths_agree_with_scalar(isa_runs, isa, threads, capsys):
+    worst = check_isa_path(isa_runs, "test_isa_property", isa, threads, checks=("scalar",))
     with capsys.disabled():
         print(f"\n[{isa}, {threads} threads vs scalar, 1 thread] worst NMSE per case: "
               + ", ".join(f"{d} {e:.3g}" for d, e in sorted(worst.items())))
-    assert not bad, f"{isa}, {threads} threads disagree with the scalar path: {bad[:10]}"
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_same_bits_at_1_and_2_threads(runs, isa):
-    _require(isa)
-    one, two = runs[isa, 1], runs[isa, 2]
-    _ok(one, isa, 1)
-    _ok(two, isa, 2)
-    diff = [key for key in one["saved"]
-            if one["saved"][key].tobytes() != two["saved"][key].tobytes()]
-    assert not diff, f"{isa}: results differ between 1 and 2 threads: {diff[:10]}"
+@pytest.mark.parametrize("isa", ISA_NAMES)
+def test_same_bits_at_1_and_2_threads(isa_runs, isa):
+    check_isa_path(isa_runs, "test_isa_property", isa, 2, checks=("threads",))
 
 
 def test_cases_cover_the_features(cases):
@@ -385,12 +276,12 @@ def test_cases_cover_the_features(cases):
 # The hypothesis property suite itself, once per forced ISA path
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("isa", AVAILABLE)
+@pytest.mark.parametrize("isa", ISA_NAMES)
 def test_hypothesis_properties_on_every_isa(isa):
-    """tests/test_property.py (hypothesis: random shapes, strides, masks,
+    """tests/core/test_property.py (hypothesis: random shapes, strides, masks,
     causal modes, GQA) run in a child interpreter with FASTATTN_ISA forced,
     at two threads, so every path meets the same properties."""
-    env = dict(os.environ, FASTATTN_ISA=isa, OMP_NUM_THREADS="2")
+    env = child_env(FASTATTN_ISA=isa, OMP_NUM_THREADS="2")
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run(
         [sys.executable, "-m", "pytest", os.path.join(here, "test_property.py"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from conftest import (LAYOUTS, assert_result, check_attention, make_mask,
+from support import (LAYOUTS, assert_result, check_attention, make_mask,
                       make_qkv, relayout)
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]

@@ -2,7 +2,7 @@
 
 Shapes are kept small (with a few sizes around the 64-row block edges) so
 the examples run quickly; every example is checked against the reference
-with the tolerance rule of conftest.
+with the tolerance rule of support/compare.py.
 """
 
 import numpy as np
@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastattn
-from conftest import (LAYOUTS, assert_result, check_attention,
+from support import (LAYOUTS, assert_result, check_attention,
                       check_attention_out_only, make_mask, relayout)
 from fastattn import reference
 
-# Example counts come from the hypothesis profile loaded in conftest
+# Example counts come from the hypothesis profile loaded in conftest.py
 # ("fastattn": 60 per test; "stress": 3000).
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import make_mask, make_qkv, relayout
+from support import make_mask, make_qkv, relayout
 from fastattn import reference as ref
 
 

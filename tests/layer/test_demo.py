@@ -13,7 +13,7 @@ import fastattn
 from fastattn import demo
 from fastattn.cli import main
 
-from optional_deps import require
+from support import require
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

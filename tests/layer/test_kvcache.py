@@ -7,7 +7,7 @@ Contract: ``append(k, v, lengths=None)`` copies the first ``lengths[b]``
 that row's cached tokens (bottom-right alignment with the row's own
 length), so decoding token by token, or prefilling in chunks, gives the
 rows of one causal call over the whole sequence.  Results are checked
-against the float64 reference under the tolerance rule of conftest.
+against the float64 reference under the tolerance rule of support/compare.py.
 ``isa_cases`` runs the core cases on every ISA path at 1 and 2 threads.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from conftest import (ISA_COMBOS, AttentionRefs, IsaCase, check_isa_path, half_dtypes,
+from support import (ISA_COMBOS, AttentionRefs, IsaCase, check_isa_path, half_dtypes,
                       make_mask, randn)
 
 

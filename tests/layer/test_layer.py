@@ -1,5 +1,5 @@
 """fastattn.MultiHeadAttention: the layer against a float64 computation
-through fastattn.reference (FlashAttention's 2x rule, see conftest.py),
+through fastattn.reference (FlashAttention's 2x rule, see support/compare.py),
 against torch.nn.MultiheadAttention on the same weights, incremental
 decoding through a KVCache, initialization, the state-dict loader, and
 argument errors."""
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from conftest import assert_matches
-from optional_deps import require
+from support import assert_matches
+from support import require
 
 import fastattn
 from fastattn import MultiHeadAttention, reference
@@ -73,7 +73,7 @@ def explicit_layer(layer, x, context=None, mask=None, key_padding_mask=None, cau
 def assert_layer_accurate(layer, y, x, context=None, **kw):
     """FlashAttention's rule for the whole layer: max|y - ref64| <= 2 *
     max|naive32 - ref64| + floor, where naive32 is the same explicit
-    computation in float32.  The floor (conftest's, propagated through the
+    computation in float32.  The floor (support/compare.py's, propagated through the
     output projection): float32 rounding of sums of E or Nk terms relative
     to the result, plus the score rounding term 4 u S V times the largest
     row sum of |w_o|."""
@@ -628,7 +628,7 @@ def _torch_state_dict(module):
 
 def _compare_with_torch(ours, theirs, y64):
     """Ours within float32 accuracy of torch's, and at most twice as far from
-    the float64 result as torch's (plus conftest's floor)."""
+    the float64 result as torch's (plus support/compare.py's floor)."""
     scale = max(1.0, float(np.abs(y64).max()))
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5 * scale)
     assert_matches("out vs torch", ours, y64, theirs, np.float32, 1024)

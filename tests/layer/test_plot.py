@@ -12,7 +12,7 @@ import pytest
 import fastattn
 from fastattn import plot
 
-from optional_deps import require
+from support import require
 
 
 def causal_weights(rng, H, N):

@@ -4,11 +4,14 @@ Each row builds the arguments of one call, breaks exactly one thing and says
 what must happen: the exception type (a class name; a subclass also counts)
 and a regular expression the message must match (the argument's name as a
 whole word), or ``None`` for a call that must succeed (valid values at the
-edge of the contract, next to the invalid ones).
+edge of the contract, next to the invalid ones; an attention call must then
+return the output's shape).
 
-The rows of ``tests/test_errors.py`` are part of the table too (imported,
-not copied, with ids ``errors::<name>``), so that suite's cases also run
-under the crash guard; the rows defined here extend it.
+The table has three parts, one row per call: the rows of fastattn.attention
+defined here, the first set of them in ``bad_args_core.py`` (ids
+``errors::<name>``), and the rows of the variants, attention_varlen,
+KVCache and merge in ``bad_args_variants.py`` (ids ``variants::<name>``,
+plus ``ok_variants_<call>`` for the valid calls they break).
 
 How the rows run
 ----------------
@@ -35,12 +38,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
+import bad_args_core  # noqa: E402  (its CASES join the table)
+import bad_args_variants  # noqa: E402  (so do its CASES)
 import fastattn  # noqa: E402
-import test_errors  # noqa: E402  (its CASES join the table)
+from support.child import child_env  # noqa: E402
 
 Q = r"\bq\b"
 K = r"\bk\b"
@@ -61,7 +66,8 @@ TYPE_OR_VALUE = ("TypeError", "ValueError")
 
 class Row:
     """One call: ``build()`` returns the keyword arguments of ``fn``
-    (for attention: q, k, v and the options)."""
+    (for attention: q, k, v and the options); ``fn`` is the name of a
+    fastattn function or a callable."""
 
     __slots__ = ("id", "exc", "pattern", "build", "fn")
 
@@ -220,12 +226,15 @@ def _rows():
                                         k=lambda a: a["k"][0, 0, :, :1],
                                         v=lambda a: a["v"][0, 0]))
     row("k_head_dim_zero", VALUE, K, call(k=lambda a: a["k"][..., :0]))
+    # the message gives both head dims
+    row("k_head_dim_message_gives_sizes", VALUE, rf"{K}.*32.*64|{K}.*64.*32",
+        call(shape=dict(d=64), k=lambda a: a["k"][..., :32]))
     row("v_fewer_keys", VALUE, rf"{V}|{K}", call(v=lambda a: a["v"][:, :, :2]))
     row("v_more_keys", VALUE, rf"{V}|{K}",
         call(v=lambda a: np.concatenate([a["v"], a["v"]], axis=2)))
     row("v_no_keys", VALUE, rf"{V}|{K}", call(v=lambda a: a["v"][:, :, :0]))
     row("k_batch", VALUE, rf"{K}|{Q}", call(k=lambda a: a["k"][:1]))
-    row("v_batch", VALUE, rf"{V}|{Q}", call(v=lambda a: a["v"][:1]))
+    row("v_batch", VALUE, V, call(v=lambda a: a["v"][:1]))
     row("kv_batch_larger", VALUE, rf"{K}|{Q}",
         call(k=lambda a: np.concatenate([a["k"]] * 2), v=lambda a: np.concatenate([a["v"]] * 2)))
     row("v_heads_vs_k", VALUE, rf"{V}|{K}", call(v=lambda a: a["v"][:, :1]))
@@ -266,7 +275,8 @@ def _rows():
     for val in ("diagonal", "bottom-right", "BOTTOM_RIGHT", "Top_Left", "", "causal",
                 "true", "True", "lower"):
         row(f"causal_str_{val or 'empty'}", VALUE, CAUSAL, call(causal=val))
-    for label, val in (("bytes", b"top_left"), ("int_0", 0), ("int_1", 1), ("int_2", 2),
+    row("causal_int_2", VALUE, CAUSAL, call(causal=2))
+    for label, val in (("bytes", b"top_left"), ("int_0", 0), ("int_1", 1),
                        ("int_minus1", -1), ("np_int64", np.int64(1)), ("float_1", 1.0),
                        ("float_half", 0.5), ("list", [True]), ("tuple", ()), ("dict", {}),
                        ("set", {"top_left"}), ("object", object()),
@@ -339,7 +349,9 @@ def _rows():
     for label, val in (("negative", -1.0), ("zero_int", 0), ("zero", 0.0),
                        ("np_float16", np.float16(0.5)), ("np_int64", np.int64(3)),
                        ("np_uint8", np.uint8(2)), ("tiny", 1e-300), ("huge", 1e300),
-                       ("np_float32_negative", np.float32(-0.5))):
+                       ("np_float32_negative", np.float32(-0.5)), ("np_float32", np.float32(0.5)),
+                       ("np_float64", np.float64(2.0)), ("tiny_1e-30", 1e-30),
+                       ("huge_1e30", 1e30)):
         row(f"ok_scale_{label}", None, None, call(scale=val))
     row("ok_mask_0d_bool", None, None, call(mask=np.array(True)))
     row("ok_mask_one_key_column", None, None, call(mask=np.ones((5, 1), bool)))
@@ -354,9 +366,13 @@ def _rows():
     row("ok_set_num_threads_np_int", None, None, lambda: dict(n=np.int64(1)),
         "set_num_threads")
 
-    # --- the rows of test_errors.py -----------------------------------------
-    for name, exc, pattern, build in test_errors.CASES:
+    # --- the rows of bad_args_core.py and bad_args_variants.py -------------
+    for name, exc, pattern, build in bad_args_core.CASES:
         row(f"errors::{name}", (exc.__name__,), pattern, build)
+    for name, exc, pattern, fn in bad_args_variants.CASES:
+        row(f"variants::{name}", (exc.__name__,), pattern, dict, fn)
+    for name, fn in bad_args_variants.BASE_CALLS.items():
+        row(f"ok_variants_{name}", None, None, dict, fn)
     return R
 
 
@@ -400,7 +416,7 @@ def _run_row(rid):
     except Exception as e:  # a broken row is a test bug; report it as such
         res.update(status="build_error", error=f"{type(e).__name__}: {e}")
         return res
-    fn = getattr(fastattn, row.fn)
+    fn = row.fn if callable(row.fn) else getattr(fastattn, row.fn)
     before = _snapshot(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -441,10 +457,7 @@ MAX_CHILDREN_PER_CHUNK = 20
 
 
 def _child_env():
-    env = dict(os.environ)
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [pkg_parent, TESTS_DIR] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = child_env()
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
 
@@ -474,7 +487,7 @@ def run_rows(ids):
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--driver"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=_child_env(),
-                                cwd=TESTS_DIR)
+                                cwd=HERE)
         try:
             out, err = proc.communicate(json.dumps(pending), timeout=CHUNK_TIMEOUT)
             how = f"exit status {proc.returncode}"
@@ -526,6 +539,10 @@ def check_row(row, res):
     if row.exc is None:
         assert res["status"] == "returned", (
             f"{row.id}: a valid call raised {res.get('exc')}: {res.get('message')}")
+        if row.fn == "attention":
+            a = row.build()
+            want = list(np.shape(a["q"])[:-1]) + [np.shape(a["v"])[-1]]
+            assert res["shapes"][0] == want, f"{row.id}: output shape {res['shapes'][0]} != {want}"
         return
     assert res["status"] == "raised", (
         f"{row.id}: expected {' or '.join(row.exc)}, but the call returned "
@@ -574,7 +591,7 @@ def test_table_covers_every_argument():
 def test_harness_reports_a_crash_as_a_failed_row():
     # A child that dies fails the row it was running, and only that row:
     # the rows after it run in a new child.
-    ids = ["errors::scale_nan", "__selftest_abort__", "q_none",
+    ids = ["errors::out_is_q", "__selftest_abort__", "q_none",
            "__selftest_exit__", "ok_scale_negative"]
     res = run_rows(ids)
     assert set(res) == set(ids)
@@ -582,8 +599,34 @@ def test_harness_reports_a_crash_as_a_failed_row():
     assert "exit status -6" in res["__selftest_abort__"]["detail"]
     assert res["__selftest_exit__"]["status"] == "crashed"
     assert "exit status 3" in res["__selftest_exit__"]["detail"]
-    check_row(ROWS["errors::scale_nan"], res["errors::scale_nan"])
+    check_row(ROWS["errors::out_is_q"], res["errors::out_is_q"])
     check_row(ROWS["q_none"], res["q_none"])
     check_row(ROWS["ok_scale_negative"], res["ok_scale_negative"])
     with pytest.raises(AssertionError, match="interpreter died"):
         check_row(ROWS["q_none"], res["__selftest_abort__"])
+
+
+def test_row_ids_are_unique():
+    ids = [r.id for r in TABLE]
+    assert len(ids) == len(set(ids))
+
+
+def test_bfloat16_dtype_errors():
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs the optional ml_dtypes "
+                                                        "package")
+    q, k, v = bad_args_variants.qkv()
+    bf = ml_dtypes.bfloat16
+    with pytest.raises(TypeError, match=r"\bk\b"):
+        fastattn.attention(q.astype(np.float16), k.astype(bf), v.astype(bf))
+    with pytest.raises(TypeError, match=r"\bv\b"):
+        fastattn.attention(q.astype(bf), k.astype(bf), v)
+    with pytest.raises(ValueError, match=r"\bout\b"):
+        fastattn.attention(q.astype(bf), k.astype(bf), v.astype(bf),
+                           out=np.zeros((2, 4, 5, 8), np.float16))
+    with pytest.raises(TypeError, match=r"\bq\b"):
+        fastattn.attention(*(a.astype(ml_dtypes.float8_e4m3fn) for a in (q, k, v)))
+    with pytest.raises(TypeError, match=r"\bdtype\b"):
+        fastattn.KVCache(1, 1, 2, 8, dtype=ml_dtypes.float8_e4m3fn)
+    c = fastattn.KVCache(1, 1, 2, 8, dtype=bf)
+    with pytest.raises(TypeError, match=r"\bk\b"):
+        c.append(np.zeros((1, 1, 1, 8), np.float16), np.zeros((1, 1, 1, 8), bf))

@@ -18,7 +18,7 @@ fails that test and names the case instead of killing pytest.
 
 Besides surviving, each call must:
 
-* match the NumPy reference (conftest's tolerance rule), computed on
+* match the NumPy reference (support/compare.py's tolerance rule), computed on
   plain copies of the inputs;
 * leave every input byte unchanged (the whole mapping, gaps included);
 * change no byte of ``out``'s mapping except ``out``'s elements (padding
@@ -236,7 +236,7 @@ GROUPS = {"odd": odd_cases, "decode": decode_cases, "split": split_cases}
 
 def run_case(c, dtype, where, rng):
     import fastattn
-    from conftest import assert_result
+    from support import assert_result
 
     lead, kv_lead = _lead_shapes(c["lead"], c["hkv"])
     nq, nk, d, dv = c["nq"], c["nk"], c["d"], c["dv"]
@@ -305,18 +305,15 @@ if __name__ != "__main__":
     import fastattn
 
     ISAS = fastattn._core.isa_available()
-    _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
+    from support.child import child_env
 
     def _spec(isa, dtype, where):
         return json.dumps(dict(isa=isa, dtype=dtype, where=where), sort_keys=True)
 
     def _run_child(spec):
-        env = dict(os.environ)
-        env["FASTATTN_ISA"] = json.loads(spec)["isa"]
+        env = child_env(FASTATTN_ISA=json.loads(spec)["isa"])
         # Children run side by side: do not let idle OpenMP threads spin.
         env.setdefault("OMP_WAIT_POLICY", "passive")
-        env["PYTHONPATH"] = os.pathsep.join(
-            [_PKG_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         return subprocess.run([sys.executable, "-X", "faulthandler", __file__, spec],
                               env=env, capture_output=True, text=True, timeout=300)
 

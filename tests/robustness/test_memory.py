@@ -21,7 +21,6 @@ the warm-up call).
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -29,9 +28,8 @@ import textwrap
 import numpy as np
 import pytest
 
-import fastattn
+from support.child import child_env
 
-PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
 LIMIT_MIB = 64
 
 SCRIPT = textwrap.dedent("""
@@ -84,9 +82,7 @@ SCRIPT = textwrap.dedent("""
     ((1, 4, 8192, 64), "float64", True),    # 16 MiB per array
 ], ids=["f32-N16384", "f64-causal-N8192"])
 def test_extra_memory_is_small(shape, dtype, causal):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [PKG_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = child_env()
     # sh forks the interpreter (the command is not the last one, so it is
     # not exec'd in place): a fresh ru_maxrss, not pytest's.
     launcher = ["/bin/sh", "-c", '"$0" "$@"; exit $?']

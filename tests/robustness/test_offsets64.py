@@ -125,7 +125,7 @@ def extent(start, shape, estrides):
 
 def child_main(path, name):
     import fastattn
-    from conftest import assert_result
+    from support import assert_result
 
     dtype_name, arrays, kw = CASES[name]
     dtype = np.dtype(dtype_name)
@@ -174,7 +174,7 @@ def child_main(path, name):
 if __name__ != "__main__":
     import pytest
 
-    import fastattn
+    from support.child import child_env
 
     @pytest.fixture(scope="module")
     def sparse_file(tmp_path_factory):
@@ -195,13 +195,9 @@ if __name__ != "__main__":
 
     @pytest.mark.parametrize("name", list(CASES))
     def test_offsets_beyond_2g(sparse_file, name):
-        env = dict(os.environ)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(
-            [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         r = subprocess.run([sys.executable, "-X", "faulthandler", __file__,
                             str(sparse_file), name],
-                           env=env, capture_output=True, text=True, timeout=120)
+                           env=child_env(), capture_output=True, text=True, timeout=120)
         if r.returncode < 0:
             pytest.fail(f"{name}: child killed by {signal.Signals(-r.returncode).name}:\n"
                         f"{r.stderr[-3000:]}")

@@ -5,7 +5,7 @@ Contract (fastattn.attention): ALiBi adds ``-slope * |i + Nk_b - Nq - j|``
 to each scaled score, slopes of shape (H,) or (B, H); the soft cap maps a
 scaled score s to ``softcap * tanh(s / softcap)`` before the ALiBi bias
 and the masks.  Results are checked against the float64 reference under
-the tolerance rule of conftest.  ``isa_cases`` runs the core cases (and the
+the tolerance rule of support/compare.py.  ``isa_cases`` runs the core cases (and the
 tanh) on every ISA path at 1 and 2 threads.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from conftest import (ISA_COMBOS, IsaCase, assert_result, attention_case, check_attention,
+from support import (ISA_COMBOS, IsaCase, assert_result, attention_case, check_attention,
                       check_isa_path, make_mask, make_qkv, path_qkv,
                       random_variant_cases)
 from fastattn import _core

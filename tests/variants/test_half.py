@@ -3,7 +3,7 @@
 Contract: stored 16-bit, computed in float32, output rounded to the input
 dtype; lse is float32.  The reference computes 16-bit inputs in float32
 and rounds the result, so the check is FlashAttention's rule at that
-precision (conftest, ``assert_matches_half``): error against the float64
+precision (support/compare.py, ``assert_matches_half``): error against the float64
 reference <= 2 * the naive 16-bit computation's error + a floor of a few
 float32 rounding errors.  bfloat16 needs the optional ml_dtypes package;
 its tests are skipped, with that reason, without it.  ``isa_cases`` runs
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from conftest import (ISA_COMBOS, AttentionRefs, attention_case, check_any, check_isa_path,
+from support import (ISA_COMBOS, AttentionRefs, attention_case, check_any, check_isa_path,
                       check_weights, half_dtypes, make_mask, make_qkv,
                       random_variant_cases, relayout)
 

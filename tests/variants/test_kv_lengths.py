@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from conftest import (ISA_COMBOS, AttentionRefs, IsaCase, assert_result, check_attention,
+from support import (ISA_COMBOS, AttentionRefs, IsaCase, assert_result, check_attention,
                       check_isa_path, check_weights, make_mask, make_qkv, path_qkv,
                       random_variant_cases)
 from fastattn import reference
@@ -45,7 +45,7 @@ def by_slicing(lengths):
 
 def check_lengths(q, k, v, lengths, **kw):
     """fastattn with kv_lengths against the sliced reference and the
-    reference's own kv_lengths (tolerance rule of conftest)."""
+    reference's own kv_lengths (tolerance rule of support/compare.py)."""
     out, lse = fastattn.attention(q, k, v, kv_lengths=lengths, return_lse=True, **kw)
     AttentionRefs(q, k, v, fn=by_slicing(lengths), **kw).check(out, lse)
     AttentionRefs(q, k, v, kv_lengths=lengths, **kw).check(out, lse)

@@ -4,7 +4,7 @@ q is (total_q, H, D), k and v are (total_k, Hkv, D / Dv); sequence b owns
 rows ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` and the same for keys; every
 option applies per sequence with that sequence's own lengths; lse comes back
 as (H, total_q).  Results are checked against ``reference.attention_varlen``
-on float64 copies under the tolerance rule of conftest, and against the
+on float64 copies under the tolerance rule of support/compare.py, and against the
 same batch padded (queries left-padded, keys right-padded) with kv_lengths
 and with an explicit bool mask.  ``isa_cases`` runs the core cases on every
 ISA path at 1 and 2 threads.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from conftest import (ISA_COMBOS, AttentionRefs, IsaCase, check_isa_path, half_dtypes,
+from support import (ISA_COMBOS, AttentionRefs, IsaCase, check_isa_path, half_dtypes,
                       to64_any)
 from fastattn import reference
 

@@ -4,7 +4,7 @@ partial results (``merge``).
 Weights are ``softmax(scale * q @ k^T + bias + mask)`` per row, shape
 (..., Nq, Nk) in the input dtype, zeros for rows that see no key; they are
 checked against ``reference.attention_weights`` on float64 copies under the
-tolerance rule of conftest, and so are their row sums (1, or 0 for rows
+tolerance rule of support/compare.py, and so are their row sums (1, or 0 for rows
 that see nothing) and ``weights @ v`` (the output).  ``merge`` of the
 results over disjoint key chunks must give the result over all keys, under
 the same rule.  ``isa_cases`` runs the core cases on every ISA path at 1
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from conftest import (ISA_COMBOS, AttentionRefs, IsaCase, _finite_abs_max, assert_matches,
+from support import (ISA_COMBOS, AttentionRefs, IsaCase, _finite_abs_max, assert_matches,
                       assert_matches_half, check_isa_path, check_weights, half_dtypes,
                       make_mask, make_qkv, max_abs_score, path_qkv, random_variant_problem,
                       to32, to64, to64_any)
@@ -223,7 +223,7 @@ def test_merge_16_bit_outputs(rng, dtype):
     # Partial outputs are rounded to the 16-bit dtype before the merge, so
     # the naive computation to compare with is the same algorithm: the
     # naive reference on each chunk, merged (FlashAttention's rule at that
-    # precision, conftest).
+    # precision, support/compare.py).
     q, k, v = make_qkv(rng, (2, 2), 5, 30, 8, dtype=dtype)
     sizes = [10, 0, 20]
     outs, lses = split_results(q, k, v, sizes)

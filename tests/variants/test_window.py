@@ -6,16 +6,16 @@ Contract (fastattn.attention): query i sees key j iff
 becomes min(right, 0)); rows that see no key give zeros and lse -inf.
 
 Every result is checked against the float64 reference under the tolerance
-rule of conftest; the reference's window itself is cross-checked against
+rule of support/compare.py; the reference's window itself is cross-checked against
 an explicit band mask built here from the formula above.  ``isa_cases``
-runs the core cases on every ISA path at 1 and 2 threads (conftest).
+runs the core cases on every ISA path at 1 and 2 threads (support/isa.py).
 """
 
 import numpy as np
 import pytest
 
 import fastattn
-from conftest import (ISA_COMBOS, AttentionRefs, assert_result, attention_case,
+from support import (ISA_COMBOS, AttentionRefs, assert_result, attention_case,
                       check_any, check_attention, check_isa_path, make_mask, make_qkv,
                       path_qkv, random_variant_cases)
 
