@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fastattn import _core  # noqa: E402
 from support import isa as _isa  # noqa: E402
 
 try:
@@ -41,6 +42,18 @@ def rng(request):
     path, _, name = request.node.nodeid.partition("::")
     key = f"tests/{os.path.basename(path)}::{name}"
     return np.random.default_rng(zlib.crc32(key.encode()))
+
+
+@pytest.fixture(params=_isa.ISA_NAMES)
+def isa(request):
+    """Each available ISA path in turn, switched in this process
+    (``_core.set_isa``); the original path is restored after."""
+    before = _core.get_isa()
+    _core.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_isa(before)
 
 
 @pytest.fixture(scope="session")

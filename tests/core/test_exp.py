@@ -46,17 +46,6 @@ F32_MAX_ULP = 2.0
 F64_MAX_ULP = 3.0  # 2 ulp target + up to 1 ulp error of np.exp2 itself
 
 
-@pytest.fixture(params=ISA_PATHS)
-def isa(request):
-    """Select each available ISA path in turn; restore the original after."""
-    before = _core.get_isa()
-    _core.set_isa(request.param)
-    try:
-        yield request.param
-    finally:
-        _core.set_isa(before)
-
-
 def _grid(lo, hi, npoints, dtype):
     """A dense grid over [lo, hi] in ``dtype`` with both ends, every integer,
     the points n +- 0.5 (ties of the round-to-nearest range reduction) and

@@ -54,16 +54,6 @@ PATHS = {"decode": ((2,), 1), "tile": ((2,), 70)}
 F32_MAX = float(np.finfo(np.float32).max)
 
 
-@pytest.fixture(params=ISA_PATHS)
-def isa(request):
-    before = _core.get_isa()
-    _core.set_isa(request.param)
-    try:
-        yield request.param
-    finally:
-        _core.set_isa(before)
-
-
 def scaled_to(q, k, target):
     """The scale that makes max |scale * q.k| equal ``target``."""
     return target / max_abs_score(q, k, 1.0)
