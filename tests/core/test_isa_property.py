@@ -26,7 +26,7 @@ references once for all paths, and requires
 
 NaN is only injected without a mask (and into v only without causal
 masking): what a NaN at a masked position does is covered, with its
-current bugs, in test_numeric_edges.py.
+current bugs, in robustness/test_edges.py.
 """
 
 import json

@@ -18,7 +18,7 @@ How the rows run
 A validation bug can crash the interpreter (a segfault or an abort in the C
 core) instead of raising.  So the rows never run in the pytest process: the
 table is split into a few chunks, each chunk runs in one child interpreter
-(``python tests/test_bad_inputs.py --driver``, row ids on stdin), and the
+(``python tests/robustness/test_bad_inputs.py --driver``, row ids on stdin), and the
 child prints one JSON line when it starts a row and one with the row's
 result.  If the child dies, the row it had started is reported as a crash
 (exit status and the end of its stderr) and the rows it had not reached

@@ -135,7 +135,7 @@ def random_variant_problem(rng, force=(), dtypes=None):
     causal modes, bool/additive masks with broadcasting, scales, and
     strided/transposed/negative layouts.  ``force`` names variants that
     must be present ("window", "alibi", "softcap", "kv_lengths").
-    NaN is never injected (see test_numeric_edges.py for why).
+    NaN is never injected (see robustness/test_edges.py for why).
     """
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
     dtype = pick(dtypes or [np.float32, np.float32, np.float64, np.float16])

@@ -150,7 +150,7 @@ def test_keys_outside_every_window_are_not_read(rng):
     # Only keys 289..299 are in the window of the single query; NaN and
     # inf in the keys before (whole key blocks never visited) must not
     # matter.  (v stays finite: the reference's p @ v would turn 0 * NaN
-    # into NaN, see test_numeric_edges.py.)
+    # into NaN, see robustness/test_edges.py.)
     for lead, hkv, nq in [((1, 4), 1, 1), ((2, 2), 2, 70)]:
         q, k, v = make_qkv(rng, lead, nq, 300, 16, hkv=hkv)
         k[..., :200, :] = np.nan
@@ -163,7 +163,7 @@ def test_window_nan_propagates_only_where_seen(rng):
     # NaN in key 5 of head 0 makes the scores of the queries that see it
     # NaN (whole rows); a hidden key's score does not matter.  (NaN in v
     # at a key hidden from some rows is left unspecified, see
-    # test_numeric_edges.py.)
+    # robustness/test_edges.py.)
     q, k, v = make_qkv(rng, (1, 2), 20, 20, 8)
     k[0, 0, 5, 1] = np.nan
     q[0, 1, 12, 0] = np.nan  # one query row of head 1
