@@ -1,8 +1,5 @@
-"""Shared helpers for the fastattn test suite.
-
-Test modules import the helpers with ``from support import ...``; the
-directory of this file is put on ``sys.path`` so that works whatever pytest
-import mode is configured.
+"""Results against the float64 reference, under the tolerance rule below,
+with a failure report that names the worst entry and its values.
 
 Tolerance rule (the one FlashAttention's tests use)
 ---------------------------------------------------
