@@ -62,7 +62,8 @@ def isa_runs(request, tmp_path_factory):
     (support/isa.py): the ``isa_cases()`` of every case module with a
     collected test using this fixture, run once per session on every
     available path at 1 and 2 threads."""
-    wanted = {item.module.__name__ for item in request.session.items
+    wanted = {os.path.splitext(os.path.basename(str(item.path)))[0]
+              for item in request.session.items
               if "isa_runs" in getattr(item, "fixturenames", ())}
     modules = [m for m in _isa.CASE_MODULES if m in wanted]
     return _isa.run_all_paths(tmp_path_factory.mktemp("isa_runs"), modules)
