@@ -360,7 +360,7 @@ if __name__ != "__main__":
                 " - np.frombuffer(g.mm, np.uint8).ctypes.data)\n"
                 "print('read', v[100])\n" % HERE)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=60)
+                           env=child_env(), timeout=60)
         assert r.returncode == -signal.SIGSEGV, (r.returncode, r.stdout, r.stderr)
         assert "read" not in r.stdout
 
