@@ -30,9 +30,6 @@ current bugs, in robustness/test_edges.py.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -41,7 +38,7 @@ import fastattn
 from support import (ISA_COMBOS, ISA_NAMES, LAYOUTS, IsaCase, _finite_abs_max,
                      assert_matches, check_isa_path, make_mask, max_abs_score,
                      reference_results, relayout)
-from support.child import child_env
+from support.isa import run_pytest_on_path
 
 N_CASES = 150
 SEED = 20240611
@@ -281,10 +278,5 @@ def test_hypothesis_properties_on_every_isa(isa):
     """tests/core/test_property.py (hypothesis: random shapes, strides, masks,
     causal modes, GQA) run in a child interpreter with FASTATTN_ISA forced,
     at two threads, so every path meets the same properties."""
-    env = child_env(FASTATTN_ISA=isa, OMP_NUM_THREADS="2")
-    here = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", os.path.join(here, "test_property.py"),
-         "-q", "-x", "-p", "no:cacheprovider"],
-        env=env, capture_output=True, text=True, timeout=600)
+    r = run_pytest_on_path(isa, "core/test_property.py", threads=2)
     assert r.returncode == 0, f"FASTATTN_ISA={isa}:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"

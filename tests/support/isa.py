@@ -17,7 +17,9 @@ parent, the results of one module on one path:
   with the same NaN and infinity positions;
 * ``"threads"``: at 2 threads, bitwise equal to the same path at 1 thread.
 
-The paths are those ``fastattn._core`` reports as available at run time.
+``run_pytest_on_path`` runs a whole test file in a child pytest on one
+forced path instead.  The paths are those ``fastattn._core`` reports as
+available at run time.
 """
 
 import importlib.util
@@ -159,6 +161,18 @@ def run_all_paths(tmp, modules=tuple(CASE_MODULES)):
         futures = {c: pool.submit(run_child, c[0], c[1], modules, tmp / f"{c[0]}-{c[1]}.pkl")
                    for c in ISA_COMBOS}
         return {c: f.result() for c, f in futures.items()}
+
+
+
+def run_pytest_on_path(isa, test_file, threads=2, timeout=600):
+    """Run the tests of ``test_file`` (relative to tests/) in a child
+    pytest with FASTATTN_ISA forced and ``threads`` OpenMP threads; returns
+    the CompletedProcess."""
+    env = child_env(FASTATTN_ISA=isa, OMP_NUM_THREADS=str(threads))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", os.path.join(TESTS_DIR, test_file),
+         "-q", "-x", "-p", "no:cacheprovider"],
+        env=env, capture_output=True, text=True, timeout=timeout)
 
 
 _ISA_CASES = {}
