@@ -59,11 +59,9 @@ def isa(request):
 @pytest.fixture(scope="session")
 def isa_runs(request, tmp_path_factory):
     """{(isa, threads): child result} of the per-ISA harness
-    (support/isa.py): the ``isa_cases()`` of every case module with a
-    collected test using this fixture, run once per session on every
-    available path at 1 and 2 threads."""
-    wanted = {os.path.splitext(os.path.basename(str(item.path)))[0]
-              for item in request.session.items
-              if "isa_runs" in getattr(item, "fixturenames", ())}
-    modules = [m for m in _isa.CASE_MODULES if m in wanted]
-    return _isa.run_all_paths(tmp_path_factory.mktemp("isa_runs"), modules)
+    (support/isa.py): the ``isa_cases()`` of every module with a collected
+    test using this fixture, run once per session on every available path
+    at 1 and 2 threads."""
+    paths = {str(item.path) for item in request.session.items
+             if "isa_runs" in getattr(item, "fixturenames", ())}
+    return _isa.run_all_paths(tmp_path_factory.mktemp("isa_runs"), paths)

@@ -2,11 +2,11 @@
 every instruction-set path of the core, at 1 and 2 threads.
 
 FASTATTN_ISA is read when fastattn is imported, so each forced path runs in
-its own interpreter.  A case module (``CASE_MODULES``) defines
-``isa_cases()``: a deterministic list of ``IsaCase``.  ``run_all_paths``
-starts one child per (path, thread count) (two at a time: the machine may
-have two cores), which imports the case modules, runs every case and
-pickles the results; a crash fails that path's tests, not the run, and
+its own interpreter.  A case module is a test module that defines
+``isa_cases()`` (a deterministic list of ``IsaCase``) and has a test using
+the session fixture ``isa_runs``.  ``run_all_paths`` starts one child per
+(path, thread count) (two at a time: the machine may have two cores), which
+imports the case modules, runs every case and pickles the results; a crash fails that path's tests, not the run, and
 names the case that was running.  ``check_isa_path`` then checks, in the
 parent, the results of one module on one path:
 
@@ -42,18 +42,8 @@ from .compare import AttentionRefs
 ISA_NAMES = tuple(_core.isa_available())
 ISA_THREADS = (1, 2)
 ISA_COMBOS = [(i, t) for i in ISA_NAMES for t in ISA_THREADS]
-# module name -> file (relative to tests/) of every module with isa_cases()
-CASE_MODULES = {
-    "test_isa": "core/test_isa.py",
-    "test_isa_property": "core/test_isa_property.py",
-    "test_window": "variants/test_window.py",
-    "test_alibi_softcap": "variants/test_alibi_softcap.py",
-    "test_kv_lengths": "variants/test_kv_lengths.py",
-    "test_varlen": "variants/test_varlen.py",
-    "test_half": "variants/test_half.py",
-    "test_weights_merge": "variants/test_weights_merge.py",
-    "test_kvcache": "layer/test_kvcache.py",
-}
+# module name -> file of the case modules run in this process
+_CASE_PATHS = {}
 ISA_NMSE_MAX = {"float32": 1e-10, "float64": 1e-24}
 CHECKS = ("reference", "scalar", "threads")
 CHILD_TIMEOUT = 900  # seconds per child
@@ -90,12 +80,17 @@ def attention_case(name, q, k, v, **kw):
 
 
 
+def module_name(path):
+    """A case module's name: its file name without .py (as pytest's default
+    import mode names test modules)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def load_case_module(name):
     """The case module ``name`` (the one pytest imported, if it did)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(TESTS_DIR, CASE_MODULES[name]))
+    spec = importlib.util.spec_from_file_location(name, _CASE_PATHS[name])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
@@ -103,8 +98,8 @@ def load_case_module(name):
 
 
 def child_main():
-    """Child: run the cases of the modules in FASTATTN_TEST_MODULES on the
-    forced path and pickle the results (or each case's exception)."""
+    """Child: run the cases of the module files in FASTATTN_TEST_MODULES on
+    the forced path and pickle the results (or each case's exception)."""
     import fastattn
 
     forced = os.environ["FASTATTN_ISA"]
@@ -114,7 +109,9 @@ def child_main():
     if fastattn.info()["openmp"]:
         assert fastattn.get_num_threads() == threads
     saved, errors = {}, {}
-    for mod in os.environ["FASTATTN_TEST_MODULES"].split(","):
+    for path in os.environ["FASTATTN_TEST_MODULES"].split(os.pathsep):
+        mod = module_name(path)
+        _CASE_PATHS[mod] = path
         try:
             cases = load_case_module(mod).isa_cases()
         except Exception:
@@ -135,18 +132,19 @@ def child_main():
     print("@@done", flush=True)
 
 
-def run_child(isa, threads, modules, dump):
-    """Run ``modules``' cases on one path in a child; returns its result
-    (return code, end of stderr, the case it had started, and what
-    child_main pickled if it finished)."""
+def run_child(isa, threads, paths, dump):
+    """Run the cases of the module files ``paths`` on one path in a child;
+    returns its result (return code, end of stderr, the case it had
+    started, and what child_main pickled if it finished)."""
     env = child_env(FASTATTN_ISA=isa, FASTATTN_TEST_THREADS=str(threads),
-                    FASTATTN_TEST_DUMP=str(dump), FASTATTN_TEST_MODULES=",".join(modules))
+                    FASTATTN_TEST_DUMP=str(dump), FASTATTN_TEST_MODULES=os.pathsep.join(paths))
     env.setdefault("OMP_WAIT_POLICY", "passive")  # two children share the cores
     r = subprocess.run([sys.executable, "-c", "from support import isa; isa.child_main()"],
                        env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
                        cwd=TESTS_DIR)
     started = [ln for ln in r.stdout.splitlines() if ln.startswith("@@start ")]
-    res = {"returncode": r.returncode, "stderr": r.stderr[-3000:], "modules": tuple(modules),
+    res = {"returncode": r.returncode, "stderr": r.stderr[-3000:],
+           "modules": tuple(module_name(p) for p in paths),
            "last_started": started[-1].split(None, 1)[1] if started else None}
     if r.returncode == 0 and "@@done" in r.stdout:
         with open(dump, "rb") as f:
@@ -154,11 +152,13 @@ def run_child(isa, threads, modules, dump):
     return res
 
 
-def run_all_paths(tmp, modules=tuple(CASE_MODULES)):
-    """{(isa, threads): child result} for every available path and thread
-    count, two children at a time."""
+def run_all_paths(tmp, paths):
+    """{(isa, threads): child result} of the case module files ``paths``
+    for every available path and thread count, two children at a time."""
+    paths = sorted(str(p) for p in paths)
+    _CASE_PATHS.update((module_name(p), p) for p in paths)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {c: pool.submit(run_child, c[0], c[1], modules, tmp / f"{c[0]}-{c[1]}.pkl")
+        futures = {c: pool.submit(run_child, c[0], c[1], paths, tmp / f"{c[0]}-{c[1]}.pkl")
                    for c in ISA_COMBOS}
         return {c: f.result() for c, f in futures.items()}
 
