@@ -3,11 +3,11 @@
 # UndefinedBehaviorSanitizer and run the test suite under them.
 #
 #   tools/sanitize.sh                     # whole suite (tests/), python3
-#   tools/sanitize.sh tests/test_edge.py  # other pytest arguments
+#   tools/sanitize.sh tests/robustness/test_edges.py  # other pytest arguments
 #   PYTHON=python3.12 tools/sanitize.sh
 #   FASTATTN_SANITIZE_DIR=/tmp/san tools/sanitize.sh   # work in (and keep) this dir
 #   KEEP=1 tools/sanitize.sh              # keep the temporary directory
-#   FASTATTN_SANITIZE_DIR=/tmp/san FASTATTN_SANITIZE_REUSE=1 tools/sanitize.sh tests/test_edge.py
+#   FASTATTN_SANITIZE_DIR=/tmp/san FASTATTN_SANITIZE_REUSE=1 tools/sanitize.sh tests/robustness/test_edges.py
 #                                         # rerun with the build (and tests) of a previous run
 #
 # The extension (Cython module, driver and every ISA kernel) is compiled with
@@ -92,7 +92,7 @@ LOGS="$WORK/logs"
 # (fatal even when pytest would otherwise go on).  allocator_may_return_null:
 # a huge allocation makes malloc return NULL, as without ASan, so the core's
 # own out-of-memory handling is what gets tested.  handle_segv=0: a SIGSEGV
-# stays a SIGSEGV (tests/test_guard_pages.py provokes one on purpose in a
+# stays a SIGSEGV (tests/robustness/test_guard_pages.py provokes one on purpose in a
 # subprocess and expects the signal); a real one still fails the run.
 export ASAN_OPTIONS="handle_segv=0:detect_leaks=1:halt_on_error=1:exitcode=86:abort_on_error=0:allocator_may_return_null=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1:detect_odr_violation=0:print_summary=1:log_path=$LOGS/asan"
 export LSAN_OPTIONS="suppressions=$SUPP:print_suppressions=0:exitcode=86"

@@ -1,0 +1,265 @@
+"""The per-ISA child-process harness: one place that runs test cases on
+every instruction-set path of the core, at 1 and 2 threads.
+
+FASTATTN_ISA is read when fastattn is imported, so each forced path runs in
+its own interpreter.  A case module is a test module that defines
+``isa_cases()`` (a deterministic list of ``IsaCase``) and has a test using
+the session fixture ``isa_runs``.  ``run_all_paths`` starts one child per
+(path, thread count) (two at a time: the machine may have two cores), which
+imports the case modules, runs every case and pickles the results; a crash fails that path's tests, not the run, and
+names the case that was running.  ``check_isa_path`` then checks, in the
+parent, the results of one module on one path:
+
+* ``"reference"``: each case's own check (the float64 reference under the
+  tolerance rule, computed once in the parent for all paths);
+* ``"scalar"``: float32/float64 results agree with the scalar path at 1
+  thread: normalized MSE ``sum((a - b)**2) / sum(b**2)`` <= 1e-10 / 1e-24,
+  with the same NaN and infinity positions;
+* ``"threads"``: at 2 threads, bitwise equal to the same path at 1 thread.
+
+``run_pytest_on_path`` runs a whole test file in a child pytest on one
+forced path instead.  The paths are those ``fastattn._core`` reports as
+available at run time.
+"""
+
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from fastattn import _core
+
+from .arrays import random_variant_problem
+from .child import TESTS_DIR, child_env
+from .compare import AttentionRefs
+
+ISA_NAMES = tuple(_core.isa_available())
+ISA_THREADS = (1, 2)
+ISA_COMBOS = [(i, t) for i in ISA_NAMES for t in ISA_THREADS]
+# module name -> file of the case modules run in this process
+_CASE_PATHS = {}
+ISA_NMSE_MAX = {"float32": 1e-10, "float64": 1e-24}
+CHECKS = ("reference", "scalar", "threads")
+CHILD_TIMEOUT = 900  # seconds per child
+
+
+class IsaCase:
+    """One problem of the per-ISA runs.
+
+    ``run()`` computes fastattn's results (an array or a tuple of arrays)
+    in the child; ``check(results)`` raises AssertionError if they are
+    wrong (in the parent; it may cache its reference).
+    """
+
+    def __init__(self, name, run, check):
+        self.name, self.run, self.check = name, run, check
+
+
+def attention_case(name, q, k, v, **kw):
+    """IsaCase of fastattn.attention(q, k, v, return_lse=True, **kw)."""
+    cache = {}
+
+    def run():
+        import fastattn
+        return fastattn.attention(q, k, v, return_lse=True, **kw)
+
+    def check(res):
+        if "refs" not in cache:
+            cache["refs"] = AttentionRefs(q, k, v, **kw)
+        out, lse = res
+        cache["refs"].check(out, lse)
+
+    return IsaCase(name, run, check)
+
+
+
+
+def module_name(path):
+    """A case module's name: its file name without .py (as pytest's default
+    import mode names test modules)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def load_case_module(name):
+    """The case module ``name`` (the one pytest imported, if it did)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _CASE_PATHS[name])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def child_main():
+    """Child: run the cases of the module files in FASTATTN_TEST_MODULES on
+    the forced path and pickle the results (or each case's exception)."""
+    import fastattn
+
+    forced = os.environ["FASTATTN_ISA"]
+    assert fastattn.info()["isa"] == forced, (forced, fastattn.info()["isa"])
+    threads = int(os.environ["FASTATTN_TEST_THREADS"])
+    fastattn.set_num_threads(threads)
+    if fastattn.info()["openmp"]:
+        assert fastattn.get_num_threads() == threads
+    saved, errors = {}, {}
+    for path in os.environ["FASTATTN_TEST_MODULES"].split(os.pathsep):
+        mod = module_name(path)
+        _CASE_PATHS[mod] = path
+        try:
+            cases = load_case_module(mod).isa_cases()
+        except Exception:
+            errors[mod] = traceback.format_exc(limit=5)
+            continue
+        for c in cases:
+            key = f"{mod}::{c.name}"
+            print(f"@@start {key}", flush=True)
+            try:
+                res = c.run()
+            except Exception as e:
+                errors[key] = f"{type(e).__name__}: {e}"
+                continue
+            res = res if isinstance(res, tuple) else (res,)
+            saved[key] = tuple(np.array(a, copy=True) for a in res)
+    with open(os.environ["FASTATTN_TEST_DUMP"], "wb") as f:
+        pickle.dump({"saved": saved, "errors": errors}, f)
+    print("@@done", flush=True)
+
+
+def run_child(isa, threads, paths, dump):
+    """Run the cases of the module files ``paths`` on one path in a child;
+    returns its result (return code, end of stderr, the case it had
+    started, and what child_main pickled if it finished)."""
+    env = child_env(FASTATTN_ISA=isa, FASTATTN_TEST_THREADS=str(threads),
+                    FASTATTN_TEST_DUMP=str(dump), FASTATTN_TEST_MODULES=os.pathsep.join(paths))
+    env.setdefault("OMP_WAIT_POLICY", "passive")  # two children share the cores
+    r = subprocess.run([sys.executable, "-c", "from support import isa; isa.child_main()"],
+                       env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+                       cwd=TESTS_DIR)
+    started = [ln for ln in r.stdout.splitlines() if ln.startswith("@@start ")]
+    res = {"returncode": r.returncode, "stderr": r.stderr[-3000:],
+           "modules": tuple(module_name(p) for p in paths),
+           "last_started": started[-1].split(None, 1)[1] if started else None}
+    if r.returncode == 0 and "@@done" in r.stdout:
+        with open(dump, "rb") as f:
+            res.update(pickle.load(f))
+    return res
+
+
+def run_all_paths(tmp, paths):
+    """{(isa, threads): child result} of the case module files ``paths``
+    for every available path and thread count, two children at a time."""
+    paths = sorted(str(p) for p in paths)
+    _CASE_PATHS.update((module_name(p), p) for p in paths)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {c: pool.submit(run_child, c[0], c[1], paths, tmp / f"{c[0]}-{c[1]}.pkl")
+                   for c in ISA_COMBOS}
+        return {c: f.result() for c, f in futures.items()}
+
+
+
+def run_pytest_on_path(isa, test_file, threads=2, timeout=600):
+    """Run the tests of ``test_file`` (relative to tests/) in a child
+    pytest with FASTATTN_ISA forced and ``threads`` OpenMP threads; returns
+    the CompletedProcess."""
+    env = child_env(FASTATTN_ISA=isa, OMP_NUM_THREADS=str(threads))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", os.path.join(TESTS_DIR, test_file),
+         "-q", "-x", "-p", "no:cacheprovider"],
+        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+_ISA_CASES = {}
+
+
+def module_cases(module):
+    """``module``'s isa_cases(), drawn once in the parent (their checks
+    cache the references)."""
+    if module not in _ISA_CASES:
+        _ISA_CASES[module] = load_case_module(module).isa_cases()
+    return _ISA_CASES[module]
+
+
+def nmse(a, b):
+    """sum((a - b)**2) / sum(b**2) over the entries finite in b, in float64."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    fin = np.isfinite(b)
+    den = np.sum(b[fin] ** 2)
+    num = np.sum((a[fin] - b[fin]) ** 2)
+    return num / den if den > 0 else num
+
+
+def _child_ok(runs, combo, module):
+    if combo not in runs:
+        pytest.skip(f"this CPU or build does not support the {combo[0]} path")
+    res = runs[combo]
+    assert res["returncode"] == 0 and "saved" in res, (
+        f"FASTATTN_ISA={combo[0]}, {combo[1]} threads: the child died (exit status "
+        f"{res['returncode']}) during {res['last_started']}:\n{res['stderr']}")
+    assert module in res["modules"], f"{module} was not among the modules run on each path"
+    assert module not in res["errors"], f"{module}.isa_cases() failed:\n{res['errors'][module]}"
+    return res
+
+
+def _against_scalar(res, base, worst):
+    for i, (a, b) in enumerate(zip(res, base)):
+        assert a.shape == b.shape and a.dtype == b.dtype, f"result {i}: shape/dtype"
+        assert np.array_equal(np.isnan(a), np.isnan(b)), (
+            f"result {i}: NaN positions differ from the scalar path")
+        if a.dtype.name in ISA_NMSE_MAX:
+            inf = np.isinf(b)
+            assert np.array_equal(np.isinf(a), inf) and np.array_equal(a[inf], b[inf]), (
+                f"result {i}: infinities differ from the scalar path")
+            e = nmse(a, b)
+            worst[a.dtype.name] = max(worst.get(a.dtype.name, 0.0), e)
+            assert e <= ISA_NMSE_MAX[a.dtype.name], (
+                f"result {i}: normalized MSE {e:.3g} against the scalar path at 1 thread")
+
+
+def check_isa_path(runs, module, isa, threads, checks=CHECKS):
+    """The ``checks`` (see the module docstring) of one module's cases on
+    one (path, thread count).  Returns the worst normalized MSE against
+    the scalar path per dtype."""
+    got = _child_ok(runs, (isa, threads), module)
+    base = _child_ok(runs, ("scalar", 1), module) if "scalar" in checks else None
+    one = (_child_ok(runs, (isa, 1), module)
+           if "threads" in checks and threads != 1 else None)
+    cases = module_cases(module)
+    assert cases, f"{module} has no isa cases"
+    fails, worst = [], {}
+    for c in cases:
+        key = f"{module}::{c.name}"
+        try:
+            if key in got["errors"]:
+                raise AssertionError(f"raised {got['errors'][key]}")
+            res = got["saved"][key]
+            if "reference" in checks:
+                c.check(res if len(res) > 1 else res[0])
+            if base is not None:
+                _against_scalar(res, base["saved"][key], worst)
+            if one is not None:
+                for i, (a, b) in enumerate(zip(res, one["saved"][key])):
+                    assert a.tobytes() == b.tobytes(), (
+                        f"result {i}: differs from the same path at 1 thread")
+        except AssertionError as e:
+            fails.append(f"{c.name}: {str(e).strip()[:700]}")
+    assert not fails, (f"FASTATTN_ISA={isa}, {threads} threads: {len(fails)} of {len(cases)} "
+                       f"cases of {module} fail ({', '.join(checks)}):\n"
+                       + "\n".join(fails[:6]))
+    return worst
+
+
+def random_variant_cases(seed, n, prefix="random", **kwargs):
+    """n IsaCase of random_variant_problem, reproducible from seed."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        q, k, v, kw = random_variant_problem(rng, **kwargs)
+        cases.append(attention_case(f"{prefix}{i}", q, k, v, **kw))
+    return cases
