@@ -1,6 +1,6 @@
 """pytest-benchmark runs of the attention variants (see variants.py for the
 cases and what each is compared with).  Side-by-side ratios with interleaved
-runs: ``python tools/bench_variants.py``."""
+runs: ``python benchmarks/bench_variants.py``."""
 from __future__ import annotations
 
 import pytest
