@@ -453,15 +453,14 @@ def _relative_link(target: Path, from_dir: Path) -> str:
     return Path(os.path.relpath(target.resolve(), from_dir.resolve())).as_posix()
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
+def collect_meta(args: argparse.Namespace, torch) -> dict:
+    """The machine, the versions and the FMA peaks the report is stated against."""
+    from fastattn import _core
+
     ncpu = os.cpu_count() or 1
     if max(args.threads) > ncpu:
         print(f"warning: {max(args.threads)} threads requested, {ncpu} CPUs available",
               file=sys.stderr)
-
-    torch = import_torch()
     if not blas_limit_available():
         numpy_threads = "numpy threads: default"
         print("threadpoolctl is not installed: the NumPy reference runs with its BLAS "
@@ -469,16 +468,13 @@ def main(argv=None) -> int:
     else:
         numpy_threads = "BLAS threads limited to the thread count via threadpoolctl"
 
-    from fastattn import _core
-
     info = fastattn.info()
     peak_seconds = 0.1 if args.quick else 0.2
     peak = _core.fma_peak(seconds=peak_seconds)
     concurrent = None
     if max(args.threads) > 1:
         concurrent = concurrent_fma_peak(max(args.threads), peak_seconds)
-
-    meta = {
+    return {
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_model(),
         "cpus": ncpu,
@@ -495,11 +491,31 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "quick": args.quick,
     }
-    print(f"fastattn {meta['fastattn_version']} ({meta['isa']}), "
-          f"torch {meta['torch_version'] or 'n/a'}, NumPy {meta['numpy_version']}; "
-          f"FMA peak {peak:.1f} GFLOP/s per core", file=sys.stderr)
 
-    cases = quick_cases() if args.quick else full_cases()
+
+def run_case(case: BenchCase, threads: int, rounds: int, q, k, v, torch, peak: float) -> dict:
+    """One record of the report: every implementation on ``case`` at ``threads``."""
+    t0 = time.perf_counter()
+    results = time_interleaved(make_impls(case, threads, q, k, v, torch), rounds)
+    for entry in results.values():
+        t = entry["median_s"]
+        entry["gflops"] = case.flops / t / 1e9
+        entry["pct_of_peak"] = 100.0 * entry["gflops"] / (peak * threads)
+        entry["gbps"] = case.kv_bytes / t / 1e9
+    summary = "  ".join(f"{n} {fmt_ms(e['median_s'])} ms" for n, e in results.items())
+    print(f"  {case.name:<28} t{threads}: {summary}  "
+          f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+    return {
+        "case": case.name, "label": case.label, "B": case.B, "H": case.H,
+        "Nq": case.Nq, "Nk": case.Nk, "D": case.D, "causal": case.causal,
+        "flops": case.flops, "kv_bytes": case.kv_bytes, "threads": threads,
+        "results": results,
+    }
+
+
+def run_cases(cases: Sequence[BenchCase], args: argparse.Namespace, torch,
+              peak: float) -> List[dict]:
+    """Every case at every thread count; the thread settings are restored after."""
     fast_threads_before = fastattn.get_num_threads()
     torch_threads_before = None if torch is None else torch.get_num_threads()
     records: List[dict] = []
@@ -507,49 +523,46 @@ def main(argv=None) -> int:
         for index, case in enumerate(cases):
             q, k, v = case.make_inputs(SEED + index)
             for threads in args.threads:
-                t0 = time.perf_counter()
-                impls = make_impls(case, threads, q, k, v, torch)
-                results = time_interleaved(impls, args.rounds)
-                for name, entry in results.items():
-                    t = entry["median_s"]
-                    entry["gflops"] = case.flops / t / 1e9
-                    entry["pct_of_peak"] = 100.0 * entry["gflops"] / (peak * threads)
-                    entry["gbps"] = case.kv_bytes / t / 1e9
-                records.append({
-                    "case": case.name, "label": case.label, "B": case.B, "H": case.H,
-                    "Nq": case.Nq, "Nk": case.Nk, "D": case.D, "causal": case.causal,
-                    "flops": case.flops, "kv_bytes": case.kv_bytes, "threads": threads,
-                    "results": results,
-                })
-                summary = "  ".join(f"{n} {fmt_ms(e['median_s'])} ms"
-                                    for n, e in results.items())
-                print(f"  {case.name:<28} t{threads}: {summary}  "
-                      f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+                records.append(run_case(case, threads, args.rounds, q, k, v, torch, peak))
             del q, k, v
     finally:
         fastattn.set_num_threads(fast_threads_before)
         if torch is not None:
             torch.set_num_threads(torch_threads_before)
+    return records
 
-    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
 
+def write_outputs(args: argparse.Namespace, meta: dict, records: List[dict]) -> None:
+    """The plot, the markdown results and (with --json) the raw timings."""
     out_md: Path = args.out_md
     out_png: Path = args.out_png
     have_png = make_plot(meta, records, out_png)
     if have_png:
         print(f"wrote {out_png}", file=sys.stderr)
-
     md = build_markdown(meta, records,
                         _relative_link(out_png, out_md.parent) if have_png else None)
     write_results(out_md, md)
     print(f"wrote {out_md}", file=sys.stderr)
-
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=2),
                              encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    torch = import_torch()
+    meta = collect_meta(args, torch)
+    peak = meta["fma_peak_gflops_per_core"]
+    print(f"fastattn {meta['fastattn_version']} ({meta['isa']}), "
+          f"torch {meta['torch_version'] or 'n/a'}, NumPy {meta['numpy_version']}; "
+          f"FMA peak {peak:.1f} GFLOP/s per core", file=sys.stderr)
+
+    records = run_cases(quick_cases() if args.quick else full_cases(), args, torch, peak)
+    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    write_outputs(args, meta, records)
     print(build_markdown(meta, records, None))
     print(f"elapsed: {meta['elapsed_s']:.0f} s", file=sys.stderr)
     return 0
