@@ -53,18 +53,15 @@ _INPUT_CACHE: dict = {}
 
 @pytest.fixture
 def make_inputs():
-    """Return cached float32 (q, k, v) for a shape; the same arrays serve every impl."""
+    """Return cached float32 (q, k, v) of a ``fastattn._bench.BenchCase``;
+    the same arrays serve every implementation."""
 
-    def make(B, H, Hkv, Nq, Nk, D, dtype=np.float32):
-        key = (B, H, Hkv, Nq, Nk, D, np.dtype(dtype).str)
+    def make(case, dtype=np.float32):
+        key = (case.B, case.H, case.kv_heads, case.Nq, case.Nk, case.D, np.dtype(dtype).str)
         if key not in _INPUT_CACHE:
             # keep at most one shape resident: the large cases are ~100 MB each
             _INPUT_CACHE.clear()
-            rng = np.random.default_rng(1234)
-            q = rng.standard_normal((B, H, Nq, D)).astype(dtype)
-            k = rng.standard_normal((B, Hkv, Nk, D)).astype(dtype)
-            v = rng.standard_normal((B, Hkv, Nk, D)).astype(dtype)
-            _INPUT_CACHE[key] = (q, k, v)
+            _INPUT_CACHE[key] = case.make_inputs(seed=1234, dtype=dtype)
         return _INPUT_CACHE[key]
 
     return make

@@ -17,13 +17,14 @@ percentage of ``peak_gflops_per_core * threads``.
 
 FLOP count: ``2 * (D + Dv)`` per visible (query, key) pair, i.e.
 ``4 * B * H * Nq * Nk * D`` without a mask and about half of that for causal
-attention with ``Nq == Nk`` (see ``fastattn.cli.attention_flops``).
+attention with ``Nq == Nk`` (see ``fastattn._bench.attention_flops``).  The
+cases are ``fastattn._bench.BenchCase`` shapes, the type ``fastattn bench``
+and ``benchmarks/bench_report.py`` use too.
 """
 
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ pytest.importorskip("pytest_benchmark", reason="the benchmarks need pytest-bench
 fastattn = pytest.importorskip("fastattn")
 
 from fastattn import reference  # noqa: E402
-from fastattn.cli import attention_flops  # noqa: E402
+from fastattn._bench import BenchCase, blas_limit, blas_limit_available  # noqa: E402
 
 
 # Memory the NumPy reference may spend on one (B, H, Nq, Nk) score matrix.  It
@@ -41,44 +42,14 @@ from fastattn.cli import attention_flops  # noqa: E402
 REFERENCE_SCORE_LIMIT_BYTES = 2 * 1024**3
 
 
-class Case(NamedTuple):
-    B: int
-    H: int
-    Nq: int
-    Nk: int
-    D: int
-    causal: bool = False
-    label: Optional[str] = None
-
-    @property
-    def id(self) -> str:
-        if self.Nq == self.Nk:
-            shape = f"b{self.B}-h{self.H}-n{self.Nq}-d{self.D}"
-        else:
-            shape = f"b{self.B}-h{self.H}-nq{self.Nq}-nk{self.Nk}-d{self.D}"
-        parts = [self.label] if self.label else []
-        parts.append(shape)
-        if self.causal:
-            parts.append("causal")
-        return "-".join(parts)
-
-    @property
-    def flops(self) -> int:
-        return attention_flops(self.B, self.H, self.Nq, self.Nk, self.D, causal=self.causal)
-
-    @property
-    def score_bytes(self) -> int:
-        return self.B * self.H * self.Nq * self.Nk * np.dtype(np.float32).itemsize
-
-
 CASES = [
-    Case(1, 8, n, n, d, causal)
+    BenchCase(1, 8, n, n, d, causal)
     for n in (512, 1024, 2048, 4096)
     for d in (64, 128)
     for causal in (False, True)
 ] + [
-    Case(32, 12, 128, 128, 32, label="batch"),
-    Case(1, 32, 1, 8192, 128, label="decode"),
+    BenchCase(32, 12, 128, 128, 32, label="batch"),
+    BenchCase(1, 32, 1, 8192, 128, label="decode"),
 ]
 
 THREADS = [1, 2]
@@ -91,21 +62,12 @@ MIN_ROUNDS = {"fastattn": 3, "torch": 3, "numpy": 2}
 MAX_ROUNDS = 30
 
 
-def _rounds(impl: str, case: Case) -> int:
+def _rounds(impl: str, case: BenchCase) -> int:
     r = int(TARGET_FLOPS[impl] // max(case.flops, 1))
     return max(MIN_ROUNDS[impl], min(MAX_ROUNDS, r))
 
 
-def _numpy_thread_limit(threads: int):
-    """Context manager limiting NumPy's BLAS threads, or None when it cannot be done."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
-def _prepare(impl: str, case: Case, threads: int, q, k, v):
+def _prepare(impl: str, case: BenchCase, threads: int, q, k, v):
     """Return (callable, thread-count label) for one implementation, or skip."""
     if impl == "fastattn":
         fastattn.set_num_threads(threads)
@@ -122,8 +84,8 @@ def _prepare(impl: str, case: Case, threads: int, q, k, v):
                 f"NumPy reference would materialize {case.score_bytes / 2**30:.1f} GiB "
                 f"of scores (limit {REFERENCE_SCORE_LIMIT_BYTES / 2**30:.0f} GiB)"
             )
-        limiter = _numpy_thread_limit(threads)
-        if limiter is None:
+        limited = blas_limit_available()
+        if not limited:
             if threads != max(THREADS):
                 pytest.skip(
                     "threadpoolctl is not installed, so the NumPy reference's BLAS "
@@ -134,9 +96,7 @@ def _prepare(impl: str, case: Case, threads: int, q, k, v):
             label = threads
 
         def run():
-            if limiter is None:
-                return reference.attention(q, k, v, causal=case.causal)
-            with _numpy_thread_limit(threads):
+            with blas_limit(threads):
                 return reference.attention(q, k, v, causal=case.causal)
 
         return run, label
@@ -168,7 +128,7 @@ def test_attention(benchmark, make_inputs, fma_peak_gflops, case, threads, impl)
     if threads > (os.cpu_count() or 1):
         pytest.skip(f"{threads} threads requested, {os.cpu_count()} CPUs available")
 
-    q, k, v = make_inputs(case.B, case.H, case.H, case.Nq, case.Nk, case.D)
+    q, k, v = make_inputs(case)
 
     torch_threads = None
     if impl == "torch":

@@ -41,10 +41,11 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
+
+from fastattn._bench import blas_limit  # threadpoolctl when installed, else a no-op
 
 B, N, E, H = 8, 256, 512, 8
 D = E // H
@@ -89,15 +90,6 @@ def reference_layer(layer, x, causal=False, w_in=None, b_in=None):
     y = o.transpose(0, 2, 1, 3).reshape(b * n, hd) @ layer.w_o.T
     y += layer.b_o
     return y.reshape(b, n, e)
-
-
-def blas_limit(threads):
-    """Limit NumPy's BLAS threads, or a no-op when threadpoolctl is missing."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def make_runner(impl, layer, x, causal, threads):

@@ -1,6 +1,6 @@
 """Benchmark cases of the attention variants, shared by
 ``benchmarks/test_bench_variants.py`` (pytest-benchmark) and
-``tools/bench_variants.py`` (interleaved side-by-side ratios).
+``benchmarks/bench_variants.py`` (interleaved side-by-side ratios).
 
 Each comparison is a group of calls on the same data: the variant and the
 baseline(s) its target is stated against.  ``useful_flops`` counts only the

@@ -7,7 +7,7 @@ medians are reported with the ratio to the group's first call and the
 useful GFLOP/s (visible pairs only).  Interleaving spreads the noise of a
 shared machine over all calls alike.
 
-    python tools/bench_variants.py [--threads 1 2] [--rounds 5] [--groups window varlen ...]
+    python benchmarks/bench_variants.py [--threads 1 2] [--rounds 5] [--groups window varlen ...]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "benchmarks"))
+sys.path.insert(0, HERE)  # variants.py sits beside this script
 
 import fastattn  # noqa: E402
 from variants import GROUPS  # noqa: E402

@@ -1,12 +1,11 @@
 #!/usr/bin/env python
-"""Regenerate the benchmark results of the README: a markdown table and a plot.
+"""Regenerate the benchmark results of docs/benchmarks.md: a markdown table and a plot.
 
 Run from the repository root::
 
-    python tools/bench_report.py --quick                  # smoke run, under a minute
-    python tools/bench_report.py                          # full run, a few minutes
-    python tools/bench_report.py --update-readme          # ... and refresh README.md
-    python tools/bench_report.py --json results.json      # also keep the raw timings
+    python benchmarks/bench_report.py --quick               # smoke run, under a minute
+    python benchmarks/bench_report.py                       # full run, a few minutes
+    python benchmarks/bench_report.py --json results.json   # also keep the raw timings
 
 fastattn, PyTorch's ``scaled_dot_product_attention`` (when torch is installed)
 and the NumPy reference run side by side in this one process, on the same
@@ -23,11 +22,15 @@ peak of one core (``fastattn._core.fma_peak()``, measured at the start on the
 SIMD path in use) times the thread count.  For single-query decode the table
 below the main one also gives the bandwidth: bytes of K and V read per second.
 
-Writes ``docs/benchmarks.md`` and ``docs/benchmark.png`` (paths relative to the
-repository root unless given explicitly).  ``--update-readme`` replaces the
-text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in README.md.
-The plot needs matplotlib and limiting the NumPy reference's BLAS threads needs
-threadpoolctl; both are in the ``bench`` extra (``pip install ".[bench]"``).
+Writes ``docs/benchmark.png`` and the results into ``docs/benchmarks.md``
+(paths relative to the repository root unless given explicitly): when that
+file has the markers ``<!-- bench:start -->`` and ``<!-- bench:end -->``, only
+the text between them is replaced and the prose around them is kept;
+otherwise the file is written whole.  The plot needs matplotlib and limiting
+the NumPy reference's BLAS threads needs threadpoolctl; both are in the
+``bench`` extra (``pip install ".[bench]"``).  The case type, FLOP count and
+thread limiter are fastattn._bench's, shared with ``fastattn bench`` and the
+pytest-benchmark suite.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -50,10 +52,9 @@ import numpy as np
 
 import fastattn
 from fastattn import reference
-from fastattn.cli import attention_flops, format_ms
+from fastattn._bench import BenchCase, blas_limit, blas_limit_available, cpu_model, format_ms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-README = REPO_ROOT / "README.md"
 DEFAULT_MD = REPO_ROOT / "docs" / "benchmarks.md"
 DEFAULT_PNG = REPO_ROOT / "docs" / "benchmark.png"
 MARK_START = "<!-- bench:start -->"
@@ -73,76 +74,31 @@ IMPLS = ("fastattn", "torch", "numpy")
 SEED = 20240601
 
 
-class Case(NamedTuple):
-    B: int
-    H: int
-    Nq: int
-    Nk: int
-    D: int
-    causal: bool = False
-    label: str = ""
-
-    @property
-    def name(self) -> str:
-        if self.label == "decode":
-            return f"decode B{self.B} H{self.H} Nk{self.Nk} D{self.D}"
-        shape = f"B{self.B} H{self.H} N{self.Nq} D{self.D}"
-        if self.Nq != self.Nk:
-            shape = f"B{self.B} H{self.H} Nq{self.Nq} Nk{self.Nk} D{self.D}"
-        if self.label:
-            shape = f"{self.label} {shape}"
-        return shape + (" causal" if self.causal else "")
-
-    @property
-    def flops(self) -> int:
-        return attention_flops(self.B, self.H, self.Nq, self.Nk, self.D, causal=self.causal)
-
-    @property
-    def kv_bytes(self) -> int:
-        return 2 * self.B * self.H * self.Nk * self.D * 4
-
-    @property
-    def score_bytes(self) -> int:
-        return self.B * self.H * self.Nq * self.Nk * 4
-
-
-def full_cases() -> List[Case]:
+def full_cases() -> List[BenchCase]:
     cases = [
-        Case(1, 8, n, n, d, causal)
+        BenchCase(1, 8, n, n, d, causal)
         for n in (512, 1024, 2048, 4096)
         for d in (64, 128)
         for causal in (False, True)
     ]
     # B=1 H=8 N=2048 D=64, causal and not, are part of the grid above; they are
     # the shapes the "speed-up vs NumPy" figures are quoted for.
-    cases.append(Case(32, 12, 128, 128, 32, label="batch"))
-    cases.append(Case(1, 32, 1, 8192, 128, label="decode"))
+    cases.append(BenchCase(32, 12, 128, 128, 32, label="batch"))
+    cases.append(BenchCase(1, 32, 1, 8192, 128, label="decode"))
     return cases
 
 
-def quick_cases() -> List[Case]:
-    cases = [Case(1, 8, n, n, d) for n in (512, 1024) for d in (64, 128)]
-    cases.append(Case(1, 8, 1024, 1024, 64, causal=True))
-    cases.append(Case(32, 12, 128, 128, 32, label="batch"))
-    cases.append(Case(1, 32, 1, 8192, 128, label="decode"))
+def quick_cases() -> List[BenchCase]:
+    cases = [BenchCase(1, 8, n, n, d) for n in (512, 1024) for d in (64, 128)]
+    cases.append(BenchCase(1, 8, 1024, 1024, 64, causal=True))
+    cases.append(BenchCase(32, 12, 128, 128, 32, label="batch"))
+    cases.append(BenchCase(1, 32, 1, 8192, 128, label="decode"))
     return cases
 
 
 # --------------------------------------------------------------------------
 # environment
 # --------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def import_torch():
@@ -153,15 +109,6 @@ def import_torch():
               "its columns will read n/a", file=sys.stderr)
         return None
     return torch
-
-
-def numpy_thread_limiter():
-    """Return a factory ``threads -> context manager`` for NumPy's BLAS, or None."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return lambda threads: threadpool_limits(limits=threads, user_api="blas")
 
 
 def concurrent_fma_peak(n: int, seconds: float) -> float:
@@ -193,7 +140,7 @@ class Impl(NamedTuple):
     context: Callable[[], contextlib.AbstractContextManager]
 
 
-def make_impls(case: Case, threads: int, q, k, v, torch, numpy_limiter) -> List[Impl]:
+def make_impls(case: BenchCase, threads: int, q, k, v, torch) -> List[Impl]:
     impls: List[Impl] = []
     null = contextlib.nullcontext
 
@@ -223,10 +170,7 @@ def make_impls(case: Case, threads: int, q, k, v, torch, numpy_limiter) -> List[
         def run_numpy():
             return reference.attention(q, k, v, causal=case.causal)
 
-        if numpy_limiter is None:
-            impls.append(Impl("numpy", run_numpy, null))
-        else:
-            impls.append(Impl("numpy", run_numpy, lambda: numpy_limiter(threads)))
+        impls.append(Impl("numpy", run_numpy, lambda: blas_limit(threads)))
     return impls
 
 
@@ -394,7 +338,7 @@ def build_markdown(meta: dict, records: List[dict], image_link: Optional[str]) -
         "Speed-ups are the other implementation's time over fastattn's. "
         f"NumPy n/a: the NumPy reference is skipped where its score matrix "
         f"would exceed {NUMPY_SCORE_LIMIT_BYTES / 1e9:.1f} GB. "
-        "Generated by `tools/bench_report.py`.",
+        "Generated by `benchmarks/bench_report.py`.",
     ]
     if image_link:
         lines += ["", f"![GFLOP/s vs N]({image_link})"]
@@ -461,14 +405,16 @@ def make_plot(meta: dict, records: List[dict], path: Path) -> bool:
     return True
 
 
-def update_readme(readme: Path, block: str) -> None:
-    text = readme.read_text(encoding="utf-8")
-    start = text.find(MARK_START)
-    end = text.find(MARK_END)
-    if start < 0 or end < 0 or end < start:
-        raise SystemExit(f"{readme}: markers {MARK_START} ... {MARK_END} not found")
+def write_results(path: Path, block: str) -> None:
+    """Put ``block`` between the markers of ``path``, or write the file whole."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    start, end = text.find(MARK_START), text.find(MARK_END)
+    if start < 0 or end < start:
+        text = f"# Benchmark results\n\n{MARK_START}\n{MARK_END}\n"
+        start, end = text.find(MARK_START), text.find(MARK_END)
     new = text[:start + len(MARK_START)] + "\n" + block.rstrip("\n") + "\n" + text[end:]
-    readme.write_text(new, encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------
@@ -486,13 +432,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
                    help="thread counts to run (default: 1 2)")
     p.add_argument("--out-md", type=Path, default=DEFAULT_MD, metavar="PATH",
-                   help="markdown output (default: docs/benchmarks.md)")
+                   help="markdown output, filled between its bench:start and bench:end "
+                        "markers when it has them (default: docs/benchmarks.md)")
     p.add_argument("--out-png", type=Path, default=DEFAULT_PNG, metavar="PATH",
                    help="plot output (default: docs/benchmark.png)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="also write the raw results as JSON")
-    p.add_argument("--update-readme", action="store_true",
-                   help=f"replace the text between {MARK_START} and {MARK_END} in README.md")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 5
@@ -508,24 +453,20 @@ def _relative_link(target: Path, from_dir: Path) -> str:
     return Path(os.path.relpath(target.resolve(), from_dir.resolve())).as_posix()
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
+def collect_meta(args: argparse.Namespace, torch) -> dict:
+    """The machine, the versions and the FMA peaks the report is stated against."""
+    from fastattn import _core
+
     ncpu = os.cpu_count() or 1
     if max(args.threads) > ncpu:
         print(f"warning: {max(args.threads)} threads requested, {ncpu} CPUs available",
               file=sys.stderr)
-
-    torch = import_torch()
-    limiter = numpy_thread_limiter()
-    if limiter is None:
+    if not blas_limit_available():
         numpy_threads = "numpy threads: default"
         print("threadpoolctl is not installed: the NumPy reference runs with its BLAS "
               "default thread count at every thread setting", file=sys.stderr)
     else:
         numpy_threads = "BLAS threads limited to the thread count via threadpoolctl"
-
-    from fastattn import _core
 
     info = fastattn.info()
     peak_seconds = 0.1 if args.quick else 0.2
@@ -533,8 +474,7 @@ def main(argv=None) -> int:
     concurrent = None
     if max(args.threads) > 1:
         concurrent = concurrent_fma_peak(max(args.threads), peak_seconds)
-
-    meta = {
+    return {
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_model(),
         "cpus": ncpu,
@@ -551,72 +491,78 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "quick": args.quick,
     }
-    print(f"fastattn {meta['fastattn_version']} ({meta['isa']}), "
-          f"torch {meta['torch_version'] or 'n/a'}, NumPy {meta['numpy_version']}; "
-          f"FMA peak {peak:.1f} GFLOP/s per core", file=sys.stderr)
 
-    cases = quick_cases() if args.quick else full_cases()
+
+def run_case(case: BenchCase, threads: int, rounds: int, q, k, v, torch, peak: float) -> dict:
+    """One record of the report: every implementation on ``case`` at ``threads``."""
+    t0 = time.perf_counter()
+    results = time_interleaved(make_impls(case, threads, q, k, v, torch), rounds)
+    for entry in results.values():
+        t = entry["median_s"]
+        entry["gflops"] = case.flops / t / 1e9
+        entry["pct_of_peak"] = 100.0 * entry["gflops"] / (peak * threads)
+        entry["gbps"] = case.kv_bytes / t / 1e9
+    summary = "  ".join(f"{n} {fmt_ms(e['median_s'])} ms" for n, e in results.items())
+    print(f"  {case.name:<28} t{threads}: {summary}  "
+          f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+    return {
+        "case": case.name, "label": case.label, "B": case.B, "H": case.H,
+        "Nq": case.Nq, "Nk": case.Nk, "D": case.D, "causal": case.causal,
+        "flops": case.flops, "kv_bytes": case.kv_bytes, "threads": threads,
+        "results": results,
+    }
+
+
+def run_cases(cases: Sequence[BenchCase], args: argparse.Namespace, torch,
+              peak: float) -> List[dict]:
+    """Every case at every thread count; the thread settings are restored after."""
     fast_threads_before = fastattn.get_num_threads()
     torch_threads_before = None if torch is None else torch.get_num_threads()
     records: List[dict] = []
-    rng = np.random.default_rng(SEED)
     try:
-        for case in cases:
-            q = rng.standard_normal((case.B, case.H, case.Nq, case.D), dtype=np.float32)
-            k = rng.standard_normal((case.B, case.H, case.Nk, case.D), dtype=np.float32)
-            v = rng.standard_normal((case.B, case.H, case.Nk, case.D), dtype=np.float32)
+        for index, case in enumerate(cases):
+            q, k, v = case.make_inputs(SEED + index)
             for threads in args.threads:
-                t0 = time.perf_counter()
-                impls = make_impls(case, threads, q, k, v, torch, limiter)
-                results = time_interleaved(impls, args.rounds)
-                for name, entry in results.items():
-                    t = entry["median_s"]
-                    entry["gflops"] = case.flops / t / 1e9
-                    entry["pct_of_peak"] = 100.0 * entry["gflops"] / (peak * threads)
-                    entry["gbps"] = case.kv_bytes / t / 1e9
-                records.append({
-                    "case": case.name, "label": case.label, "B": case.B, "H": case.H,
-                    "Nq": case.Nq, "Nk": case.Nk, "D": case.D, "causal": case.causal,
-                    "flops": case.flops, "kv_bytes": case.kv_bytes, "threads": threads,
-                    "results": results,
-                })
-                summary = "  ".join(f"{n} {fmt_ms(e['median_s'])} ms"
-                                    for n, e in results.items())
-                print(f"  {case.name:<28} t{threads}: {summary}  "
-                      f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+                records.append(run_case(case, threads, args.rounds, q, k, v, torch, peak))
             del q, k, v
     finally:
         fastattn.set_num_threads(fast_threads_before)
         if torch is not None:
             torch.set_num_threads(torch_threads_before)
+    return records
 
-    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
 
+def write_outputs(args: argparse.Namespace, meta: dict, records: List[dict]) -> None:
+    """The plot, the markdown results and (with --json) the raw timings."""
     out_md: Path = args.out_md
     out_png: Path = args.out_png
     have_png = make_plot(meta, records, out_png)
     if have_png:
         print(f"wrote {out_png}", file=sys.stderr)
-
     md = build_markdown(meta, records,
                         _relative_link(out_png, out_md.parent) if have_png else None)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text("# Benchmark results\n\n" + md, encoding="utf-8")
+    write_results(out_md, md)
     print(f"wrote {out_md}", file=sys.stderr)
-
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=2),
                              encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
 
-    if args.update_readme:
-        if args.quick:
-            print("warning: updating README.md from a --quick run", file=sys.stderr)
-        link = _relative_link(out_png, README.parent) if have_png else None
-        update_readme(README, build_markdown(meta, records, link))
-        print(f"updated {README}", file=sys.stderr)
 
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    torch = import_torch()
+    meta = collect_meta(args, torch)
+    peak = meta["fma_peak_gflops_per_core"]
+    print(f"fastattn {meta['fastattn_version']} ({meta['isa']}), "
+          f"torch {meta['torch_version'] or 'n/a'}, NumPy {meta['numpy_version']}; "
+          f"FMA peak {peak:.1f} GFLOP/s per core", file=sys.stderr)
+
+    records = run_cases(quick_cases() if args.quick else full_cases(), args, torch, peak)
+    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    write_outputs(args, meta, records)
     print(build_markdown(meta, records, None))
     print(f"elapsed: {meta['elapsed_s']:.0f} s", file=sys.stderr)
     return 0
