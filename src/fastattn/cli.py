@@ -407,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed of the embeddings and weights (default: 0)")
     p_demo.set_defaults(func=cmd_demo)
+
+    from fastattn.models.embed import add_embed_parser  # `embed`: sentence embeddings
+    add_embed_parser(sub)
     return parser
 
 
