@@ -4,17 +4,19 @@ invariance.  Needs no optional package."""
 
 from __future__ import annotations
 
+import importlib
 import math
+from typing import Any
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from fastattn.models import BertModel, BertWeights, gelu_erf
 from fastattn.models.encoder import SentenceEncoder
 from models_support import TINY, random_ids, reference_forward, reference_pooled, tiny_tensors
 
 FLOOR = 1e-6
+threadpool_limits: Any = importlib.import_module("threadpoolctl").threadpool_limits
 
 
 def test_gelu_erf_matches_float64() -> None:
@@ -29,7 +31,7 @@ def test_gelu_erf_matches_float64() -> None:
 
 
 @pytest.mark.parametrize("lengths", [[5], [1, 2, 3, 4, 5], [7, 30, 2, 48, 16, 17, 64 - 48]])
-def test_hidden_states_two_x_rule(tiny_model: BertModel, lengths: list) -> None:
+def test_hidden_states_two_x_rule(tiny_model: BertModel, lengths: list[int]) -> None:
     rng = np.random.default_rng(sum(lengths))
     ids = random_ids(rng, lengths)
     states, cu = tiny_model.hidden_states(ids)
@@ -54,7 +56,7 @@ def test_mean_pooled_two_x_rule(tiny_model: BertModel) -> None:
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-6)
 
 
-def _lengths(rng: np.random.Generator, n: int) -> list:
+def _lengths(rng: np.random.Generator, n: int) -> list[int]:
     # many very short sentences (the attention core's few-row kernel) among long ones
     return [int(x) for x in rng.choice([1, 2, 3, 4, 5, 6, 17, 33, 48], size=n)]
 

@@ -4,6 +4,7 @@ per partition, joined in input order, bitwise equal to one process."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,7 @@ def test_dask_embed_matches_single_process(tiny_folder: Path, tmp_path: Path) ->
     src = tmp_path / "corpus.txt"
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "emb.npy"
-    import dask.bag as db
-
+    db: Any = require("dask.bag", "dask[bag] is not installed")
     bag = db.read_text(str(src), blocksize=300)
     assert bag.npartitions > 2
     got = dask_embed(bag, str(out), model_dir=str(tiny_folder), n_workers=2)

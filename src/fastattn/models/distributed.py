@@ -8,6 +8,7 @@ path, so the joined result is bitwise the same.
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -69,9 +70,10 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
     numpy.ndarray
         The joined embeddings (memory-mapped from ``output``).
     """
-    import dask
-    import dask.bag as db
     import numpy as np
+
+    dask: Any = importlib.import_module("dask")
+    db: Any = importlib.import_module("dask.bag")
 
     bag = bag_or_paths if isinstance(bag_or_paths, db.Bag) else db.read_text(bag_or_paths)
     shard_dir = shard_dir or output + ".shards"
@@ -93,11 +95,10 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
 
 
 def _local_client(n_workers: int) -> Any:
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+    dist: Any = importlib.import_module("distributed")
+    cluster = dist.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                            host="127.0.0.1", dashboard_address=None)
-    return Client(cluster)
+    return dist.Client(cluster)
 
 
 def _join(results: List[Tuple[int, str, int]], output: str, shard_dir: str,

@@ -15,6 +15,7 @@ the count.  Lines end at ``\\n``; a ``\\r`` before it is dropped.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -175,8 +176,7 @@ def _stream(f: BinaryIO, encoder: Any, out: Any, report: EmbedReport, bar: Any,
 def _progress_bar(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm import tqdm
-
+    tqdm: Any = importlib.import_module("tqdm").tqdm
     return tqdm(total=total, unit=" sentences", file=sys.stderr, dynamic_ncols=True,
                 smoothing=0.1)
 

@@ -4,6 +4,7 @@ cut by a token budget."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -181,23 +182,21 @@ class single_threaded_pools:
     at one thread each; the previous settings come back on exit."""
 
     def __enter__(self) -> "single_threaded_pools":
-        import fastattn
-
         self._stack = ExitStack()
         try:
-            from threadpoolctl import threadpool_limits
+            tpc: Any = importlib.import_module("threadpoolctl")
         except ImportError:
             pass
         else:
-            self._stack.enter_context(threadpool_limits(1, user_api="blas"))
-        self._fa_threads = int(fastattn.get_num_threads())
-        fastattn.set_num_threads(1)
+            self._stack.enter_context(tpc.threadpool_limits(1, user_api="blas"))
+        fa: Any = importlib.import_module("fastattn")
+        self._fa_threads = int(fa.get_num_threads())
+        fa.set_num_threads(1)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import fastattn
-
-        fastattn.set_num_threads(self._fa_threads)
+        fa: Any = importlib.import_module("fastattn")
+        fa.set_num_threads(self._fa_threads)
         self._stack.close()
 
 
