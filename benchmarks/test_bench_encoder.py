@@ -8,6 +8,8 @@ in-process encode.  Script mode times whole processes from start-up,
 table of medians and ratios::
 
     python benchmarks/test_bench_encoder.py [--threads 1 2] [--rounds 3] [--sentences 2200]
+
+``FASTATTN_BENCH_SENTENCES=200`` shrinks the corpus for a smoke run.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from encoder_peer import make_corpus, sentence_transformers_encode  # noqa: E402
 
-N_SENTENCES = 2200
+# FASTATTN_BENCH_SENTENCES makes a smaller corpus for a smoke run
+N_SENTENCES = int(os.environ.get("FASTATTN_BENCH_SENTENCES", "2200"))
 
 
 @pytest.fixture(scope="module")
