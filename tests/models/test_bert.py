@@ -13,7 +13,8 @@ import pytest
 
 from fastattn.models import BertModel, BertWeights, gelu_erf
 from fastattn.models.encoder import SentenceEncoder
-from models_support import TINY, random_ids, reference_forward, reference_pooled, tiny_tensors
+from models_support import (TINY, random_ids, reference_forward, reference_pooled,  # noqa: F401
+                            tiny_model, tiny_tensors)
 
 FLOOR = 1e-6
 threadpool_limits: Any = importlib.import_module("threadpoolctl").threadpool_limits

@@ -10,7 +10,7 @@ import numpy as np
 
 from optional_deps import require
 from fastattn.models import dask_embed, load_encoder
-from models_support import WORDS
+from models_support import WORDS, tiny_folder  # noqa: F401  (fixture)
 
 
 def test_dask_embed_matches_single_process(tiny_folder: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastattn.cli import main
+from models_support import minilm  # noqa: F401  (fixture)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> "tuple[int, str]":

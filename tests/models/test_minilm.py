@@ -12,6 +12,7 @@ import pytest
 
 from fastattn.models import load_encoder
 from fastattn.models import encoder as encoder_mod
+from models_support import minilm, tiny_folder  # noqa: F401  (fixtures)
 
 PAIRS = [("A man is playing a guitar.", "Someone plays the guitar."),
          ("The cat sleeps on the sofa.", "A cat is napping on the couch."),
