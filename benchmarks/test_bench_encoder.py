@@ -2,8 +2,9 @@
 tokens/s at 1 and 2 threads, beside sentence-transformers on the same
 generated corpus when torch and sentence-transformers are installed.
 
-pytest mode (``python -m pytest benchmarks/test_bench_encoder.py``) times the
-in-process encode.  Script mode times whole processes from start-up,
+pytest mode (``python -m pytest benchmarks/test_bench_encoder.py``) times, in
+process, fastattn's encode of a loaded model and the peer's model load plus
+encode (its load is part of each call).  Script mode times whole processes from start-up,
 ``fastattn embed`` against the peer, in interleaved rounds, and prints a
 table of medians and ratios::
 
