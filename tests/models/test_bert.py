@@ -1,0 +1,126 @@
+"""The NumPy BERT encoder against a float64 forward pass of the same tiny
+random network (FlashAttention's 2x rule), and its bitwise batch and thread
+invariance.  Needs no optional package."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fastattn.models import BertModel, BertWeights, gelu_erf
+from fastattn.models.encoder import SentenceEncoder
+from models_support import (TINY, random_ids, reference_forward, reference_pooled,  # noqa: F401
+                            tiny_model, tiny_tensors)
+
+FLOOR = 1e-6
+threadpool_limits: Any = importlib.import_module("threadpoolctl").threadpool_limits
+
+
+def test_gelu_erf_matches_float64() -> None:
+    x = np.linspace(-12, 12, 200001).astype(np.float32)
+    ref = x.astype(np.float64) * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    got = x.copy()
+    gelu_erf(got, (np.empty_like(x), np.empty_like(x), np.empty_like(x)))
+    # within 2 float32 ulps of max(|GELU|, 1) everywhere
+    assert np.abs(got - ref).max() <= 2 * np.spacing(np.float32(1)) * np.maximum(np.abs(ref), 1).max()
+    err_rel = np.abs(got - ref) / np.maximum(np.abs(ref), 1)
+    assert err_rel.max() < 3e-7
+
+
+@pytest.mark.parametrize("lengths", [[5], [1, 2, 3, 4, 5], [7, 30, 2, 48, 16, 17, 64 - 48]])
+def test_hidden_states_two_x_rule(tiny_model: BertModel, lengths: list[int]) -> None:
+    rng = np.random.default_rng(sum(lengths))
+    ids = random_ids(rng, lengths)
+    states, cu = tiny_model.hidden_states(ids)
+    assert states.dtype == np.float32 and states.shape == (sum(lengths), TINY.hidden_size)
+    t = tiny_tensors()
+    for b, a in enumerate(ids):
+        ref64 = reference_forward(t, TINY, a, np.float64)
+        naive = reference_forward(t, TINY, a, np.float32)
+        fast = states[cu[b]:cu[b + 1]]
+        bound = 2 * np.abs(naive - ref64).max() + FLOOR
+        assert np.abs(fast - ref64).max() <= bound, (b, np.abs(fast - ref64).max(), bound)
+
+
+def test_mean_pooled_two_x_rule(tiny_model: BertModel) -> None:
+    rng = np.random.default_rng(3)
+    ids = random_ids(rng, [3, 9, 1, 40, 12])
+    got = tiny_model.mean_pooled(ids)
+    t = tiny_tensors()
+    ref64 = reference_pooled(t, TINY, ids, np.float64)
+    naive = reference_pooled(t, TINY, ids, np.float32)
+    assert np.abs(got - ref64).max() <= 2 * np.abs(naive - ref64).max() + FLOOR
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-6)
+
+
+def _lengths(rng: np.random.Generator, n: int) -> list[int]:
+    # many very short sentences (the attention core's few-row kernel) among long ones
+    return [int(x) for x in rng.choice([1, 2, 3, 4, 5, 6, 17, 33, 48], size=n)]
+
+
+def test_batch_invariance_bitwise(tiny_model: BertModel) -> None:
+    rng = np.random.default_rng(7)
+    ids = random_ids(rng, _lengths(rng, 60))
+    alone = np.concatenate([tiny_model.mean_pooled([a]) for a in ids])
+    together = tiny_model.mean_pooled(ids)
+    assert np.array_equal(alone, together)
+    perm = rng.permutation(len(ids))
+    shuffled = tiny_model.mean_pooled([ids[i] for i in perm])
+    assert np.array_equal(shuffled, together[perm])
+    # a different row block changes the fixed GEMM shape: still the same sentences
+    # (not asserted bitwise: only one block size is used at a time)
+    other = BertModel(TINY, tiny_model.weights, row_block=128).mean_pooled(ids)
+    np.testing.assert_allclose(other, together, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1, 37, 200, 10_000])
+def test_encoder_batches_and_threads_bitwise(tiny_model: BertModel, budget: int) -> None:
+    class NoTokenizer:
+        def no_padding(self) -> None: ...
+        def no_truncation(self) -> None: ...
+
+    enc = SentenceEncoder(tiny_model, NoTokenizer(), max_length=TINY.max_position_embeddings)
+    rng = np.random.default_rng(11)
+    ids = random_ids(rng, _lengths(rng, 80))
+    ref = enc.encode_ids(ids, batch_tokens=10_000, threads=1)
+    for threads in (1, 2, 3):
+        got = enc.encode_ids(ids, batch_tokens=budget, threads=threads)
+        assert np.array_equal(got, ref), (budget, threads)
+
+
+def test_blas_thread_count_does_not_change_products(tiny_model: BertModel) -> None:
+    # the model itself, run with the BLAS at 1 and at 2 threads
+    rng = np.random.default_rng(5)
+    ids = random_ids(rng, _lengths(rng, 50))
+    with threadpool_limits(1, user_api="blas"):
+        one = tiny_model.mean_pooled(ids)
+    with threadpool_limits(2, user_api="blas"):
+        two = tiny_model.mean_pooled(ids)
+    assert np.array_equal(one, two)
+
+
+def test_bad_ids(tiny_model: BertModel) -> None:
+    with pytest.raises(ValueError, match="token ids"):
+        tiny_model.mean_pooled([np.array([0, TINY.vocab_size])])
+    with pytest.raises(ValueError, match="tokens"):
+        tiny_model.mean_pooled([np.zeros(TINY.max_position_embeddings + 1, dtype=np.int64)])
+    with pytest.raises(ValueError, match="row_block"):
+        BertModel(TINY, tiny_model.weights, row_block=0)
+
+
+def test_weights_errors() -> None:
+    t = tiny_tensors()
+    del t["encoder.layer.1.output.dense.bias"]
+    with pytest.raises(ValueError, match="encoder.layer.1.output.dense.bias"):
+        BertWeights.from_state_dict(TINY, t)
+    t = tiny_tensors()
+    t["embeddings.LayerNorm.weight"] = t["embeddings.LayerNorm.weight"][:-1]
+    with pytest.raises(ValueError, match="shape"):
+        BertWeights.from_state_dict(TINY, t)
+    prefixed = {"bert." + k: v for k, v in tiny_tensors().items()}
+    w = BertWeights.from_state_dict(TINY, prefixed)
+    assert np.array_equal(w.word, tiny_tensors()["embeddings.word_embeddings.weight"])
