@@ -122,6 +122,32 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_S *restrict 
     }
 }
 
+/* The score epilogue over one row's nb scores s (vectors along the keys),
+ * the tail through fa_load_tail_ / fa_store_tail_. */
+FA_INLINE void FA_FN(fa_rows_epilogue_)(const FA_FN(fa_epi_) *e, int nb,
+                                        const FA_FN(fa_rowv_) *row, FA_T *restrict s,
+                                        const FA_T *restrict mt, const int capped,
+                                        const int alibi, const int masked, const int band)
+{
+    const VT cap = e->cap, capinv = e->capinv;
+    VT jidx;
+    for (int l = 0; l < VL; l++) jidx[l] = (FA_T)l;
+    int j = 0;
+    for (; j + VL <= nb; j += VL, jidx += VSPLAT(VL))
+        FA_FN(fa_storeu_)(s + j, FA_FN(fa_score_epilogue_)(cap, capinv, capped, alibi, masked,
+                                                           band, FA_FN(fa_loadu_)(s + j), jidx,
+                                                           row, mt + j));
+    if (j < nb) {
+        const int n = nb - j;
+        FA_T mtail[VL];
+        for (int l = 0; l < VL; l++) mtail[l] = l < n && masked ? mt[j + l] : 0;
+        const VT x = FA_FN(fa_score_epilogue_)(cap, capinv, capped, alibi, masked, band,
+                                               FA_FN(fa_load_tail_)(s + j, n, 0), jidx, row,
+                                               mtail);
+        FA_FN(fa_store_tail_)(s + j, n, x);
+    }
+}
+
 /* Scores of one row for keys [j0, j0 + nb): the dot products, then the
  * score epilogue along the keys (the row's band inside the block is
  * [lo, hi)).  mt receives the row's mask terms. */
@@ -139,26 +165,17 @@ FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int 
     for (j = 0; j < nb; j++) s[j] *= c;
 #endif
     e->band = lo > 0 || hi < nb;
-    if (!FA_FN(fa_epi_any_)(e)) return;
+    const int mode = FA_FN(fa_epi_mode_)(e);
+    if (!mode) return;
     if (e->masked) FA_FN(fa_mask_terms_)(p->mask_kind, t->mask_row[r], p->m_sk, j0, nb, mt, 1);
     FA_FN(fa_rowv_) row;
     row.slope = VSPLAT((FA_T)t->slope[r]);
     row.pos = VSPLAT((FA_T)(t->pos[r] - j0));
     row.lo = VSPLAT((FA_T)lo);
     row.hi = VSPLAT((FA_T)hi);
-    VT jidx;
-    for (int l = 0; l < VL; l++) jidx[l] = (FA_T)l;
-    for (j = 0; j + VL <= nb; j += VL, jidx += VSPLAT(VL))
-        FA_FN(fa_storeu_)(s + j, FA_FN(fa_score_epilogue_)(e, FA_FN(fa_loadu_)(s + j), jidx,
-                                                           &row, mt + j));
-    if (j < nb) {
-        const int n = nb - j;
-        FA_T mtail[VL];
-        for (int l = 0; l < VL; l++) mtail[l] = l < n && e->masked ? mt[j + l] : 0;
-        const VT x = FA_FN(fa_score_epilogue_)(e, FA_FN(fa_load_tail_)(s + j, n, 0), jidx,
-                                               &row, mtail);
-        FA_FN(fa_store_tail_)(s + j, n, x);
-    }
+#define FA_RUN(c, a, m, b) FA_FN(fa_rows_epilogue_)(e, nb, &row, s, mt, c, a, m, b)
+    FA_EPI_SWITCH(mode, FA_RUN)
+#undef FA_RUN
 }
 
 /* Online softmax of one row over a block of nb scores (along the keys):

@@ -65,10 +65,36 @@ FA_INLINE FA_FN(fa_epi_) FA_FN(fa_epi_init_)(const fa_params *p)
     return e;
 }
 
-FA_INLINE int FA_FN(fa_epi_any_)(const FA_FN(fa_epi_) *e)
+/* The stages as a 4-bit mode (0: nothing to do). */
+FA_INLINE int FA_FN(fa_epi_mode_)(const FA_FN(fa_epi_) *e)
 {
-    return e->capped | e->alibi | e->masked | e->band;
+    return e->capped | e->alibi << 1 | e->masked << 2 | e->band << 3;
 }
+
+/* Run RUN(capped, alibi, masked, band) with the stage flags of `mode` as
+ * compile-time constants: each layout's epilogue loop is compiled once per
+ * combination, so no stage costs a test per vector. */
+#ifndef FA_EPI_SWITCH
+#define FA_EPI_SWITCH(mode, RUN)                                              \
+    switch (mode) {                                                           \
+    case 1: RUN(1, 0, 0, 0); break;                                           \
+    case 2: RUN(0, 1, 0, 0); break;                                           \
+    case 3: RUN(1, 1, 0, 0); break;                                           \
+    case 4: RUN(0, 0, 1, 0); break;                                           \
+    case 5: RUN(1, 0, 1, 0); break;                                           \
+    case 6: RUN(0, 1, 1, 0); break;                                           \
+    case 7: RUN(1, 1, 1, 0); break;                                           \
+    case 8: RUN(0, 0, 0, 1); break;                                           \
+    case 9: RUN(1, 0, 0, 1); break;                                           \
+    case 10: RUN(0, 1, 0, 1); break;                                          \
+    case 11: RUN(1, 1, 0, 1); break;                                          \
+    case 12: RUN(0, 0, 1, 1); break;                                          \
+    case 13: RUN(1, 0, 1, 1); break;                                          \
+    case 14: RUN(0, 1, 1, 1); break;                                          \
+    case 15: RUN(1, 1, 1, 1); break;                                          \
+    default: break;                                                           \
+    }
+#endif
 
 /* Per lane: the row's ALiBi slope, its diagonal (i + nk_b - nq_b) and its
  * band [lo, hi), all relative to the first key of the block, so every
@@ -79,24 +105,29 @@ typedef struct {
 
 /*
  * The score epilogue of one vector of scores s, whose lanes are keys jidx
- * (relative to the block) of rows described by `row`:
+ * (relative to the block) of rows described by `row`; cap and the flags
+ * come from the block's fa_epi_ (the flags as constants, see
+ * FA_EPI_SWITCH; the caller keeps cap in locals, where stores to the scores
+ * cannot alias it):
  *   soft cap  s = cap * tanh(s / cap)
  *   ALiBi     s -= slope * |pos - j|
  *   mask      s += term, and a -inf term hides the key whatever s is (a NaN
  *             or inf score there must not reach the row)
  *   band      keys outside [lo, hi) become -inf.
  */
-FA_INLINE VT FA_FN(fa_score_epilogue_)(const FA_FN(fa_epi_) *e, VT s, VT jidx,
-                                       const FA_FN(fa_rowv_) *row, const FA_T *mterm)
+FA_INLINE VT FA_FN(fa_score_epilogue_)(const VT cap, const VT capinv, const int capped,
+                                       const int alibi, const int masked, const int band,
+                                       VT s, VT jidx, const FA_FN(fa_rowv_) *row,
+                                       const FA_T *mterm)
 {
     const VT ninf = VSPLAT(-(FA_T)__builtin_inf());
-    if (e->capped) s = e->cap * FA_FN(fa_tanh_)(s * e->capinv);
-    if (e->alibi) s = s - row->slope * FA_FN(fa_vabs_)(row->pos - jidx);
-    if (e->masked) {
+    if (capped) s = cap * FA_FN(fa_tanh_)(s * capinv);
+    if (alibi) s = s - row->slope * FA_FN(fa_vabs_)(row->pos - jidx);
+    if (masked) {
         const VT m = FA_FN(fa_loadu_)(mterm);
         s = FA_FN(fa_vsel_)(m == ninf, m, s + m);
     }
-    if (e->band) s = FA_FN(fa_vsel_)((jidx < row->lo) | (jidx >= row->hi), ninf, s);
+    if (band) s = FA_FN(fa_vsel_)((jidx < row->lo) | (jidx >= row->hi), ninf, s);
     return s;
 }
 

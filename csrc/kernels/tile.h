@@ -278,6 +278,27 @@ FA_INLINE void FA_FN(fa_tile_rows_at_)(const fa_tile *t, const FA_FN(fa_scr_) *w
         }
 }
 
+/* The score epilogue over a block st[key][row] of nb keys. */
+FA_INLINE void FA_FN(fa_tile_epilogue_)(const FA_FN(fa_scr_) *w, const FA_FN(fa_epi_) *e,
+                                        int nb, const int capped, const int alibi,
+                                        const int masked, const int band)
+{
+    const VT cap = e->cap, capinv = e->capinv;
+    for (int i = 0; i < w->nv; i++) {
+        FA_FN(fa_rowv_) row;
+        row.slope = alibi ? VLOAD(w->slope + i * VL) : VSPLAT(0);
+        row.pos = alibi ? VLOAD(w->pos + i * VL) : VSPLAT(0);
+        row.lo = band ? VLOAD(w->lo + i * VL) : VSPLAT(0);
+        row.hi = band ? VLOAD(w->hi + i * VL) : VSPLAT(0);
+        for (int j = 0; j < nb; j++) {
+            FA_T *sp = w->st + j * FA_BQ + i * VL;
+            VSTORE(sp, FA_FN(fa_score_epilogue_)(cap, capinv, capped, alibi, masked, band,
+                                                 VLOAD(sp), VSPLAT(j), &row,
+                                                 w->mt + j * FA_BQ + i * VL));
+        }
+    }
+}
+
 /*
  * Scores of one key block, st[key][row]: Q.K^T (scale folded into Q), then
  * the score epilogue (fa_score_epilogue_) on every vector.  bmax receives
@@ -300,20 +321,12 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
         FA_FN(fa_qk_tile_)(nv, nb, w->qt, kb, k_sn, k_sd, p->d, st, bmax);
 
     e->band = band;
-    if (!FA_FN(fa_epi_any_)(e)) return 0;
+    const int mode = FA_FN(fa_epi_mode_)(e);
+    if (!mode) return 0;
     FA_FN(fa_tile_rows_at_)(t, w, e, j0, nb);
-    for (int i = 0; i < nv; i++) {
-        FA_FN(fa_rowv_) row;
-        row.slope = VLOAD(w->slope + i * VL);
-        row.pos = VLOAD(w->pos + i * VL);
-        row.lo = VLOAD(w->lo + i * VL);
-        row.hi = VLOAD(w->hi + i * VL);
-        for (int j = 0; j < nb; j++) {
-            FA_T *sp = st + j * FA_BQ + i * VL;
-            VSTORE(sp, FA_FN(fa_score_epilogue_)(e, VLOAD(sp), VSPLAT(j), &row,
-                                                 w->mt + j * FA_BQ + i * VL));
-        }
-    }
+#define FA_RUN(c, a, m, b) FA_FN(fa_tile_epilogue_)(w, e, nb, c, a, m, b)
+    FA_EPI_SWITCH(mode, FA_RUN)
+#undef FA_RUN
     if (e->capped)
         for (int i = 0; i < nv; i++)
             VSTORE(bmax + i * VL, e->cap * FA_FN(fa_tanh_)(VLOAD(bmax + i * VL) * e->capinv));
