@@ -12,6 +12,19 @@ from . import _core
 __all__ = ["attention", "attention_varlen", "attention_weights", "merge"]
 
 
+def _widen_16bit_mask(mask):
+    """A float16 or bfloat16 additive mask as float32, which the core reads
+    (transformers builds its masks in the model's dtype).  The copy is the
+    size of the mask's own memory: broadcast (stride 0) dims stay broadcast."""
+    if not (isinstance(mask, np.ndarray) and mask.dtype.itemsize == 2
+            and (mask.dtype == np.float16 or mask.dtype.name == "bfloat16")):
+        return mask
+    own = tuple(slice(0, 1) if st == 0 and n > 1 else slice(None)
+                for st, n in zip(mask.strides, mask.shape))
+    return np.broadcast_to(mask[own].astype(np.float32), mask.shape)
+
+
+
 def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
               alibi_slopes=None, softcap=None, kv_lengths=None, out=None,
               return_lse=False, return_weights=False):
@@ -31,7 +44,9 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
         Broadcastable to ``(..., Nq, Nk)`` (q's leading dims).  A bool mask
         keeps ``True`` entries (True = the query may attend the key, as in
         PyTorch); a float mask is added to the scaled scores (``-inf``
-        hides a key).  Broadcast through strides, never materialized.
+        hides a key).  Broadcast through strides, never materialized.  A
+        float16 or bfloat16 mask is widened to float32 first (one copy of
+        the mask's own memory; broadcast dims stay broadcast).
     causal : bool or str
         ``False``; ``True`` or ``"bottom_right"``: query i sees key j iff
         ``j <= i + Nk - Nq`` (the last query is aligned with the last key,
@@ -89,6 +104,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
     raise ``TypeError``; wrong shapes or values raise ``ValueError``; the
     message names the argument.
     """
+    mask = _widen_16bit_mask(mask)
     return _core.attention(q, k, v, mask, causal, scale, out, return_lse, window,
                            alibi_slopes, softcap, kv_lengths, return_weights)
 
@@ -104,6 +120,7 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
         raise TypeError(f"k must be a numpy.ndarray, got {type(k).__name__}")
     # Dv = 0 values: the first pass computes only the lse
     v = np.empty(k.shape[:-1] + (0,), dtype=k.dtype)
+    mask = _widen_16bit_mask(mask)
     _, w = _core.attention(q, k, v, mask, causal, scale, None, False, window,
                            alibi_slopes, softcap, kv_lengths, True)
     return w
