@@ -42,8 +42,10 @@ def _naive(q: Any, k: Any, v: Any, mask: Any, causal: Any, scale: float | None) 
 
 
 def _ref64(q: Any, k: Any, v: Any, mask: Any, causal: Any, scale: float | None) -> Any:
-    n = lambda t: None if t is None else (t.numpy() if t.dtype == torch.bool else
-                                          t.double().numpy())
+    def n(t: Any) -> Any:
+        return None if t is None else (t.numpy() if t.dtype == torch.bool else
+                                       t.double().numpy())
+
     return reference.attention(n(q), n(k), n(v), mask=n(mask), causal=causal, scale=scale)
 
 
@@ -109,7 +111,7 @@ def test_odd_strides_and_scale() -> None:
 def test_inputs_read_in_place(monkeypatch: Any) -> None:
     """The kernel gets views of the tensors' own memory: same pointers and
     strides, bfloat16 bit for bit; out= is written in place."""
-    seen = {}
+    seen: dict[str, Any] = {}
     real = ft._np_attention
 
     def spy(q: Any, k: Any, v: Any, **kw: Any) -> Any:
