@@ -17,6 +17,18 @@ from . import _checks, _core
 __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
 
 
+def _widen_16bit_mask(mask: Any) -> Any:
+    """A float16 or bfloat16 additive mask as float32, which the core reads
+    (transformers builds its masks in the model's dtype).  The copy is the
+    size of the mask's own memory: broadcast (stride 0) dims stay broadcast."""
+    if not (isinstance(mask, np.ndarray) and mask.dtype.itemsize == 2
+            and (mask.dtype == np.float16 or mask.dtype.name == "bfloat16")):
+        return mask
+    own = tuple(slice(0, 1) if st == 0 and n > 1 else slice(None)
+                for st, n in zip(mask.strides, mask.shape))
+    return np.broadcast_to(mask[own].astype(np.float32), mask.shape)
+
+
 def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
               mask: Optional[NDArray[Any]] = None, causal: Union[bool, str] = False,
               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
@@ -39,7 +51,9 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         Broadcastable to ``(..., Nq, Nk)`` (q's leading dims).  A bool mask
         keeps ``True`` entries (True = the query may attend the key, as in
         PyTorch); a float mask is added to the scaled scores (``-inf``
-        hides a key).  Broadcast through strides, never materialized.
+        hides a key).  Broadcast through strides, never materialized.  A
+        float16 or bfloat16 mask is widened to float32 first (one copy of
+        the mask's own memory; broadcast dims stay broadcast).
     causal : bool or str
         ``False``; ``True`` or ``"bottom_right"``: query i sees key j iff
         ``j <= i + Nk - Nq`` (the last query is aligned with the last key,
@@ -97,6 +111,7 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     raise ``TypeError``; wrong shapes or values raise ``ValueError``; the
     message names the argument.
     """
+    mask = _widen_16bit_mask(mask)
     return _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, out=out,
                            return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
                            softcap=softcap, kv_lengths=kv_lengths,
@@ -143,6 +158,8 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     >>> fastattn.explain(q, k, v)["kernel"]
     'rows'
     """
+    if "mask" in options:
+        options["mask"] = _widen_16bit_mask(options["mask"])
     return dict(_core.plan(q, k, v, **options))
 
 
@@ -160,6 +177,7 @@ def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
     _checks.ndarray("k", k)
     # Dv = 0 values: the first pass computes only the lse
     v = np.empty(k.shape[:-1] + (0,), dtype=k.dtype)
+    mask = _widen_16bit_mask(mask)
     _, w = _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
                            alibi_slopes=alibi_slopes, softcap=softcap,
                            kv_lengths=kv_lengths, return_weights=True)

@@ -1,0 +1,1 @@
+"""Bridges from fastattn to other libraries (each imports its library lazily)."""
