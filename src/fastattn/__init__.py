@@ -6,6 +6,8 @@
 """
 import os as _os
 
+from ._version import __version__
+
 from . import _core
 from . import reference
 from .api import attention, attention_varlen, attention_weights, merge
@@ -13,7 +15,7 @@ from .kvcache import KVCache
 from .layer import MultiHeadAttention
 from . import plot  # matplotlib is imported only when a plot is drawn
 
-__version__ = "0.1.0"
+
 
 __all__ = ["attention", "attention_varlen", "attention_weights", "merge", "KVCache",
            "MultiHeadAttention", "plot",
