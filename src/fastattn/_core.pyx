@@ -61,6 +61,7 @@ cdef extern from "fastattn.h" nogil:
         double scale
         void *weights
         int64_t w_sb, w_sh, w_sq, w_sk
+        int num_threads
     int FA_OK
     int FA_ERR_NOMEM
     int64_t FA_UNBOUNDED_LO
@@ -228,7 +229,7 @@ cdef cnp.ndarray _int_lengths(object a, str name, int64_t n, int64_t limit, str 
 def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
               return_lse=False, window=None, alibi_slopes=None, softcap=None,
               kv_lengths=None, return_weights=False, cu_seqlens_q=None,
-              cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
+              cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0):
     """Fused attention; see fastattn.attention for the contract.
 
     With ``cu_seqlens_q`` / ``cu_seqlens_k`` (validated int64 arrays, from
@@ -506,6 +507,7 @@ def attention(q, k, v, mask=None, causal=False, scale=None, out=None,
         p.q_sb = p.k_sb = p.v_sb = p.o_sb = p.l_sb = 0
     p.scale = c_scale
     p.weights = NULL
+    p.num_threads = num_threads if num_threads > 0 else 0
     p.w_sb = p.w_sh = p.w_sq = p.w_sk = 0
 
     with nogil:

@@ -8,13 +8,14 @@ merging partial results).
 import numpy as np
 
 from . import _core
+from ._threads import call_threads
 
 __all__ = ["attention", "attention_varlen", "attention_weights", "merge"]
 
 
 def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
               alibi_slopes=None, softcap=None, kv_lengths=None, out=None,
-              return_lse=False, return_weights=False):
+              return_lse=False, return_weights=False, num_threads=None):
     """Scaled dot-product attention, ``softmax(q @ k^T * scale + mask) @ v``,
     computed by a fused kernel that never materializes the score matrix.
 
@@ -69,6 +70,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
         Also return the attention matrix (softmax probabilities), shape
         ``(..., Nq, Nk)`` in the inputs' dtype, computed by a second kernel
         pass from the lse.  Costs O(Nq * Nk) memory, only when asked for.
+    num_threads : int or None
+        Threads for this call alone; None uses :func:`fastattn.get_num_threads`.
 
     Returns
     -------
@@ -90,11 +93,12 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, window=None,
     message names the argument.
     """
     return _core.attention(q, k, v, mask, causal, scale, out, return_lse, window,
-                           alibi_slopes, softcap, kv_lengths, return_weights)
+                           alibi_slopes, softcap, kv_lengths, return_weights,
+                           num_threads=call_threads(num_threads))
 
 
 def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
-                      alibi_slopes=None, softcap=None, kv_lengths=None):
+                      alibi_slopes=None, softcap=None, kv_lengths=None, num_threads=None):
     """The attention matrix ``softmax(q @ k^T * scale + bias + mask)``,
     shape ``(..., Nq, Nk)`` in q's dtype, computed by the C core: one pass
     for each row's log-sum-exp, a second for ``exp(score - lse)``.  Rows
@@ -105,7 +109,8 @@ def attention_weights(q, k, *, mask=None, causal=False, scale=None, window=None,
     # Dv = 0 values: the first pass computes only the lse
     v = np.empty(k.shape[:-1] + (0,), dtype=k.dtype)
     _, w = _core.attention(q, k, v, mask, causal, scale, None, False, window,
-                           alibi_slopes, softcap, kv_lengths, True)
+                           alibi_slopes, softcap, kv_lengths, True,
+                           num_threads=call_threads(num_threads))
     return w
 
 
@@ -133,7 +138,7 @@ def _offsets(name, cu, total):
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale=None,
                      window=None, alibi_slopes=None, softcap=None, out=None,
-                     return_lse=False):
+                     return_lse=False, num_threads=None):
     """Attention over a packed batch of variable-length sequences, with no
     padding computed at all.
 
@@ -152,6 +157,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale
     out : ndarray or None, shape (total_q, H, Dv)
     return_lse : bool
         Also return the lse, shape ``(H, total_q)``.
+    num_threads : int or None
+        Threads for this call alone, as in :func:`attention`.
 
     Returns
     -------
@@ -182,7 +189,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale
     view = lambda a: a.transpose(1, 0, 2)[None]
     res = _core.attention(view(q), view(k), view(v), None, causal, scale, view(out),
                           return_lse, window, alibi_slopes, softcap, None, False, cq, ck,
-                          max_q, max_k)
+                          max_q, max_k, num_threads=call_threads(num_threads))
     if return_lse:
         return out, res[1][0]
     return out

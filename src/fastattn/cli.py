@@ -171,6 +171,9 @@ def _format_value(value: object) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     import fastattn
 
+    if not args.json:
+        fastattn.show_config()
+        return 0
     data = dict(fastattn.info())
     if args.json:
         print(json.dumps(data, indent=2, default=str))

@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from . import _core
+from ._threads import call_threads
 from .reference import _is_half
 
 __all__ = ["KVCache"]
@@ -123,7 +124,7 @@ class KVCache:
         self.lengths[:] = new
 
     def attend(self, q, *, causal=False, scale=None, window=None, alibi_slopes=None,
-               softcap=None, mask=None, out=None, return_lse=False):
+               softcap=None, mask=None, out=None, return_lse=False, num_threads=None):
         """Attention of ``q`` (batch, H, Nq, head_dim) over each row's cached
         tokens, ``H`` a multiple of ``kv_heads``.  The queries are the last
         ``Nq`` positions of each row (bottom-right alignment), so after
@@ -142,4 +143,4 @@ class KVCache:
             mask = mask[..., :used]  # the mask spans max_len keys: its filled prefix
         return _core.attention(q, self.k[:, :, :used], self.v[:, :, :used], mask, causal,
                                scale, out, return_lse, window, alibi_slopes, softcap,
-                               self.lengths, False)
+                               self.lengths, False, num_threads=call_threads(num_threads))
