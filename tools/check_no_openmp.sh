@@ -44,7 +44,12 @@ VPY="$WORK/venv/bin/python"
 "$VPY" -m pip install --quiet pytest
 
 echo "== building and installing with FASTATTN_NO_OPENMP=1"
-FASTATTN_NO_OPENMP=1 "$VPY" -m pip install --no-cache-dir --quiet "$WORK/src"
+FASTATTN_NO_OPENMP=1 "$VPY" -m pip install --no-cache-dir -v "$WORK/src" > "$WORK/build.log" 2>&1 \
+    || { tail -50 "$WORK/build.log"; exit 1; }
+# The build must say loudly that it is serial.
+grep -q "building the SERIAL core" "$WORK/build.log" \
+    || { echo "FAIL: no serial-build warning in the build output" >&2; exit 1; }
+grep -m1 -B1 -A1 "building the SERIAL core" "$WORK/build.log"
 
 echo "== checking the installed build"
 # Run from the temporary directory so that the installed package, not the
