@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from Cython.Build import cythonize
@@ -156,12 +157,15 @@ class BuildExt(build_ext):
         # Contraction into FMA is wanted in the kernels (it is both faster
         # and more accurate); the driver does no floating-point math.
         kflags = base + ["-ffp-contract=fast"]
-        kernel_objs = []
-        for isa, flags in isas.items():
+
+        def compile_kernel(isa):
             src = os.path.join(CSRC, "kernels", f"kernel_{isa}.c")
-            kernel_objs += self.compiler.compile(
-                [src], output_dir=self.build_temp, include_dirs=[CSRC],
-                extra_postargs=kflags + flags, depends=headers)
+            return self.compiler.compile([src], output_dir=self.build_temp, include_dirs=[CSRC],
+                                         extra_postargs=kflags + isas[isa], depends=headers)
+
+        # The kernel files are the bulk of the build: compile them side by side.
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            kernel_objs = [obj for objs in pool.map(compile_kernel, isas) for obj in objs]
         ext.extra_objects = list(ext.extra_objects or []) + kernel_objs
         ext.depends = list(ext.depends or []) + headers
 
