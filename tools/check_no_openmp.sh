@@ -40,8 +40,8 @@ echo "== creating a virtual environment with $PYTHON"
 "$PYTHON" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
 "$VPY" -m pip install --quiet --upgrade pip
-# pytest only because tests/conftest.py imports it (for the tolerance rule).
-"$VPY" -m pip install --quiet pytest
+# The light test extra: the thread tests below run under pytest.
+"$VPY" -m pip install --quiet pytest hypothesis ml_dtypes matplotlib threadpoolctl
 
 echo "== building and installing with FASTATTN_NO_OPENMP=1"
 FASTATTN_NO_OPENMP=1 "$VPY" -m pip install --no-cache-dir -v "$WORK/src" > "$WORK/build.log" 2>&1 \
@@ -104,3 +104,7 @@ for isa in _core.isa_available():
     print(f"  {isa}: ok")
 print("no-OpenMP build OK")
 EOF
+
+echo "== the thread and runtime-report tests on the serial build"
+cp -r "$WORK/src/tests" "$WORK/tests"
+"$VPY" -m pytest -q -p no:cacheprovider -k "thread or config" "$WORK/tests"
