@@ -1,116 +1,182 @@
 """Build of the fastattn extension.
 
 The C core is compiled into one extension module, ``fastattn._core``.  The
-tile kernels in csrc/kernels/ are compiled once per instruction set, each
-with its own flags (and only those files get ISA flags); dispatch.c picks
-one at run time from cpuid, so the same build runs on any x86-64 CPU.
-Nothing is tuned for the build machine's own CPU.
+kernels in csrc/kernels/ are compiled once per instruction set, each with its
+own flags from csrc/isa_flags.txt (only those files get ISA flags);
+dispatch.c picks one at run time from cpuid, so the same build runs on any
+CPU of its architecture.  Nothing is tuned for the build machine's own CPU.
+
+The target architecture is the compiler's (``cc -dumpmachine``, or its
+predefined macros), never the build machine's, so cross compilers work.
+
+Supported: Linux (and other ELF unix systems) with GCC or Clang, on x86-64
+and aarch64.  Not supported, and refused with an error:
+  * Windows: the C core is GNU C (cpuid.h, __builtin_* intrinsics, inline
+    asm for xgetbv, pthread_atfork) that MSVC does not compile;
+  * macOS: it saves AVX-512 state on demand, so the xgetbv check of
+    dispatch.c reports no zmm support, Apple's clang has no OpenMP, and no
+    build there is tested.  FASTATTN_ALLOW_UNTESTED_PLATFORM=1 lets a unix
+    compiler try anyway.
 
 Environment:
-  FASTATTN_NO_OPENMP=1   build without OpenMP (the core then runs serially)
-  FASTATTN_DEBUG=1       -O1 -g, for debugging and sanitizers
-  FASTATTN_EXTRA_CFLAGS  extra flags for every C file (e.g. sanitizers)
+  FASTATTN_NO_OPENMP=1     build without OpenMP (the core then runs serially)
+  FASTATTN_DEBUG=1         -O1 -g, for debugging and sanitizers
+  FASTATTN_EXTRA_CFLAGS    extra flags for every C file (e.g. sanitizers)
+  FASTATTN_EXTRA_LDFLAGS   extra link flags
 """
+import glob
 import os
-import platform
 import shlex
+import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = "csrc"
-IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
+ISA_TABLE = os.path.join(CSRC, "isa_flags.txt")
+# The oldest NumPy the built module runs with (pyproject.toml's dependency).
+NPY_TARGET = "NPY_1_23_API_VERSION"
 
-# Per-ISA kernel flags.  The AVX-512 set matches what dispatch.c checks
-# (F, DQ, BW, VL and OS support for zmm state).
-KERNEL_ISAS = {"scalar": []}
-if IS_X86:
-    KERNEL_ISAS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]
-    KERNEL_ISAS["avx512"] = ["-mavx512f", "-mavx512dq", "-mavx512bw",
-                             "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]
-    # bfloat16 decode with vdpbf16ps; used only when cpuid reports it
-    KERNEL_ISAS["avx512bf16"] = KERNEL_ISAS["avx512"] + ["-mavx512bf16"]
-if IS_ARM64:
-    KERNEL_ISAS["neon"] = []  # Advanced SIMD is baseline on aarch64
+
+def read_isa_table(path=ISA_TABLE):
+    """Rows of csrc/isa_flags.txt as (name, architectures, flags)."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            name, arches = fields[0], fields[1].split(",")
+            flags = [fl for fl in fields[2:] if fl != "-"]
+            rows.append((name, arches, flags))
+    return rows
+
+
+def kernel_isas(target):
+    """{isa: flags} of the kernel rows compiled for a target triple."""
+    return {name: flags for name, arches, flags in read_isa_table()
+            if "any" in arches or any(target.startswith(a) for a in arches)}
 
 
 def _env_flag(name):
     return os.environ.get(name, "") not in ("", "0", "false", "no")
 
 
+def _warn(message):
+    bar = "*" * 72
+    print(f"\n{bar}\nfastattn WARNING: {message}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+def _c_string(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class BuildExt(build_ext):
     """build_ext that compiles the per-ISA kernels with their own flags and
     probes OpenMP support."""
 
-    def _try_compile(self, code, flags, link_flags):
+    def _try_compile(self, code, flags, link_flags=None):
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "probe.c")
             with open(src, "w") as f:
                 f.write(code)
             try:
                 objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
-                self.compiler.link_executable(objs, os.path.join(tmp, "probe"),
-                                              extra_postargs=link_flags)
+                if link_flags is not None:
+                    self.compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                                  extra_postargs=link_flags)
                 return True
             except Exception:
                 return False
 
-    def build_extension(self, ext):
-        # Cross builds (e.g. macOS universal) are not supported: the kernels
-        # follow the machine this build runs on.
-        unix = self.compiler.compiler_type == "unix"
+    def _check_platform(self):
+        if self.compiler.compiler_type != "unix":
+            sys.exit(f"fastattn: the {self.compiler.compiler_type!r} compiler is not "
+                     "supported: the C core is GNU C (GCC or Clang on Linux).")
+        if sys.platform == "darwin" and not _env_flag("FASTATTN_ALLOW_UNTESTED_PLATFORM"):
+            sys.exit("fastattn: macOS is not supported (AVX-512 state is enabled on demand "
+                     "there, which dispatch.c does not detect, Apple clang has no OpenMP, and "
+                     "no build is tested); FASTATTN_ALLOW_UNTESTED_PLATFORM=1 tries anyway.")
+
+    def _target(self):
+        """The compiler's target triple (cross compilers included)."""
+        cc = self.compiler.compiler_so[0]
+        try:
+            out = subprocess.run([cc, "-dumpmachine"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.CalledProcessError):
+            pass
+        for triple, macro in (("x86_64", "__x86_64__"), ("aarch64", "__aarch64__")):
+            if self._try_compile(f"#ifndef {macro}\n#error no\n#endif\nint x;\n", []):
+                return triple + "-unknown"
+        return "unknown"
+
+    def _compiler_desc(self, target):
+        cc = self.compiler.compiler_so[0]
+        try:
+            version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                     check=True).stdout.splitlines()[0].strip()
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            version = cc
+        return f"{version} [{target}]"
+
+    def _openmp_flags(self):
+        if _env_flag("FASTATTN_NO_OPENMP"):
+            _warn("FASTATTN_NO_OPENMP is set: building the SERIAL core (one thread).")
+            return []
+        code = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+        if self._try_compile(code, ["-fopenmp"], ["-fopenmp"]):
+            return ["-fopenmp"]
+        _warn("this compiler cannot build and link OpenMP code (-fopenmp, omp.h, libgomp "
+              "or libomp): building the SERIAL core, which runs every call on one thread. "
+              "Install your compiler's OpenMP runtime (e.g. libgomp) and rebuild for threads.")
+        return []
+
+    def _base_flags(self):
         debug = _env_flag("FASTATTN_DEBUG")
-        base = []
-        if unix:
-            base = ["-std=gnu11", "-O1" if debug else "-O3", "-fno-math-errno",
-                    "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
-            if debug:
-                base += ["-g", "-fno-omit-frame-pointer"]
-        base += shlex.split(os.environ.get("FASTATTN_EXTRA_CFLAGS", ""))
+        base = ["-std=gnu11", "-O1" if debug else "-O3", "-fno-math-errno",
+                "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+        if debug:
+            base += ["-g", "-fno-omit-frame-pointer"]
+        return base + shlex.split(os.environ.get("FASTATTN_EXTRA_CFLAGS", ""))
 
-        openmp = []
-        if unix and not _env_flag("FASTATTN_NO_OPENMP"):
-            code = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
-            if self._try_compile(code, ["-fopenmp"], ["-fopenmp"]):
-                openmp = ["-fopenmp"]
-            else:
-                print("fastattn: OpenMP not available; building the serial core")
-
-        isas = KERNEL_ISAS if unix else {"scalar": []}
-        kernel_objs = []
+    def build_extension(self, ext):
+        self._check_platform()
+        target = self._target()
+        base = self._base_flags()
+        openmp = self._openmp_flags()
+        isas = kernel_isas(target)
+        headers = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True) + [ISA_TABLE]
         # Contraction into FMA is wanted in the kernels (it is both faster
         # and more accurate); the driver does no floating-point math.
-        kflags = base + (["-ffp-contract=fast"] if unix else [])
-        for isa, flags in isas.items():
-            src = os.path.join(CSRC, "kernels", f"kernel_{isa}.c")
-            kernel_objs += self.compiler.compile(
-                [src], output_dir=self.build_temp, include_dirs=[CSRC],
-                extra_postargs=kflags + flags, depends=[
-                    os.path.join(CSRC, "kernels", "kernel_body.h"),
-                    os.path.join(CSRC, "kernels", "kernel.h"),
-                    os.path.join(CSRC, "kernels", "kernel_instantiate.h"),
-                    os.path.join(CSRC, "fastattn.h")])
-        ext.extra_objects = list(ext.extra_objects or []) + kernel_objs
+        kflags = base + ["-ffp-contract=fast"]
 
-        # Build facts reported by fastattn.info().
+        def compile_kernel(isa):
+            src = os.path.join(CSRC, "kernels", f"kernel_{isa}.c")
+            return self.compiler.compile([src], output_dir=self.build_temp, include_dirs=[CSRC],
+                                         extra_postargs=kflags + isas[isa], depends=headers)
+
+        # The kernel files are the bulk of the build: compile them side by side.
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            kernel_objs = [obj for objs in pool.map(compile_kernel, isas) for obj in objs]
+        ext.extra_objects = list(ext.extra_objects or []) + kernel_objs
+        ext.depends = list(ext.depends or []) + headers
+
+        # Build facts reported by fastattn.show_config().
         info_dir = os.path.join(self.build_temp, "fa_info")
         os.makedirs(info_dir, exist_ok=True)
-        compiler = " ".join(self.compiler.compiler_so[:1]) if unix else self.compiler.compiler_type
-
-        def cstr(s):
-            return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
         kernel_desc = "; ".join(f"{isa}: {' '.join(kflags + fl)}" for isa, fl in isas.items())
         with open(os.path.join(info_dir, "fa_build_info.h"), "w") as f:
-            f.write(f"#define FA_BUILD_COMPILER {cstr(compiler)}\n")
-            f.write(f"#define FA_BUILD_CFLAGS {cstr(' '.join(base + openmp))}\n")
-            f.write(f"#define FA_BUILD_KERNEL_FLAGS {cstr(kernel_desc)}\n")
+            f.write(f"#define FA_BUILD_COMPILER {_c_string(self._compiler_desc(target))}\n")
+            f.write(f"#define FA_BUILD_CFLAGS {_c_string(' '.join(base + openmp))}\n")
+            f.write(f"#define FA_BUILD_KERNEL_FLAGS {_c_string(kernel_desc)}\n")
         ext.include_dirs = list(ext.include_dirs) + [info_dir]
         ext.extra_compile_args = list(ext.extra_compile_args or []) + base + openmp
         ext.extra_link_args = list(ext.extra_link_args or []) + openmp + \
@@ -123,8 +189,8 @@ extensions = [
         "fastattn._core",
         sources=["src/fastattn/_core.pyx", f"{CSRC}/attention.c", f"{CSRC}/dispatch.c"],
         include_dirs=[CSRC, np.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        depends=[f"{CSRC}/fastattn.h", f"{CSRC}/dispatch.h", f"{CSRC}/kernels/kernel.h"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("NPY_TARGET_VERSION", NPY_TARGET)],
     )
 ]
 

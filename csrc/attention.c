@@ -53,12 +53,39 @@ static const int fa_serial_only = 0;
 
 void fa_set_num_threads(int n) { fa_num_threads = n > 0 ? n : 0; }
 
+#ifdef _OPENMP
+/* OpenMP's thread count (nthreads-var) when the module was loaded.  A lower
+ * value later means someone limited OpenMP on this thread after that, e.g.
+ * threadpoolctl's threadpool_limits(n, user_api="openmp"), which calls
+ * omp_set_num_threads(): the limit then also caps fastattn's own setting. */
+static int fa_omp_base = 0;
+__attribute__((constructor)) static void fa_record_omp_base(void)
+{
+    fa_omp_base = omp_get_max_threads();
+}
+#endif
+
 int fa_get_num_threads(void)
 {
 #ifdef _OPENMP
     if (fa_serial_only) return 1;
-    return fa_num_threads > 0 ? fa_num_threads : omp_get_max_threads();
+    const int omp = omp_get_max_threads();
+    if (fa_num_threads <= 0) return omp;
+    if (omp < fa_omp_base && omp < fa_num_threads) return omp;
+    return fa_num_threads;
 #else
+    return 1;
+#endif
+}
+
+/* Threads for one call: its own num_threads if set, else the setting above. */
+static int fa_call_threads(const fa_params *p)
+{
+#ifdef _OPENMP
+    if (fa_serial_only) return 1;
+    return p->num_threads > 0 ? p->num_threads : fa_get_num_threads();
+#else
+    (void)p;
     return 1;
 #endif
 }
@@ -468,7 +495,7 @@ static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
                                           p->dtype == FA_F16 || p->dtype == FA_BF16);
     /* Threads only pay off above a few hundred thousand FMAs of work (the
      * weights pass does half the work of the attention). */
-    info->threads = fa_get_num_threads();
+    info->threads = fa_call_threads(p);
     if ((weights ? info->work / 2 : info->work) < 4.0e5 || info->items < 2) info->threads = 1;
     if (info->threads > info->items) info->threads = (int)info->items;
 kernel:

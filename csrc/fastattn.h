@@ -121,6 +121,9 @@ typedef struct {
      * (b, h, i, j), j < nk_b, in the element type, through these strides. */
     void *weights;
     int64_t w_sb, w_sh, w_sq, w_sk;
+
+    /* Threads for this call; 0 means fa_get_num_threads(). */
+    int num_threads;
 } fa_params;
 
 #define FA_UNBOUNDED_LO INT64_MIN
@@ -133,7 +136,8 @@ typedef struct {
 
 /* Compute attention as described by p.  Returns FA_OK or an error code.
  * Releases nothing and takes no locks: safe to call from several threads
- * at once on distinct outputs.  Uses up to fa_get_num_threads() threads. */
+ * at once on distinct outputs.  Uses up to p->num_threads threads, or
+ * fa_get_num_threads() when that is 0. */
 int fa_attention(const fa_params *p);
 
 /* The softmax probabilities (the attention matrix) of the problem in p,
@@ -168,7 +172,10 @@ typedef struct {
 int fa_plan(const fa_params *p, fa_plan_info *info);
 int fa_plan_weights(const fa_params *p, fa_plan_info *info);
 
-/* Threads used by fa_attention (OpenMP; 1 when built without it). */
+/* Threads used by fa_attention (OpenMP; 1 when built without it).  0
+ * restores OpenMP's default (omp_get_max_threads()); a later OpenMP limit
+ * below the count at load time (omp_set_num_threads, as threadpoolctl
+ * does) caps a positive setting. */
 void fa_set_num_threads(int n);
 int fa_get_num_threads(void);
 int fa_has_openmp(void);

@@ -12,17 +12,20 @@ arch="$("$CC" -dumpmachine)"
 flags="-std=gnu11 -O2 -fno-math-errno -ffp-contract=fast -Wall -Wno-unused-function"
 objs=()
 compile() { "$CC" $flags "$@"; }
-compile -c csrc/kernels/kernel_scalar.c -o "$out/k_scalar.o"; objs+=("$out/k_scalar.o")
-case "$arch" in
-  x86_64*)
-    compile -mavx2 -mfma -mf16c -c csrc/kernels/kernel_avx2.c -o "$out/k_avx2.o"; objs+=("$out/k_avx2.o")
-    compile -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx2 -mfma -mf16c \
-      -c csrc/kernels/kernel_avx512.c -o "$out/k_avx512.o"; objs+=("$out/k_avx512.o")
-    compile -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx2 -mfma -mf16c -mavx512bf16 \
-      -c csrc/kernels/kernel_avx512bf16.c -o "$out/k_avx512bf16.o"; objs+=("$out/k_avx512bf16.o") ;;
-  aarch64*)
-    compile -c csrc/kernels/kernel_neon.c -o "$out/k_neon.o"; objs+=("$out/k_neon.o") ;;
-esac
+# One object per row of csrc/isa_flags.txt built for this target ("any" or
+# a prefix of the target triple), with that row's flags: the table setup.py
+# reads too.
+while read -r isa arches rowflags; do
+    match=0
+    for a in ${arches//,/ }; do
+        [[ "$a" == any || "$arch" == "$a"* ]] && match=1
+    done
+    [[ "$match" == 1 ]] || continue
+    [[ "$rowflags" == "-" ]] && rowflags=""
+    # shellcheck disable=SC2086
+    compile $rowflags -Icsrc -c "csrc/kernels/kernel_$isa.c" -o "$out/k_$isa.o"
+    objs+=("$out/k_$isa.o")
+done < <(sed -e 's/#.*//' csrc/isa_flags.txt | awk 'NF')
 compile csrc/test/test_core.c csrc/attention.c csrc/dispatch.c "${objs[@]}" -Icsrc -o "$out/test_core" -lm
 echo "== $arch"
 $RUN "$out/test_core"

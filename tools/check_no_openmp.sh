@@ -40,11 +40,16 @@ echo "== creating a virtual environment with $PYTHON"
 "$PYTHON" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
 "$VPY" -m pip install --quiet --upgrade pip
-# pytest only because tests/conftest.py imports it (for the tolerance rule).
-"$VPY" -m pip install --quiet pytest
+# The light test extra: the thread tests below run under pytest.
+"$VPY" -m pip install --quiet pytest hypothesis ml_dtypes matplotlib threadpoolctl
 
 echo "== building and installing with FASTATTN_NO_OPENMP=1"
-FASTATTN_NO_OPENMP=1 "$VPY" -m pip install --no-cache-dir --quiet "$WORK/src"
+FASTATTN_NO_OPENMP=1 "$VPY" -m pip install --no-cache-dir -v "$WORK/src" > "$WORK/build.log" 2>&1 \
+    || { tail -50 "$WORK/build.log"; exit 1; }
+# The build must say loudly that it is serial.
+grep -q "building the SERIAL core" "$WORK/build.log" \
+    || { echo "FAIL: no serial-build warning in the build output" >&2; exit 1; }
+grep -m1 -B1 -A1 "building the SERIAL core" "$WORK/build.log"
 
 echo "== checking the installed build"
 # Run from the temporary directory so that the installed package, not the
@@ -99,3 +104,7 @@ for isa in _core.isa_available():
     print(f"  {isa}: ok")
 print("no-OpenMP build OK")
 EOF
+
+echo "== the thread and runtime-report tests on the serial build"
+cp -r "$WORK/src/tests" "$WORK/tests"
+"$VPY" -m pytest -q -p no:cacheprovider -k "thread or config" "$WORK/tests"

@@ -2,26 +2,28 @@
 
 ``fastattn.attention`` computes scaled dot-product attention with a C core
 (SIMD kernels chosen at run time, OpenMP threads) over NumPy arrays;
-``fastattn.reference`` is the plain NumPy reference it is tested against.
+``fastattn.reference`` is the plain NumPy reference it is tested against;
+``fastattn.show_config()`` reports the build and how it runs here.
 """
 import os as _os
+from typing import Any, Dict
 
+from ._version import __version__
 from . import _core
-from . import reference
+from . import _threads
+from ._config import show_config
+from ._threads import get_num_threads, set_num_threads
 from .api import attention, attention_varlen, attention_weights, explain, merge
 from .kvcache import KVCache
 from .layer import MultiHeadAttention
 from . import plot  # matplotlib is imported only when a plot is drawn
 
-__version__ = "0.1.0"
-
 __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge", "KVCache",
-           "MultiHeadAttention", "plot",
-           "reference", "info", "set_num_threads", "get_num_threads",
-           "__version__"]
+           "MultiHeadAttention", "plot", "reference", "info", "show_config",
+           "set_num_threads", "get_num_threads", "__version__"]
 
 
-def _init_isa():
+def _init_isa() -> None:
     name = _os.environ.get("FASTATTN_ISA", "").strip().lower()
     if not name:
         return
@@ -32,22 +34,29 @@ def _init_isa():
 
 
 _init_isa()
+_threads.init_default()
 
 
-def set_num_threads(n):
-    """Use at most ``n`` threads (``n >= 1``) in later calls.  The default
-    is OpenMP's (``OMP_NUM_THREADS`` when set, else the number of cores)."""
-    _core.set_num_threads(n)
+def __getattr__(name: str) -> Any:
+    # the NumPy reference is a test oracle: nothing in the package imports
+    # it, so ``fastattn.reference`` loads it only when someone asks
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module(".reference", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def get_num_threads():
-    """The number of threads later calls may use."""
-    return _core.get_num_threads()
+def info() -> Dict[str, Any]:
+    """Facts about this build and this machine, as a flat dict.
 
-
-def info():
-    """Facts about this build and this machine, as a dict: version, ISA path
-    in use and available, threads, OpenMP, compiler and flags, NumPy."""
+    Returns
+    -------
+    dict
+        version, ISA path in use and available, whether the AVX512-BF16 dot
+        product is used, threads, OpenMP, compiler and flags, NumPy version.
+        :func:`show_config` gives the full report.
+    """
     import numpy as np
 
     b = _core.build_info()
@@ -56,7 +65,7 @@ def info():
         "isa": _core.get_isa(),
         "isa_available": _core.isa_available(),
         "bf16_dot_product": _core.bf16_dot_product(),
-        "num_threads": _core.get_num_threads(),
+        "num_threads": get_num_threads(),
         "openmp": b["openmp"],
         "compiler": b["compiler"],
         "build_flags": b["cflags"],

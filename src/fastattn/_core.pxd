@@ -41,6 +41,7 @@ cdef extern from "fastattn.h" nogil:
         double scale
         void *weights
         int64_t w_sb, w_sh, w_sq, w_sk
+        int num_threads
     ctypedef struct fa_plan_info:
         int family
         int isa

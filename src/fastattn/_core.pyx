@@ -473,7 +473,7 @@ cdef _run_weights(_Call c):
 def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
               return_lse=False, window=None, alibi_slopes=None, softcap=None,
               kv_lengths=None, return_weights=False, cu_seqlens_q=None,
-              cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
+              cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0):
     """Fused attention; see fastattn.attention for the contract.
 
     With ``cu_seqlens_q`` / ``cu_seqlens_k`` (validated int64 arrays, from
@@ -483,6 +483,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     cdef _Call c = _prepare(q, k, v, mask, causal, scale, out, return_lse, window,
                             alibi_slopes, softcap, kv_lengths, return_weights,
                             cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    c.p.num_threads = num_threads if num_threads > 0 else 0
     cdef int status
     with nogil:
         status = fa_attention(&c.p)
@@ -524,7 +525,7 @@ cdef dict _plan_dict(const fa_plan_info *info):
 def plan(q, k, v, *, mask=None, causal=False, scale=None, out=None,
          return_lse=False, window=None, alibi_slopes=None, softcap=None,
          kv_lengths=None, return_weights=False, cu_seqlens_q=None,
-         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
+         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0):
     """What ``attention`` would do with the same arguments (validated the
     same way), without computing: the C core's plan as a dict (see
     fastattn.explain).  With ``return_weights`` the weights pass's plan is
@@ -532,6 +533,7 @@ def plan(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     cdef _Call c = _prepare(q, k, v, mask, causal, scale, out, return_lse, window,
                             alibi_slopes, softcap, kv_lengths, return_weights,
                             cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    c.p.num_threads = num_threads if num_threads > 0 else 0
     cdef fa_plan_info info
     _check_status(fa_plan(&c.p, &info))
     res = _plan_dict(&info)

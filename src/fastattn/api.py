@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks, _core
+from ._threads import call_threads
 
 __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
 
@@ -34,7 +35,8 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
               alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
               kv_lengths: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
-              return_lse: bool = False, return_weights: bool = False) -> Any:
+              return_lse: bool = False, return_weights: bool = False,
+              num_threads: Optional[int] = None) -> Any:
     """Scaled dot-product attention, ``softmax(q @ k^T * scale + mask) @ v``,
     computed by a fused kernel that never materializes the score matrix.
 
@@ -91,6 +93,8 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         Also return the attention matrix (softmax probabilities), shape
         ``(..., Nq, Nk)`` in the inputs' dtype, computed by a second kernel
         pass from the lse.  Costs O(Nq * Nk) memory, only when asked for.
+    num_threads : int or None
+        Threads for this call alone; None uses :func:`fastattn.get_num_threads`.
 
     Returns
     -------
@@ -115,7 +119,8 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     return _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, out=out,
                            return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
                            softcap=softcap, kv_lengths=kv_lengths,
-                           return_weights=return_weights)
+                           return_weights=return_weights,
+                           num_threads=call_threads(num_threads))
 
 
 def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
@@ -160,6 +165,8 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     """
     if "mask" in options:
         options["mask"] = _widen_16bit_mask(options["mask"])
+    if "num_threads" in options:
+        options["num_threads"] = call_threads(options["num_threads"])
     return dict(_core.plan(q, k, v, **options))
 
 
@@ -168,7 +175,8 @@ def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
                       scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
                       alibi_slopes: Optional[ArrayLike] = None,
                       softcap: Optional[float] = None,
-                      kv_lengths: Optional[ArrayLike] = None) -> NDArray[Any]:
+                      kv_lengths: Optional[ArrayLike] = None,
+                      num_threads: Optional[int] = None) -> NDArray[Any]:
     """The attention matrix ``softmax(q @ k^T * scale + bias + mask)``,
     shape ``(..., Nq, Nk)`` in q's dtype, computed by the C core: one pass
     for each row's log-sum-exp, a second for ``exp(score - lse)``.  Rows
@@ -180,7 +188,8 @@ def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
     mask = _widen_16bit_mask(mask)
     _, w = _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
                            alibi_slopes=alibi_slopes, softcap=softcap,
-                           kv_lengths=kv_lengths, return_weights=True)
+                           kv_lengths=kv_lengths, return_weights=True,
+                           num_threads=call_threads(num_threads))
     return w
 
 
@@ -189,7 +198,8 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
                      causal: Union[bool, str] = False, scale: Optional[float] = None,
                      window: Optional[Tuple[int, int]] = None,
                      alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
-                     out: Optional[NDArray[Any]] = None, return_lse: bool = False) -> Any:
+                     out: Optional[NDArray[Any]] = None, return_lse: bool = False,
+                     num_threads: Optional[int] = None) -> Any:
     """Attention over a packed batch of variable-length sequences, with no
     padding computed at all.
 
@@ -208,6 +218,8 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
     out : ndarray or None, shape (total_q, H, Dv)
     return_lse : bool
         Also return the lse, shape ``(H, total_q)``.
+    num_threads : int or None
+        Threads for this call alone, as in :func:`attention`.
 
     Returns
     -------
@@ -233,11 +245,14 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
         raise ValueError(f"out has shape {out.shape}; expected {oshape} (total_q, H, Dv)")
     # (total, H, D) viewed as (1, H, total, D): the core walks rows by the
     # offsets, with no copy
-    view = lambda a: a.transpose(1, 0, 2)[None]
+    def view(a: NDArray[Any]) -> NDArray[Any]:
+        return a.transpose(1, 0, 2)[None]
+
     res = _core.attention(view(q), view(k), view(v), causal=causal, scale=scale,
                           out=view(out), return_lse=return_lse, window=window,
                           alibi_slopes=alibi_slopes, softcap=softcap, cu_seqlens_q=cq,
-                          cu_seqlens_k=ck, max_seqlen_q=max_q, max_seqlen_k=max_k)
+                          cu_seqlens_k=ck, max_seqlen_q=max_q, max_seqlen_k=max_k,
+                          num_threads=call_threads(num_threads))
     if return_lse:
         return out, res[1][0]
     return out

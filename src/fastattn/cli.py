@@ -103,52 +103,15 @@ def _positive_int(text: str) -> int:
 # info
 # --------------------------------------------------------------------------
 
-_INFO_LABELS = [
-    ("version", "version"),
-    ("isa", "ISA in use"),
-    ("isa_available", "ISA available"),
-    ("num_threads", "threads"),
-    ("openmp", "OpenMP"),
-    ("compiler", "compiler"),
-    ("build_flags", "build flags"),
-    ("kernel_flags", "kernel flags"),
-    ("numpy", "numpy"),
-]
-# Shown only when info() reports them.
-_OPTIONAL_INFO_KEYS = {"kernel_flags"}
-
-
-def _info_lines(data: Mapping[str, object]) -> List[Tuple[str, object]]:
-    """(label, value) pairs of ``fastattn info``: the known keys in their
-    order, then any other key ``info()`` reports."""
-    known = {key for key, _ in _INFO_LABELS}
-    lines: List[Tuple[str, object]] = []
-    for key, label in _INFO_LABELS:
-        if key == "version" or (key in _OPTIONAL_INFO_KEYS and key not in data):
-            continue
-        lines.append((label, data.get(key)))
-    lines.extend((k.replace("_", " "), data[k]) for k in data if k not in known)
-    return lines
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    """``fastattn info``: print ``fastattn.info()`` as aligned text or JSON."""
+    """``fastattn info``: the report of ``fastattn.show_config()``, or
+    ``fastattn.info()`` as JSON."""
     import fastattn
 
-    data: Dict[str, object] = dict(fastattn.info())
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
-        return 0
-
-    lines = _info_lines(data)
-    width = max(len(label) for label, _ in lines)
-    print(f"fastattn {data.get('version', _package_version())}")
-    for label, value in lines:
-        text = _format_value(value)
-        if label == "kernel flags":
-            # "scalar: ...; avx2: ...": one ISA per line
-            text = ("\n" + " " * (width + 4)).join(part.strip() for part in text.split(";"))
-        print(f"  {label + ':':<{width + 1}} {text}")
+        print(json.dumps(dict(fastattn.info()), indent=2, default=str))
+    else:
+        fastattn.show_config()
     return 0
 
 

@@ -121,7 +121,8 @@ class KVCache:
                scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
                alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
                mask: Optional[NDArray[Any]] = None, out: Optional[NDArray[Any]] = None,
-               return_lse: bool = False, return_weights: bool = False) -> Any:
+               return_lse: bool = False, return_weights: bool = False,
+               num_threads: Optional[int] = None) -> Any:
         """Attention of ``q`` (batch, H, Nq, head_dim) over each row's cached
         tokens, ``H`` a multiple of ``kv_heads``.  The queries are the last
         ``Nq`` positions of each row (bottom-right alignment), so after
@@ -143,4 +144,4 @@ class KVCache:
                          mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
                          window=window, alibi_slopes=alibi_slopes, softcap=softcap,
                          kv_lengths=self.lengths, out=out, return_lse=return_lse,
-                         return_weights=return_weights)
+                         return_weights=return_weights, num_threads=num_threads)
