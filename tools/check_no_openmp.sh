@@ -5,7 +5,7 @@
 #   * fastattn.info()['openmp'] is False and the build flags have no -fopenmp;
 #   * get_num_threads() is 1, also after set_num_threads(4);
 #   * attention matches the NumPy reference (the tolerance rule of
-#     tests/conftest.py) on a few shapes, on every ISA path.
+#     tests/support) on a few shapes, on every ISA path.
 #
 # Too slow for the default test suite (a full build, and pip fetches the
 # build requirements from the package index).  Usage:
@@ -65,7 +65,7 @@ import numpy as np
 
 import fastattn
 from fastattn import _core
-from conftest import check_attention, make_mask, make_qkv
+from support import check_attention, make_mask, make_qkv
 
 info = fastattn.info()
 print("installed from", os.path.dirname(fastattn.__file__))

@@ -29,6 +29,7 @@ def attention(
     cu_seqlens_k: Optional[_Array] = ...,
     max_seqlen_q: int = ...,
     max_seqlen_k: int = ...,
+    num_threads: int = ...,
 ) -> Union[_Array, Tuple[_Array, ...]]: ...
 def plan(
     q: _Array,
@@ -49,6 +50,7 @@ def plan(
     cu_seqlens_k: Optional[_Array] = ...,
     max_seqlen_q: int = ...,
     max_seqlen_k: int = ...,
+    num_threads: int = ...,
 ) -> Dict[str, Any]: ...
 
 # runtime

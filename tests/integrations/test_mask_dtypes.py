@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from optional_deps import require
+from support import require
 
 ml_dtypes = require("ml_dtypes", "bfloat16 arrays are ml_dtypes.bfloat16")
 

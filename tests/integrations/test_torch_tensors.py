@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from optional_deps import require
+from support import require
 
 torch = require("torch", "fastattn.torch needs torch (the 'torch' extra)")
 require("ml_dtypes", "bfloat16 tensors are read as ml_dtypes.bfloat16 storage")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from optional_deps import require
+from support import require
 
 torch = require("torch", "the transformers backend runs on torch (the 'torch' extra)")
 transformers = require("transformers", "the backend plugs into transformers "

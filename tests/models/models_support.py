@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from optional_deps import require
+from support import require
 
 from fastattn.models import BertConfig, BertModel, BertWeights
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from optional_deps import require
+from support import require
 from fastattn.models import dask_embed, load_encoder
 from models_support import WORDS, tiny_folder  # noqa: F401  (fixture)
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from optional_deps import require
+from support import require
 
 from fastattn import MultiHeadAttention, weights_io
 
