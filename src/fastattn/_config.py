@@ -82,7 +82,7 @@ def _threadpools() -> Optional[List[Dict[str, Any]]]:
 def config() -> Dict[str, Any]:
     """The runtime report as a dict (see :func:`show_config`)."""
     build = _core.build_info()
-    kernels = _kernel_flags(build["kernel_flags"])
+    kernels = _kernel_flags(str(build["kernel_flags"]))
     openmp = bool(build["openmp"])
     return {
         "fastattn": {"version": __version__, "path": os.path.dirname(__file__)},

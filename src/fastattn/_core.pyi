@@ -8,7 +8,7 @@ _Array = npt.NDArray[Any]
 _Causal = Union[bool, np.bool_, str, None]
 _Real = Union[int, float, np.integer[Any], np.floating[Any]]
 _Window = Union[Tuple[int, int], List[int], None]
-_Ints = Union[_Array, Sequence[int], None]
+_Ints = Optional[npt.ArrayLike]
 
 def attention(
     q: _Array,
@@ -21,7 +21,7 @@ def attention(
     out: Optional[_Array] = ...,
     return_lse: Union[bool, np.bool_] = ...,
     window: _Window = ...,
-    alibi_slopes: Union[_Array, Sequence[float], None] = ...,
+    alibi_slopes: Optional[npt.ArrayLike] = ...,
     softcap: Optional[_Real] = ...,
     kv_lengths: _Ints = ...,
     return_weights: Union[bool, np.bool_] = ...,
@@ -42,7 +42,7 @@ def plan(
     out: Optional[_Array] = ...,
     return_lse: Union[bool, np.bool_] = ...,
     window: _Window = ...,
-    alibi_slopes: Union[_Array, Sequence[float], None] = ...,
+    alibi_slopes: Optional[npt.ArrayLike] = ...,
     softcap: Optional[_Real] = ...,
     kv_lengths: _Ints = ...,
     return_weights: Union[bool, np.bool_] = ...,

@@ -246,7 +246,8 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
     # (total, H, D) viewed as (1, H, total, D): the core walks rows by the
     # offsets, with no copy
     def view(a: NDArray[Any]) -> NDArray[Any]:
-        return a.transpose(1, 0, 2)[None]
+        viewed: NDArray[Any] = a.transpose(1, 0, 2)[None]
+        return viewed
 
     res = _core.attention(view(q), view(k), view(v), causal=causal, scale=scale,
                           out=view(out), return_lse=return_lse, window=window,

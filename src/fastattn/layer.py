@@ -372,7 +372,8 @@ class MultiHeadAttention:
     def _split(self, y: Array, heads: int) -> Array:
         """(B, N, heads * D) -> (B, heads, N, D), a view."""
         B, N, _ = y.shape
-        return y.reshape(B, N, heads, self.head_dim).transpose(0, 2, 1, 3)
+        heads_view: Array = y.reshape(B, N, heads, self.head_dim).transpose(0, 2, 1, 3)
+        return heads_view
 
     def _qkv(self, x: Array, context: Optional[Array]) -> Tuple[Array, Array, Array]:
         """The heads of q, k and v as (B, heads, N, D) views of the

@@ -111,7 +111,7 @@ def _panels(w: NDArray[np.float64], hidden: NDArray[np.bool_], head: object) -> 
             raise ValueError(f"head must be None, an int or 'mean', got {head!r}")
         label = f"mean of {H} heads" if H > 1 else None
         return [(label, w.mean(axis=0), np.logical_and.reduce(hidden, axis=0))]
-    if isinstance(head, numbers.Integral) and not isinstance(head, (bool, np.bool_)):
+    if isinstance(head, numbers.Integral) and not isinstance(head, (bool, np.bool_)):  # type: ignore[unreachable]
         if not -H <= head < H:
             raise ValueError(f"head is {head} but the weights have {H} heads")
         h = int(head) % H
