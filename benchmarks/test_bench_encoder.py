@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -49,15 +49,23 @@ def encoder() -> Any:
     return load_minilm()
 
 
+def _median_seconds(benchmark: Any) -> Optional[float]:
+    """The median time, or None under --benchmark-disable (no statistics)."""
+    stats = getattr(benchmark, "stats", None)
+    median = getattr(getattr(stats, "stats", None), "median", None)
+    return float(median) if median else None
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fastattn_encoder(benchmark: Any, encoder: Any, corpus: List[str], threads: int) -> None:
     tokens = encoder.tokenize(corpus).n_tokens
     emb = benchmark.pedantic(lambda: encoder.encode(corpus, threads=threads), rounds=2,
                              iterations=1, warmup_rounds=0)
-    secs = benchmark.stats.stats.median
-    benchmark.extra_info.update(sentences=len(corpus), tokens=tokens, threads=threads,
-                                sentences_per_s=len(corpus) / secs,
-                                tokens_per_s=tokens / secs)
+    secs = _median_seconds(benchmark)
+    if secs:
+        benchmark.extra_info.update(sentences=len(corpus), tokens=tokens, threads=threads,
+                                    sentences_per_s=len(corpus) / secs,
+                                    tokens_per_s=tokens / secs)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
 
 
@@ -71,10 +79,10 @@ def test_sentence_transformers(benchmark: Any, encoder: Any, corpus: List[str], 
     ours = encoder.encode(corpus, threads=threads)
     emb = benchmark.pedantic(lambda: sentence_transformers_encode(corpus, threads, dtype),
                              rounds=1, iterations=1)
-    secs = benchmark.stats.stats.median
+    secs = _median_seconds(benchmark)
     cos = (emb * ours).sum(axis=1) / np.linalg.norm(emb, axis=1)
     benchmark.extra_info.update(sentences=len(corpus), threads=threads, dtype=dtype,
-                                sentences_per_s=len(corpus) / secs,
+                                sentences_per_s=len(corpus) / secs if secs else None,
                                 max_abs_diff_vs_fastattn=float(np.abs(emb - ours).max()),
                                 min_cosine_vs_fastattn=float(cos.min()))
     if dtype == "float32":

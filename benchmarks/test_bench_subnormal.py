@@ -22,6 +22,8 @@ import time
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
+
+from fastattn._bench import cpu_model
 import pytest
 
 import fastattn
@@ -45,14 +47,7 @@ VARIANTS = ("qkv", "q", "k", "v")
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return cpu_model()
 
 
 def _inputs(dtype: Any, lead: Tuple[int, ...], nq: int, nk: int,

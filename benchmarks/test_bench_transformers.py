@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from typing import Any, Callable
@@ -32,6 +31,7 @@ transformers = pytest.importorskip("transformers", reason="the backend plugs int
 pytest.importorskip("ml_dtypes", reason="bfloat16 tensors are read as ml_dtypes storage")
 
 import fastattn  # noqa: E402
+from fastattn._bench import cpu_model  # noqa: E402
 from fastattn.integrations import transformers as fa_hf  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,15 +135,6 @@ def set_threads(n: int) -> None:
     fastattn.set_num_threads(n)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 # ---------------------------------------------------------------- pytest-benchmark

@@ -31,27 +31,9 @@ def attention(
     max_seqlen_k: int = ...,
     num_threads: int = ...,
 ) -> Union[_Array, Tuple[_Array, ...]]: ...
-def plan(
-    q: _Array,
-    k: _Array,
-    v: _Array,
-    *,
-    mask: Optional[_Array] = ...,
-    causal: _Causal = ...,
-    scale: Optional[_Real] = ...,
-    out: Optional[_Array] = ...,
-    return_lse: Union[bool, np.bool_] = ...,
-    window: _Window = ...,
-    alibi_slopes: Optional[npt.ArrayLike] = ...,
-    softcap: Optional[_Real] = ...,
-    kv_lengths: _Ints = ...,
-    return_weights: Union[bool, np.bool_] = ...,
-    cu_seqlens_q: Optional[_Array] = ...,
-    cu_seqlens_k: Optional[_Array] = ...,
-    max_seqlen_q: int = ...,
-    max_seqlen_k: int = ...,
-    num_threads: int = ...,
-) -> Dict[str, Any]: ...
+def plan(q: _Array, k: _Array, v: _Array, **options: Any) -> Dict[str, Any]:
+    """The keyword arguments of ``attention``; returns the C core's plan."""
+
 
 # runtime
 def set_num_threads(n: int) -> None: ...
