@@ -4,7 +4,7 @@
 #
 #   * the sdist builds on its own, in a fresh virtual environment with build
 #     isolation (only what pyproject.toml declares), into the wheel;
-#   * the wheel holds only runtime files (no .c, .pyx, .pxd, .h);
+#   * the wheel holds only runtime files (no .c, .pyx, .pxd, .pxi, .h);
 #   * tools/check_portability.sh passes on its extension module.
 #
 # wheelhouse/ (gitignored) is left with the sdist and the repaired wheel.
@@ -37,7 +37,7 @@ echo "== wheel from the sdist alone (isolated build)"
 wheel="$(ls "$WORK"/dist/fastattn-*.whl)"
 
 echo "== wheel contents: runtime files only"
-bad="$("$TPY" -m zipfile -l "$wheel" | awk 'NR > 1 {print $1}' | grep -E '\.(c|pyx|pxd|h|cpp)$' || true)"
+bad="$("$TPY" -m zipfile -l "$wheel" | awk 'NR > 1 {print $1}' | grep -E '\.(c|pyx|pxd|pxi|h|cpp)$' || true)"
 if [[ -n "$bad" ]]; then
     echo "FAIL: build files in the wheel:" >&2
     echo "$bad" >&2
