@@ -24,8 +24,10 @@ def sanitizer_preloaded():
 
 def require(module, reason):
     """``pytest.importorskip(module, reason=reason)``, and a skip under a
-    preloaded sanitizer runtime (see the module docstring)."""
+    preloaded sanitizer runtime (see the module docstring).  Works in a test
+    and at module level (a module's tests are then skipped together)."""
     if sanitizer_preloaded():
         pytest.skip(f"{module} is not loaded under a preloaded sanitizer runtime: its "
-                    "uninstrumented C++ extensions abort or leak there (tools/sanitize.sh)")
+                    "uninstrumented C++ extensions abort or leak there (tools/sanitize.sh)",
+                    allow_module_level=True)
     return pytest.importorskip(module, reason=reason)
