@@ -201,18 +201,20 @@ FA_INLINE VT FA_FN(fa_exp2_)(VT x)
 /* The first n < VL elements of x as a vector, the other lanes `fill`; and
  * the first n lanes of v stored to x.  The one way the kernels handle the
  * part of an array that does not fill a vector. */
+/* (Lane by lane on the vector itself, with no array whose address is
+ * taken: an over-aligned vector spilled into a plain stack array is what
+ * ASan's use-after-return checking, which moves such arrays to its own
+ * frames, faulted on.) */
 FA_INLINE VT FA_FN(fa_load_tail_)(const FA_T *x, int n, FA_T fill)
 {
-    FA_T buf[VL];
-    for (int l = 0; l < VL; l++) buf[l] = l < n ? x[l] : fill;
-    return FA_FN(fa_loadu_)(buf);
+    VT r = VSPLAT(fill);
+    for (int l = 0; l < n; l++) r[l] = x[l];
+    return r;
 }
 
 FA_INLINE void FA_FN(fa_store_tail_)(FA_T *x, int n, VT v)
 {
-    FA_T buf[VL];
-    FA_FN(fa_storeu_)(buf, v);
-    for (int l = 0; l < n; l++) x[l] = buf[l];
+    for (int l = 0; l < n; l++) x[l] = v[l];
 }
 
 /* The sign bit in every lane (VSPLAT(-0.0) would be +0: 0 + -0 = +0). */
