@@ -284,14 +284,24 @@ static void fill_bf16(uint16_t *x, size_t count, double scale)
     for (size_t i = 0; i < count; i++) x[i] = to_bf16((float)(uniform() * scale));
 }
 
+/* bf16 operands of an M x N x K product (fill_bf16 at the given scales), and room
+ * for B packed pair-interleaved. */
+static void gemm_operands(int M, int N, int K, double scale_a, double scale_b,
+                          uint16_t **a, uint16_t **b, uint16_t **bp)
+{
+    *a = malloc(sizeof(uint16_t) * M * K);
+    *b = malloc(sizeof(uint16_t) * K * N);
+    *bp = malloc(sizeof(uint16_t) * fa_amx_packed_b_size(K, N));
+    fill_bf16(*a, M * K, scale_a);
+    fill_bf16(*b, K * N, scale_b);
+}
+
 static void test_gemm(void)
 {
     enum { M = 64, N = 96, K = 128 };
-    uint16_t *a = malloc(sizeof(uint16_t) * M * K), *b = malloc(sizeof(uint16_t) * K * N);
-    uint16_t *bp = malloc(sizeof(uint16_t) * fa_amx_packed_b_size(K, N));
+    uint16_t *a, *b, *bp;
+    gemm_operands(M, N, K, 3.0, 1.0, &a, &b, &bp);
     float *c = malloc(sizeof(float) * M * N), *cm = malloc(sizeof(float) * M * N);
-    fill_bf16(a, M * K, 3.0);
-    fill_bf16(b, K * N, 1.0);
     a[5] = 0x0003; /* a subnormal bf16: read as zero */
     fa_amx_pack_b(K, N, b, N, bp);
 
@@ -461,11 +471,9 @@ static void test_real(void)
         return;
     }
     enum { M = 64, N = 64, K = 256 };
-    uint16_t *a = malloc(sizeof(uint16_t) * M * K), *b = malloc(sizeof(uint16_t) * K * N);
-    uint16_t *bp = malloc(sizeof(uint16_t) * fa_amx_packed_b_size(K, N));
+    uint16_t *a, *b, *bp;
+    gemm_operands(M, N, K, 2.0, 2.0, &a, &b, &bp);
     float *ce = malloc(sizeof(float) * M * N), *cr = malloc(sizeof(float) * M * N);
-    fill_bf16(a, M * K, 2.0);
-    fill_bf16(b, K * N, 2.0);
     a[3] = 0x0005, b[7] = 0x8004; /* subnormal inputs */
     fa_amx_pack_b(K, N, b, N, bp);
     fa_amx_gemm_bf16_emu(M, N, K, a, K, bp, ce, N, 0);

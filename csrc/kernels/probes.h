@@ -6,27 +6,20 @@
  */
 
 #if FA_S_KIND == 0
-/* y[i] = exp2(x[i]) for n values (any n, any alignment). */
-static void FA_FN(fa_exp2_array_)(const FA_T *x, FA_T *y, int64_t n)
-{
-    int64_t i = 0;
-    for (; i + VL <= n; i += VL) FA_FN(fa_storeu_)(y + i, FA_FN(fa_exp2_)(FA_FN(fa_loadu_)(x + i)));
-    if (i < n) {
-        const int r = (int)(n - i);
-        FA_FN(fa_store_tail_)(y + i, r, FA_FN(fa_exp2_)(FA_FN(fa_load_tail_)(x + i, r, 0)));
+/* y[i] = f(x[i]) for n values (any n, any alignment), f a vector function
+ * of the kernels: whole vectors, then one tail. */
+#define FA_ARRAY_FN(name, f)                                                          \
+    static void FA_FN(name)(const FA_T *x, FA_T *y, int64_t n)                        \
+    {                                                                                 \
+        int64_t i = 0;                                                                \
+        for (; i + VL <= n; i += VL) FA_FN(fa_storeu_)(y + i, f(FA_FN(fa_loadu_)(x + i))); \
+        if (i < n)                                                                    \
+            FA_FN(fa_store_tail_)(y + i, (int)(n - i),                                \
+                                  f(FA_FN(fa_load_tail_)(x + i, (int)(n - i), 0)));   \
     }
-}
-
-/* y[i] = tanh(x[i]) for n values: the soft cap's tanh. */
-static void FA_FN(fa_tanh_array_)(const FA_T *x, FA_T *y, int64_t n)
-{
-    int64_t i = 0;
-    for (; i + VL <= n; i += VL) FA_FN(fa_storeu_)(y + i, FA_FN(fa_tanh_)(FA_FN(fa_loadu_)(x + i)));
-    if (i < n) {
-        const int r = (int)(n - i);
-        FA_FN(fa_store_tail_)(y + i, r, FA_FN(fa_tanh_)(FA_FN(fa_load_tail_)(x + i, r, 0)));
-    }
-}
+FA_ARRAY_FN(fa_exp2_array_, FA_FN(fa_exp2_)) /* the softmax's exp2 */
+FA_ARRAY_FN(fa_tanh_array_, FA_FN(fa_tanh_)) /* the soft cap's tanh */
+#undef FA_ARRAY_FN
 #endif
 
 #if !FA_IS_DOUBLE && FA_S_KIND == 0

