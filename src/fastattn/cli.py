@@ -26,7 +26,7 @@ import os
 import statistics
 import sys
 import time
-from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
                     TextIO, Tuple)
 
 from fastattn._bench import BenchCase, attention_flops, format_ms, visible_pairs
