@@ -41,6 +41,17 @@ typedef enum {
     FA_MASK_ADD_F64 = 3  /* float64 added to the scaled scores (-inf allowed) */
 } fa_mask_kind;
 
+/* Arithmetic of the matrix products for float32 inputs (fa_params.precision).
+ * Ignored for the other dtypes.  FA_PRECISION_HIGHEST (0, the zeroed default)
+ * is the float32 vector path.  The reduced modes run on the matrix units
+ * where the CPU has them, and otherwise fall back to FA_PRECISION_HIGHEST
+ * (fa_plan_info.precision tells which mode a call really uses). */
+typedef enum {
+    FA_PRECISION_HIGHEST = 0, /* float32 products, float32 sums */
+    FA_PRECISION_BF16 = 1,    /* operands rounded once to bfloat16 */
+    FA_PRECISION_BF16X3 = 2   /* hi*hi + hi*lo + lo*hi bfloat16 products */
+} fa_precision;
+
 /* Instruction-set paths: the paths of the registry in dispatch.c, in its
  * order (within an architecture, better paths have larger numbers).  The
  * names below are for C callers; fa_isa_count() and fa_isa_name() list
@@ -124,6 +135,9 @@ typedef struct {
 
     /* Threads for this call; 0 means fa_get_num_threads(). */
     int num_threads;
+
+    /* Matrix-product arithmetic for float32 inputs (fa_precision). */
+    int precision;
 } fa_params;
 
 #define FA_UNBOUNDED_LO INT64_MIN
@@ -152,7 +166,7 @@ int fa_attention_weights(const fa_params *p);
  * params: filled by fa_plan (fa_plan_weights), which the driver itself
  * calls before it runs, so the plan and the execution cannot diverge. */
 typedef struct {
-    int family;           /* 0: tile kernel, 1: few-row kernel, 2: weights */
+    int family;           /* 0: tile, 1: few-row, 2: weights, 3: matrix units */
     int isa;              /* the ISA path (fa_isa) */
     const char *kernel_isa; /* the registry row whose kernel runs (the path,
                              or a refinement such as "avx512bf16") */
@@ -165,6 +179,7 @@ typedef struct {
     int threads;          /* threads the call runs on */
     size_t scratch_bytes; /* scratch per thread */
     double work;          /* multiply-adds of the visible and hidden pairs */
+    int precision;        /* the fa_precision the call really uses */
 } fa_plan_info;
 
 /* Fill *info for p.  Returns FA_OK, FA_ERR_PARAMS or FA_ERR_NOMEM (a head

@@ -42,6 +42,7 @@ cdef extern from "fastattn.h" nogil:
         void *weights
         int64_t w_sb, w_sh, w_sq, w_sk
         int num_threads
+        int precision
     ctypedef struct fa_plan_info:
         int family
         int isa
@@ -50,6 +51,7 @@ cdef extern from "fastattn.h" nogil:
         int threads
         size_t scratch_bytes
         double work
+        int precision
     int FA_OK
     int FA_ERR_NOMEM
     int64_t FA_UNBOUNDED_LO
