@@ -16,6 +16,8 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# the precision modes of float32 inputs, as fa_precision codes (fastattn.h)
+PRECISIONS = {"highest": 0, "bf16": 1, "bf16x3": 2}
 
 
 def is_half(dtype: np.dtype[Any]) -> bool:
@@ -66,6 +68,23 @@ def float_dtype(dtype: DTypeLike, *, half: bool, not_a_dtype: str) -> np.dtype[A
         return dt
     names = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
     raise TypeError(f"dtype must be {names}, got {dt}")
+
+
+def precision(value: object, q: object = None) -> int:
+    """``precision`` ("highest", "bf16" or "bf16x3") as its fa_precision
+    code.  The reduced modes are for float32 inputs: with a float64 ``q``
+    they raise ``ValueError``; 16-bit inputs ignore the keyword (they
+    already run at their own precision)."""
+    if not isinstance(value, str):
+        raise TypeError(f"precision must be a str ('highest', 'bf16' or 'bf16x3'), "
+                        f"got {type(value).__name__}")
+    code = PRECISIONS.get(value)
+    if code is None:
+        raise ValueError(f"precision must be 'highest', 'bf16' or 'bf16x3'; got {value!r}")
+    if code and isinstance(q, np.ndarray) and q.dtype == np.float64:
+        raise ValueError(f"precision={value!r} is for float32 inputs; float64 inputs "
+                         "compute in float64 (use precision='highest', or cast to float32)")
+    return code
 
 
 def offsets(name: str, cu: object, total: int) -> NDArray[np.int64]:

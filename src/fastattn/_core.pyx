@@ -461,6 +461,9 @@ cdef _run_weights(_Call c):
     cdef int64_t ws[4]
     cdef int status
     _dims4(c.weights, wd, ws)
+    # always float32 products: fastattn.attention asks for the weights of a
+    # reduced-precision call in a pass of their own
+    c.p.precision = 0
     c.p.weights = cnp.PyArray_DATA(c.weights)
     c.p.w_sb, c.p.w_sh, c.p.w_sq, c.p.w_sk = ws[0], ws[1], ws[2], ws[3]
     with nogil:
@@ -473,17 +476,20 @@ cdef _run_weights(_Call c):
 def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
               return_lse=False, window=None, alibi_slopes=None, softcap=None,
               kv_lengths=None, return_weights=False, cu_seqlens_q=None,
-              cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0):
+              cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0,
+              int precision=0):
     """Fused attention; see fastattn.attention for the contract.
 
     With ``cu_seqlens_q`` / ``cu_seqlens_k`` (validated int64 arrays, from
     fastattn.attention_varlen) q, k, v are (1, H, total, D) views and the
     batch is given by the offsets.  ``return_weights`` also runs the
-    weights pass; a v with Dv = 0 then gives just the weights' lse."""
+    weights pass; a v with Dv = 0 then gives just the weights' lse.
+    ``precision`` is an fa_precision code (fastattn._checks.PRECISIONS)."""
     cdef _Call c = _prepare(q, k, v, mask, causal, scale, out, return_lse, window,
                             alibi_slopes, softcap, kv_lengths, return_weights,
                             cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     c.p.num_threads = num_threads if num_threads > 0 else 0
+    c.p.precision = _precision_code(precision)
     cdef int status
     with nogil:
         status = fa_attention(&c.p)
@@ -503,12 +509,22 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     return res
 
 
-_FAMILIES = ("tile", "rows", "weights")
+_FAMILIES = ("tile", "rows", "weights", "matrix")
+# fa_precision codes by name, in code order (fastattn.h)
+_PRECISIONS = ("highest", "bf16", "bf16x3")
 
 
-cdef dict _plan_dict(const fa_plan_info *info):
+cdef int _precision_code(int code) except -1:
+    if code < 0 or code >= len(_PRECISIONS):
+        raise ValueError(f"precision code must be in [0, {len(_PRECISIONS) - 1}], got {code}")
+    return code
+
+
+cdef dict _plan_dict(const fa_plan_info *info, fa_dtype dtype):
     return {
         "kernel": _FAMILIES[info.family],
+        # the mode really used; the keyword applies to float32 inputs only
+        "precision": _PRECISIONS[info.precision] if dtype == FA_F32 else None,
         "isa": fa_isa_name(info.isa).decode(),
         "kernel_isa": info.kernel_isa.decode(),
         "q_block": info.q_block,
@@ -525,7 +541,8 @@ cdef dict _plan_dict(const fa_plan_info *info):
 def plan(q, k, v, *, mask=None, causal=False, scale=None, out=None,
          return_lse=False, window=None, alibi_slopes=None, softcap=None,
          kv_lengths=None, return_weights=False, cu_seqlens_q=None,
-         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0):
+         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0,
+         int precision=0):
     """What ``attention`` would do with the same arguments (validated the
     same way), without computing: the C core's plan as a dict (see
     fastattn.explain).  With ``return_weights`` the weights pass's plan is
@@ -534,12 +551,14 @@ def plan(q, k, v, *, mask=None, causal=False, scale=None, out=None,
                             alibi_slopes, softcap, kv_lengths, return_weights,
                             cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     c.p.num_threads = num_threads if num_threads > 0 else 0
+    c.p.precision = _precision_code(precision)
     cdef fa_plan_info info
     _check_status(fa_plan(&c.p, &info))
-    res = _plan_dict(&info)
+    res = _plan_dict(&info, c.p.dtype)
     if return_weights:
+        c.p.precision = 0   # the weights pass runs at "highest" (see _run_weights)
         _check_status(fa_plan_weights(&c.p, &info))
-        res["weights"] = _plan_dict(&info)
+        res["weights"] = _plan_dict(&info, c.p.dtype)
     return res
 
 

@@ -36,7 +36,7 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
               alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
               kv_lengths: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
               return_lse: bool = False, return_weights: bool = False,
-              num_threads: Optional[int] = None) -> Any:
+              num_threads: Optional[int] = None, precision: str = "highest") -> Any:
     """Scaled dot-product attention, ``softmax(q @ k^T * scale + mask) @ v``,
     computed by a fused kernel that never materializes the score matrix.
 
@@ -95,6 +95,19 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         pass from the lse.  Costs O(Nq * Nk) memory, only when asked for.
     num_threads : int or None
         Threads for this call alone; None uses :func:`fastattn.get_num_threads`.
+    precision : {"highest", "bf16", "bf16x3"}
+        Arithmetic of the matrix products for float32 inputs (see
+        docs/amx.md).  ``"highest"`` (the default) is float32 throughout.
+        ``"bf16"`` rounds q, k, v and the softmax probabilities to bfloat16
+        once and runs the products on the CPU's matrix unit (Intel AMX);
+        ``"bf16x3"`` splits each float32 operand into a high and a low
+        bfloat16 and sums three products, close to float32 accuracy.
+        Where the matrix unit is missing (or for decode shapes, which run
+        on the vector kernels) the call computes at ``"highest"``;
+        :func:`explain` reports the mode really used.  float64 inputs
+        accept only ``"highest"`` (else ``ValueError``); float16 and
+        bfloat16 inputs ignore the keyword.  The attention weights
+        (``return_weights``) are always computed at ``"highest"``.
 
     Returns
     -------
@@ -116,11 +129,22 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     message names the argument.
     """
     mask = _widen_16bit_mask(mask)
-    return _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, out=out,
-                           return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
-                           softcap=softcap, kv_lengths=kv_lengths,
-                           return_weights=return_weights,
-                           num_threads=call_threads(num_threads))
+    code = _checks.precision(precision, q)
+    threads = call_threads(num_threads)
+    # reduced precision: the weights come from a pass of their own, at
+    # "highest", so that they are the float32 softmax of the float32 scores
+    split = bool(code) and return_weights
+    res = _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, out=out,
+                          return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
+                          softcap=softcap, kv_lengths=kv_lengths,
+                          return_weights=return_weights and not split,
+                          num_threads=threads, precision=code)
+    if not split:
+        return res
+    w = attention_weights(q, k, mask=mask, causal=causal, scale=scale, window=window,
+                          alibi_slopes=alibi_slopes, softcap=softcap, kv_lengths=kv_lengths,
+                          num_threads=threads)
+    return (res + (w,)) if return_lse else (res, w)
 
 
 def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
@@ -138,13 +162,19 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     **options
         Any keyword argument of :func:`attention` (``mask``, ``causal``,
         ``scale``, ``window``, ``alibi_slopes``, ``softcap``,
-        ``kv_lengths``, ``out``, ``return_lse``, ``return_weights``).
+        ``kv_lengths``, ``out``, ``return_lse``, ``return_weights``,
+        ``num_threads``, ``precision``).
 
     Returns
     -------
     dict
         ``kernel``: ``"tile"`` (vectors along the queries, ``q_block`` rows
-        a tile), ``"rows"`` (the few-row decode kernel) or ``"weights"``;
+        a tile), ``"rows"`` (the few-row decode kernel), ``"matrix"`` (the
+        matrix-unit kernel, Intel AMX or its emulation) or ``"weights"``;
+        ``precision``: for float32 inputs the mode the call really uses
+        (``"highest"`` where a reduced mode falls back), None for other
+        dtypes; ``precision_requested``: the keyword as given, and
+        ``precision_note``: why the two differ (None when they agree);
         ``isa``: the ISA path in use; ``kernel_isa``: the registry entry
         whose kernel runs (the path, or a refinement such as
         ``"avx512bf16"``); ``q_block`` and ``k_block``: query rows per work
@@ -167,7 +197,31 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
         options["mask"] = _widen_16bit_mask(options["mask"])
     if "num_threads" in options:
         options["num_threads"] = call_threads(options["num_threads"])
-    return dict(_core.plan(q, k, v, **options))
+    requested = options.pop("precision", "highest")
+    code = _checks.precision(requested, q)
+    plan = dict(_core.plan(q, k, v, precision=code, **options))
+    plan["precision_requested"] = requested
+    plan["precision_note"] = _precision_note(plan, requested)
+    return plan
+
+
+def _precision_note(plan: Dict[str, Any], requested: str) -> Optional[str]:
+    """Why a float32 call does not run at the precision it asked for."""
+    used = plan["precision"]
+    if used is None:
+        return None if requested == "highest" else (
+            f"precision={requested!r} applies to float32 inputs; these compute at their "
+            "own precision")
+    if used == requested:
+        return None
+    if plan["kernel"] == "rows":
+        return (f"precision={requested!r} falls back to 'highest': decode shapes (few "
+                "query rows per kv head) run on the float32 vector kernels")
+    status = _core.amx_status()
+    if not status["available"] and plan["isa"] != "amx_emu":
+        return (f"precision={requested!r} falls back to 'highest': the matrix unit is not "
+                f"available ({status['reason']})")
+    return f"precision={requested!r} falls back to 'highest' on the {plan['kernel']} kernel"
 
 
 def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
@@ -176,12 +230,16 @@ def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
                       alibi_slopes: Optional[ArrayLike] = None,
                       softcap: Optional[float] = None,
                       kv_lengths: Optional[ArrayLike] = None,
-                      num_threads: Optional[int] = None) -> NDArray[Any]:
+                      num_threads: Optional[int] = None,
+                      precision: str = "highest") -> NDArray[Any]:
     """The attention matrix ``softmax(q @ k^T * scale + bias + mask)``,
     shape ``(..., Nq, Nk)`` in q's dtype, computed by the C core: one pass
     for each row's log-sum-exp, a second for ``exp(score - lse)``.  Rows
-    that see no key are zeros.  Arguments as in :func:`attention`.
+    that see no key are zeros.  Arguments as in :func:`attention`;
+    ``precision`` is checked as there, but the weights are always computed
+    at ``"highest"`` (they are the product itself, not an input to one).
     """
+    _checks.precision(precision, q)
     _checks.ndarray("k", k)
     # Dv = 0 values: the first pass computes only the lse
     v = np.empty(k.shape[:-1] + (0,), dtype=k.dtype)
@@ -199,7 +257,7 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
                      window: Optional[Tuple[int, int]] = None,
                      alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
                      out: Optional[NDArray[Any]] = None, return_lse: bool = False,
-                     num_threads: Optional[int] = None) -> Any:
+                     num_threads: Optional[int] = None, precision: str = "highest") -> Any:
     """Attention over a packed batch of variable-length sequences, with no
     padding computed at all.
 
@@ -220,11 +278,14 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
         Also return the lse, shape ``(H, total_q)``.
     num_threads : int or None
         Threads for this call alone, as in :func:`attention`.
+    precision : {"highest", "bf16", "bf16x3"}
+        As in :func:`attention`.
 
     Returns
     -------
     out : ndarray, shape (total_q, H, Dv); and lse if ``return_lse``
     """
+    code = _checks.precision(precision, q)
     for name, a in (("q", q), ("k", k), ("v", v)):
         if _checks.ndarray(name, a).ndim != 3:
             raise ValueError(f"{name} must be 3-D (total, heads, head dim) for packed "
@@ -253,7 +314,7 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
                           out=view(out), return_lse=return_lse, window=window,
                           alibi_slopes=alibi_slopes, softcap=softcap, cu_seqlens_q=cq,
                           cu_seqlens_k=ck, max_seqlen_q=max_q, max_seqlen_k=max_k,
-                          num_threads=call_threads(num_threads))
+                          num_threads=call_threads(num_threads), precision=code)
     if return_lse:
         return out, res[1][0]
     return out

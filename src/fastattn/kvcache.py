@@ -122,7 +122,7 @@ class KVCache:
                alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
                mask: Optional[NDArray[Any]] = None, out: Optional[NDArray[Any]] = None,
                return_lse: bool = False, return_weights: bool = False,
-               num_threads: Optional[int] = None) -> Any:
+               num_threads: Optional[int] = None, precision: str = "highest") -> Any:
         """Attention of ``q`` (batch, H, Nq, head_dim) over each row's cached
         tokens, ``H`` a multiple of ``kv_heads``.  The queries are the last
         ``Nq`` positions of each row (bottom-right alignment), so after
@@ -132,7 +132,8 @@ class KVCache:
         or the filled prefix (the most tokens any row holds).
         ``return_weights`` also returns the attention matrix over that
         prefix, ``(batch, H, Nq, max(lengths))``, after the lse when both
-        are asked for.
+        are asked for.  ``precision`` as in :func:`fastattn.attention`
+        (a float32 cache may run its prefill on the matrix unit).
         """
         _checks.ndarray("q", q)
         if q.ndim != 4 or q.shape[0] != self.batch:
@@ -144,4 +145,5 @@ class KVCache:
                          mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
                          window=window, alibi_slopes=alibi_slopes, softcap=softcap,
                          kv_lengths=self.lengths, out=out, return_lse=return_lse,
-                         return_weights=return_weights, num_threads=num_threads)
+                         return_weights=return_weights, num_threads=num_threads,
+                         precision=precision)

@@ -411,7 +411,7 @@ class MultiHeadAttention:
     def __call__(self, x: Array, context: Optional[Array] = None, *,
                  mask: Optional[Array] = None, key_padding_mask: Optional[Array] = None,
                  causal: Union[bool, str] = False, need_weights: bool = False,
-                 kv_cache: Optional[KVCache] = None) -> Any:
+                 kv_cache: Optional[KVCache] = None, precision: str = "highest") -> Any:
         """Apply the layer.
 
         Parameters
@@ -458,6 +458,10 @@ class MultiHeadAttention:
             (all tokens held after the append) or ``max_len`` keys, as in
             ``KVCache.attend``; ``key_padding_mask`` is not accepted (use
             the cache's own row lengths).
+        precision : {"highest", "bf16", "bf16x3"}
+            Arithmetic of the attention's matrix products for a float32
+            layer, as in :func:`fastattn.attention` (the projections are
+            NumPy's and stay float32).
 
         Returns
         -------
@@ -472,6 +476,7 @@ class MultiHeadAttention:
         """
         x, context, batched = self._batched_inputs(x, context)
         _checks.boolean("need_weights", need_weights)
+        _checks.precision(precision, x)     # before the cache is appended to
         B, Nq = x.shape[:2]
         if kv_cache is not None:
             kv_cache = self._check_cache(kv_cache, B, context, key_padding_mask)
@@ -485,11 +490,11 @@ class MultiHeadAttention:
         out_view = merged.transpose(0, 2, 1, 3)
         if kv_cache is None:
             res = attention(q, k, v, mask=mask, causal=causal, kv_lengths=kv_lengths,
-                            out=out_view, return_weights=need_weights)
+                            out=out_view, return_weights=need_weights, precision=precision)
         else:
             kv_cache.append(k, v)
             res = kv_cache.attend(q, causal=causal, mask=mask, out=out_view,
-                                  return_weights=need_weights)
+                                  return_weights=need_weights, precision=precision)
         weights = res[1] if need_weights else None
 
         # merge heads (a reshape) and the output projection

@@ -117,7 +117,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               scale: float | None = None, window: tuple[int, int] | None = None,
               alibi_slopes: torch.Tensor | None = None, softcap: float | None = None,
               kv_lengths: torch.Tensor | None = None, out: torch.Tensor | None = None,
-              return_lse: bool = False, return_weights: bool = False) -> Result:
+              return_lse: bool = False, return_weights: bool = False,
+              precision: str = "highest") -> Result:
     """:func:`fastattn.attention` on CPU tensors, read in place.
 
     Parameters
@@ -131,8 +132,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         bool (True = may attend) or float (added to the scaled scores; a
         float16 or bfloat16 mask is widened to float32 once, a copy the size
         of the mask's own memory), broadcastable to ``(..., Nq, Nk)``.
-    causal, scale, window, softcap, return_lse, return_weights
-        As in :func:`fastattn.attention`.
+    causal, scale, window, softcap, return_lse, return_weights, precision
+        As in :func:`fastattn.attention` (``precision="bf16"`` is the
+        counterpart of ``torch.backends.mkldnn.matmul.fp32_precision``).
     alibi_slopes, kv_lengths : torch.Tensor, array or None
         As in :func:`fastattn.attention` (small; converted as needed).
     out : torch.Tensor or None
@@ -159,7 +161,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         _check_tensor(out, "out", _FLOAT_DTYPES, "float32, float64, float16 or bfloat16")
         aout = as_numpy(out)
     res = _np_attention(aq, ak, av, out=aout, return_lse=return_lse,
-                        return_weights=return_weights,
+                        return_weights=return_weights, precision=precision,
                         **_options(mask, causal, scale, window, alibi_slopes, softcap,
                                    kv_lengths))
     if not (return_lse or return_weights):
@@ -172,11 +174,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | 
                       causal: bool | str = False, scale: float | None = None,
                       window: tuple[int, int] | None = None,
                       alibi_slopes: torch.Tensor | None = None, softcap: float | None = None,
-                      kv_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                      kv_lengths: torch.Tensor | None = None,
+                      precision: str = "highest") -> torch.Tensor:
     """:func:`fastattn.attention_weights` on CPU tensors: the softmax
     probabilities, shape ``(..., Nq, Nk)`` in q's dtype.  Arguments and
     errors as in :func:`attention`."""
     aq, ak = _operand(q, "q"), _operand(k, "k")
-    w = _np_attention_weights(aq, ak, **_options(mask, causal, scale, window, alibi_slopes,
+    w = _np_attention_weights(aq, ak, precision=precision, **_options(mask, causal, scale, window, alibi_slopes,
                                                   softcap, kv_lengths))
     return from_numpy(w)
