@@ -53,18 +53,27 @@ def info() -> Dict[str, Any]:
     Returns
     -------
     dict
-        version, ISA path in use and available, whether the AVX512-BF16 dot
-        product is used, threads, OpenMP, compiler and flags, NumPy version.
-        :func:`show_config` gives the full report.
+        version, ISA path in use and available, the ``FASTATTN_ISA``
+        override (None when unset), whether the AVX512-BF16 dot product is
+        used, the matrix unit (``amx_available``, ``amx_reason`` and its
+        CPU flags ``amx_flags``), threads, OpenMP, compiler and flags,
+        NumPy version.  :func:`show_config` gives the full report.
     """
     import numpy as np
 
+    from ._config import matrix_unit
+
     b = _core.build_info()
+    mu = matrix_unit()
     return {
         "version": __version__,
         "isa": _core.get_isa(),
         "isa_available": _core.isa_available(),
+        "isa_override": mu["isa_override"],
         "bf16_dot_product": _core.bf16_dot_product(),
+        "amx_available": mu["available"],
+        "amx_reason": mu["reason"],
+        "amx_flags": mu["flags"],
         "num_threads": get_num_threads(),
         "openmp": b["openmp"],
         "compiler": b["compiler"],

@@ -143,7 +143,7 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         return res
     w = attention_weights(q, k, mask=mask, causal=causal, scale=scale, window=window,
                           alibi_slopes=alibi_slopes, softcap=softcap, kv_lengths=kv_lengths,
-                          num_threads=threads)
+                          num_threads=num_threads)
     return (res + (w,)) if return_lse else (res, w)
 
 

@@ -14,7 +14,8 @@ from fastattn import _core
 from support import PATH_SHAPES, make_qkv, path_qkv
 
 KEYS = {"kernel", "isa", "kernel_isa", "q_block", "k_block", "tasks", "key_splits",
-        "split_keys", "work_items", "threads", "scratch_bytes"}
+        "split_keys", "work_items", "threads", "scratch_bytes", "precision",
+        "precision_requested", "precision_note"}
 
 # path: (kernel family, whether the keys are split among work items)
 PATHS = {

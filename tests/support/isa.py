@@ -19,7 +19,19 @@ parent, the results of one module on one path:
 
 ``run_pytest_on_path`` runs a whole test file in a child pytest on one
 forced path instead.  The paths are those ``fastattn._core`` reports as
-available at run time.
+available at run time; "amx_emu" (the matrix kernels on the tile
+emulation) is one of them wherever its vector part runs, so every case
+module also runs on the matrix kernels.
+
+The matrix paths (support/matrix.py) compute 16-bit operands with P
+rounded to the operand type, which FlashAttention's rule at that precision
+measures against the plain computation at the same precision.  So on a
+matrix path a case with 16-bit results is checked by a fresh copy of the
+case (its references computed anew) while ``matrix_oracle`` stands in for
+the reference, and it skips the "scalar" comparison (its float32 lse
+carries the rounded P too).  A case that runs reduced precision on
+purpose (``IsaCase(..., reduced=True)``, e.g. float32 with
+``precision="bf16"``) skips the "scalar" comparison on every path.
 """
 
 import importlib.util
@@ -37,7 +49,8 @@ from fastattn import _core
 
 from .arrays import random_variant_problem
 from .child import TESTS_DIR, child_env
-from .compare import AttentionRefs
+from .compare import AttentionRefs, is_half
+from .matrix import MATRIX_PATHS, matrix_oracle
 
 ISA_NAMES = tuple(_core.isa_available())
 ISA_THREADS = (1, 2)
@@ -57,13 +70,18 @@ class IsaCase:
     wrong (in the parent; it may cache its reference).
     """
 
-    def __init__(self, name, run, check):
+    def __init__(self, name, run, check, reduced=False):
         self.name, self.run, self.check = name, run, check
+        self.reduced = reduced
 
 
-def attention_case(name, q, k, v, **kw):
-    """IsaCase of fastattn.attention(q, k, v, return_lse=True, **kw)."""
+def attention_case(name, q, k, v, fn=None, **kw):
+    """IsaCase of fastattn.attention(q, k, v, return_lse=True, **kw),
+    checked against ``fn`` (the reference by default; e.g.
+    support.matrix.matrix_reference_for(op) for a float32 case with
+    ``precision="bf16"``, which is then a reduced case)."""
     cache = {}
+    ref_kw = {key: a for key, a in kw.items() if key != "precision"}
 
     def run():
         import fastattn
@@ -71,11 +89,11 @@ def attention_case(name, q, k, v, **kw):
 
     def check(res):
         if "refs" not in cache:
-            cache["refs"] = AttentionRefs(q, k, v, **kw)
+            cache["refs"] = AttentionRefs(q, k, v, fn=fn, **ref_kw)
         out, lse = res
         cache["refs"].check(out, lse)
 
-    return IsaCase(name, run, check)
+    return IsaCase(name, run, check, reduced=kw.get("precision", "highest") != "highest")
 
 
 
@@ -176,14 +194,35 @@ def run_pytest_on_path(isa, test_file, threads=2, timeout=600):
 
 
 _ISA_CASES = {}
+_MATRIX_CASES = {}
 
 
-def module_cases(module):
+def module_cases(module, matrix=False):
     """``module``'s isa_cases(), drawn once in the parent (their checks
-    cache the references)."""
-    if module not in _ISA_CASES:
-        _ISA_CASES[module] = load_case_module(module).isa_cases()
-    return _ISA_CASES[module]
+    cache the references); ``matrix``: a second copy, whose checks cache
+    the references at the matrix precision."""
+    store = _MATRIX_CASES if matrix else _ISA_CASES
+    if module not in store:
+        store[module] = load_case_module(module).isa_cases()
+    return store[module]
+
+
+def _matrix_operand(isa, res):
+    """The 16-bit operand type of a case's results on a matrix path, else None."""
+    if isa not in MATRIX_PATHS:
+        return None
+    return next((a.dtype for a in res if is_half(a.dtype)), None)
+
+
+def _check_case(module, i, isa, res):
+    """Case i of ``module``'s own check of its results on ``isa``."""
+    op = _matrix_operand(isa, res)
+    arg = res if len(res) > 1 else res[0]
+    if op is None:
+        module_cases(module)[i].check(arg)
+        return
+    with matrix_oracle(op):
+        module_cases(module, matrix=True)[i].check(arg)
 
 
 def nmse(a, b):
@@ -233,15 +272,15 @@ def check_isa_path(runs, module, isa, threads, checks=CHECKS):
     cases = module_cases(module)
     assert cases, f"{module} has no isa cases"
     fails, worst = [], {}
-    for c in cases:
+    for i, c in enumerate(cases):
         key = f"{module}::{c.name}"
         try:
             if key in got["errors"]:
                 raise AssertionError(f"raised {got['errors'][key]}")
             res = got["saved"][key]
             if "reference" in checks:
-                c.check(res if len(res) > 1 else res[0])
-            if base is not None:
+                _check_case(module, i, isa, res)
+            if base is not None and not (c.reduced or _matrix_operand(isa, res)):
                 _against_scalar(res, base["saved"][key], worst)
             if one is not None:
                 for i, (a, b) in enumerate(zip(res, one["saved"][key])):

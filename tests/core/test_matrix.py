@@ -1,0 +1,381 @@
+"""The matrix-unit kernels (family "matrix"): results, plans and the gate.
+
+The matrix kernels run on the "amx" path (real tiles, where the CPU and
+the OS allow them) and on "amx_emu" (the same kernels on the portable tile
+emulation, which has the instructions' exact rounding; forced only).
+``isa_cases`` run through the per-ISA harness (support/isa.py) on every
+path, 1 and 2 threads, so on the matrix paths they exercise:
+
+* bfloat16 and float16 inputs, every variant (bool and additive masks,
+  both causal alignments, window, ALiBi, soft cap, ``kv_lengths``, GQA,
+  packed batches, odd sizes, strided and transposed inputs, rows that see
+  no key), against the float64 reference under FlashAttention's rule at
+  the operands' precision (support/matrix.py: the plain computation with
+  P rounded to the operand type);
+* float32 with ``precision="bf16"`` under the same rule with bfloat16
+  operands, and ``precision="bf16x3"``, whose error against float64 must
+  be at most 1/50 of the plain bfloat16 computation's on standard-normal
+  inputs.
+
+On the vector paths the same cases check the ordinary rules (16-bit inputs)
+or the fallback to float32 (the reduced modes), which meets them a
+fortiori.  The plans (``explain``), ``FASTATTN_ISA`` and the gate (a forked
+child, a process with a small sigaltstack) are tested in child processes.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastattn
+from fastattn import _core
+from support import (ISA_COMBOS, AttentionRefs, IsaCase, attention_case, check_isa_path,
+                     make_mask, make_qkv, max_abs_score, relayout, to64_any)
+from support.child import child_env
+from support.matrix import MATRIX_PATHS, bfloat16, matrix_reference_for
+
+BF16 = bfloat16()
+MATRIX_AVAILABLE = [p for p in MATRIX_PATHS if p in _core.isa_available()]
+NO_MATRIX = ("this CPU runs neither the AMX tiles nor their emulation (amx_emu needs "
+             "AVX-512 with AVX512-BF16)")
+NO_BF16 = "bfloat16 needs the optional ml_dtypes package (pip install ml_dtypes)"
+
+
+def _dtypes():
+    return [np.dtype(np.float16)] + ([BF16] if BF16 is not None else [])
+
+
+def _variant_cases(rng, dtype, add):
+    """Every variant on prefill shapes (16+ query rows per kv head)."""
+    q, k, v = make_qkv(rng, (2, 4), 37, 300, 64, hkv=2, dtype=dtype)
+    add("plain", q, k, v)
+    add("causal", q, k, v, causal=True)
+    add("top_left", q, k, v, causal="top_left")
+    add("bool_mask", q, k, v, mask=make_mask(rng, "bool", (2, 1, 37, 300), 0.6))
+    add("add_mask", q, k, v, mask=make_mask(rng, "add32", (37, 300), 0.6), causal=True)
+    add("window", q, k, v, window=(40, 7))
+    add("local_causal", q, k, v, causal=True, window=(64, 0))
+    add("alibi", q, k, v, alibi_slopes=[0.5, 0.25, 0.1, -0.05])
+    add("alibi_bh", q, k, v, alibi_slopes=rng.uniform(0, 0.3, (2, 4)), causal=True)
+    add("softcap", q, k, v, softcap=2.0)
+    add("kv_lengths", q, k, v, kv_lengths=[0, 190], causal=True)
+    add("all", q, k, v, kv_lengths=[300, 75], window=(30, 30), softcap=4.0,
+        alibi_slopes=[0.1, 0.1, 0.2, 0.2], mask=make_mask(rng, "bool", (37, 300), 0.9))
+    # causal with more queries than keys: rows before the keys see nothing
+    qt, kt, vt = make_qkv(rng, (1, 2), 80, 33, 32, dtype=dtype)
+    add("causal_nq_gt_nk", qt, kt, vt, causal=True)
+    add("top_left_nq_gt_nk", qt, kt, vt, causal="top_left")
+    # odd sizes and head dims, Dv != D, MQA
+    for nq, nk, d, dv in [(16, 1, 8, 8), (17, 33, 40, 24), (65, 129, 80, 16),
+                          (33, 257, 128, 128), (50, 70, 3, 5)]:
+        qo, ko, vo = make_qkv(rng, (1, 4), nq, nk, d, dv=dv, hkv=1, dtype=dtype)
+        add(f"odd_{nq}x{nk}x{d}x{dv}", qo, ko, vo, causal=True)
+    for lay in ("transposed", "strided", "negative"):
+        add(lay, *(relayout(a, lay) for a in (q, k, v)), causal=True)
+    add("no_keys", q, k[..., :0, :], v[..., :0, :])
+    # decode shapes stay on the vector kernels
+    qd, kd, vd = make_qkv(rng, (1, 8), 1, 600, 64, hkv=2, dtype=dtype)
+    add("decode", qd, kd, vd, causal=True)
+
+
+def _varlen_case(name, rng, dtype):
+    """A packed batch through attention_varlen (lengths 0, 20, 90)."""
+    lq, lk, h, hkv, d = [40, 0, 90], [20, 5, 130], 4, 2, 32
+    q = rng.standard_normal((sum(lq), h, d)).astype(dtype)
+    k = rng.standard_normal((sum(lk), hkv, d)).astype(dtype)
+    v = rng.standard_normal((sum(lk), hkv, d)).astype(dtype)
+    cq, ck = np.cumsum([0] + lq), np.cumsum([0] + lk)
+    cache = {}
+
+    def run():
+        return fastattn.attention_varlen(q, k, v, cq, ck, causal=True, return_lse=True)
+
+    def fn(q, k, v, *, mask=None, return_lse=False, **kw):
+        # the reference, one sequence at a time (the matrix oracle applies)
+        from fastattn import reference
+        o, lse = reference.attention_varlen(q, k, v, cq, ck, return_lse=True, **kw)
+        return (o.transpose(1, 0, 2), lse) if return_lse else o.transpose(1, 0, 2)
+
+    def check(res):
+        if "refs" not in cache:
+            q64, k64 = to64_any(q), to64_any(k)
+            s_max = max(max_abs_score(q64[cq[b]:cq[b + 1]].transpose(1, 0, 2),
+                                      k64[ck[b]:ck[b + 1]].transpose(1, 0, 2))
+                        for b in range(len(lq)))
+            cache["refs"] = AttentionRefs(q, k, v, fn=fn, nk=max(lk), s_max=s_max, causal=True)
+        cache["refs"].check(res[0].transpose(1, 0, 2), res[1])
+
+    return IsaCase(name, run, check)
+
+
+def _bf16x3_case(name, q, k, v, **kw):
+    """float32, precision="bf16x3": max error against float64 at most 1/50
+    of the plain bfloat16 computation's (out and lse)."""
+    cache = {}
+
+    def run():
+        return fastattn.attention(q, k, v, return_lse=True, precision="bf16x3", **kw)
+
+    def check(res):
+        if "ref" not in cache:
+            from fastattn import reference
+            q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+            cache["ref"] = reference.attention(q64, k64, v64, return_lse=True, **kw)
+            cache["bf16"] = matrix_reference_for(BF16)(q, k, v, return_lse=True, **kw)
+        for i, name in enumerate(("out", "lse")):
+            exact, plain = cache["ref"][i], cache["bf16"][i]
+            err = np.max(np.abs(res[i].astype(np.float64) - exact))
+            budget = np.max(np.abs(plain.astype(np.float64) - exact)) / 50
+            assert err <= budget, (f"{name}: bf16x3 error {err:.3g} exceeds 1/50 of plain "
+                                   f"bf16's ({budget:.3g})")
+
+    return IsaCase(name, run, check, reduced=True)
+
+
+def isa_cases():
+    rng = np.random.default_rng(1111)
+    cases = []
+
+    def adder(prefix, fn=None, **extra):
+        def add(name, *args, **kw):
+            cases.append(attention_case(f"{prefix}/{name}", *args, fn=fn, **extra, **kw))
+        return add
+
+    for dtype in _dtypes():
+        _variant_cases(rng, dtype, adder(dtype.name))
+        cases.append(_varlen_case(f"{dtype.name}/varlen", rng, dtype))
+    if BF16 is None:
+        return cases
+    # float32 in the reduced modes
+    _variant_cases(rng, np.float32, adder("f32_bf16", fn=matrix_reference_for(BF16),
+                                          precision="bf16"))
+    for nq, nk, d in [(64, 256, 64), (100, 300, 128), (37, 90, 32)]:
+        q, k, v = make_qkv(rng, (1, 2), nq, nk, d)
+        cases.append(_bf16x3_case(f"f32_bf16x3/{nq}x{nk}x{d}", q, k, v))
+        cases.append(_bf16x3_case(f"f32_bf16x3/{nq}x{nk}x{d}_causal", q, k, v, causal=True))
+    return cases
+
+
+@pytest.mark.parametrize("isa, threads", ISA_COMBOS)
+def test_every_isa_path(isa_runs, isa, threads):
+    # the reference (at the matrix precision on the matrix paths), the
+    # scalar path where it applies, the same bits at 1 and 2 threads
+    check_isa_path(isa_runs, "test_matrix", isa, threads)
+
+
+def test_a_matrix_path_is_tested():
+    if not MATRIX_AVAILABLE:
+        pytest.skip(NO_MATRIX)
+    assert "amx_emu" in MATRIX_AVAILABLE
+
+
+# ---------------------------------------------------------------- plans
+
+def _on_path(path):
+    if path not in _core.isa_available():
+        pytest.skip(NO_MATRIX if path == "amx_emu" else "this CPU or OS has no AMX tiles "
+                    f"({_core.amx_status()['reason']})")
+    before = _core.get_isa()
+    _core.set_isa(path)
+    return before
+
+
+@pytest.mark.parametrize("path", MATRIX_PATHS)
+def test_plans_on_a_matrix_path(rng, path):
+    before = _on_path(path)
+    try:
+        if BF16 is None:
+            pytest.skip(NO_BF16)
+        for lead, hkv, nq in [((1, 8), 8, 16), ((2, 4), 2, 8), ((1, 4), 4, 300)]:
+            q, k, v = (a.astype(BF16) for a in make_qkv(rng, lead, nq, 64, 64, hkv=hkv))
+            plan = fastattn.explain(q, k, v, causal=True)
+            # 16 or more query rows per kv head (GQA groups count together)
+            assert plan["kernel"] == "matrix" and plan["kernel_isa"] == path, plan
+            assert plan["precision"] is None
+        qd, kd, vd = (a.astype(BF16) for a in make_qkv(rng, (1, 8), 1, 500, 64, hkv=2))
+        assert fastattn.explain(qd, kd, vd)["kernel"] == "rows"
+        q, k, v = make_qkv(rng, (1, 4), 64, 128, 64)
+        assert fastattn.explain(q, k, v)["kernel"] == "tile"
+        for mode in ("bf16", "bf16x3"):
+            plan = fastattn.explain(q, k, v, precision=mode)
+            assert (plan["kernel"], plan["precision"], plan["precision_note"]) == \
+                ("matrix", mode, None), plan
+            plan = fastattn.explain(q[..., :1, :], k, v, precision=mode)
+            assert plan["kernel"] == "rows" and plan["precision"] == "highest"
+            assert "decode shapes" in plan["precision_note"]
+    finally:
+        _core.set_isa(before)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "bf16x3"])
+def test_weights_of_a_reduced_call_on_the_matrix_path(rng, mode):
+    before = _on_path("amx_emu")
+    try:
+        q, k, v = make_qkv(rng, (1, 2), 48, 64, 32)
+        out, w = fastattn.attention(q, k, v, return_weights=True, precision=mode)
+        assert w.tobytes() == fastattn.attention_weights(q, k).tobytes()
+        assert out.tobytes() == fastattn.attention(q, k, v, precision=mode).tobytes()
+    finally:
+        _core.set_isa(before)
+
+
+# ---------------------------------------------------------------- FASTATTN_ISA and the gate
+
+def _run(code, **env):
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                       env=child_env(**env), capture_output=True, text=True, timeout=600)
+    return r
+
+
+_REPORT = """
+    import json, numpy as np, fastattn
+    from fastattn import _core
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 4, 48, 64)).astype(np.float32) for _ in range(3))
+    info = fastattn.info()
+    cfg = fastattn.show_config("dicts")["matrix_unit"]
+    print(json.dumps({"isa": info["isa"], "override": info["isa_override"],
+                      "amx": info["amx_available"], "kernels": cfg["matrix_kernels"],
+                      "plan": fastattn.explain(q, k, v, precision="bf16")}))
+"""
+
+
+def test_fastattn_isa_forces_the_emulation():
+    if "amx_emu" not in MATRIX_AVAILABLE:
+        pytest.skip(NO_MATRIX)
+    import json
+    r = _run(_REPORT, FASTATTN_ISA="amx_emu")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["isa"] == "amx_emu" and rep["override"] == "amx_emu"
+    assert "emulation" in rep["kernels"]
+    assert rep["plan"]["kernel"] == "matrix" and rep["plan"]["precision"] == "bf16"
+
+
+def test_fastattn_isa_forbids_the_matrix_unit():
+    # a forced vector path never uses the tiles, wherever they exist
+    import json
+    r = _run(_REPORT, FASTATTN_ISA="scalar")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["isa"] == "scalar" and rep["override"] == "scalar"
+    assert rep["kernels"] == "none: the scalar path has no matrix kernels"
+    assert rep["plan"]["kernel"] == "tile" and rep["plan"]["precision"] == "highest"
+
+
+def test_fastattn_isa_amx_where_the_tiles_are_missing():
+    status = _core.amx_status()
+    r = _run("import fastattn; print(fastattn.info()['isa'])", FASTATTN_ISA="amx")
+    if "amx" in _core.isa_available():
+        assert r.returncode == 0 and r.stdout.strip() == "amx", r.stderr
+    else:
+        assert not status["available"] and status["reason"]
+        assert r.returncode != 0 and "FASTATTN_ISA" in r.stderr and "amx" in r.stderr
+
+
+def test_default_never_picks_the_emulation():
+    assert _core.get_isa() != "amx_emu" or os.environ.get("FASTATTN_ISA") == "amx_emu"
+
+
+# A child that checks one prefill call: on the path chosen at import, its
+# result must be that of the vector path (no tiles) or of the emulation
+# (tiles), and within the reference's rule; prints the gate's answer.
+_CHECK_CALL = """
+    import json, numpy as np, fastattn, ml_dtypes
+    from fastattn import _core
+    from support import AttentionRefs
+    from support.matrix import matrix_reference_for
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 4, 64, 64)).astype(ml_dtypes.bfloat16)
+               for _ in range(3))
+
+    def check():
+        status = _core.amx_status()
+        plan = fastattn.explain(q, k, v, causal=True)
+        out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True)
+        twin = "amx_emu" if plan["kernel"] == "matrix" else "avx512"
+        before = _core.get_isa()
+        _core.set_isa(twin)
+        same = fastattn.attention(q, k, v, causal=True).tobytes() == out.tobytes()
+        _core.set_isa(before)
+        fn = matrix_reference_for(q.dtype) if plan["kernel"] == "matrix" else None
+        AttentionRefs(q, k, v, fn=fn, causal=True).check(out, lse)
+        return {"available": bool(status["available"]), "reason": status["reason"],
+                "kernel": plan["kernel"], "kernel_isa": plan["kernel_isa"], "same": same}
+"""
+
+
+def _gate_child(body, timeout=600):
+    if "amx_emu" not in MATRIX_AVAILABLE or BF16 is None:
+        pytest.skip(NO_MATRIX if BF16 is not None else NO_BF16)
+    import json
+    r = _run(textwrap.dedent(_CHECK_CALL) + textwrap.dedent(body))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _expect_gate(rep, refused_by=None):
+    if "amx" in _core.isa_available() and refused_by is None:
+        # the tiles: the plan uses them (the child checked the result at the
+        # matrix precision; "same" tells whether it has the emulation's bits)
+        assert rep["available"] and rep["kernel"] == "matrix" and rep["kernel_isa"] == "amx"
+        return
+    assert not rep["available"] and rep["reason"] and rep["reason"] != "available"
+    if "amx" in _core.isa_available():
+        assert refused_by in rep["reason"], rep
+    # the vector path ran: the bits of the forced avx512 path
+    assert rep["kernel"] == "tile" and rep["same"], rep
+
+
+def test_forked_child_keeps_working():
+    rep = _gate_child("""
+        import os
+        parent = check()               # the gate and the thread pool exist
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, json.dumps(check()).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        data = os.read(r, 65536)
+        assert os.waitpid(pid, 0)[1] == 0
+        child = json.loads(data)
+        assert parent == child, (parent, child)
+        print(json.dumps(child))
+    """)
+    _expect_gate(rep)
+
+
+def test_small_sigaltstack_keeps_working():
+    # an alternate signal stack installed before the first call, big enough
+    # for the signal frame of the features enabled at exec (AT_MINSIGSTKSZ)
+    # and Python's handler, but 4 KB short of the 8 KB of tile data: the
+    # kernel then refuses the tile permission, the gate says so and the
+    # vector path runs; a signal delivered on that stack still works
+    rep = _gate_child("""
+        import ctypes, os, signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.getauxval.restype = ctypes.c_ulong
+        size = int(libc.getauxval(51)) + 4096               # AT_MINSIGSTKSZ
+        class StackT(ctypes.Structure):
+            _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                        ("ss_size", ctypes.c_size_t)]
+        buf = ctypes.create_string_buffer(size)
+        st = StackT(ctypes.cast(buf, ctypes.c_void_p), 0, size)
+        assert libc.sigaltstack(ctypes.byref(st), None) == 0, ctypes.get_errno()
+        got = []
+        signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+        rep = check()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert got == [1]
+        off = StackT(None, 2, 0)                            # SS_DISABLE
+        assert libc.sigaltstack(ctypes.byref(off), None) == 0
+        print(json.dumps(rep))
+    """)
+    _expect_gate(rep, refused_by="sigaltstack")
