@@ -503,7 +503,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     return res
 
 
-_FAMILIES = ("tile", "rows", "weights")
+_FAMILIES = ("tile", "rows", "weights", "matrix")
 
 
 cdef dict _plan_dict(const fa_plan_info *info):
