@@ -187,7 +187,8 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         "fastattn._core",
-        sources=["src/fastattn/_core.pyx", f"{CSRC}/attention.c", f"{CSRC}/dispatch.c"],
+        sources=["src/fastattn/_core.pyx", f"{CSRC}/attention.c", f"{CSRC}/dispatch.c",
+                 f"{CSRC}/amx/amx_gate.c", f"{CSRC}/amx/amx_emu.c"],
         include_dirs=[CSRC, np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                        ("NPY_TARGET_VERSION", NPY_TARGET)],

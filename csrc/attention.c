@@ -264,6 +264,7 @@ typedef struct {
     const fa_params *p;   /* the caller's params */
     fa_params pp;         /* the params a split item's kernel sees */
     fa_tile_fn kernel;
+    const fa_kernels *tiles; /* matrix family: its tiles_begin / tiles_end */
     int64_t tile_rows, tasks, nsplit, chunk;
     int64_t *task_start;  /* batch + 1 offsets: first task of each batch */
     char *part;           /* split partials, or NULL */
@@ -397,7 +398,9 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
         } else {
             const fa_fp_state fp = FA_FP_SAVE();
             if (flush) FA_FP_FLUSH(fp);
+            if (pl->tiles) pl->tiles->tiles_begin();
             for (int64_t item = 0; item < items; item++) fa_run_item(pl, item, &tile, scratch);
+            if (pl->tiles) pl->tiles->tiles_end();
             if (pl->nsplit > 1)
                 for (int64_t task = 0; task < pl->tasks; task++) fa_merge_task(pl, task, &tile);
             if (flush) FA_FP_RESTORE(fp);
@@ -419,9 +422,12 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
 #pragma omp atomic write
                 status = FA_ERR_NOMEM;
             }
+            /* the tile configuration: once per thread per call */
+            if (pl->tiles) pl->tiles->tiles_begin();
 #pragma omp for schedule(dynamic, 1)
             for (int64_t item = 0; item < items; item++)
                 if (scratch) fa_run_item(pl, item, &tile, scratch);
+            if (pl->tiles) pl->tiles->tiles_end();
             /* (the implicit barrier of the loop above orders the merge) */
             if (pl->nsplit > 1) {
 #pragma omp for schedule(static)
@@ -441,6 +447,19 @@ static int64_t fa_tiles_in(const fa_params *p, int64_t b, int64_t q_block)
 {
     const int64_t nvr = p->h_q / p->h_kv * fa_nq(p, b);
     return (nvr + q_block - 1) / q_block;
+}
+
+/* Matrix units: at least this many query rows per kv head (prefill; decode
+ * stays on the vector kernels). */
+#define FA_MX_MIN_ROWS 16
+
+/* Does p ask for 16-bit products: 16-bit inputs, or float32 with a reduced
+ * precision? */
+static int fa_matrix_wanted(const fa_params *p)
+{
+    if (p->dtype == FA_BF16 || p->dtype == FA_F16) return 1;
+    return p->dtype == FA_F32 &&
+           (p->precision == FA_PRECISION_BF16 || p->precision == FA_PRECISION_BF16X3);
 }
 
 /* The plan of fa_attention (weights = 0) or fa_attention_weights: the
@@ -478,6 +497,15 @@ static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
         info->family = FA_FAMILY_ROWS;
         info->q_block = FA_ROWS_MAX;
     }
+    /* Prefill with 16-bit products on a path with the matrix family (for
+     * the real tiles, once the gate allows them); otherwise float32 with a
+     * reduced precision runs the float32 vector path, and says so. */
+    if (!weights && max_nvr >= FA_MX_MIN_ROWS && fa_matrix_wanted(p) &&
+        fa_matrix_usable(p->dtype, NULL)) {
+        info->family = FA_FAMILY_MATRIX;
+        info->k_block = FA_MX_KP;
+        if (p->dtype == FA_F32) info->precision = p->precision;
+    }
     for (int64_t b = 0; b < p->batch; b++) info->tasks += p->h_kv * fa_tiles_in(p, b, info->q_block);
 
     /* Split-KV: too few tiles for the threads, and long keys. */
@@ -493,6 +521,11 @@ static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
     info->items = info->tasks * info->key_splits;
     info->scratch_bytes = fa_scratch_size(p->d, p->dv, fa_compute_size(p),
                                           p->dtype == FA_F16 || p->dtype == FA_BF16);
+    if (info->family == FA_FAMILY_MATRIX) {
+        const int nseg = info->precision == FA_PRECISION_BF16X3 ? 3 : 1;
+        const size_t mx = fa_matrix_scratch_layout(p->d, p->dv, nseg).end * sizeof(float);
+        if (mx > info->scratch_bytes) info->scratch_bytes = (mx + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN;
+    }
     /* Threads only pay off above a few hundred thousand FMAs of work (the
      * weights pass does half the work of the attention). */
     info->threads = fa_call_threads(p);
@@ -516,6 +549,8 @@ static int fa_execute(const fa_params *p, int weights)
     pl.p = p;
     pl.pp = *p;
     pl.kernel = fa_dispatch((fa_family)info.family, p->dtype, NULL);
+    pl.tiles = NULL;
+    if (info.family == FA_FAMILY_MATRIX) fa_matrix_usable(p->dtype, &pl.tiles);
     pl.tile_rows = info.q_block;
     pl.tasks = info.tasks;
     pl.nsplit = info.key_splits;

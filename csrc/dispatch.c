@@ -15,6 +15,17 @@
  * zmm state).  The best supported path is chosen at first use.  Rows whose
  * kernel file is not part of this build (other architectures) have a NULL
  * table and report "not compiled".
+ *
+ * Matrix units.  The paths "amx" and "amx_emu" have kernel tables with only
+ * the matrix family (kernels/matrix.h); every other family, and the probes,
+ * fall back to the path they name ("avx512", with its avx512bf16
+ * refinement).  "amx" needs the CPU and OS support of the tiles (cpuid and
+ * XCR0, amx/amx_gate.h) and is then the best path; the kernel's tile-data
+ * permission is only requested when a plan first wants the matrix family
+ * (fa_matrix_usable), and if it is refused the path runs like avx512.
+ * "amx_emu" runs the same kernels on the portable emulation; it is never
+ * chosen automatically, only forced (FASTATTN_ISA=amx_emu).  Forcing any
+ * other path (e.g. FASTATTN_ISA=avx512) never uses the tiles.
  */
 #include <stdatomic.h>
 #include <stddef.h>
@@ -23,6 +34,7 @@
 #include "fastattn.h"
 #include "kernels/kernel.h"
 #include "dispatch.h"
+#include "amx/amx_gate.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define FA_X86 1
@@ -41,7 +53,8 @@ enum {
     FA_CPU_AVX2 = 1 << 0,       /* AVX2, FMA, F16C, OS-saved ymm state */
     FA_CPU_AVX512 = 1 << 1,     /* AVX-512 F/DQ/BW/VL, OS-saved zmm state */
     FA_CPU_AVX512BF16 = 1 << 2, /* vdpbf16ps */
-    FA_CPU_NEON = 1 << 3        /* Advanced SIMD (baseline on aarch64) */
+    FA_CPU_NEON = 1 << 3,       /* Advanced SIMD (baseline on aarch64) */
+    FA_CPU_AMX = 1 << 4         /* AMX-TILE + AMX-BF16, OS-enabled tile state */
 };
 
 /* The kernel table of an architecture's kernel file, or NULL elsewhere. */
@@ -59,6 +72,7 @@ enum {
 extern const fa_kernels fa_kernels_scalar;
 #if FA_X86
 extern const fa_kernels fa_kernels_avx2, fa_kernels_avx512, fa_kernels_avx512bf16;
+extern const fa_kernels fa_kernels_amx, fa_kernels_amx_emu;
 #endif
 #if FA_ARM64
 extern const fa_kernels fa_kernels_neon;
@@ -69,6 +83,8 @@ typedef struct {
     const char *refines;       /* NULL for a path; else the path refined */
     unsigned features;         /* FA_CPU_* bits the row needs */
     const fa_kernels *kernels; /* NULL: not part of this build */
+    const char *falls_back;    /* a path: the path serving what it lacks */
+    int forced_only;           /* a path never chosen automatically */
 } fa_isa_row;
 
 /* The registry.  Paths keep the order of fa_isa (better paths later within
@@ -80,6 +96,10 @@ static const fa_isa_row fa_registry[] = {
     {"neon", NULL, FA_CPU_NEON, FA_ARM64_TABLE(neon)},
     {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16,
      FA_X86_TABLE(avx512bf16)},
+    {"amx", NULL, FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16 | FA_CPU_AMX,
+     FA_X86_TABLE(amx), "avx512", 0},
+    {"amx_emu", NULL, FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16, FA_X86_TABLE(amx_emu),
+     "avx512", 1},
 };
 #define FA_REGISTRY_ROWS ((int)(sizeof fa_registry / sizeof fa_registry[0]))
 
@@ -107,6 +127,11 @@ static unsigned fa_probe_cpu(void)
     if (avx512 && (xcr0 & 0xE0) == 0xE0) f |= FA_CPU_AVX512; /* opmask, zmm0-15, zmm16-31 */
     /* AVX512-BF16: leaf 7, subleaf 1, eax bit 5 */
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) f |= FA_CPU_AVX512BF16;
+    /* the tiles: cpuid and XCR0 only; the permission comes at first use */
+    fa_amx_facts facts;
+    const char *why;
+    fa_amx_read_facts(&facts);
+    if (fa_amx_cpu_ok(&facts, &why)) f |= FA_CPU_AMX;
     return f;
 }
 #else
@@ -173,7 +198,7 @@ fa_isa fa_get_isa(void)
         /* the last supported path of the registry (the scalar one always runs) */
         cur = 0;
         for (int i = fa_isa_count() - 1; i > 0; i--)
-            if (fa_isa_supported((fa_isa)i)) { cur = i; break; }
+            if (!fa_path_row(i)->forced_only && fa_isa_supported((fa_isa)i)) { cur = i; break; }
         int expected = -1;
         if (!atomic_compare_exchange_strong(&fa_current, &expected, cur))
             cur = expected;
@@ -188,17 +213,32 @@ int fa_set_isa(fa_isa isa)
     return FA_OK;
 }
 
-/* The row that serves (family, dtype) on the current path: the last
- * runnable row of the path (itself or a refinement) that provides it. */
-static const fa_isa_row *fa_serving_row(fa_family family, fa_dtype dtype)
+/* The path named `name`, or NULL. */
+static const fa_isa_row *fa_named_path(const char *name)
 {
-    const fa_isa_row *path = fa_path_row((int)fa_get_isa());
+    for (int i = 0; i < FA_REGISTRY_ROWS; i++)
+        if (!fa_registry[i].refines && strcmp(fa_registry[i].name, name) == 0) return &fa_registry[i];
+    return NULL;
+}
+
+/* The row that serves (family, dtype) on a path: the last runnable row of
+ * the path (itself or a refinement) that provides it, else the row serving
+ * it on the path it falls back to; NULL if none. */
+static const fa_isa_row *fa_serving_on(const fa_isa_row *path, fa_family family, fa_dtype dtype)
+{
     for (int i = FA_REGISTRY_ROWS - 1; i >= 0; i--) {
         const fa_isa_row *row = &fa_registry[i];
         if (row != path && !(row->refines && strcmp(row->refines, path->name) == 0)) continue;
         if (fa_row_runs(row) && row->kernels->kernel[family][dtype]) return row;
     }
-    return path;
+    return path->falls_back ? fa_serving_on(fa_named_path(path->falls_back), family, dtype) : NULL;
+}
+
+static const fa_isa_row *fa_serving_row(fa_family family, fa_dtype dtype)
+{
+    const fa_isa_row *path = fa_path_row((int)fa_get_isa());
+    const fa_isa_row *row = fa_serving_on(path, family, dtype);
+    return row ? row : path;
 }
 
 fa_tile_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source)
@@ -208,13 +248,32 @@ fa_tile_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source)
     return row->kernels->kernel[family][dtype];
 }
 
+int fa_matrix_usable(fa_dtype dtype, const fa_kernels **table)
+{
+    const fa_isa_row *row = fa_serving_row(FA_FAMILY_MATRIX, dtype);
+    if (!row->kernels || !row->kernels->kernel[FA_FAMILY_MATRIX][dtype]) return 0;
+    /* the real tiles: the kernel's permission, requested here, once */
+    if (row->features & FA_CPU_AMX && !fa_amx_available()) return 0;
+    if (table) *table = row->kernels;
+    return 1;
+}
+
 int fa_bf16_dot_product(void)
 {
     return strcmp(fa_serving_row(FA_FAMILY_ROWS, FA_BF16)->name, "avx512bf16") == 0;
 }
 
-/* The current path's kernel table (the probes and vector functions). */
-static const fa_kernels *fa_current_table(void) { return fa_path_row((int)fa_get_isa())->kernels; }
+/* The kernel table of a path's probes and vector functions (the fallback's
+ * for a matrix-unit path). */
+static const fa_kernels *fa_vector_table(const fa_isa_row *path)
+{
+    return path->falls_back ? fa_named_path(path->falls_back)->kernels : path->kernels;
+}
+
+static const fa_kernels *fa_current_table(void)
+{
+    return fa_vector_table(fa_path_row((int)fa_get_isa()));
+}
 
 void fa_exp2_f32(const float *x, float *y, int64_t n) { fa_current_table()->exp2_f32(x, y, n); }
 void fa_exp2_f64(const double *x, double *y, int64_t n) { fa_current_table()->exp2_f64(x, y, n); }
@@ -224,7 +283,51 @@ void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_current_table()->ta
 double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes)
 {
     if (!fa_isa_supported(isa)) return 0;
-    const fa_kernels *k = fa_path_row((int)isa)->kernels;
+    const fa_kernels *k = fa_vector_table(fa_path_row((int)isa));
     *lanes = k->lanes();
     return k->fma_probe(iters);
+}
+
+#if FA_X86
+double fa_amx_tdpbf16ps_probe(int64_t iters); /* kernel_amx.c (amx_gemm_real.c) */
+#endif
+
+static const char *fa_amx_perm_text(int perm)
+{
+    switch (perm) {
+    case -1: return "not requested";
+    case FA_AMX_PERM_GRANTED: return "granted";
+    case FA_AMX_PERM_NOSPC: return "refused (ENOSPC: a sigaltstack is too small)";
+    case FA_AMX_PERM_UNSUPPORTED: return "refused (EINVAL: no dynamic xstate in the kernel)";
+    case FA_AMX_PERM_DENIED: return "refused (EPERM/EACCES)";
+    case FA_AMX_PERM_NOT_LINUX: return "not available (not Linux)";
+    default: return "refused";
+    }
+}
+
+void fa_amx_status(fa_amx_info *info)
+{
+    fa_amx_facts f;
+    fa_amx_read_facts(&f);
+    memset(info, 0, sizeof *info);
+    info->amx_bf16 = (f.leaf7_edx >> 22) & 1;
+    info->amx_tile = (f.leaf7_edx >> 24) & 1;
+    info->amx_int8 = (f.leaf7_edx >> 25) & 1;
+    info->amx_fp16 = (f.leaf7_1_eax >> 21) & 1;
+    info->os_enabled = f.osxsave && (f.xcr0 & (3ull << 17)) == (3ull << 17);
+    info->compiled = FA_X86;
+    info->available = info->compiled && fa_amx_available();
+    info->reason = info->compiled ? fa_amx_reason() : "not compiled for this architecture";
+    info->permission = fa_amx_perm_text(fa_amx_permission());
+}
+
+double fa_amx_peak(int64_t iters)
+{
+#if FA_X86
+    if (!fa_amx_available()) return -1;
+    return fa_amx_tdpbf16ps_probe(iters);
+#else
+    (void)iters;
+    return -1;
+#endif
 }

@@ -8,6 +8,11 @@
 /* The kernel of a family for dtype on the current ISA path; *source (if
  * not NULL) receives the name of the registry row that provides it. */
 fa_tile_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source);
+/* Whether the matrix family runs dtype on the current path: a kernel is
+ * there and, for the real tiles, the gate allows them (this asks the
+ * kernel's permission on first use).  *table (if not NULL) receives the
+ * serving row's kernel table (its tiles_begin / tiles_end). */
+int fa_matrix_usable(fa_dtype dtype, const fa_kernels **table);
 /* Whether bfloat16 decode uses the AVX512-BF16 dot product (1) or widens
  * to float32 (0) on the current path. */
 int fa_bf16_dot_product(void);

@@ -61,7 +61,10 @@ typedef enum {
     FA_ISA_AVX2 = 1,   /* x86-64: AVX2 + FMA */
     FA_ISA_AVX512 = 2, /* x86-64: AVX-512 F/DQ/BW/VL */
     FA_ISA_NEON = 3,   /* aarch64: Advanced SIMD */
-    FA_ISA_COUNT = 4
+    FA_ISA_AMX = 4,    /* x86-64: AVX-512 plus the AMX tiles (matrix family) */
+    FA_ISA_AMX_EMU = 5, /* the same kernels on the portable tile emulation:
+                           only when forced (FASTATTN_ISA=amx_emu), for tests */
+    FA_ISA_COUNT = 6
 } fa_isa;
 
 typedef struct {
@@ -203,6 +206,28 @@ int fa_isa_compiled(fa_isa isa);
 fa_isa fa_get_isa(void);
 int fa_set_isa(fa_isa isa);
 const char *fa_isa_name(fa_isa isa);
+
+/* The matrix units (Intel AMX) of this machine, and whether the "amx" path
+ * may use them.  Filling it runs the gate (cpuid, XCR0, then, only where
+ * those allow, the kernel's tile-data permission, requested once per
+ * process); it never executes a tile instruction. */
+typedef struct {
+    int available;          /* the matrix family runs on the real tiles */
+    const char *reason;     /* "available", or why not (static sentence) */
+    int amx_tile, amx_bf16, amx_int8, amx_fp16; /* cpuid leaf 7 bits */
+    int os_enabled;         /* XCR0 bits 17 and 18 (tile config and data) */
+    const char *permission; /* "granted", "not requested" (CPU or OS lack
+                               the tiles), or why the kernel refused */
+    int compiled;           /* this build has the real-tile kernels */
+} fa_amx_info;
+
+void fa_amx_status(fa_amx_info *info);
+
+/* TDPBF16PS peak of the calling thread in GFLOP/s: iters rounds of four
+ * independent 16 x 16 x 32 tile products (16384 FLOP each) on tiles
+ * already loaded.  Returns -1 without executing any tile instruction when
+ * the tiles are not available (fa_amx_status says why) or not compiled. */
+double fa_amx_peak(int64_t iters);
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build and run the AMX groundwork tests (csrc/amx/test_amx.c): the tile
-# emulation, the runtime gate and the GEMM micro-kernel, twice -- an
+# Build and run the AMX tests: csrc/amx/test_amx.c (the tile emulation, the
+# runtime gate and the GEMM micro-kernel) and csrc/test/test_matrix.c (the
+# matrix-unit attention kernels through the C core), twice -- an
 # optimized build with -Wall -Wextra -Werror, then an AddressSanitizer +
 # UndefinedBehaviorSanitizer build.  The real-instruction file is compiled
 # with -mamx-tile -mamx-bf16 where the target is x86-64 (its code runs only
 # where the CPU and kernel allow AMX; elsewhere the test says why it did not
 # run).  Exits non-zero on any build or test failure.
 #   CC=clang tools/check_amx.sh
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # (also when started as `sh check_amx.sh`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CC="${CC:-gcc}"
@@ -29,9 +31,39 @@ build_and_run() {  # NAME FLAGS...
   "$out/test_amx_$name"
 }
 
+# The matrix-unit kernel family through the whole C core (csrc/test/
+# test_matrix.c): every kernel file of csrc/isa_flags.txt for this target
+# with its own flags, the driver, the registry and the gate.
+core_flags=(-std=gnu11 -fno-math-errno -ffp-contract=fast -Wall -Wextra -Werror
+            -Wno-unused-function -Wno-missing-field-initializers)
+matrix_build_and_run() {  # NAME FLAGS...
+  local name="$1"; shift
+  local objs=() isa arches rowflags a match
+  while read -r isa arches rowflags; do
+    match=0
+    for a in ${arches//,/ }; do [[ "$a" == any || "$arch" == "$a"* ]] && match=1; done
+    [[ "$match" == 1 ]] || continue
+    [[ "$rowflags" == "-" ]] && rowflags=""
+    # shellcheck disable=SC2086
+    "$CC" "${core_flags[@]}" "$@" $rowflags -Icsrc -c "csrc/kernels/kernel_$isa.c" \
+      -o "$out/k_${isa}_$name.o"
+    objs+=("$out/k_${isa}_$name.o")
+  done < <(sed -e 's/#.*//' csrc/isa_flags.txt | awk 'NF')
+  echo "== matrix kernels, $name ($arch)"
+  "$CC" "${core_flags[@]}" "$@" -fopenmp csrc/test/test_matrix.c csrc/attention.c \
+    csrc/dispatch.c csrc/amx/amx_gate.c csrc/amx/amx_emu.c "${objs[@]}" -Icsrc \
+    -o "$out/test_matrix_$name" -lm
+  "$out/test_matrix_$name"
+}
+
 build_and_run release -O2
+matrix_build_and_run release -O2
 ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}" \
 UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}" \
   build_and_run sanitize -O1 -g -fno-omit-frame-pointer \
+    -fsanitize=address,undefined -fno-sanitize-recover=all
+ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}" \
+UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}" \
+  matrix_build_and_run sanitize -O1 -g -fno-omit-frame-pointer \
     -fsanitize=address,undefined -fno-sanitize-recover=all
 echo "check_amx: all passed"

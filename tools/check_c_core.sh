@@ -26,6 +26,7 @@ while read -r isa arches rowflags; do
     compile $rowflags -Icsrc -c "csrc/kernels/kernel_$isa.c" -o "$out/k_$isa.o"
     objs+=("$out/k_$isa.o")
 done < <(sed -e 's/#.*//' csrc/isa_flags.txt | awk 'NF')
-compile csrc/test/test_core.c csrc/attention.c csrc/dispatch.c "${objs[@]}" -Icsrc -o "$out/test_core" -lm
+compile csrc/test/test_core.c csrc/attention.c csrc/dispatch.c csrc/amx/amx_gate.c \
+    csrc/amx/amx_emu.c "${objs[@]}" -Icsrc -o "$out/test_core" -lm
 echo "== $arch"
 $RUN "$out/test_core"

@@ -125,6 +125,7 @@ fa_amx_perm fa_amx_request_permission(void)
  * reason pointer published before it. */
 static _Atomic int fa_amx_state = 0;
 static _Atomic(const char *) fa_amx_why = NULL;
+static _Atomic int fa_amx_perm_seen = -1; /* fa_amx_perm, -1: not requested */
 
 static int fa_amx_compute(void)
 {
@@ -136,7 +137,12 @@ static int fa_amx_compute(void)
     int ok;
 #if FA_AMX_X86
     /* never ask the kernel for something the CPU or OS lacks */
-    ok = fa_amx_cpu_ok(&f, &why) && fa_amx_decide(&f, fa_amx_request_permission(), &why);
+    ok = fa_amx_cpu_ok(&f, &why);
+    if (ok) {
+        const fa_amx_perm perm = fa_amx_request_permission();
+        atomic_store_explicit(&fa_amx_perm_seen, (int)perm, memory_order_release);
+        ok = fa_amx_decide(&f, perm, &why);
+    }
 #else
     ok = 0;
     why = "not an x86-64 build";
@@ -155,4 +161,10 @@ const char *fa_amx_reason(void)
 {
     fa_amx_compute();
     return atomic_load_explicit(&fa_amx_why, memory_order_acquire);
+}
+
+int fa_amx_permission(void)
+{
+    fa_amx_compute();
+    return atomic_load_explicit(&fa_amx_perm_seen, memory_order_acquire);
 }

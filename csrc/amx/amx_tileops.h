@@ -35,6 +35,10 @@
 #define FA_TILE_STORE(t, base, stride) ((void)fa_amx_emu_stored(t, base, (size_t)(stride)))
 #define FA_TILE_ZERO(t) ((void)fa_amx_emu_zero(t))
 #define FA_TILE_DPBF16PS(c, a, b) ((void)fa_amx_emu_dpbf16ps(c, a, b))
+/* AMX-FP16: only on the emulation (gcc 12 has no -mamx-fp16, so the real
+ * build has no float16 tile kernel and float16 runs on the vector path) */
+#define FA_TILE_HAS_FP16 1
+#define FA_TILE_DPFP16PS(c, a, b) ((void)fa_amx_emu_dpfp16ps(c, a, b))
 #endif
 
 /* Set tile t of cfg to rows x colsb bytes. */

@@ -52,7 +52,9 @@ typedef enum {
     FA_FAMILY_TILE = 0,    /* vectors along the queries, FA_BQ rows a tile */
     FA_FAMILY_ROWS = 1,    /* few rows, vectors along d and the keys */
     FA_FAMILY_WEIGHTS = 2, /* the attention-weights pass */
-    FA_FAMILY_COUNT = 3
+    FA_FAMILY_MATRIX = 3,  /* matrix units (AMX tiles): 16-bit products,
+                              prefill shapes (kernels/matrix.h) */
+    FA_FAMILY_COUNT = 4
 } fa_family;
 
 /* Everything one kernel_<isa>.c provides, defined by kernel_instantiate.h
@@ -65,6 +67,10 @@ typedef struct {
     fa_vec_f64_fn exp2_f64, tanh_f64;
     double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */
     int (*lanes)(void);                 /* float32 lanes of a vector */
+    /* Matrix family only: load the tile configuration on the calling
+     * thread before its first matrix kernel of a call, and release the
+     * tiles after its last (NULL elsewhere). */
+    void (*tiles_begin)(void), (*tiles_end)(void);
 } fa_kernels;
 
 #endif /* FA_KERNEL_H */

@@ -48,9 +48,13 @@
 
 #include "vec.h"
 #include "score.h"
+#ifndef FA_MATRIX_ONLY
 #include "tile.h"
 #include "rows.h"
 #include "probes.h"
+#else
+#include "matrix.h" /* the matrix-unit files (matrix_instantiate.h) */
+#endif
 
 #undef VL
 #undef VT

@@ -86,6 +86,49 @@ static inline fa_rows_scratch fa_rows_scratch_layout(int64_t d, int64_t dv, int6
     return s;
 }
 
+/* The matrix-unit kernel (matrix.h), in float32 elements; its 16-bit
+ * operand buffers count two elements per float.  The depth of Q.K^T is
+ * nseg x dpad (nseg = 3 for the bf16x3 split, else 1) and that of P.V
+ * nseg x FA_MX_KP; d and dv are padded to 32 (one tile row of bfloat16
+ * pairs, and two 16-column accumulator tiles).  Every part is a multiple of
+ * 16 floats, so every part stays aligned like the base. */
+#define FA_MX_KP 256 /* keys per panel: reused by every row block of a tile */
+typedef struct {
+    int64_t dpad, dvpad;
+    size_t qa;      /* BQ x nseg*dpad 16-bit: packed Q rows (A operand) */
+    size_t kp;      /* KP x nseg*dpad 16-bit: the key panel, pair-interleaved */
+    size_t vp;      /* nseg*KP x dvpad 16-bit: the value panel, pair-interleaved */
+    size_t pa;      /* BQ x nseg*KP 16-bit: rounded probabilities (A operand) */
+    size_t st;      /* BQ x KP: scores of the panel */
+    size_t mt;      /* KP: mask terms of the row in work */
+    size_t pv;      /* BQ x dvpad: P.V of the panel */
+    size_t ot;      /* BQ x dvpad: output accumulator */
+    size_t row_max, row_sum, alpha; /* BQ each */
+    size_t end;
+} fa_matrix_scratch;
+
+static inline fa_matrix_scratch fa_matrix_scratch_layout(int64_t d, int64_t dv, int nseg)
+{
+    fa_matrix_scratch s;
+    size_t o = 0;
+    s.dpad = (d + 31) / 32 * 32;
+    s.dvpad = (dv + 31) / 32 * 32;
+    const size_t depth = (size_t)nseg * (size_t)s.dpad;
+    s.qa = o, o += FA_BQ * depth / 2;
+    s.kp = o, o += FA_MX_KP * depth / 2;
+    s.vp = o, o += (size_t)nseg * FA_MX_KP * (size_t)s.dvpad / 2;
+    s.pa = o, o += FA_BQ * (size_t)nseg * FA_MX_KP / 2;
+    s.st = o, o += (size_t)FA_BQ * FA_MX_KP;
+    s.mt = o, o += FA_MX_KP;
+    s.pv = o, o += FA_BQ * (size_t)s.dvpad;
+    s.ot = o, o += FA_BQ * (size_t)s.dvpad;
+    s.row_max = o, o += FA_BQ;
+    s.row_sum = o, o += FA_BQ;
+    s.alpha = o, o += FA_BQ;
+    s.end = o;
+    return s;
+}
+
 /* Bytes of scratch per thread for head dims d, dv and compute elements of
  * elem bytes (widen: 16-bit storage), rounded up to FA_ALIGN. */
 static inline size_t fa_scratch_size(int64_t d, int64_t dv, size_t elem, int widen)

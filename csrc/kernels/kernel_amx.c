@@ -1,0 +1,29 @@
+/*
+ * kernel_amx.c: the matrix-unit kernel (matrix.h) on the real AMX tiles
+ * (TDPBF16PS), for bfloat16 inputs and the reduced-precision float32 modes.
+ * Compiled with the avx512bf16 flags plus -mamx-tile -mamx-bf16; nothing
+ * here runs unless the gate (amx/amx_gate.c: cpuid, XCR0 and the kernel's
+ * tile-data permission) said yes, which the registry row "amx" and the plan
+ * check.  Float16 needs TDPFP16PS (AMX-FP16), which gcc 12 cannot emit
+ * (no -mamx-fp16): float16 inputs run on the vector kernels here.
+ *
+ * The TDPBF16PS peak probe and the real-tile GEMM of amx/amx_gemm_real.c
+ * are compiled into this file, so they get exactly these flags.
+ */
+#include <stdint.h>
+#include <immintrin.h>
+#include "kernel.h"
+
+#define FA_AMX_REAL 1
+#include "../amx/amx_tileops.h"
+
+#define FA_VMAX_PS(a, b) _mm512_max_ps((__m512)(a), (__m512)(b))
+#define FA_VMAX_PD(a, b) _mm512_max_pd((__m512d)(a), (__m512d)(b))
+#define FA_VRCP_PS(x) _mm512_rcp14_ps((__m512)(x))
+
+#define FA_ISA_NAME amx
+#define FA_VBYTES 64
+
+#include "matrix_instantiate.h"
+
+#include "../amx/amx_gemm_real.c"

@@ -1,0 +1,343 @@
+/*
+ * matrix.h: the matrix-unit kernel (family FA_FAMILY_MATRIX): Q.K^T and P.V
+ * on the AMX tiles, the softmax on AVX-512 through the shared score
+ * pipeline of score.h.  Compiled by matrix_instantiate.h once against the
+ * real tile instructions (kernel_amx.c) and once against the portable
+ * emulation (kernel_amx_emu.c), so the code tested everywhere is the code
+ * that runs on the matrix units.
+ *
+ * Why this shape:
+ *  - The tile product is 16 rows x 16 float32 columns x 32 16-bit pairs.
+ *    The kernel blocks 2 x 2 (tiles 0-3 accumulate 32 x 32 floats, 4-5
+ *    hold two A blocks, 6-7 two B blocks, each loaded tile used twice), and
+ *    one tile configuration (8 tiles of 16 x 64 bytes) serves every
+ *    product, so it is loaded once per thread per call (tiles_begin).
+ *  - Keys come in panels of FA_MX_KP (256): the panel's packed K and V are
+ *    reused by every 32-row block of the tile, and the softmax runs once
+ *    per panel, not per 32 keys (small key blocks leave the matrix unit
+ *    idle through the softmax round trip).
+ *  - K and V are packed per panel into the pair-interleaved layout that
+ *    TDPBF16PS reads (row kp of a B tile holds elements 2kp and 2kp+1 of
+ *    16 columns), from any strides, so no caller layout needs a copy.
+ *  - Scores are float32 products of the 16-bit operands, scaled once in
+ *    float32 (not folded into rounded Q).  P is rounded to the operand type
+ *    and the row sum is taken from the rounded values, so numerator and
+ *    denominator agree.  exp2 clamps its input (vec.h), so no subnormal
+ *    probability reaches an FMA, and the tile products flush subnormals.
+ *  - P.V of a panel goes to float32 tiles from zero and is added to the
+ *    rescaled float32 accumulator once per panel (the accumulator of a
+ *    64-row tile at D = 128 needs 32 tiles, more than the 8 there are).
+ *
+ * Operands per storage type: bfloat16 as is; float16 as is with
+ * TDPFP16PS (emulation only, FA_TILE_HAS_FP16); float32 per
+ * p->precision: FA_PRECISION_BF16 rounds Q, K, V and P to bfloat16 once,
+ * FA_PRECISION_BF16X3 splits each into hi + lo bfloat16 and sums
+ * hi*hi + hi*lo + lo*hi as one product of three times the depth:
+ * [qh|qh|ql].[kh|kl|kh] for Q.K^T and [ph|pl|ph].[vh;vh;vl] for P.V.
+ */
+
+#if FA_S_KIND == 1
+#define FA_MX_DP(c, a, b) FA_TILE_DPFP16PS(c, a, b)
+#else
+#define FA_MX_DP(c, a, b) FA_TILE_DPBF16PS(c, a, b)
+#endif
+
+typedef uint16_t FA_FN(fa_mx_vh_) __attribute__((vector_size(FA_VBYTES / 2)));
+
+/* The carved scratch of one tile. */
+typedef struct {
+    uint16_t *qa, *kp, *vp, *pa;
+    float *st, *mt, *pv, *ot, *row_max, *row_sum, *alpha;
+    int64_t dpad, dvpad;
+    int nseg, mpad;
+} FA_FN(fa_mx_);
+
+/* One stored element as its 16-bit operand(s): hi, and the rounding rest
+ * lo (float32 inputs split for bf16x3; 0 for an infinite or NaN hi). */
+FA_INLINE uint16_t FA_FN(fa_mx_op_)(FA_S x, uint16_t *lo)
+{
+#if FA_S_KIND == 0
+    const uint16_t hi = fa_f32_to_bf16(x);
+    const float h = fa_bf16_to_f32(hi);
+    *lo = h - h == 0 ? fa_f32_to_bf16(x - h) : 0;
+    return hi;
+#else
+    *lo = 0;
+    return x;
+#endif
+}
+
+/* A vector of probabilities rounded to the operand type (written to dst),
+ * returned widened: the exact values the tiles multiply. */
+FA_INLINE VT FA_FN(fa_mx_round_)(VT x, uint16_t *dst)
+{
+#if FA_S_KIND == 1
+    FA_FN(fa_stores_)(dst, x);
+    return FA_FN(fa_loads_)(dst);
+#else
+    /* round to nearest even on the top 16 bits; NaN stays a quiet NaN */
+    const VU u = (VU)x;
+    const VU nan = (VU)(x != x);
+    const VU q = ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16 & ~nan) | (((u >> 16) | 0x40u) & nan);
+    const FA_FN(fa_mx_vh_) h = __builtin_convertvector(q, FA_FN(fa_mx_vh_));
+    __builtin_memcpy(dst, &h, sizeof h);
+    return (VT)(q << 16);
+#endif
+}
+
+/* C[mpad x n] (float32, ldc) = A[mpad x depth] (16-bit, lda) . B, B packed
+ * as n / 16 column panels of depth / 32 tiles; mpad, n, depth multiples of
+ * 32.  The 2 x 2 block of accumulators stays in tiles 0-3 over the depth. */
+static void FA_FN(fa_mx_gemm_)(int mpad, int64_t n, int64_t depth, const uint16_t *a,
+                               int64_t lda, const uint16_t *b, float *c, int64_t ldc)
+{
+    const int64_t kblocks = depth / 32;
+    const size_t as = (size_t)lda * 2, cs = (size_t)ldc * 4;
+    for (int64_t j = 0; j < n; j += 32) {
+        const uint16_t *b0 = b + (size_t)(j / 16) * (size_t)kblocks * 512;
+        const uint16_t *b1 = b0 + (size_t)kblocks * 512;
+        for (int i = 0; i < mpad; i += 32) {
+            const uint16_t *a0 = a + (size_t)i * (size_t)lda, *a1 = a0 + 16 * (size_t)lda;
+            float *c0 = c + (size_t)i * (size_t)ldc + j, *c1 = c0 + 16 * (size_t)ldc;
+            FA_TILE_ZERO(0);
+            FA_TILE_ZERO(1);
+            FA_TILE_ZERO(2);
+            FA_TILE_ZERO(3);
+            for (int64_t kb = 0; kb < kblocks; kb++) {
+                FA_TILE_LOAD(4, a0 + kb * 32, as);
+                FA_TILE_LOAD(5, a1 + kb * 32, as);
+                FA_TILE_LOAD(6, b0 + kb * 512, 64);
+                FA_TILE_LOAD(7, b1 + kb * 512, 64);
+                FA_MX_DP(0, 4, 6);
+                FA_MX_DP(1, 4, 7);
+                FA_MX_DP(2, 5, 6);
+                FA_MX_DP(3, 5, 7);
+            }
+            FA_TILE_STORE(0, c0, cs);
+            FA_TILE_STORE(1, c0 + 16, cs);
+            FA_TILE_STORE(2, c1, cs);
+            FA_TILE_STORE(3, c1 + 16, cs);
+        }
+    }
+}
+
+/* Element (row, col) of a B operand packed for fa_mx_gemm_ with kblocks
+ * tiles per 16-column panel: `row` is the depth index. */
+#ifndef FA_MX_B_INDEX
+#define FA_MX_B_INDEX
+static inline size_t fa_mx_b_index(int64_t kblocks, int64_t row, int64_t col)
+{
+    return (size_t)((col / 16) * kblocks + row / 32) * 512 + (size_t)((row & 31) >> 1) * 32 +
+           (size_t)(col % 16) * 2 + (size_t)(row & 1);
+}
+#endif
+
+/* Q rows as the A operand: [q] or [qh|qh|ql], zero rows up to mpad. */
+static void FA_FN(fa_mx_pack_q_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w)
+{
+    const int64_t dp = w->dpad, lda = w->nseg * dp;
+    for (int r = 0; r < w->mpad; r++) {
+        uint16_t *a = w->qa + (size_t)r * (size_t)lda;
+        __builtin_memset(a, 0, (size_t)lda * 2);
+        if (r >= t->rows) continue;
+        const FA_S *q = (const FA_S *)t->q_row[r];
+        for (int64_t c = 0; c < p->d; c++) {
+            uint16_t lo;
+            a[c] = FA_FN(fa_mx_op_)(q[c * p->q_sd], &lo);
+            if (w->nseg == 3) a[dp + c] = a[c], a[2 * dp + c] = lo;
+        }
+    }
+}
+
+/* Keys [j0, j0 + nb) as the B operand of Q.K^T (depth d, columns keys):
+ * [k] or [kh|kl|kh], zero past nb (up to nbp) and past d. */
+static void FA_FN(fa_mx_pack_k_)(const fa_params *p, const FA_FN(fa_mx_) *w, const FA_S *k,
+                                 int nb, int nbp)
+{
+    const int64_t dp = w->dpad, kblocks = w->nseg * dp / 32;
+    __builtin_memset(w->kp, 0, (size_t)nbp * (size_t)(w->nseg * dp) * 2);
+    for (int n = 0; n < nb; n++) {
+        const FA_S *kr = k + n * p->k_sn;
+        for (int64_t c = 0; c < p->d; c++) {
+            uint16_t lo;
+            const uint16_t hi = FA_FN(fa_mx_op_)(kr[c * p->k_sd], &lo);
+            w->kp[fa_mx_b_index(kblocks, c, n)] = hi;
+            if (w->nseg == 3) {
+                w->kp[fa_mx_b_index(kblocks, dp + c, n)] = lo;
+                w->kp[fa_mx_b_index(kblocks, 2 * dp + c, n)] = hi;
+            }
+        }
+    }
+}
+
+/* Values [j0, j0 + nb) as the B operand of P.V (depth keys, columns dv):
+ * [v] or [vh;vh;vl] (each segment nbp keys deep), zero past nb and dv. */
+static void FA_FN(fa_mx_pack_v_)(const fa_params *p, const FA_FN(fa_mx_) *w, const FA_S *v,
+                                 int nb, int nbp)
+{
+    const int64_t kblocks = (int64_t)w->nseg * nbp / 32;
+    __builtin_memset(w->vp, 0, (size_t)(w->nseg * nbp) * (size_t)w->dvpad * 2);
+    for (int n = 0; n < nb; n++) {
+        const FA_S *vr = v + n * p->v_sn;
+        for (int64_t e = 0; e < p->dv; e++) {
+            uint16_t lo;
+            const uint16_t hi = FA_FN(fa_mx_op_)(vr[e * p->v_sd], &lo);
+            w->vp[fa_mx_b_index(kblocks, n, e)] = hi;
+            if (w->nseg == 3) {
+                w->vp[fa_mx_b_index(kblocks, nbp + n, e)] = hi;
+                w->vp[fa_mx_b_index(kblocks, 2 * nbp + n, e)] = lo;
+            }
+        }
+    }
+}
+
+/* Scale and score epilogue of one row's nb scores s (vectors along the
+ * keys; the stage flags constant, see FA_EPI_SWITCH), keys past nb hidden;
+ * returns the vector max. */
+FA_INLINE VT FA_FN(fa_mx_epi_row_)(float *s, int nb, VT scale, const FA_FN(fa_epi_) *e,
+                                   const FA_FN(fa_rowv_) *row, const float *mt,
+                                   const int capped, const int alibi, const int masked,
+                                   const int band)
+{
+    const VT ninf = VSPLAT(-__builtin_inff()), cap = e->cap, capinv = e->capinv;
+    VT iota, mx = ninf;
+    for (int l = 0; l < VL; l++) iota[l] = (float)l;
+    for (int j = 0; j < nb; j += VL) {
+        const VT jidx = VSPLAT(j) + iota;
+        VT x = FA_FN(fa_score_epilogue_)(cap, capinv, capped, alibi, masked, band,
+                                         VLOAD(s + j) * scale, jidx, row, mt + j);
+        if (j + VL > nb) x = FA_FN(fa_vsel_)(jidx >= VSPLAT(nb), ninf, x);
+        VSTORE(s + j, x);
+        mx = FA_FN(fa_vmax_)(x, mx);
+    }
+    return mx;
+}
+
+/* The row's data for the epilogue, relative to key j0 of a panel of nb. */
+FA_INLINE FA_FN(fa_rowv_) FA_FN(fa_mx_rowv_)(const fa_tile *t, int r, int64_t j0, int nb)
+{
+    FA_FN(fa_rowv_) row;
+    int64_t lo = t->jlo[r] - j0, hi = t->jhi[r] - j0;
+    lo = lo < 0 ? 0 : lo > nb ? nb : lo;
+    hi = hi < 0 ? 0 : hi > nb ? nb : hi;
+    row.slope = VSPLAT(t->slope[r]);
+    row.pos = VSPLAT((float)(t->pos[r] - j0));
+    row.lo = VSPLAT((float)lo);
+    row.hi = VSPLAT((float)hi);
+    return row;
+}
+
+/* Row r of a panel: scores through the epilogue, the online-softmax step,
+ * P rounded into the A operand ([p] or [ph|pl|ph]) with the row sum of the
+ * rounded values, and the row's rescale factor. */
+static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w,
+                              const FA_FN(fa_epi_) *e, int r, int64_t j0, int nb, int nbp)
+{
+    float *s = w->st + (size_t)r * FA_MX_KP;
+    if (e->masked) {
+        FA_FN(fa_mask_terms_)(p->mask_kind, t->mask_row[r], p->m_sk, j0, nb, w->mt, 1);
+        for (int j = nb; j < nbp; j++) w->mt[j] = 0;
+    }
+    const FA_FN(fa_rowv_) row = FA_FN(fa_mx_rowv_)(t, r, j0, nb);
+    const VT scale = VSPLAT(p->scale);
+    VT mx = VSPLAT(0);
+#define FA_RUN(c, a, m, b) mx = FA_FN(fa_mx_epi_row_)(s, nb, scale, e, &row, w->mt, c, a, m, b)
+    const int mode = FA_FN(fa_epi_mode_)(e);
+    if (mode == 0) FA_RUN(0, 0, 0, 0);
+    FA_EPI_SWITCH(mode, FA_RUN)
+#undef FA_RUN
+    const VT m_old = VSPLAT(w->row_max[r]);
+    const VT m_new = FA_FN(fa_vmax_)(VSPLAT(FA_FN(fa_hmax_)(mx)), m_old);
+    const VT ref = FA_FN(fa_softmax_ref_)(m_new);
+    const int64_t lda = (int64_t)w->nseg * nbp;
+    uint16_t *a = w->pa + (size_t)r * (size_t)lda;
+    VT sum = VSPLAT(0);
+    for (int j = 0; j < nb; j += VL) {
+        const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(s + j), ref);
+        const VT hi = FA_FN(fa_mx_round_)(pj, a + j);
+        sum += hi;
+        if (w->nseg == 3) {
+            sum += FA_FN(fa_mx_round_)(pj - hi, a + nbp + j);
+            __builtin_memcpy(a + 2 * nbp + j, a + j, VL * 2);
+        }
+    }
+    for (int g = 0; g < w->nseg; g++)
+        for (int j = (nb + VL - 1) / VL * VL; j < nbp; j++) a[g * nbp + j] = 0;
+    const float alpha = FA_FN(fa_softmax_exp_)(m_old, ref)[0];
+    w->row_sum[r] = w->row_sum[r] * alpha + FA_FN(fa_hsum_)(sum);
+    w->row_max[r] = m_new[0];
+    w->alpha[r] = alpha;
+}
+
+/* One key panel [j0, j0 + nb): S = Q.K^T on the tiles, the rows' softmax,
+ * O = O * alpha + P.V with P.V on the tiles. */
+static void FA_FN(fa_mx_panel_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w,
+                                const FA_FN(fa_epi_) *e, int64_t j0, int nb)
+{
+    const int nbp = (nb + 31) / 32 * 32;
+    const int64_t qdepth = w->nseg * w->dpad, pdepth = (int64_t)w->nseg * nbp;
+    FA_FN(fa_mx_pack_k_)(p, w, (const FA_S *)t->k + j0 * p->k_sn, nb, nbp);
+    FA_FN(fa_mx_gemm_)(w->mpad, nbp, qdepth, w->qa, qdepth, w->kp, w->st, FA_MX_KP);
+    for (int r = 0; r < t->rows; r++) FA_FN(fa_mx_row_)(p, t, w, e, r, j0, nb, nbp);
+    __builtin_memset(w->pa + (size_t)t->rows * (size_t)pdepth, 0,
+                     (size_t)(w->mpad - t->rows) * (size_t)pdepth * 2);
+    FA_FN(fa_mx_pack_v_)(p, w, (const FA_S *)t->v + j0 * p->v_sn, nb, nbp);
+    FA_FN(fa_mx_gemm_)(w->mpad, w->dvpad, pdepth, w->pa, pdepth, w->vp, w->pv, w->dvpad);
+    for (int r = 0; r < t->rows; r++) {
+        const VT a = VSPLAT(w->alpha[r]);
+        float *o = w->ot + (size_t)r * (size_t)w->dvpad;
+        const float *pv = w->pv + (size_t)r * (size_t)w->dvpad;
+        for (int64_t c = 0; c < w->dvpad; c += VL) VSTORE(o + c, VLOAD(o + c) * a + VLOAD(pv + c));
+    }
+}
+
+/* Carve the scratch, pack Q and clear the row state. */
+static FA_FN(fa_mx_) FA_FN(fa_mx_setup_)(const fa_params *p, const fa_tile *t, void *scratch)
+{
+    FA_FN(fa_mx_) w;
+    float *base = (float *)scratch;
+    w.nseg = FA_S_KIND == 0 && p->precision == FA_PRECISION_BF16X3 ? 3 : 1;
+    const fa_matrix_scratch s = fa_matrix_scratch_layout(p->d, p->dv, w.nseg);
+    w.dpad = s.dpad;
+    w.dvpad = s.dvpad;
+    w.mpad = (t->rows + 31) / 32 * 32;
+    w.qa = (uint16_t *)(base + s.qa);
+    w.kp = (uint16_t *)(base + s.kp);
+    w.vp = (uint16_t *)(base + s.vp);
+    w.pa = (uint16_t *)(base + s.pa);
+    w.st = base + s.st;
+    w.mt = base + s.mt;
+    w.pv = base + s.pv;
+    w.ot = base + s.ot;
+    w.row_max = base + s.row_max;
+    w.row_sum = base + s.row_sum;
+    w.alpha = base + s.alpha;
+    FA_FN(fa_mx_pack_q_)(p, t, &w);
+    __builtin_memset(w.ot, 0, (size_t)t->rows * (size_t)w.dvpad * sizeof(float));
+    for (int r = 0; r < t->rows; r++) {
+        w.row_max[r] = -__builtin_inff();
+        w.row_sum[r] = 0;
+    }
+    return w;
+}
+
+/* The tile: attention of t->rows query rows over keys [t->k_lo, t->k_hi)
+ * (inside each row's band), panel by panel, written normalized through the
+ * shared row finish.  The tile configuration is already loaded. */
+static void FA_FN(fa_matrix_)(const fa_params *p, const fa_tile *t, void *scratch)
+{
+    const FA_FN(fa_mx_) w = FA_FN(fa_mx_setup_)(p, t, scratch);
+    FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
+    const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
+    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_MX_KP) {
+        const int nb = (int)(g.j_end - j0 < FA_MX_KP ? g.j_end - j0 : FA_MX_KP);
+        e.band = j0 < g.lo_max || j0 + nb > g.hi_min;
+        if (e.band && !FA_FN(fa_band_meets_)(t, j0, nb)) continue;
+        FA_FN(fa_mx_panel_)(p, t, &w, &e, j0, nb);
+    }
+    for (int r = 0; r < t->rows; r++)
+        FA_FN(fa_row_finish_)(p, t, r, w.row_max[r], w.row_sum[r],
+                              w.ot + (size_t)r * (size_t)w.dvpad, 1, 0);
+}
+
+#undef FA_MX_DP

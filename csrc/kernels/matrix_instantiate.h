@@ -1,0 +1,79 @@
+/*
+ * matrix_instantiate.h: compile the matrix-unit kernel (matrix.h, with the
+ * vector vocabulary and score pipeline it shares) once per storage type,
+ * and define the kernel table fa_kernels_<isa> of a matrix-unit file.
+ * Included by kernel_amx.c and kernel_amx_emu.c after they have defined
+ * FA_ISA_NAME, FA_VBYTES and included amx_tileops.h.
+ *
+ * The table holds only the matrix family: float32 (the reduced-precision
+ * modes of fa_params.precision), bfloat16, and float16 where the tile
+ * vocabulary has TDPFP16PS.  Every other family falls back to the vector
+ * path the registry row names (dispatch.c).
+ */
+#include "../half.h"
+#include "scratch.h"
+
+#define FA_MATRIX_ONLY 1
+#define FA_T float
+#define FA_IS_DOUBLE 0
+
+#define FA_S float
+#define FA_S_KIND 0
+#define FA_TNAME f32
+#include "kernel_body.h"
+#undef FA_S
+#undef FA_S_KIND
+#undef FA_TNAME
+
+#ifdef FA_TILE_HAS_FP16
+#define FA_S uint16_t
+#define FA_S_KIND 1
+#define FA_TNAME f16
+#include "kernel_body.h"
+#undef FA_S
+#undef FA_S_KIND
+#undef FA_TNAME
+#endif
+
+#define FA_S uint16_t
+#define FA_S_KIND 2
+#define FA_TNAME bf16
+#include "kernel_body.h"
+#undef FA_S
+#undef FA_S_KIND
+#undef FA_TNAME
+
+#undef FA_T
+#undef FA_IS_DOUBLE
+#undef FA_MATRIX_ONLY
+
+#define FA_MX_NAME_(f, isa) f##_##isa
+#define FA_MX_NAME(f, isa) FA_MX_NAME_(f, isa)
+
+/* One configuration for every product of the kernel: 8 tiles of 16 rows x
+ * 64 bytes, loaded once per thread per call and released after. */
+static void FA_MX_NAME(fa_tiles_begin, FA_ISA_NAME)(void)
+{
+    fa_amx_tilecfg cfg;
+    fa_amx_cfg_init(&cfg);
+    for (int t = 0; t < 8; t++) fa_amx_cfg_tile(&cfg, t, 16, 64);
+    FA_TILE_CONFIG(&cfg);
+}
+
+static void FA_MX_NAME(fa_tiles_end, FA_ISA_NAME)(void) { FA_TILE_RELEASE(); }
+
+#ifdef FA_TILE_HAS_FP16
+#define FA_MX_F16 FA_MX_NAME(fa_matrix_f16, FA_ISA_NAME)
+#else
+#define FA_MX_F16 NULL
+#endif
+const fa_kernels FA_MX_NAME(fa_kernels, FA_ISA_NAME) = {
+    .kernel = {[FA_FAMILY_MATRIX] = {[FA_F32] = FA_MX_NAME(fa_matrix_f32, FA_ISA_NAME),
+                                     [FA_F16] = FA_MX_F16,
+                                     [FA_BF16] = FA_MX_NAME(fa_matrix_bf16, FA_ISA_NAME)}},
+    .tiles_begin = FA_MX_NAME(fa_tiles_begin, FA_ISA_NAME),
+    .tiles_end = FA_MX_NAME(fa_tiles_end, FA_ISA_NAME),
+};
+#undef FA_MX_F16
+#undef FA_MX_NAME
+#undef FA_MX_NAME_
