@@ -133,11 +133,11 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     threads = call_threads(num_threads)
     # reduced precision: the weights come from a pass of their own, at
     # "highest", so that they are the float32 softmax of the float32 scores
-    split = bool(code) and return_weights
+    split = bool(code) and isinstance(return_weights, (bool, np.bool_)) and bool(return_weights)
     res = _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, out=out,
                           return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
                           softcap=softcap, kv_lengths=kv_lengths,
-                          return_weights=return_weights and not split,
+                          return_weights=False if split else return_weights,
                           num_threads=threads, precision=code)
     if not split:
         return res

@@ -16,6 +16,7 @@ import fastattn
 WINDOW = r"\bwindow\b"
 ALIBI = r"\balibi_slopes\b"
 SOFTCAP = r"\bsoftcap\b"
+PRECISION = r"\bprecision\b"
 LENS = r"\bkv_lengths\b"
 CUQ = r"\bcu_seqlens_q\b"
 CUK = r"\bcu_seqlens_k\b"
@@ -138,6 +139,14 @@ CASES = [
     ("softcap_array", T, SOFTCAP, attn(softcap=np.array(2.0))),
     ("softcap_list", T, SOFTCAP, attn(softcap=[2.0])),
     ("weights_softcap_bad", V, SOFTCAP, weights(softcap=-2.0)),
+    # precision (float32 only for the reduced modes)
+    ("precision_unknown", V, PRECISION, attn(precision="fp32")),
+    ("precision_none", T, PRECISION, attn(precision=None)),
+    ("precision_float64", V, PRECISION, lambda: fastattn.attention(
+        *qkv(dtype=np.float64), precision="bf16")),
+    ("weights_precision_bad", V, PRECISION, weights(precision="half")),
+    ("varlen_precision_bad", T, PRECISION, varlen(precision=1)),
+    ("attend_precision_bad", V, PRECISION, attend(precision="bf16x2")),
     ("varlen_softcap_bad", V, SOFTCAP, varlen(softcap=0)),
     ("attend_softcap_bad", T, SOFTCAP, attend(softcap="x")),
     # kv_lengths
