@@ -149,6 +149,53 @@ static void FA_FN(fa_mx_pack_q_)(const fa_params *p, const fa_tile *t, const FA_
     }
 }
 
+#if FA_S_KIND != 0
+typedef uint16_t FA_FN(fa_mx_w32_) __attribute__((vector_size(64)));
+
+/* The fast packings of 16-bit keys and values with unit column stride:
+ * whole 32-element blocks, the rest is left to the element loops.
+ *
+ * K: a B tile of 16 keys x 32 d holds, in row kp, the 4-byte pair kp of
+ * each key: a 16 x 16 transpose of 32-bit words (done on float vectors:
+ * shuffles only, the bits pass unchanged).  Returns the d packed. */
+static int64_t FA_FN(fa_mx_pack_k_fast_)(const fa_params *p, const FA_FN(fa_mx_) *w,
+                                         const FA_S *k, int nb, int nbp)
+{
+    const int64_t full = p->d / 32 * 32, kblocks = w->dpad / 32;
+    for (int n0 = 0; n0 < nbp; n0 += 16)
+        for (int64_t c = 0; c < full; c += 32) {
+            VT x[VL];
+            for (int i = 0; i < VL; i++) {
+                if (n0 + i < nb) __builtin_memcpy(&x[i], k + (n0 + i) * p->k_sn + c, 64);
+                else x[i] = VSPLAT(0);
+            }
+            FA_FN(fa_transpose_)(x);
+            __builtin_memcpy(w->kp + fa_mx_b_index(kblocks, c, n0), x, sizeof x);
+        }
+    return full;
+}
+
+/* V: a B tile of 32 keys x 16 columns holds in row kp the columns of keys
+ * 2kp and 2kp+1 interleaved.  Returns the columns packed. */
+static int64_t FA_FN(fa_mx_pack_v_fast_)(const fa_params *p, const FA_FN(fa_mx_) *w,
+                                         const FA_S *v, int nb, int nbp)
+{
+    const int64_t full = p->dv / 16 * 16, kblocks = nbp / 32;
+    typedef FA_FN(fa_mx_w32_) W;
+    const W mix = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                   8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    for (int64_t e = 0; e < full; e += 16)
+        for (int j = 0; j < nbp; j += 2) {
+            W a = {0}, b = {0};
+            if (j < nb) __builtin_memcpy(&a, v + j * p->v_sn + e, 32);
+            if (j + 1 < nb) __builtin_memcpy(&b, v + (j + 1) * p->v_sn + e, 32);
+            const W r = __builtin_shuffle(a, b, mix);
+            __builtin_memcpy(w->vp + fa_mx_b_index(kblocks, j, e), &r, 64);
+        }
+    return full;
+}
+#endif
+
 /* Keys [j0, j0 + nb) as the B operand of Q.K^T (depth d, columns keys):
  * [k] or [kh|kl|kh], zero past nb (up to nbp) and past d. */
 static void FA_FN(fa_mx_pack_k_)(const fa_params *p, const FA_FN(fa_mx_) *w, const FA_S *k,
@@ -156,9 +203,13 @@ static void FA_FN(fa_mx_pack_k_)(const fa_params *p, const FA_FN(fa_mx_) *w, con
 {
     const int64_t dp = w->dpad, kblocks = w->nseg * dp / 32;
     __builtin_memset(w->kp, 0, (size_t)nbp * (size_t)(w->nseg * dp) * 2);
+    int64_t c0 = 0;
+#if FA_S_KIND != 0
+    if (p->k_sd == 1) c0 = FA_FN(fa_mx_pack_k_fast_)(p, w, k, nb, nbp);
+#endif
     for (int n = 0; n < nb; n++) {
         const FA_S *kr = k + n * p->k_sn;
-        for (int64_t c = 0; c < p->d; c++) {
+        for (int64_t c = c0; c < p->d; c++) {
             uint16_t lo;
             const uint16_t hi = FA_FN(fa_mx_op_)(kr[c * p->k_sd], &lo);
             w->kp[fa_mx_b_index(kblocks, c, n)] = hi;
@@ -177,9 +228,13 @@ static void FA_FN(fa_mx_pack_v_)(const fa_params *p, const FA_FN(fa_mx_) *w, con
 {
     const int64_t kblocks = (int64_t)w->nseg * nbp / 32;
     __builtin_memset(w->vp, 0, (size_t)(w->nseg * nbp) * (size_t)w->dvpad * 2);
+    int64_t e0 = 0;
+#if FA_S_KIND != 0
+    if (p->v_sd == 1) e0 = FA_FN(fa_mx_pack_v_fast_)(p, w, v, nb, nbp);
+#endif
     for (int n = 0; n < nb; n++) {
         const FA_S *vr = v + n * p->v_sn;
-        for (int64_t e = 0; e < p->dv; e++) {
+        for (int64_t e = e0; e < p->dv; e++) {
             uint16_t lo;
             const uint16_t hi = FA_FN(fa_mx_op_)(vr[e * p->v_sd], &lo);
             w->vp[fa_mx_b_index(kblocks, n, e)] = hi;

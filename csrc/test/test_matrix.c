@@ -49,9 +49,21 @@ static double frand(unsigned *s)
     return ((*s >> 8) & 0xFFFF) / 16384.0 - 2.0;
 }
 
+/* The 16-bit storage of a value (bfloat16, or float16 for FA_F16), and
+ * back; the inputs are values exact in the case's type. */
+static uint16_t to16(const mx_case *c, float x)
+{
+    return c->dtype == FA_F16 ? fa_f32_to_half(x) : fa_f32_to_bf16(x);
+}
+
+static float from16(const mx_case *c, uint16_t x)
+{
+    return c->dtype == FA_F16 ? fa_half_to_f32(x) : fa_bf16_to_f32(x);
+}
+
 static float round_in(const mx_case *c, double x)
 {
-    return c->dtype == FA_BF16 ? fa_bf16_to_f32(fa_f32_to_bf16((float)x)) : (float)x;
+    return c->dtype == FA_F32 ? (float)x : from16(c, to16(c, (float)x));
 }
 
 /* Element offsets: q/out rows (row, head, col); k/v (row, head, col) or,
@@ -112,19 +124,19 @@ static void mx_fill(const mx_case *c, mx_data *x)
             for (int e = 0; e < c->d; e++) {
                 const int64_t i = q_at(c, r, h, e, c->d);
                 x->qf[i] = round_in(c, frand(&s));
-                x->q16[i] = fa_f32_to_bf16(x->qf[i]);
+                x->q16[i] = to16(c, x->qf[i]);
             }
     for (int64_t r = 0; r < x->tk; r++)
         for (int h = 0; h < c->hkv; h++) {
             for (int e = 0; e < c->d; e++) {
                 const int64_t i = k_at(c, x, r, h, e);
                 x->kf[i] = round_in(c, frand(&s));
-                x->k16[i] = fa_f32_to_bf16(x->kf[i]);
+                x->k16[i] = to16(c, x->kf[i]);
             }
             for (int e = 0; e < c->dv; e++) {
                 const int64_t i = (r * c->hkv + h) * c->dv + e;
                 x->vf[i] = round_in(c, frand(&s) * 0.5);
-                x->v16[i] = fa_f32_to_bf16(x->vf[i]);
+                x->v16[i] = to16(c, x->vf[i]);
             }
         }
     const size_t nm = (size_t)c->b * c->hq * c->nq * c->nk;
@@ -219,7 +231,7 @@ static void mx_errors(const mx_case *c, const mx_data *x, double *eo, double *el
         for (int h = 0; h < c->hq; h++) {
             for (int e = 0; e < c->dv; e++) {
                 const int64_t i = q_at(c, r, h, e, c->dv);
-                const double o = c->dtype == FA_F32 ? x->out_f[i] : fa_bf16_to_f32(x->out16[i]);
+                const double o = c->dtype == FA_F32 ? x->out_f[i] : from16(c, x->out16[i]);
                 const double d = fabs(o - x->ref[i]);
                 if (!(d <= *eo)) *eo = d;
             }
@@ -380,6 +392,8 @@ static const mx_case mx_cases[] = {
     {"gqa 4:1 kv_len K^T",       2, 4, 1, 16, 90, 32, 48, 1, 0, 0, 0, 1, 0, 1, 2, 0, BF, 0},
     {"packed varlen",            3, 2, 2, 50, 120, 16, 16, 1, 0, 0, 1, 0, 1, 0, 2, 0, BF, 0},
     {"split-KV 16x1100 2 thr",   1, 1, 1, 16, 1100, 32, 32, 0, 0, 0, 0, 0, 0, 0, 2, 0, BF, 0},
+    {"f16 causal gqa",           1, 4, 2, 24, 150, 32, 32, 1, 0, 0, 0, 0, 0, 0, 1, 0, FA_F16, 0},
+    {"f16 mask window",          1, 1, 1, 40, 200, 16, 48, 0, 20, 2, 0, 0, 0, 0, 2, 0, FA_F16, 0},
     {"f32 bf16 mask causal",     1, 2, 2, 48, 150, 32, 32, 1, 0, 1, 0, 0, 0, 0, 1, 0, FA_F32, 1},
     {"f32 bf16x3",               1, 2, 1, 40, 200, 48, 24, 0, 0, 0, 0, 0, 0, 0, 1, 0, FA_F32, 2},
     {"f32 bf16x3 alibi cap K^T", 1, 1, 1, 20, 70, 32, 32, 2, 0, 0, 1, 0, 0, 1, 2, 3.0, FA_F32, 2},
