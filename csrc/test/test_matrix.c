@@ -276,10 +276,11 @@ static int mx_case_run(const mx_case *c, double ratio, double floor_)
     double vo, vl, mo, ml;
     int bad = mx_run(c, &x, FA_ISA_AVX512, 0, &vo, &vl);
     bad |= mx_run(c, &x, FA_ISA_AMX_EMU, 3, &mo, &ml);
-    /* the row sums of rounded probabilities: lse within about 2^-8 */
-    const int p16 = c->dtype != FA_F32 || c->precision == FA_PRECISION_BF16;
-    const double lse_floor = floor_ + (p16 ? 4e-3 : 0);
-    const int fail = bad || !(mo <= ratio * vo + floor_) || !(ml <= ratio * vl + lse_floor);
+    /* lse comes from the unrounded probabilities: float32 accuracy, unless
+     * float32 inputs were rounded to bfloat16 (then within about 2^-8) */
+    const double lse_tol = c->dtype == FA_F32 && c->precision == FA_PRECISION_BF16
+                               ? 4e-3 : 4 * vl + 2e-6;
+    const int fail = bad || !(mo <= ratio * vo + floor_) || !(ml <= lse_tol);
     printf("%-28s vector out %.3g lse %.3g | matrix (emulated) out %.3g lse %.3g  %s\n", c->name,
            vo, vl, mo, ml, fail ? "FAIL" : "ok");
     mx_free(&x);

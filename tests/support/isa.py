@@ -37,6 +37,7 @@ from fastattn import _core
 
 from .arrays import random_variant_problem
 from .child import TESTS_DIR, child_env
+from . import compare
 from .compare import AttentionRefs
 
 ISA_NAMES = tuple(_core.isa_available())
@@ -240,7 +241,11 @@ def check_isa_path(runs, module, isa, threads, checks=CHECKS):
                 raise AssertionError(f"raised {got['errors'][key]}")
             res = got["saved"][key]
             if "reference" in checks:
-                c.check(res if len(res) > 1 else res[0])
+                compare.checked_isa = isa
+                try:
+                    c.check(res if len(res) > 1 else res[0])
+                finally:
+                    compare.checked_isa = None
             if base is not None:
                 _against_scalar(res, base["saved"][key], worst)
             if one is not None:
