@@ -109,16 +109,7 @@ static void FA_FN(fa_mx_gemm_)(int mpad, int64_t n, int64_t depth, const uint16_
             FA_TILE_ZERO(1);
             FA_TILE_ZERO(2);
             FA_TILE_ZERO(3);
-            for (int64_t kb = 0; kb < kblocks; kb++) {
-                FA_TILE_LOAD(4, a0 + kb * 32, as);
-                FA_TILE_LOAD(5, a1 + kb * 32, as);
-                FA_TILE_LOAD(6, b0 + kb * 512, 64);
-                FA_TILE_LOAD(7, b1 + kb * 512, 64);
-                FA_MX_DP(0, 4, 6);
-                FA_MX_DP(1, 4, 7);
-                FA_MX_DP(2, 5, 6);
-                FA_MX_DP(3, 5, 7);
-            }
+            FA_TILE_GEMM_2X2(FA_MX_DP, a0, a1, as, b0, b1, kblocks);
             FA_TILE_STORE(0, c0, cs);
             FA_TILE_STORE(1, c0 + 16, cs);
             FA_TILE_STORE(2, c1, cs);

@@ -17,31 +17,14 @@
 #define FA_T float
 #define FA_IS_DOUBLE 0
 
-#define FA_S float
-#define FA_S_KIND 0
-#define FA_TNAME f32
-#include "kernel_body.h"
-#undef FA_S
-#undef FA_S_KIND
-#undef FA_TNAME
-
+#define FA_MX_KIND 0 /* float32 (the reduced precisions) */
+#include "matrix_type.h"
 #ifdef FA_TILE_HAS_FP16
-#define FA_S uint16_t
-#define FA_S_KIND 1
-#define FA_TNAME f16
-#include "kernel_body.h"
-#undef FA_S
-#undef FA_S_KIND
-#undef FA_TNAME
+#define FA_MX_KIND 1 /* float16 */
+#include "matrix_type.h"
 #endif
-
-#define FA_S uint16_t
-#define FA_S_KIND 2
-#define FA_TNAME bf16
-#include "kernel_body.h"
-#undef FA_S
-#undef FA_S_KIND
-#undef FA_TNAME
+#define FA_MX_KIND 2 /* bfloat16 */
+#include "matrix_type.h"
 
 #undef FA_T
 #undef FA_IS_DOUBLE

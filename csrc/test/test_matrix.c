@@ -287,6 +287,20 @@ static int mx_case_run(const mx_case *c, double ratio, double floor_)
     return fail;
 }
 
+/* Set up the case in x, run it on the matrix path of `isa` and return a
+ * copy of the 16-bit output (*n elements); *bad is set on failure. */
+static uint16_t *mx_run_saved(const mx_case *c, mx_data *x, fa_isa isa, size_t *n, int *bad)
+{
+    double eo, el;
+    mx_alloc(c, x);
+    mx_fill(c, x);
+    *bad = mx_run(c, x, isa, 3, &eo, &el);
+    *n = (size_t)x->tq * c->hq * c->dv;
+    uint16_t *copy = malloc(*n * 2);
+    memcpy(copy, x->out16, *n * 2);
+    return copy;
+}
+
 /* Real tiles against the emulation, where the CPU allows them. */
 static int mx_real_vs_emu(const mx_case *c)
 {
@@ -297,13 +311,10 @@ static int mx_real_vs_emu(const mx_case *c)
         return 0;
     }
     mx_data x;
-    mx_alloc(c, &x);
-    mx_fill(c, &x);
+    size_t n;
+    int bad;
     double eo, el;
-    int bad = mx_run(c, &x, FA_ISA_AMX, 3, &eo, &el);
-    const size_t n = (size_t)x.tq * c->hq * c->dv;
-    uint16_t *real = malloc(n * 2);
-    memcpy(real, x.out16, n * 2);
+    uint16_t *real = mx_run_saved(c, &x, FA_ISA_AMX, &n, &bad);
     bad |= mx_run(c, &x, FA_ISA_AMX_EMU, 3, &eo, &el);
     size_t differ = 0;
     for (size_t i = 0; i < n; i++) differ += real[i] != x.out16[i];
@@ -319,13 +330,10 @@ static int mx_real_vs_emu(const mx_case *c)
 static int mx_fork_test(const mx_case *c)
 {
     mx_data x;
-    mx_alloc(c, &x);
-    mx_fill(c, &x);
+    size_t n;
+    int bad;
     double eo, el;
-    int bad = mx_run(c, &x, FA_ISA_AMX_EMU, 3, &eo, &el);
-    const size_t n = (size_t)x.tq * c->hq * c->dv;
-    uint16_t *first = malloc(n * 2);
-    memcpy(first, x.out16, n * 2);
+    uint16_t *first = mx_run_saved(c, &x, FA_ISA_AMX_EMU, &n, &bad);
     fflush(stdout);
     const pid_t pid = fork();
     if (pid == 0) {
