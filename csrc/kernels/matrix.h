@@ -409,7 +409,9 @@ static void FA_FN(fa_matrix_)(const fa_params *p, const fa_tile *t, void *scratc
     const fa_matrix_panel L = fa_matrix_panel_layout(p->d, p->dv, w.nseg);
     FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
-    for (int64_t j0 = g.j_start / FA_MX_KP * FA_MX_KP; j0 < g.j_end; j0 += FA_MX_KP) {
+    /* (an empty range may sit anywhere, even at INT64_MAX: no panel then) */
+    const int64_t first = g.j_start < g.j_end ? g.j_start / FA_MX_KP * FA_MX_KP : g.j_end;
+    for (int64_t j0 = first; j0 < g.j_end; j0 += FA_MX_KP) {
         const int nb = (int)(t->n_keys - j0 < FA_MX_KP ? t->n_keys - j0 : FA_MX_KP);
         const int vlo = (int)((g.j_start > j0 ? g.j_start : j0) - j0);
         const int vhi = (int)((g.j_end < j0 + nb ? g.j_end : j0 + nb) - j0);

@@ -85,7 +85,8 @@ static void mx_alloc(const mx_case *c, mx_data *x)
     for (int b = 0; b < c->b; b++) {
         x->nq_b[b] = c->varlen ? c->nq - 5 * b : c->nq;
         x->nk_b[b] = c->varlen ? c->nk - 7 * b : c->nk;
-        x->k_len[b] = c->kv_len ? c->nk - 9 * b - 3 : c->nk;
+        /* kv_len 2: the first batch has no key at all */
+        x->k_len[b] = c->kv_len == 2 && b == 0 ? 0 : c->kv_len ? c->nk - 9 * b - 3 : c->nk;
         x->tq += c->varlen ? x->nq_b[b] : c->nq;
         x->tk += c->varlen ? x->nk_b[b] : c->nk;
         x->q_start[b + 1] = x->tq;
@@ -399,6 +400,7 @@ static const mx_case mx_cases[] = {
     {"bool mask + alibi",        2, 2, 2, 33, 80, 32, 32, 0, 0, 1, 1, 0, 0, 0, 1, 0, BF, 0},
     {"additive mask + softcap",  1, 3, 1, 20, 130, 64, 32, 0, 0, 2, 0, 0, 0, 0, 1, 5.0, BF, 0},
     {"gqa 4:1 kv_len K^T",       2, 4, 1, 16, 90, 32, 48, 1, 0, 0, 0, 1, 0, 1, 2, 0, BF, 0},
+    {"kv_len, an empty batch",   2, 2, 1, 20, 40, 16, 16, 1, 0, 0, 0, 2, 0, 0, 1, 0, BF, 0},
     {"packed varlen",            3, 2, 2, 50, 120, 16, 16, 1, 0, 0, 1, 0, 1, 0, 2, 0, BF, 0},
     {"split-KV 16x1100 2 thr",   1, 1, 1, 16, 1100, 32, 32, 0, 0, 0, 0, 0, 0, 0, 2, 0, BF, 0},
     {"f16 causal gqa",           1, 4, 2, 24, 150, 32, 32, 1, 0, 0, 0, 0, 0, 0, 1, 0, FA_F16, 0},
