@@ -184,6 +184,8 @@ static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
     t->k_lo = 0;
     t->k_hi = nk;
     t->out_compute = 0;
+    t->packed = NULL;
+    t->n_keys = nk;
 }
 
 /* Split-KV: when there are fewer than FA_SPLIT_TASKS tiles, the keys are
@@ -267,6 +269,11 @@ typedef struct {
     const fa_kernels *tiles; /* matrix family: its tiles_begin / tiles_end */
     int64_t tile_rows, tasks, nsplit, chunk;
     int64_t *task_start;  /* batch + 1 offsets: first task of each batch */
+    /* Matrix family: K and V packed once per call, panel by panel (the
+     * panels of batch b, kv head h start at pack_start[b] + h * panels) */
+    uint16_t *packed;
+    int64_t *pack_start;  /* batch + 1 offsets, or NULL */
+    size_t panel_elems;
     char *part;           /* split partials, or NULL */
     size_t split_stride;
 } fa_work;
@@ -274,25 +281,51 @@ typedef struct {
 static int64_t fa_tiles_in(const fa_params *p, int64_t b, int64_t q_block);
 static int64_t fa_tiles_of(const fa_work *pl, int64_t b) { return fa_tiles_in(pl->p, b, pl->tile_rows); }
 
+/* The batch of item idx given per-batch start offsets: the last b with
+ * start[b] <= idx. */
+static int64_t fa_batch_of(const int64_t *start, int64_t batch, int64_t idx)
+{
+    int64_t lo = 0, hi = batch - 1;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (start[mid] <= idx) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Key panels per kv head of batch b (matrix family). */
+static int64_t fa_panels_in(const fa_params *p, int64_t b)
+{
+    return (fa_nk(p, b) + FA_MX_KP - 1) / FA_MX_KP;
+}
+
 /* Tile of a task: last tiles first, since with causal masking they are the
  * heaviest, which balances the dynamic schedule. */
 static void fa_task_tile(const fa_work *pl, int64_t task, fa_tile *tile)
 {
     const fa_params *p = pl->p;
-    /* the batch: the last b with task_start[b] <= task */
-    int64_t lo = 0, hi = p->batch - 1;
-    while (lo < hi) {
-        const int64_t mid = (lo + hi + 1) / 2;
-        if (pl->task_start[mid] <= task) lo = mid;
-        else hi = mid - 1;
-    }
-    const int64_t b = lo;
+    const int64_t b = fa_batch_of(pl->task_start, p->batch, task);
     const int64_t tiles = fa_tiles_of(pl, b);
     const int64_t rel = task - pl->task_start[b];
     const int64_t hkv = rel / tiles;
     const int64_t ti = tiles - 1 - rel % tiles;
     fa_fill_tile(p, b, hkv, ti * pl->tile_rows, pl->tile_rows,
                  p->h_q / p->h_kv * fa_nq(p, b), tile);
+    if (pl->packed)
+        tile->packed = pl->packed + (size_t)(pl->pack_start[b] + hkv * fa_panels_in(p, b)) *
+                                        pl->panel_elems;
+}
+
+/* Matrix family: pack key panel `item` (of all batches and kv heads). */
+static void fa_pack_item(const fa_work *pl, int64_t item)
+{
+    const fa_params *p = pl->p;
+    const int64_t b = fa_batch_of(pl->pack_start, p->batch, item);
+    const int64_t panels = fa_panels_in(p, b), rel = item - pl->pack_start[b];
+    fa_tile t;
+    fa_fill_tile(p, b, rel / panels, 0, 1, 1, &t);
+    pl->tiles->pack[p->dtype](p, &t, rel % panels, pl->packed + (size_t)item * pl->panel_elems);
 }
 
 static void fa_run_item(const fa_work *pl, int64_t item, fa_tile *tile, void *scratch)
@@ -398,6 +431,8 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
         } else {
             const fa_fp_state fp = FA_FP_SAVE();
             if (flush) FA_FP_FLUSH(fp);
+            const int64_t npack = pl->packed ? pl->pack_start[pl->p->batch] : 0;
+            for (int64_t item = 0; item < npack; item++) fa_pack_item(pl, item);
             if (pl->tiles) pl->tiles->tiles_begin();
             for (int64_t item = 0; item < items; item++) fa_run_item(pl, item, &tile, scratch);
             if (pl->tiles) pl->tiles->tiles_end();
@@ -422,6 +457,10 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
 #pragma omp atomic write
                 status = FA_ERR_NOMEM;
             }
+            /* K and V packed once (the loop's barrier orders the tiles after) */
+            const int64_t npack = pl->packed ? pl->pack_start[pl->p->batch] : 0;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t item = 0; item < npack; item++) fa_pack_item(pl, item);
             /* the tile configuration: once per thread per call */
             if (pl->tiles) pl->tiles->tiles_begin();
 #pragma omp for schedule(dynamic, 1)
@@ -539,6 +578,23 @@ kernel:
 int fa_plan(const fa_params *p, fa_plan_info *info) { return fa_plan_make(p, 0, info); }
 int fa_plan_weights(const fa_params *p, fa_plan_info *info) { return fa_plan_make(p, 1, info); }
 
+/* Matrix family: the buffer of K and V packed once per call (O(keys x
+ * (d + dv)) per kv head; three times that for bf16x3). */
+static int fa_matrix_pack_alloc(fa_work *pl, const fa_plan_info *info)
+{
+    const fa_params *p = pl->p;
+    const int nseg = info->precision == FA_PRECISION_BF16X3 ? 3 : 1;
+    pl->panel_elems = fa_matrix_panel_layout(p->d, p->dv, nseg).elems;
+    pl->pack_start = (int64_t *)malloc((size_t)(p->batch + 1) * sizeof(int64_t));
+    if (!pl->pack_start) return FA_ERR_NOMEM;
+    pl->pack_start[0] = 0;
+    for (int64_t b = 0; b < p->batch; b++)
+        pl->pack_start[b + 1] = pl->pack_start[b] + p->h_kv * fa_panels_in(p, b);
+    const size_t n = (size_t)pl->pack_start[p->batch] * pl->panel_elems;
+    pl->packed = (uint16_t *)aligned_alloc(FA_ALIGN, (n * 2 / FA_ALIGN + 1) * FA_ALIGN);
+    return pl->packed ? FA_OK : FA_ERR_NOMEM;
+}
+
 /* Run the plan of p: the work decomposition and buffers it asks for. */
 static int fa_execute(const fa_params *p, int weights)
 {
@@ -550,6 +606,8 @@ static int fa_execute(const fa_params *p, int weights)
     pl.pp = *p;
     pl.kernel = fa_dispatch((fa_family)info.family, p->dtype, NULL);
     pl.tiles = NULL;
+    pl.packed = NULL;
+    pl.pack_start = NULL;
     if (info.family == FA_FAMILY_MATRIX) fa_matrix_usable(p->dtype, &pl.tiles);
     pl.tile_rows = info.q_block;
     pl.tasks = info.tasks;
@@ -568,9 +626,12 @@ static int fa_execute(const fa_params *p, int weights)
         pl.pp.o_sd = 1;
     }
     if (pl.nsplit > 1 && !pl.part) status = FA_ERR_NOMEM;
-    else status = fa_run_plan(&pl, &info);
+    else if (pl.tiles) status = fa_matrix_pack_alloc(&pl, &info);
+    if (status == FA_OK) status = fa_run_plan(&pl, &info);
     free(pl.part);
     free(pl.task_start);
+    free(pl.packed);
+    free(pl.pack_start);
     return status;
 }
 

@@ -39,16 +39,8 @@ int FA_TILE_FN(fa_amx_gemm_bf16)(int64_t m, int64_t n, int64_t k, const uint16_t
             /* the two 16-column panels of B for this block */
             const uint16_t *b0 = packed_b + (size_t)(j / 16) * (size_t)kblocks * 512;
             const uint16_t *b1 = b0 + (size_t)kblocks * 512;
-            for (int64_t kb = 0; kb < kblocks; kb++) {
-                FA_TILE_LOAD(4, a + i * lda + kb * 32, a_stride);
-                FA_TILE_LOAD(5, a + (i + 16) * lda + kb * 32, a_stride);
-                FA_TILE_LOAD(6, b0 + kb * 512, 64);
-                FA_TILE_LOAD(7, b1 + kb * 512, 64);
-                FA_TILE_DPBF16PS(0, 4, 6);
-                FA_TILE_DPBF16PS(1, 4, 7);
-                FA_TILE_DPBF16PS(2, 5, 6);
-                FA_TILE_DPBF16PS(3, 5, 7);
-            }
+            FA_TILE_GEMM_2X2(FA_TILE_DPBF16PS, a + i * lda, a + (i + 16) * lda, a_stride, b0, b1,
+                             kblocks);
             FA_TILE_STORE(0, c00, c_stride);
             FA_TILE_STORE(1, c01, c_stride);
             FA_TILE_STORE(2, c10, c_stride);

@@ -41,6 +41,24 @@
 #define FA_TILE_DPFP16PS(c, a, b) ((void)fa_amx_emu_dpfp16ps(c, a, b))
 #endif
 
+/* The 2 x 2 register block of a tile GEMM over kblocks steps of 32
+ * (16-bit pairs): tiles 0-3 accumulate C (rows of a0 / a1 x columns of
+ * b0 / b1), 4-5 take A's two 16-row blocks (row stride a_stride bytes,
+ * 32 elements further per step), 6-7 B's two packed panels (1 KB tiles, 512
+ * elements further per step); DP is the tile product (TDPBF16PS or
+ * TDPFP16PS).  Each loaded tile is used twice. */
+#define FA_TILE_GEMM_2X2(DP, a0, a1, a_stride, b0, b1, kblocks)     \
+    for (int64_t kb_ = 0; kb_ < (kblocks); kb_++) {                  \
+        FA_TILE_LOAD(4, (a0) + kb_ * 32, a_stride);                  \
+        FA_TILE_LOAD(5, (a1) + kb_ * 32, a_stride);                  \
+        FA_TILE_LOAD(6, (b0) + kb_ * 512, 64);                       \
+        FA_TILE_LOAD(7, (b1) + kb_ * 512, 64);                       \
+        DP(0, 4, 6);                                                 \
+        DP(1, 4, 7);                                                 \
+        DP(2, 5, 6);                                                 \
+        DP(3, 5, 7);                                                 \
+    }
+
 /* Set tile t of cfg to rows x colsb bytes. */
 static inline void fa_amx_cfg_tile(fa_amx_tilecfg *cfg, int t, int rows, int colsb)
 {

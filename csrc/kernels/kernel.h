@@ -41,9 +41,15 @@ typedef struct {
     int out_compute;                /* o_row/lse_row hold the compute type
                                        (float32 for the 16-bit types):
                                        split-KV partials */
+    const uint16_t *packed;         /* matrix family: this kv head's K and V,
+                                       packed once per call, panel by panel */
+    int64_t n_keys;                 /* matrix family: keys of the kv head */
 } fa_tile;
 
 typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
+/* Matrix family: pack key panel `panel` of the kv head of t (t->k, t->v,
+ * t->n_keys) into dst (layout: scratch.h, fa_matrix_panel). */
+typedef void (*fa_pack_fn)(const fa_params *p, const fa_tile *t, int64_t panel, uint16_t *dst);
 typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
 typedef void (*fa_vec_f64_fn)(const double *x, double *y, int64_t n);
 
@@ -71,6 +77,7 @@ typedef struct {
      * thread before its first matrix kernel of a call, and release the
      * tiles after its last (NULL elsewhere). */
     void (*tiles_begin)(void), (*tiles_end)(void);
+    fa_pack_fn pack[4]; /* matrix family, by fa_dtype */
 } fa_kernels;
 
 #endif /* FA_KERNEL_H */

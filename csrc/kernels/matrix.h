@@ -16,13 +16,19 @@
  *    reused by every 32-row block of the tile, and the softmax runs once
  *    per panel, not per 32 keys (small key blocks leave the matrix unit
  *    idle through the softmax round trip).
- *  - K and V are packed per panel into the pair-interleaved layout that
- *    TDPBF16PS reads (row kp of a B tile holds elements 2kp and 2kp+1 of
- *    16 columns), from any strides, so no caller layout needs a copy.
+ *  - K and V are packed into the pair-interleaved layout that TDPBF16PS
+ *    reads (row kp of a B tile holds elements 2kp and 2kp+1 of 16 columns),
+ *    from any strides, once per call (fa_matrix_pack_, run by the driver
+ *    before the tiles): every query tile and every head of a GQA group then
+ *    reads the same packed panels, and packing costs O(keys x d) per kv
+ *    head instead of per 64 query rows.  Panels start at multiples of
+ *    FA_MX_KP; keys of a panel outside the tile's range are hidden.
  *  - Scores are float32 products of the 16-bit operands, scaled once in
  *    float32 (not folded into rounded Q).  P is rounded to the operand type
  *    and the row sum is taken from the rounded values, so numerator and
- *    denominator agree.  exp2 clamps its input (vec.h), so no subnormal
+ *    denominator agree; lse is taken from a second sum of the unrounded
+ *    probabilities, so it keeps float32 accuracy (and split-KV partials
+ *    merge by their true mass).  exp2 clamps its input (vec.h), so no subnormal
  *    probability reaches an FMA, and the tile products flush subnormals.
  *  - P.V of a panel goes to float32 tiles from zero and is added to the
  *    rescaled float32 accumulator once per panel (the accumulator of a
@@ -46,8 +52,8 @@ typedef uint16_t FA_FN(fa_mx_vh_) __attribute__((vector_size(FA_VBYTES / 2)));
 
 /* The carved scratch of one tile. */
 typedef struct {
-    uint16_t *qa, *kp, *vp, *pa;
-    float *st, *mt, *pv, *ot, *row_max, *row_sum, *alpha;
+    uint16_t *qa, *pa;
+    float *st, *mt, *pv, *ot, *row_max, *row_sum, *alpha, *lse_sum;
     int64_t dpad, dvpad;
     int nseg, mpad;
 } FA_FN(fa_mx_);
@@ -103,16 +109,7 @@ static void FA_FN(fa_mx_gemm_)(int mpad, int64_t n, int64_t depth, const uint16_
             FA_TILE_ZERO(1);
             FA_TILE_ZERO(2);
             FA_TILE_ZERO(3);
-            for (int64_t kb = 0; kb < kblocks; kb++) {
-                FA_TILE_LOAD(4, a0 + kb * 32, as);
-                FA_TILE_LOAD(5, a1 + kb * 32, as);
-                FA_TILE_LOAD(6, b0 + kb * 512, 64);
-                FA_TILE_LOAD(7, b1 + kb * 512, 64);
-                FA_MX_DP(0, 4, 6);
-                FA_MX_DP(1, 4, 7);
-                FA_MX_DP(2, 5, 6);
-                FA_MX_DP(3, 5, 7);
-            }
+            FA_TILE_GEMM_2X2(FA_MX_DP, a0, a1, as, b0, b1, kblocks);
             FA_TILE_STORE(0, c0, cs);
             FA_TILE_STORE(1, c0 + 16, cs);
             FA_TILE_STORE(2, c1, cs);
@@ -149,22 +146,73 @@ static void FA_FN(fa_mx_pack_q_)(const fa_params *p, const fa_tile *t, const FA_
     }
 }
 
+#if FA_S_KIND != 0
+typedef uint16_t FA_FN(fa_mx_w32_) __attribute__((vector_size(64)));
+
+/* The fast packings of 16-bit keys and values with unit column stride:
+ * whole 32-element blocks, the rest is left to the element loops.
+ *
+ * K: a B tile of 16 keys x 32 d holds, in row kp, the 4-byte pair kp of
+ * each key: a 16 x 16 transpose of 32-bit words (done on float vectors:
+ * shuffles only, the bits pass unchanged).  Returns the d packed. */
+static int64_t FA_FN(fa_mx_pack_k_fast_)(const fa_params *p, const FA_FN(fa_mx_) *w,
+                                         const FA_S *k, int nb, int nbp, uint16_t *kp)
+{
+    const int64_t full = p->d / 32 * 32, kblocks = w->dpad / 32;
+    for (int n0 = 0; n0 < nbp; n0 += 16)
+        for (int64_t c = 0; c < full; c += 32) {
+            VT x[VL];
+            for (int i = 0; i < VL; i++) {
+                if (n0 + i < nb) __builtin_memcpy(&x[i], k + (n0 + i) * p->k_sn + c, 64);
+                else x[i] = VSPLAT(0);
+            }
+            FA_FN(fa_transpose_)(x);
+            __builtin_memcpy(kp + fa_mx_b_index(kblocks, c, n0), x, sizeof x);
+        }
+    return full;
+}
+
+/* V: a B tile of 32 keys x 16 columns holds in row kp the columns of keys
+ * 2kp and 2kp+1 interleaved.  Returns the columns packed. */
+static int64_t FA_FN(fa_mx_pack_v_fast_)(const fa_params *p, const FA_S *v, int nb, int nbp,
+                                         uint16_t *vp)
+{
+    const int64_t full = p->dv / 16 * 16, kblocks = nbp / 32;
+    typedef FA_FN(fa_mx_w32_) W;
+    const W mix = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                   8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    for (int64_t e = 0; e < full; e += 16)
+        for (int j = 0; j < nbp; j += 2) {
+            W a = {0}, b = {0};
+            if (j < nb) __builtin_memcpy(&a, v + j * p->v_sn + e, 32);
+            if (j + 1 < nb) __builtin_memcpy(&b, v + (j + 1) * p->v_sn + e, 32);
+            const W r = __builtin_shuffle(a, b, mix);
+            __builtin_memcpy(vp + fa_mx_b_index(kblocks, j, e), &r, 64);
+        }
+    return full;
+}
+#endif
+
 /* Keys [j0, j0 + nb) as the B operand of Q.K^T (depth d, columns keys):
  * [k] or [kh|kl|kh], zero past nb (up to nbp) and past d. */
 static void FA_FN(fa_mx_pack_k_)(const fa_params *p, const FA_FN(fa_mx_) *w, const FA_S *k,
-                                 int nb, int nbp)
+                                 int nb, int nbp, uint16_t *kp)
 {
     const int64_t dp = w->dpad, kblocks = w->nseg * dp / 32;
-    __builtin_memset(w->kp, 0, (size_t)nbp * (size_t)(w->nseg * dp) * 2);
+    __builtin_memset(kp, 0, (size_t)nbp * (size_t)(w->nseg * dp) * 2);
+    int64_t c0 = 0;
+#if FA_S_KIND != 0
+    if (p->k_sd == 1) c0 = FA_FN(fa_mx_pack_k_fast_)(p, w, k, nb, nbp, kp);
+#endif
     for (int n = 0; n < nb; n++) {
         const FA_S *kr = k + n * p->k_sn;
-        for (int64_t c = 0; c < p->d; c++) {
+        for (int64_t c = c0; c < p->d; c++) {
             uint16_t lo;
             const uint16_t hi = FA_FN(fa_mx_op_)(kr[c * p->k_sd], &lo);
-            w->kp[fa_mx_b_index(kblocks, c, n)] = hi;
+            kp[fa_mx_b_index(kblocks, c, n)] = hi;
             if (w->nseg == 3) {
-                w->kp[fa_mx_b_index(kblocks, dp + c, n)] = lo;
-                w->kp[fa_mx_b_index(kblocks, 2 * dp + c, n)] = hi;
+                kp[fa_mx_b_index(kblocks, dp + c, n)] = lo;
+                kp[fa_mx_b_index(kblocks, 2 * dp + c, n)] = hi;
             }
         }
     }
@@ -173,28 +221,33 @@ static void FA_FN(fa_mx_pack_k_)(const fa_params *p, const FA_FN(fa_mx_) *w, con
 /* Values [j0, j0 + nb) as the B operand of P.V (depth keys, columns dv):
  * [v] or [vh;vh;vl] (each segment nbp keys deep), zero past nb and dv. */
 static void FA_FN(fa_mx_pack_v_)(const fa_params *p, const FA_FN(fa_mx_) *w, const FA_S *v,
-                                 int nb, int nbp)
+                                 int nb, int nbp, uint16_t *vp)
 {
     const int64_t kblocks = (int64_t)w->nseg * nbp / 32;
-    __builtin_memset(w->vp, 0, (size_t)(w->nseg * nbp) * (size_t)w->dvpad * 2);
+    __builtin_memset(vp, 0, (size_t)(w->nseg * nbp) * (size_t)w->dvpad * 2);
+    int64_t e0 = 0;
+#if FA_S_KIND != 0
+    if (p->v_sd == 1) e0 = FA_FN(fa_mx_pack_v_fast_)(p, v, nb, nbp, vp);
+#endif
     for (int n = 0; n < nb; n++) {
         const FA_S *vr = v + n * p->v_sn;
-        for (int64_t e = 0; e < p->dv; e++) {
+        for (int64_t e = e0; e < p->dv; e++) {
             uint16_t lo;
             const uint16_t hi = FA_FN(fa_mx_op_)(vr[e * p->v_sd], &lo);
-            w->vp[fa_mx_b_index(kblocks, n, e)] = hi;
+            vp[fa_mx_b_index(kblocks, n, e)] = hi;
             if (w->nseg == 3) {
-                w->vp[fa_mx_b_index(kblocks, nbp + n, e)] = hi;
-                w->vp[fa_mx_b_index(kblocks, 2 * nbp + n, e)] = lo;
+                vp[fa_mx_b_index(kblocks, nbp + n, e)] = hi;
+                vp[fa_mx_b_index(kblocks, 2 * nbp + n, e)] = lo;
             }
         }
     }
 }
 
 /* Scale and score epilogue of one row's nb scores s (vectors along the
- * keys; the stage flags constant, see FA_EPI_SWITCH), keys past nb hidden;
- * returns the vector max. */
-FA_INLINE VT FA_FN(fa_mx_epi_row_)(float *s, int nb, VT scale, const FA_FN(fa_epi_) *e,
+ * keys; the stage flags constant, see FA_EPI_SWITCH), keys outside
+ * [vlo, vhi) hidden; returns the vector max. */
+FA_INLINE VT FA_FN(fa_mx_epi_row_)(float *s, int nb, int vlo, int vhi, VT scale,
+                                   const FA_FN(fa_epi_) *e,
                                    const FA_FN(fa_rowv_) *row, const float *mt,
                                    const int capped, const int alibi, const int masked,
                                    const int band)
@@ -206,7 +259,8 @@ FA_INLINE VT FA_FN(fa_mx_epi_row_)(float *s, int nb, VT scale, const FA_FN(fa_ep
         const VT jidx = VSPLAT(j) + iota;
         VT x = FA_FN(fa_score_epilogue_)(cap, capinv, capped, alibi, masked, band,
                                          VLOAD(s + j) * scale, jidx, row, mt + j);
-        if (j + VL > nb) x = FA_FN(fa_vsel_)(jidx >= VSPLAT(nb), ninf, x);
+        if (j < vlo || j + VL > vhi)
+            x = FA_FN(fa_vsel_)((jidx < VSPLAT(vlo)) | (jidx >= VSPLAT(vhi)), ninf, x);
         VSTORE(s + j, x);
         mx = FA_FN(fa_vmax_)(x, mx);
     }
@@ -231,7 +285,8 @@ FA_INLINE FA_FN(fa_rowv_) FA_FN(fa_mx_rowv_)(const fa_tile *t, int r, int64_t j0
  * P rounded into the A operand ([p] or [ph|pl|ph]) with the row sum of the
  * rounded values, and the row's rescale factor. */
 static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w,
-                              const FA_FN(fa_epi_) *e, int r, int64_t j0, int nb, int nbp)
+                              const FA_FN(fa_epi_) *e, int r, int64_t j0, int nb, int nbp,
+                              int vlo, int vhi)
 {
     float *s = w->st + (size_t)r * FA_MX_KP;
     if (e->masked) {
@@ -241,7 +296,8 @@ static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_tile *t, const FA_FN(
     const FA_FN(fa_rowv_) row = FA_FN(fa_mx_rowv_)(t, r, j0, nb);
     const VT scale = VSPLAT(p->scale);
     VT mx = VSPLAT(0);
-#define FA_RUN(c, a, m, b) mx = FA_FN(fa_mx_epi_row_)(s, nb, scale, e, &row, w->mt, c, a, m, b)
+#define FA_RUN(c, a, m, b) \
+    mx = FA_FN(fa_mx_epi_row_)(s, nb, vlo, vhi, scale, e, &row, w->mt, c, a, m, b)
     const int mode = FA_FN(fa_epi_mode_)(e);
     if (mode == 0) FA_RUN(0, 0, 0, 0);
     FA_EPI_SWITCH(mode, FA_RUN)
@@ -251,11 +307,12 @@ static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_tile *t, const FA_FN(
     const VT ref = FA_FN(fa_softmax_ref_)(m_new);
     const int64_t lda = (int64_t)w->nseg * nbp;
     uint16_t *a = w->pa + (size_t)r * (size_t)lda;
-    VT sum = VSPLAT(0);
+    VT sum = VSPLAT(0), exact = VSPLAT(0);
     for (int j = 0; j < nb; j += VL) {
         const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(s + j), ref);
         const VT hi = FA_FN(fa_mx_round_)(pj, a + j);
         sum += hi;
+        exact += pj;
         if (w->nseg == 3) {
             sum += FA_FN(fa_mx_round_)(pj - hi, a + nbp + j);
             __builtin_memcpy(a + 2 * nbp + j, a + j, VL * 2);
@@ -265,24 +322,25 @@ static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_tile *t, const FA_FN(
         for (int j = (nb + VL - 1) / VL * VL; j < nbp; j++) a[g * nbp + j] = 0;
     const float alpha = FA_FN(fa_softmax_exp_)(m_old, ref)[0];
     w->row_sum[r] = w->row_sum[r] * alpha + FA_FN(fa_hsum_)(sum);
+    w->lse_sum[r] = w->lse_sum[r] * alpha + FA_FN(fa_hsum_)(exact);
     w->row_max[r] = m_new[0];
     w->alpha[r] = alpha;
 }
 
-/* One key panel [j0, j0 + nb): S = Q.K^T on the tiles, the rows' softmax,
+/* One key panel [j0, j0 + nb) (keys [vlo, vhi) of it in the tile's range),
+ * packed in kp and vp: S = Q.K^T on the tiles, the rows' softmax,
  * O = O * alpha + P.V with P.V on the tiles. */
 static void FA_FN(fa_mx_panel_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w,
-                                const FA_FN(fa_epi_) *e, int64_t j0, int nb)
+                                const FA_FN(fa_epi_) *e, int64_t j0, int nb, int vlo, int vhi,
+                                const uint16_t *kp, const uint16_t *vp)
 {
     const int nbp = (nb + 31) / 32 * 32;
     const int64_t qdepth = w->nseg * w->dpad, pdepth = (int64_t)w->nseg * nbp;
-    FA_FN(fa_mx_pack_k_)(p, w, (const FA_S *)t->k + j0 * p->k_sn, nb, nbp);
-    FA_FN(fa_mx_gemm_)(w->mpad, nbp, qdepth, w->qa, qdepth, w->kp, w->st, FA_MX_KP);
-    for (int r = 0; r < t->rows; r++) FA_FN(fa_mx_row_)(p, t, w, e, r, j0, nb, nbp);
+    FA_FN(fa_mx_gemm_)(w->mpad, nbp, qdepth, w->qa, qdepth, kp, w->st, FA_MX_KP);
+    for (int r = 0; r < t->rows; r++) FA_FN(fa_mx_row_)(p, t, w, e, r, j0, nb, nbp, vlo, vhi);
     __builtin_memset(w->pa + (size_t)t->rows * (size_t)pdepth, 0,
                      (size_t)(w->mpad - t->rows) * (size_t)pdepth * 2);
-    FA_FN(fa_mx_pack_v_)(p, w, (const FA_S *)t->v + j0 * p->v_sn, nb, nbp);
-    FA_FN(fa_mx_gemm_)(w->mpad, w->dvpad, pdepth, w->pa, pdepth, w->vp, w->pv, w->dvpad);
+    FA_FN(fa_mx_gemm_)(w->mpad, w->dvpad, pdepth, w->pa, pdepth, vp, w->pv, w->dvpad);
     for (int r = 0; r < t->rows; r++) {
         const VT a = VSPLAT(w->alpha[r]);
         float *o = w->ot + (size_t)r * (size_t)w->dvpad;
@@ -291,19 +349,38 @@ static void FA_FN(fa_mx_panel_)(const fa_params *p, const fa_tile *t, const FA_F
     }
 }
 
+/* The operand segments (3 for float32 with bf16x3) and padded head dims. */
+static FA_FN(fa_mx_) FA_FN(fa_mx_dims_)(const fa_params *p)
+{
+    FA_FN(fa_mx_) w;
+    w.nseg = FA_S_KIND == 0 && p->precision == FA_PRECISION_BF16X3 ? 3 : 1;
+    w.dpad = (p->d + 31) / 32 * 32;
+    w.dvpad = (p->dv + 31) / 32 * 32;
+    return w;
+}
+
+/* Key panel `panel` of the kv head of t, packed into dst (run by the
+ * driver once per call, before the tiles). */
+static void FA_FN(fa_matrix_pack_)(const fa_params *p, const fa_tile *t, int64_t panel,
+                                   uint16_t *dst)
+{
+    const FA_FN(fa_mx_) w = FA_FN(fa_mx_dims_)(p);
+    const fa_matrix_panel L = fa_matrix_panel_layout(p->d, p->dv, w.nseg);
+    const int64_t j0 = panel * FA_MX_KP;
+    const int nb = (int)(t->n_keys - j0 < FA_MX_KP ? t->n_keys - j0 : FA_MX_KP);
+    const int nbp = (nb + 31) / 32 * 32;
+    FA_FN(fa_mx_pack_k_)(p, &w, (const FA_S *)t->k + j0 * p->k_sn, nb, nbp, dst + L.kp);
+    FA_FN(fa_mx_pack_v_)(p, &w, (const FA_S *)t->v + j0 * p->v_sn, nb, nbp, dst + L.vp);
+}
+
 /* Carve the scratch, pack Q and clear the row state. */
 static FA_FN(fa_mx_) FA_FN(fa_mx_setup_)(const fa_params *p, const fa_tile *t, void *scratch)
 {
-    FA_FN(fa_mx_) w;
+    FA_FN(fa_mx_) w = FA_FN(fa_mx_dims_)(p);
     float *base = (float *)scratch;
-    w.nseg = FA_S_KIND == 0 && p->precision == FA_PRECISION_BF16X3 ? 3 : 1;
     const fa_matrix_scratch s = fa_matrix_scratch_layout(p->d, p->dv, w.nseg);
-    w.dpad = s.dpad;
-    w.dvpad = s.dvpad;
     w.mpad = (t->rows + 31) / 32 * 32;
     w.qa = (uint16_t *)(base + s.qa);
-    w.kp = (uint16_t *)(base + s.kp);
-    w.vp = (uint16_t *)(base + s.vp);
     w.pa = (uint16_t *)(base + s.pa);
     w.st = base + s.st;
     w.mt = base + s.mt;
@@ -312,32 +389,45 @@ static FA_FN(fa_mx_) FA_FN(fa_mx_setup_)(const fa_params *p, const fa_tile *t, v
     w.row_max = base + s.row_max;
     w.row_sum = base + s.row_sum;
     w.alpha = base + s.alpha;
+    w.lse_sum = base + s.lse_sum;
     FA_FN(fa_mx_pack_q_)(p, t, &w);
     __builtin_memset(w.ot, 0, (size_t)t->rows * (size_t)w.dvpad * sizeof(float));
     for (int r = 0; r < t->rows; r++) {
         w.row_max[r] = -__builtin_inff();
-        w.row_sum[r] = 0;
+        w.row_sum[r] = w.lse_sum[r] = 0;
     }
     return w;
 }
 
 /* The tile: attention of t->rows query rows over keys [t->k_lo, t->k_hi)
- * (inside each row's band), panel by panel, written normalized through the
- * shared row finish.  The tile configuration is already loaded. */
+ * (inside each row's band), panel by panel from the packed K and V,
+ * written normalized through the shared row finish.  The tile
+ * configuration is already loaded. */
 static void FA_FN(fa_matrix_)(const fa_params *p, const fa_tile *t, void *scratch)
 {
     const FA_FN(fa_mx_) w = FA_FN(fa_mx_setup_)(p, t, scratch);
+    const fa_matrix_panel L = fa_matrix_panel_layout(p->d, p->dv, w.nseg);
     FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
-    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_MX_KP) {
-        const int nb = (int)(g.j_end - j0 < FA_MX_KP ? g.j_end - j0 : FA_MX_KP);
-        e.band = j0 < g.lo_max || j0 + nb > g.hi_min;
-        if (e.band && !FA_FN(fa_band_meets_)(t, j0, nb)) continue;
-        FA_FN(fa_mx_panel_)(p, t, &w, &e, j0, nb);
+    /* (an empty range may sit anywhere, even at INT64_MAX: no panel then) */
+    const int64_t first = g.j_start < g.j_end ? g.j_start / FA_MX_KP * FA_MX_KP : g.j_end;
+    for (int64_t j0 = first; j0 < g.j_end; j0 += FA_MX_KP) {
+        const int nb = (int)(t->n_keys - j0 < FA_MX_KP ? t->n_keys - j0 : FA_MX_KP);
+        const int vlo = (int)((g.j_start > j0 ? g.j_start : j0) - j0);
+        const int vhi = (int)((g.j_end < j0 + nb ? g.j_end : j0 + nb) - j0);
+        e.band = j0 + vlo < g.lo_max || j0 + vhi > g.hi_min;
+        if (e.band && !FA_FN(fa_band_meets_)(t, j0 + vlo, vhi - vlo)) continue;
+        const uint16_t *panel = t->packed + (size_t)(j0 / FA_MX_KP) * L.elems;
+        FA_FN(fa_mx_panel_)(p, t, &w, &e, j0, nb, vlo, vhi, panel + L.kp, panel + L.vp);
     }
-    for (int r = 0; r < t->rows; r++)
+    for (int r = 0; r < t->rows; r++) {
         FA_FN(fa_row_finish_)(p, t, r, w.row_max[r], w.row_sum[r],
                               w.ot + (size_t)r * (size_t)w.dvpad, 1, 0);
+        /* lse from the unrounded sum (the same formula as the row finish) */
+        float *lse = (float *)t->lse_row[r];
+        if (lse && w.row_sum[r] != 0)
+            *lse = (float)((double)w.row_max[r] + __builtin_log((double)w.lse_sum[r]));
+    }
 }
 
 #undef FA_MX_DP

@@ -17,31 +17,14 @@
 #define FA_T float
 #define FA_IS_DOUBLE 0
 
-#define FA_S float
-#define FA_S_KIND 0
-#define FA_TNAME f32
-#include "kernel_body.h"
-#undef FA_S
-#undef FA_S_KIND
-#undef FA_TNAME
-
+#define FA_MX_KIND 0 /* float32 (the reduced precisions) */
+#include "matrix_type.h"
 #ifdef FA_TILE_HAS_FP16
-#define FA_S uint16_t
-#define FA_S_KIND 1
-#define FA_TNAME f16
-#include "kernel_body.h"
-#undef FA_S
-#undef FA_S_KIND
-#undef FA_TNAME
+#define FA_MX_KIND 1 /* float16 */
+#include "matrix_type.h"
 #endif
-
-#define FA_S uint16_t
-#define FA_S_KIND 2
-#define FA_TNAME bf16
-#include "kernel_body.h"
-#undef FA_S
-#undef FA_S_KIND
-#undef FA_TNAME
+#define FA_MX_KIND 2 /* bfloat16 */
+#include "matrix_type.h"
 
 #undef FA_T
 #undef FA_IS_DOUBLE
@@ -64,8 +47,10 @@ static void FA_MX_NAME(fa_tiles_end, FA_ISA_NAME)(void) { FA_TILE_RELEASE(); }
 
 #ifdef FA_TILE_HAS_FP16
 #define FA_MX_F16 FA_MX_NAME(fa_matrix_f16, FA_ISA_NAME)
+#define FA_MX_PACK_F16 FA_MX_NAME(fa_matrix_pack_f16, FA_ISA_NAME)
 #else
 #define FA_MX_F16 NULL
+#define FA_MX_PACK_F16 NULL
 #endif
 const fa_kernels FA_MX_NAME(fa_kernels, FA_ISA_NAME) = {
     .kernel = {[FA_FAMILY_MATRIX] = {[FA_F32] = FA_MX_NAME(fa_matrix_f32, FA_ISA_NAME),
@@ -73,7 +58,10 @@ const fa_kernels FA_MX_NAME(fa_kernels, FA_ISA_NAME) = {
                                      [FA_BF16] = FA_MX_NAME(fa_matrix_bf16, FA_ISA_NAME)}},
     .tiles_begin = FA_MX_NAME(fa_tiles_begin, FA_ISA_NAME),
     .tiles_end = FA_MX_NAME(fa_tiles_end, FA_ISA_NAME),
+    .pack = {[FA_F32] = FA_MX_NAME(fa_matrix_pack_f32, FA_ISA_NAME), [FA_F16] = FA_MX_PACK_F16,
+             [FA_BF16] = FA_MX_NAME(fa_matrix_pack_bf16, FA_ISA_NAME)},
 };
 #undef FA_MX_F16
+#undef FA_MX_PACK_F16
 #undef FA_MX_NAME
 #undef FA_MX_NAME_

@@ -91,19 +91,19 @@ static inline fa_rows_scratch fa_rows_scratch_layout(int64_t d, int64_t dv, int6
  * nseg x dpad (nseg = 3 for the bf16x3 split, else 1) and that of P.V
  * nseg x FA_MX_KP; d and dv are padded to 32 (one tile row of bfloat16
  * pairs, and two 16-column accumulator tiles).  Every part is a multiple of
- * 16 floats, so every part stays aligned like the base. */
+ * 16 floats, so every part stays aligned like the base.  K and V are not
+ * here: the driver packs them once per call (fa_matrix_panel). */
 #define FA_MX_KP 256 /* keys per panel: reused by every row block of a tile */
 typedef struct {
     int64_t dpad, dvpad;
     size_t qa;      /* BQ x nseg*dpad 16-bit: packed Q rows (A operand) */
-    size_t kp;      /* KP x nseg*dpad 16-bit: the key panel, pair-interleaved */
-    size_t vp;      /* nseg*KP x dvpad 16-bit: the value panel, pair-interleaved */
     size_t pa;      /* BQ x nseg*KP 16-bit: rounded probabilities (A operand) */
     size_t st;      /* BQ x KP: scores of the panel */
     size_t mt;      /* KP: mask terms of the row in work */
     size_t pv;      /* BQ x dvpad: P.V of the panel */
     size_t ot;      /* BQ x dvpad: output accumulator */
     size_t row_max, row_sum, alpha; /* BQ each */
+    size_t lse_sum; /* BQ: the row sums of the unrounded probabilities */
     size_t end;
 } fa_matrix_scratch;
 
@@ -115,8 +115,6 @@ static inline fa_matrix_scratch fa_matrix_scratch_layout(int64_t d, int64_t dv, 
     s.dvpad = (dv + 31) / 32 * 32;
     const size_t depth = (size_t)nseg * (size_t)s.dpad;
     s.qa = o, o += FA_BQ * depth / 2;
-    s.kp = o, o += FA_MX_KP * depth / 2;
-    s.vp = o, o += (size_t)nseg * FA_MX_KP * (size_t)s.dvpad / 2;
     s.pa = o, o += FA_BQ * (size_t)nseg * FA_MX_KP / 2;
     s.st = o, o += (size_t)FA_BQ * FA_MX_KP;
     s.mt = o, o += FA_MX_KP;
@@ -125,7 +123,26 @@ static inline fa_matrix_scratch fa_matrix_scratch_layout(int64_t d, int64_t dv, 
     s.row_max = o, o += FA_BQ;
     s.row_sum = o, o += FA_BQ;
     s.alpha = o, o += FA_BQ;
+    s.lse_sum = o, o += FA_BQ;
     s.end = o;
+    return s;
+}
+
+/* One packed key panel of the matrix kernel, in 16-bit elements: K as the
+ * B operand of Q.K^T (kp: KP keys x nseg*dpad), then V as the B operand of
+ * P.V (vp: nseg*KP keys x dvpad), both pair-interleaved in tiles (matrix.h).
+ * Every kv head has ceil(keys / KP) panels, the last one shorter in use. */
+typedef struct {
+    size_t kp, vp, elems;
+} fa_matrix_panel;
+
+static inline fa_matrix_panel fa_matrix_panel_layout(int64_t d, int64_t dv, int nseg)
+{
+    fa_matrix_panel s;
+    const size_t dpad = (size_t)(d + 31) / 32 * 32, dvpad = (size_t)(dv + 31) / 32 * 32;
+    s.kp = 0;
+    s.vp = FA_MX_KP * (size_t)nseg * dpad;
+    s.elems = s.vp + (size_t)nseg * FA_MX_KP * dvpad;
     return s;
 }
 

@@ -8,7 +8,8 @@ operand type before P.V, and each row sum is taken from the rounded values.
 So FlashAttention's rule "at bf16 precision" compares a result with the
 float64 reference against the *plain computation at that precision*,
 ``matrix_reference``, which does exactly those roundings and nothing else
-(float32 scores of the rounded operands, float32 sums):
+(float32 scores of the rounded operands, float32 sums; the lse from the
+unrounded probabilities, as the kernels take it):
 
     max|fast - ref64| <= 2 * max|plain - ref64| + floor
 
@@ -80,9 +81,8 @@ def matrix_reference_for(op):
                 v32 = np.repeat(v32, q32.shape[-3] // k32.shape[-3], axis=-3)
             out = np.matmul(p, v32) / np.where(seen, total, 1)
             out = np.where(seen, out, 0).astype(q.dtype)
-            lse = np.where(seen[..., 0], lse + np.log(total[..., 0] * top[..., 0]),
-                           lse).astype(np.float32)
-        return (out, lse) if return_lse else out
+        # the lse comes from the unrounded probabilities: float32-accurate
+        return (out, lse.astype(np.float32)) if return_lse else out
 
     attention.exact = exact
     return attention
