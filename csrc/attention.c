@@ -323,8 +323,8 @@ static void fa_pack_item(const fa_work *pl, int64_t item)
     const fa_params *p = pl->p;
     const int64_t b = fa_batch_of(pl->pack_start, p->batch, item);
     const int64_t panels = fa_panels_in(p, b), rel = item - pl->pack_start[b];
-    fa_tile t;
-    fa_fill_tile(p, b, rel / panels, 0, 1, 1, &t);
+    fa_tile t; /* no rows: only the kv head's pointers and key count */
+    fa_fill_tile(p, b, rel / panels, 0, 1, 0, &t);
     pl->tiles->pack[p->dtype](p, &t, rel % panels, pl->packed + (size_t)item * pl->panel_elems);
 }
 

@@ -83,7 +83,8 @@ static void mx_alloc(const mx_case *c, mx_data *x)
     x->tq = x->tk = 0;
     x->q_start[0] = x->k_start[0] = 0;
     for (int b = 0; b < c->b; b++) {
-        x->nq_b[b] = c->varlen ? c->nq - 5 * b : c->nq;
+        /* varlen 2: the second batch has no query */
+        x->nq_b[b] = c->varlen == 2 && b == 1 ? 0 : c->varlen ? c->nq - 5 * b : c->nq;
         x->nk_b[b] = c->varlen ? c->nk - 7 * b : c->nk;
         /* kv_len 2: the first batch has no key at all */
         x->k_len[b] = c->kv_len == 2 && b == 0 ? 0 : c->kv_len ? c->nk - 9 * b - 3 : c->nk;
@@ -402,6 +403,7 @@ static const mx_case mx_cases[] = {
     {"gqa 4:1 kv_len K^T",       2, 4, 1, 16, 90, 32, 48, 1, 0, 0, 0, 1, 0, 1, 2, 0, BF, 0},
     {"kv_len, an empty batch",   2, 2, 1, 20, 40, 16, 16, 1, 0, 0, 0, 2, 0, 0, 1, 0, BF, 0},
     {"packed varlen",            3, 2, 2, 50, 120, 16, 16, 1, 0, 0, 1, 0, 1, 0, 2, 0, BF, 0},
+    {"varlen, a batch no query", 3, 2, 1, 30, 50, 16, 16, 1, 0, 0, 0, 0, 2, 0, 1, 0, BF, 0},
     {"split-KV 16x1100 2 thr",   1, 1, 1, 16, 1100, 32, 32, 0, 0, 0, 0, 0, 0, 0, 2, 0, BF, 0},
     {"f16 causal gqa",           1, 4, 2, 24, 150, 32, 32, 1, 0, 0, 0, 0, 0, 0, 1, 0, FA_F16, 0},
     {"f16 mask window",          1, 1, 1, 40, 200, 16, 48, 0, 20, 2, 0, 0, 0, 0, 2, 0, FA_F16, 0},
