@@ -45,6 +45,19 @@
 #undef FA_S_KIND
 #undef FA_TNAME
 
+#ifndef FA_ONLY_BF16
+/* float32 queries and outputs over int8 keys and values (FA_I8KV) */
+#define FA_S float
+#define FA_S_KIND 0
+#define FA_KV int8_t
+#define FA_KV_I8 1
+#define FA_TNAME i8
+#include "kernel_body.h"
+#undef FA_S
+#undef FA_S_KIND
+#undef FA_TNAME
+#endif
+
 #ifdef FA_VBYTES_F32
 #undef FA_VBYTES
 #endif
@@ -77,7 +90,8 @@
 #define FA_K3_(f, t, isa) f##_##t##_##isa
 #define FA_K3(f, t, isa) FA_K3_(f, t, isa)
 #define FA_DTYPES(f) {FA_K3(f, f32, FA_ISA_NAME), FA_K3(f, f64, FA_ISA_NAME), \
-                      FA_K3(f, f16, FA_ISA_NAME), FA_K3(f, bf16, FA_ISA_NAME)}
+                      FA_K3(f, f16, FA_ISA_NAME), FA_K3(f, bf16, FA_ISA_NAME), \
+                      FA_K3(f, i8, FA_ISA_NAME)}
 #ifndef FA_ONLY_BF16
 const fa_kernels FA_KT(FA_ISA_NAME) = {
     .kernel = {[FA_FAMILY_TILE] = FA_DTYPES(fa_tile), [FA_FAMILY_ROWS] = FA_DTYPES(fa_rows),

@@ -5,12 +5,15 @@
  * per key, reduced across lanes), along the keys for the score epilogue
  * and the softmax, and along dv for P.V.  It needs unit d-strides for K
  * and V (the driver checks).  Rows share each key block while it is hot in
- * L1.  16-bit keys and values are widened in registers as they are loaded;
+ * L1.  16-bit keys and values are widened in registers as they are loaded
+ * (int8 ones too, their scales folded into q and p: see quant.h);
  * with FA_BF16DP (the AVX512-BF16 variant) bfloat16 dot products use
  * vdpbf16ps on the raw values instead.
  */
 
 #if defined(FA_BF16DP) && FA_S_KIND == 2
+#define FA_KV_LOAD(x) FA_FN(fa_loads_)(x)
+#define FA_KV_T(x) FA_FN(fa_s2t_)(x)
 /* bfloat16 with the AVX512-BF16 dot-product instruction: q holds the row's
  * raw (unscaled) bfloat16 values, zero-padded to a multiple of 32;
  * vdpbf16ps multiplies pairs of bfloat16 exactly and adds them into float32
@@ -51,38 +54,48 @@ FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict qf, const FA_S *restrict k, 
 }
 #else
 #define FA_DOT_UNSCALED 0
+/* Keys and values as compute-type vectors and scalars: widened from the
+ * storage type, or from int8 (quant.h; their scales are folded into the
+ * query and the probabilities, see fa_rows_). */
+#if FA_KV_I8
+#define FA_KV_LOAD(x) FA_FN(fa_load_i8_)(x)
+#define FA_KV_T(x) ((FA_T)(x))
+#else
+#define FA_KV_LOAD(x) FA_FN(fa_loads_)(x)
+#define FA_KV_T(x) FA_FN(fa_s2t_)(x)
+#endif
 /* Dot products of one scaled query row with 4 keys (d contiguous). */
-FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict q, const FA_S *restrict k,
+FA_INLINE void FA_FN(fa_dot4_)(const FA_T *restrict q, const FA_KV *restrict k,
                                int64_t k_sn, int64_t d, FA_T *restrict out)
 {
     VT a0 = VSPLAT(0), a1 = VSPLAT(0), a2 = VSPLAT(0), a3 = VSPLAT(0);
-    const FA_S *k0 = k, *k1 = k + k_sn, *k2 = k + 2 * k_sn, *k3 = k + 3 * k_sn;
+    const FA_KV *k0 = k, *k1 = k + k_sn, *k2 = k + 2 * k_sn, *k3 = k + 3 * k_sn;
     int64_t c = 0;
     for (; c + VL <= d; c += VL) {
         const VT qv = VLOAD(q + c);
-        a0 += qv * FA_FN(fa_loads_)(k0 + c);
-        a1 += qv * FA_FN(fa_loads_)(k1 + c);
-        a2 += qv * FA_FN(fa_loads_)(k2 + c);
-        a3 += qv * FA_FN(fa_loads_)(k3 + c);
+        a0 += qv * FA_KV_LOAD(k0 + c);
+        a1 += qv * FA_KV_LOAD(k1 + c);
+        a2 += qv * FA_KV_LOAD(k2 + c);
+        a3 += qv * FA_KV_LOAD(k3 + c);
     }
     FA_T s0 = FA_FN(fa_hsum_)(a0), s1 = FA_FN(fa_hsum_)(a1);
     FA_T s2 = FA_FN(fa_hsum_)(a2), s3 = FA_FN(fa_hsum_)(a3);
     for (; c < d; c++) {
-        s0 += q[c] * FA_FN(fa_s2t_)(k0[c]);
-        s1 += q[c] * FA_FN(fa_s2t_)(k1[c]);
-        s2 += q[c] * FA_FN(fa_s2t_)(k2[c]);
-        s3 += q[c] * FA_FN(fa_s2t_)(k3[c]);
+        s0 += q[c] * FA_KV_T(k0[c]);
+        s1 += q[c] * FA_KV_T(k1[c]);
+        s2 += q[c] * FA_KV_T(k2[c]);
+        s3 += q[c] * FA_KV_T(k3[c]);
     }
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
 
-FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_S *restrict k, int64_t d)
+FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_KV *restrict k, int64_t d)
 {
     VT a = VSPLAT(0);
     int64_t c = 0;
-    for (; c + VL <= d; c += VL) a += VLOAD(q + c) * FA_FN(fa_loads_)(k + c);
+    for (; c + VL <= d; c += VL) a += VLOAD(q + c) * FA_KV_LOAD(k + c);
     FA_T s = FA_FN(fa_hsum_)(a);
-    for (; c < d; c++) s += q[c] * FA_FN(fa_s2t_)(k[c]);
+    for (; c < d; c++) s += q[c] * FA_KV_T(k[c]);
     return s;
 }
 
@@ -90,7 +103,7 @@ FA_INLINE FA_T FA_FN(fa_dot1_)(const FA_T *restrict q, const FA_S *restrict k, i
 
 /* acc[0:dv] = acc * alpha + sum_j p[j] * v[j][0:dv] (dv contiguous), the
  * block summed on its own first (see fa_pv_micro_). */
-FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_S *restrict v,
+FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_KV *restrict v,
                                   int64_t v_sn, int nb, int64_t dv, FA_T alpha,
                                   FA_T *restrict acc)
 {
@@ -102,9 +115,9 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_S *restrict 
         for (int u = 0; u < CH; u++) a[u] = VSPLAT(0);
         for (int j = 0; j < nb; j++) {
             const FA_T pj = pr[j];
-            const FA_S *vr = v + j * v_sn + e;
+            const FA_KV *vr = v + j * v_sn + e;
 #pragma GCC unroll 8
-            for (int u = 0; u < CH; u++) a[u] += FA_FN(fa_loads_)(vr + u * VL) * pj;
+            for (int u = 0; u < CH; u++) a[u] += FA_KV_LOAD(vr + u * VL) * pj;
         }
 #pragma GCC unroll 8
         for (int u = 0; u < CH; u++)
@@ -112,12 +125,12 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_S *restrict 
     }
     for (; e + VL <= dv; e += VL) {
         VT a = VSPLAT(0);
-        for (int j = 0; j < nb; j++) a += FA_FN(fa_loads_)(v + j * v_sn + e) * pr[j];
+        for (int j = 0; j < nb; j++) a += FA_KV_LOAD(v + j * v_sn + e) * pr[j];
         VSTORE(acc + e, VLOAD(acc + e) * alpha + a);
     }
     for (; e < dv; e++) {
         FA_T a = 0;
-        for (int j = 0; j < nb; j++) a += pr[j] * FA_FN(fa_s2t_)(v[j * v_sn + e]);
+        for (int j = 0; j < nb; j++) a += pr[j] * FA_KV_T(v[j * v_sn + e]);
         acc[e] = acc[e] * alpha + a;
     }
 }
@@ -152,7 +165,7 @@ FA_INLINE void FA_FN(fa_rows_epilogue_)(const FA_FN(fa_epi_) *e, int nb,
  * score epilogue along the keys (the row's band inside the block is
  * [lo, hi)).  mt receives the row's mask terms. */
 FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int r,
-                                      FA_FN(fa_epi_) *e, const FA_T *q, const FA_S *kb,
+                                      FA_FN(fa_epi_) *e, const FA_T *q, const FA_KV *kb,
                                       int64_t j0, int nb, int64_t lo, int64_t hi,
                                       FA_T *restrict s, FA_T *restrict mt)
 {
@@ -227,6 +240,12 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
         uint16_t *qr = (uint16_t *)(qs + r * dpad);
         for (int64_t k = 0; k < d; k++) qr[k] = q[k * p->q_sd];
         for (int64_t k = d; k < 2 * dpad; k++) qr[k] = 0;
+#elif FA_KV_I8
+        /* the keys' channel scales folded into the scaled query */
+        const FA_T c = (FA_T)p->scale;
+        for (int64_t k = 0; k < d; k++)
+            qs[r * dpad + k] = q[k * p->q_sd] * c * t->k_scale[k * p->ks_sd];
+        for (int64_t k = d; k < dpad; k++) qs[r * dpad + k] = 0;
 #else
         const FA_T c = (FA_T)p->scale;
         for (int64_t k = 0; k < d; k++) qs[r * dpad + k] = FA_FN(fa_s2t_)(q[k * p->q_sd]) * c;
@@ -238,8 +257,8 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
     }
 
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
-    const FA_S *kbase = (const FA_S *)t->k;
-    const FA_S *vbase = (const FA_S *)t->v;
+    const FA_KV *kbase = (const FA_KV *)t->k;
+    const FA_KV *vbase = (const FA_KV *)t->v;
     const int64_t k_sn = p->k_sn, v_sn = p->v_sn;
     FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
 
@@ -255,9 +274,18 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             FA_FN(fa_rows_scores_)(p, t, r, &e, qs + r * dpad, kbase + j0 * k_sn, j0, nb, lo, hi,
                                    s, mt);
             const FA_T a = FA_FN(fa_rows_softmax_)(s, nb, row_max + r, row_sum + r);
+#if FA_KV_I8
+            /* p_j * v_scale_j, in the mask terms' buffer (free again) */
+            const float *vs = t->v_scale + j0 * p->vs_sn;
+            for (int j = 0; j < nb; j++) mt[j] = s[j] * vs[j * p->vs_sn];
+            FA_FN(fa_pv_rows_)(mt, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+#else
             FA_FN(fa_pv_rows_)(s, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+#endif
         }
     }
     for (int r = 0; r < rows; r++)
         FA_FN(fa_row_finish_)(p, t, r, row_max[r], row_sum[r], acc + r * dvpad, 1, 0);
 }
+#undef FA_KV_LOAD
+#undef FA_KV_T

@@ -36,7 +36,8 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
               alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
               kv_lengths: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
               return_lse: bool = False, return_weights: bool = False,
-              num_threads: Optional[int] = None) -> Any:
+              num_threads: Optional[int] = None, k_scale: Optional[NDArray[Any]] = None,
+              v_scale: Optional[NDArray[Any]] = None) -> Any:
     """Scaled dot-product attention, ``softmax(q @ k^T * scale + mask) @ v``,
     computed by a fused kernel that never materializes the score matrix.
 
@@ -95,6 +96,19 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         pass from the lse.  Costs O(Nq * Nk) memory, only when asked for.
     num_threads : int or None
         Threads for this call alone; None uses :func:`fastattn.get_num_threads`.
+    k_scale, v_scale : ndarray or None
+        Scales of int8 ``k`` and ``v`` (an 8-bit KV cache, as
+        :class:`fastattn.KVCache` with ``dtype="int8"`` keeps), required
+        with them and refused otherwise: key ``k[..., j, c]`` stands for
+        ``k[..., j, c] * k_scale[..., c]``, value ``v[..., j, e]`` for
+        ``v[..., j, e] * v_scale[..., j]``.  ``k_scale`` has k's leading
+        dims and ``D``, one scale per channel of each kv head (``(Hkv, D)``
+        is also accepted for 4-D inputs); ``v_scale`` has v's shape without
+        its last dim, ``(B, Hkv, Nk)``, one scale per token.  float32
+        (other float dtypes are converted), every entry finite and > 0.  q
+        must be float32; out and lse are float32.  Dequantization happens
+        in the kernels' registers (or one key block of scratch), never in
+        memory; see docs/numerics.md for the rounding and the error.
 
     Returns
     -------
@@ -120,7 +134,8 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
                            return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
                            softcap=softcap, kv_lengths=kv_lengths,
                            return_weights=return_weights,
-                           num_threads=call_threads(num_threads))
+                           num_threads=call_threads(num_threads), k_scale=k_scale,
+                           v_scale=v_scale)
 
 
 def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
@@ -138,7 +153,8 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     **options
         Any keyword argument of :func:`attention` (``mask``, ``causal``,
         ``scale``, ``window``, ``alibi_slopes``, ``softcap``,
-        ``kv_lengths``, ``out``, ``return_lse``, ``return_weights``).
+        ``kv_lengths``, ``out``, ``return_lse``, ``return_weights``,
+        ``k_scale``, ``v_scale``).
 
     Returns
     -------
