@@ -22,14 +22,30 @@
 
 #if FA_KV_I8
 
+#if defined(__aarch64__) && FA_VBYTES == 16
+#include <arm_neon.h>
+#endif
+
 /* VL int8 values (unaligned) widened to a float32 vector: sign-extension
- * and conversion (vpmovsxbd + vcvtdq2ps on x86, sxtl + scvtf on NEON). */
+ * and conversion (vpmovsxbd + vcvtdq2ps on x86, sxtl + scvtf on NEON).
+ * Intrinsics, because GCC 12 lowers __builtin_convertvector from int8
+ * lanes to float lanes element by element. */
 FA_INLINE VT FA_FN(fa_load_i8_)(const int8_t *x)
 {
-    typedef int8_t FA_FN(fa_vb_) __attribute__((vector_size(VL)));
-    FA_FN(fa_vb_) b;
-    __builtin_memcpy(&b, x, sizeof b);
-    return __builtin_convertvector(b, VT);
+#if FA_VBYTES == 64 && defined(__AVX512F__)
+    return (VT)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x)));
+#elif FA_VBYTES == 32 && defined(__AVX2__)
+    return (VT)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)x)));
+#elif FA_VBYTES == 16 && defined(__aarch64__)
+    uint32_t w;
+    __builtin_memcpy(&w, x, sizeof w);
+    const int16x8_t h = vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(w)));
+    return (VT)vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
+#else
+    VT r;
+    for (int l = 0; l < VL; l++) r[l] = (FA_T)x[l];
+    return r;
+#endif
 }
 
 /* Dequantize nb int8 rows j0 .. j0 + nb - 1 of n elements (row stride sn,
