@@ -175,6 +175,102 @@ FA_INLINE void FA_FN(fa_pv_rows_)(const FA_T *restrict pr, const FA_KV *restrict
     }
 }
 
+#if FA_KV_I8 && defined(FA_I8DP)
+/*
+ * P.V with AVX512-VNNI (vpdpbusd: 4 unsigned x signed byte products summed
+ * into each int32 lane).  The block's probabilities (already times their
+ * value scales, all >= 0) become 24-bit integers relative to the block's
+ * largest, p_int = round(p / step) with step = max p / (2^24 - 1), split
+ * into three byte digits; the int8 values are the signed operand.  Every
+ * product and sum is then exact in int32 (a lane gathers at most
+ * 16 x 4 x 255 x 128 < 2^22 per digit), and the only rounding is p's, at
+ * most one step (2^-24 of the block's largest weight), the size of a
+ * float32 rounding.  vpdpbusd sums 4 consecutive bytes, which must belong
+ * to 4 keys of one column: 4 value rows are interleaved by byte and word
+ * unpacks, which permute the columns within 128-bit lanes; the permutation
+ * is undone once per block, on the float sums.  Keys beyond a multiple of
+ * 4, and columns beyond a multiple of 64, take the widening path.
+ */
+FA_INLINE void FA_FN(fa_pv_vnni_)(const FA_T *restrict pr, const int8_t *restrict v,
+                                  int64_t v_sn, int nb, int64_t dv, FA_T alpha,
+                                  FA_T *restrict acc)
+{
+    FA_T pmax = 0;
+    int bad = 0;
+    for (int j = 0; j < nb; j++) {
+        bad |= !(pr[j] <= (FA_T)3.0e38f); /* NaN or inf */
+        pmax = pr[j] > pmax ? pr[j] : pmax;
+    }
+    const int nb4 = nb & ~3;
+    int64_t e = 0;
+    if (!bad && pmax > 0 && nb4 > 0) {
+        const FA_T step = pmax / 16777215.0f, inv = 16777215.0f / pmax;
+        uint32_t dig[3][FA_BK / 4]; /* digit i of keys 4t .. 4t + 3, one byte each */
+        for (int t = 0; t < nb4 / 4; t++) {
+            uint32_t w[4];
+            for (int u = 0; u < 4; u++) {
+                const FA_T x = pr[4 * t + u] * inv + 0.5f;
+                w[u] = x >= 16777215.0f ? 16777215u : (uint32_t)x;
+            }
+            for (int i = 0; i < 3; i++)
+                dig[i][t] = ((w[0] >> 8 * i) & 255) | ((w[1] >> 8 * i) & 255) << 8 |
+                            ((w[2] >> 8 * i) & 255) << 16 | ((w[3] >> 8 * i) & 255) << 24;
+        }
+        const __m512 vstep = _mm512_set1_ps(step), valpha = _mm512_set1_ps(alpha);
+        for (; e + 64 <= dv; e += 64) {
+            __m512i a[3][4];
+            for (int i = 0; i < 3; i++)
+                for (int x = 0; x < 4; x++) a[i][x] = _mm512_setzero_si512();
+            for (int t = 0; t < nb4 / 4; t++) {
+                const int8_t *r = v + 4 * t * v_sn + e;
+                const __m512i r0 = _mm512_loadu_si512((const void *)r);
+                const __m512i r1 = _mm512_loadu_si512((const void *)(r + v_sn));
+                const __m512i r2 = _mm512_loadu_si512((const void *)(r + 2 * v_sn));
+                const __m512i r3 = _mm512_loadu_si512((const void *)(r + 3 * v_sn));
+                const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+                const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+                const __m512i u[4] = {_mm512_unpacklo_epi16(t0, t2), _mm512_unpackhi_epi16(t0, t2),
+                                      _mm512_unpacklo_epi16(t1, t3), _mm512_unpackhi_epi16(t1, t3)};
+#pragma GCC unroll 3
+                for (int i = 0; i < 3; i++) {
+                    const __m512i di = _mm512_set1_epi32((int)dig[i][t]);
+#pragma GCC unroll 4
+                    for (int x = 0; x < 4; x++) a[i][x] = _mm512_dpbusd_epi32(a[i][x], di, u[x]);
+                }
+            }
+            /* digits combined in float (each int32 sum < 2^24 converts
+             * exactly); f[x] holds columns 16 L + 4 x + 0..3 in lane L */
+            __m512 f[4];
+            for (int x = 0; x < 4; x++)
+                f[x] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[2][x]), _mm512_set1_ps(65536.0f),
+                                       _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[1][x]),
+                                                       _mm512_set1_ps(256.0f),
+                                                       _mm512_cvtepi32_ps(a[0][x])));
+            const __m512 lo01 = _mm512_shuffle_f32x4(f[0], f[1], 0x44);
+            const __m512 lo23 = _mm512_shuffle_f32x4(f[2], f[3], 0x44);
+            const __m512 hi01 = _mm512_shuffle_f32x4(f[0], f[1], 0xEE);
+            const __m512 hi23 = _mm512_shuffle_f32x4(f[2], f[3], 0xEE);
+            const __m512 cols[4] = {_mm512_shuffle_f32x4(lo01, lo23, 0x88),
+                                    _mm512_shuffle_f32x4(lo01, lo23, 0xDD),
+                                    _mm512_shuffle_f32x4(hi01, hi23, 0x88),
+                                    _mm512_shuffle_f32x4(hi01, hi23, 0xDD)};
+            for (int x = 0; x < 4; x++) {
+                __m512 sum = _mm512_mul_ps(cols[x], vstep);
+                for (int j = nb4; j < nb; j++)
+                    sum = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                            _mm_loadu_si128((const __m128i *)(v + j * v_sn + e + 16 * x)))),
+                        _mm512_set1_ps(pr[j]), sum);
+                float *o = acc + e + 16 * x;
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_loadu_ps(o), valpha, sum));
+            }
+        }
+    }
+    if (e < dv) FA_FN(fa_pv_rows_)(pr, v + e, v_sn, nb, dv - e, alpha, acc + e);
+}
+#endif
+
+
 /* The score epilogue over one row's nb scores s (vectors along the keys),
  * the tail through fa_load_tail_ / fa_store_tail_. */
 FA_INLINE void FA_FN(fa_rows_epilogue_)(const FA_FN(fa_epi_) *e, int nb,
@@ -318,7 +414,11 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             /* p_j * v_scale_j, in the mask terms' buffer (free again) */
             const float *vs = t->v_scale + j0 * p->vs_sn;
             for (int j = 0; j < nb; j++) mt[j] = s[j] * vs[j * p->vs_sn];
+#if defined(FA_I8DP)
+            FA_FN(fa_pv_vnni_)(mt, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+#else
             FA_FN(fa_pv_rows_)(mt, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+#endif
 #else
             FA_FN(fa_pv_rows_)(s, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
 #endif
