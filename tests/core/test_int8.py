@@ -132,6 +132,19 @@ def test_shared_channel_scales_and_unbatched_inputs(rng):
     np.testing.assert_array_equal(out3, out[1])
 
 
+def test_nan_and_large_probability_range(rng):
+    """A NaN query row gives NaN; scores spread over a huge range (weights
+    from 1 down to underflow) keep the float32 accuracy in the P.V sum."""
+    q, k, v = problem(rng, 1, 2, 1, 2, 200, 64)
+    q[0, 1, 0, 5] = np.nan
+    q[0, 0] *= 40
+    kq, ks, vq, vs = quantize(k, v)
+    out, lse = fastattn.attention(q, kq, vq, k_scale=ks, v_scale=vs, return_lse=True)
+    assert np.isnan(out[0, 1, 0]).all() and not np.isnan(out[0, 0]).any()
+    kd, vd = dequantize(kq, ks, vq, vs)
+    AttentionRefs(q, kd, vd).check(out, lse)
+
+
 def test_any_strides(rng):
     """(B, N, H, D) storage viewed as (B, H, N, D), a reversed key axis and
     scales that are views with gaps are read in place."""
@@ -159,7 +172,10 @@ def test_any_strides(rng):
 def test_plans_and_weights(rng):
     q, k, v = problem(rng, 1, 4, 2, 1, 100, 32)
     kq, ks, vq, vs = quantize(k, v)
-    assert fastattn.explain(q, kq, vq, k_scale=ks, v_scale=vs)["kernel"] == "rows"
+    plan = fastattn.explain(q, kq, vq, k_scale=ks, v_scale=vs)
+    assert plan["kernel"] == "rows"
+    # decode runs the AVX512-VNNI refinement where the CPU has it
+    assert plan["kernel_isa"] in (plan["isa"], "avx512vnni")
     q2 = randn(rng, (1, 4, 70, 32), np.float32)
     assert fastattn.explain(q2, kq, vq, k_scale=ks, v_scale=vs)["kernel"] == "tile"
     out, lse, w = fastattn.attention(q2, kq, vq, k_scale=ks, v_scale=vs, causal=True,
@@ -318,6 +334,9 @@ def isa_cases():
         int8_case("decode_gqa", rng, (2, 8, 2, 1, 130, 64)),              # few-row kernel
         int8_case("decode_split", rng, (1, 4, 1, 1, 1100, 40)),           # + split-KV, d tail
         int8_case("few_rows_causal_tails", rng, (1, 2, 2, 3, 77, 19), causal=True),
+        # a value-column tail after 64 columns and key blocks of 64 and 6
+        # keys (the vpdpbusd P.V takes keys in fours and columns in 64s)
+        int8_case("decode_dv_and_key_tails", rng, (1, 4, 2, 2, 70, 32, 100)),
         int8_case("prefill_causal", rng, (2, 4, 2, 70, 90, 32), causal=True),  # tile kernel
         int8_case("prefill_mask_dv", rng, (1, 2, 1, 40, 50, 24, 21),
                   mask=rng.random((40, 50)) < 0.8),
