@@ -478,7 +478,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
               return_lse=False, window=None, alibi_slopes=None, softcap=None,
               kv_lengths=None, return_weights=False, cu_seqlens_q=None,
               cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0,
-              k_scale=None, v_scale=None):
+         k_scale=None, v_scale=None):
     """Fused attention; see fastattn.attention for the contract.
 
     With ``cu_seqlens_q`` / ``cu_seqlens_k`` (validated int64 arrays, from
@@ -532,7 +532,7 @@ def plan(q, k, v, *, mask=None, causal=False, scale=None, out=None,
          return_lse=False, window=None, alibi_slopes=None, softcap=None,
          kv_lengths=None, return_weights=False, cu_seqlens_q=None,
          cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0,
-              k_scale=None, v_scale=None):
+         k_scale=None, v_scale=None):
     """What ``attention`` would do with the same arguments (validated the
     same way), without computing: the C core's plan as a dict (see
     fastattn.explain).  With ``return_weights`` the weights pass's plan is

@@ -67,6 +67,7 @@ CASES = {
     "prefill_causal": dict(shape=(2, 4, 2, 70, 90, 32), causal=True),
     "prefill_top_left": dict(shape=(1, 2, 1, 65, 65, 16), causal="top_left"),
     "prefill_dv": dict(shape=(1, 2, 2, 40, 50, 24, 40)),
+    "prefill_split": dict(shape=(1, 2, 2, 40, 1100, 16), causal=True),
     "decode_window_alibi": dict(shape=(2, 2, 2, 1, 200, 32), window=(40, 0),
                                 alibi_slopes=np.array([0.25, 0.5])),
     "prefill_softcap": dict(shape=(1, 2, 2, 33, 70, 16), softcap=3.0),
