@@ -179,8 +179,11 @@ static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
         t->pos[r] = i + nk - nq;
         t->slope[r] = p->alibi ? p->alibi[b * p->a_sb + h * p->a_sh] : 0.0;
     }
-    t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh + k0 * p->k_sn) * es;
-    t->v = (const char *)p->v + (size_t)(b * p->v_sb + hkv * p->v_sh + k0 * p->v_sn) * es;
+    const size_t kes = p->dtype == FA_I8KV ? 1 : es; /* int8 keys and values */
+    t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh + k0 * p->k_sn) * kes;
+    t->v = (const char *)p->v + (size_t)(b * p->v_sb + hkv * p->v_sh + k0 * p->v_sn) * kes;
+    t->k_scale = p->k_scale ? p->k_scale + b * p->ks_sb + hkv * p->ks_sh : NULL;
+    t->v_scale = p->v_scale ? p->v_scale + b * p->vs_sb + hkv * p->vs_sh + k0 * p->vs_sn : NULL;
     t->k_lo = 0;
     t->k_hi = nk;
     t->out_compute = 0;
@@ -517,6 +520,7 @@ static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
         return FA_ERR_PARAMS;
     if (p->batch == 0 || p->h_q == 0 || p->n_q == 0) goto kernel; /* nothing to do */
     if (p->h_kv == 0 || p->h_q % p->h_kv != 0) return FA_ERR_PARAMS;
+    if (p->dtype == FA_I8KV && (!p->k_scale || !p->v_scale)) return FA_ERR_PARAMS;
     /* Head dims this large (possible with stride-0 views) could not get
      * their O(d) scratch anyway, and the size arithmetic below must not
      * wrap around: refuse them as out of memory. */
@@ -559,7 +563,8 @@ static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
     }
     info->items = info->tasks * info->key_splits;
     info->scratch_bytes = fa_scratch_size(p->d, p->dv, fa_compute_size(p),
-                                          p->dtype == FA_F16 || p->dtype == FA_BF16);
+                                          p->dtype == FA_F16 || p->dtype == FA_BF16 ||
+                                              p->dtype == FA_I8KV);
     if (info->family == FA_FAMILY_MATRIX) {
         const int nseg = info->precision == FA_PRECISION_BF16X3 ? 3 : 1;
         const size_t mx = fa_matrix_scratch_layout(p->d, p->dv, nseg).end * sizeof(float);

@@ -54,7 +54,8 @@ enum {
     FA_CPU_AVX512 = 1 << 1,     /* AVX-512 F/DQ/BW/VL, OS-saved zmm state */
     FA_CPU_AVX512BF16 = 1 << 2, /* vdpbf16ps */
     FA_CPU_NEON = 1 << 3,       /* Advanced SIMD (baseline on aarch64) */
-    FA_CPU_AMX = 1 << 4         /* AMX-TILE + AMX-BF16, OS-enabled tile state */
+    FA_CPU_AMX = 1 << 4,        /* AMX-TILE + AMX-BF16, OS-enabled tile state */
+    FA_CPU_AVX512VNNI = 1 << 5  /* vpdpbusd (int8 decode) */
 };
 
 /* The kernel table of an architecture's kernel file, or NULL elsewhere. */
@@ -73,6 +74,7 @@ extern const fa_kernels fa_kernels_scalar;
 #if FA_X86
 extern const fa_kernels fa_kernels_avx2, fa_kernels_avx512, fa_kernels_avx512bf16;
 extern const fa_kernels fa_kernels_amx, fa_kernels_amx_emu;
+extern const fa_kernels fa_kernels_avx512vnni;
 #endif
 #if FA_ARM64
 extern const fa_kernels fa_kernels_neon;
@@ -100,6 +102,8 @@ static const fa_isa_row fa_registry[] = {
      FA_X86_TABLE(amx), "avx512", 0},
     {"amx_emu", NULL, FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16, FA_X86_TABLE(amx_emu),
      "avx512", 1},
+    {"avx512vnni", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512VNNI,
+     FA_X86_TABLE(avx512vnni)},
 };
 #define FA_REGISTRY_ROWS ((int)(sizeof fa_registry / sizeof fa_registry[0]))
 
@@ -125,6 +129,7 @@ static unsigned fa_probe_cpu(void)
     if ((b >> 5) & 1) f |= FA_CPU_AVX2;
     const int avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
     if (avx512 && (xcr0 & 0xE0) == 0xE0) f |= FA_CPU_AVX512; /* opmask, zmm0-15, zmm16-31 */
+    if ((c >> 11) & 1) f |= FA_CPU_AVX512VNNI; /* leaf 7, ecx bit 11 */
     /* AVX512-BF16: leaf 7, subleaf 1, eax bit 5 */
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) f |= FA_CPU_AVX512BF16;
     /* the tiles: cpuid and XCR0 only; the permission comes at first use */

@@ -30,7 +30,9 @@ typedef enum {
     FA_F32 = 0,
     FA_F64 = 1,
     FA_F16 = 2,  /* IEEE binary16, as uint16_t bits */
-    FA_BF16 = 3  /* bfloat16 (the top half of a float32), as uint16_t bits */
+    FA_BF16 = 3, /* bfloat16 (the top half of a float32), as uint16_t bits */
+    FA_I8KV = 4  /* q, out, lse float32; k and v int8 with float32 scales
+                    (fa_params.k_scale, v_scale): dequantized in the kernels */
 } fa_dtype;
 
 /* How the optional mask is read. */
@@ -141,6 +143,17 @@ typedef struct {
 
     /* Matrix-product arithmetic for float32 inputs (fa_precision). */
     int precision;
+
+    /* Scales of 8-bit keys and values (dtype FA_I8KV; finite, > 0):
+     *   key (b, h, j, c)   = k[...] * k_scale[b * ks_sb + h * ks_sh + c * ks_sd]
+     *                        (one scale per channel of each kv head),
+     *   value (b, h, j, e) = v[...] * v_scale[b * vs_sb + h * vs_sh + j * vs_sn]
+     *                        (one scale per token; j counts rows as k and v
+     *                        do, so packed batches index it by row). */
+    const float *k_scale;
+    int64_t ks_sb, ks_sh, ks_sd;
+    const float *v_scale;
+    int64_t vs_sb, vs_sh, vs_sn;
 } fa_params;
 
 #define FA_UNBOUNDED_LO INT64_MIN

@@ -37,6 +37,8 @@ typedef struct {
     double slope[FA_BQ];            /* ALiBi slope of the row's head, or 0 */
     const void *k;                  /* key 0, column 0 of this kv head */
     const void *v;                  /* value 0, column 0 of this kv head */
+    const float *k_scale, *v_scale; /* FA_I8KV: channel scale 0 and the
+                                       scale of value 0 of this kv head */
     int64_t k_lo, k_hi;             /* keys [k_lo, k_hi) are processed */
     int out_compute;                /* o_row/lse_row hold the compute type
                                        (float32 for the 16-bit types):
@@ -68,7 +70,7 @@ typedef enum {
  * "not provided here" (a refining registry row, such as the AVX512-BF16
  * one, provides only what it does better). */
 typedef struct {
-    fa_tile_fn kernel[FA_FAMILY_COUNT][4];
+    fa_tile_fn kernel[FA_FAMILY_COUNT][5]; /* [family][fa_dtype] */
     fa_vec_f32_fn exp2_f32, tanh_f32;
     fa_vec_f64_fn exp2_f64, tanh_f64;
     double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */

@@ -6,6 +6,8 @@
  *   FA_T          the compute type, float or double (every product and sum)
  *   FA_S          the storage type of q, k, v, out and weights
  *   FA_S_KIND     0: FA_S is FA_T; 1: IEEE float16 bits; 2: bfloat16 bits
+ *   FA_KV, FA_KV_I8  (optional) int8_t and 1: k and v are int8 with scales
+ *                 (dtype FA_I8KV; q and out are FA_S = float, see quant.h)
  *   FA_TNAME      f32, f64, f16 or bf16 (name suffix)
  *   FA_IS_DOUBLE  1 for double
  *   FA_ISA_NAME   scalar, avx2, avx512, avx512bf16, neon (name suffix)
@@ -46,12 +48,23 @@
 #define FA_PASTE3(a, b, c) FA_PASTE3_(a, b, c)
 #define FA_FN(name) FA_PASTE3(name, FA_TNAME, FA_ISA_NAME)
 
+/* FA_KV: the storage type of k and v (FA_S, or int8_t with FA_KV_I8). */
+#ifndef FA_KV
+#define FA_KV FA_S
+#endif
+#ifndef FA_KV_I8
+#define FA_KV_I8 0
+#endif
+
 #include "vec.h"
 #include "score.h"
 #ifndef FA_MATRIX_ONLY
+#include "quant.h"
 #include "tile.h"
 #include "rows.h"
+#if !FA_KV_I8
 #include "probes.h"
+#endif
 #else
 #include "matrix.h" /* the matrix-unit files (matrix_instantiate.h) */
 #endif
@@ -64,6 +77,8 @@
 #undef FA_TANH_SMALL
 #undef FA_SIGN_BITS
 #undef FA_DOT_UNSCALED
+#undef FA_KV
+#undef FA_KV_I8
 #undef VLOAD
 #undef VSTORE
 #undef VSPLAT

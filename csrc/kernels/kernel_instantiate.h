@@ -8,7 +8,8 @@
  *   FA_S  the storage type of q, k, v, out and weights
  *   FA_S_KIND  0: FA_S is FA_T; 1: IEEE float16 bits; 2: bfloat16 bits
  * The 16-bit types compute in float32.  FA_ONLY_BF16 compiles just the
- * bfloat16 kernels (the AVX512-BF16 variant).
+ * bfloat16 kernels (the AVX512-BF16 variant), FA_ONLY_I8 just the int8
+ * ones (the AVX512-VNNI variant).
  */
 #include "../half.h"
 #include "scratch.h"
@@ -19,7 +20,7 @@
 #define FA_VBYTES FA_VBYTES_F32
 #endif
 
-#ifndef FA_ONLY_BF16
+#if !defined(FA_ONLY_BF16) && !defined(FA_ONLY_I8)
 #define FA_S float
 #define FA_S_KIND 0
 #define FA_TNAME f32
@@ -37,6 +38,7 @@
 #undef FA_TNAME
 #endif
 
+#ifndef FA_ONLY_I8
 #define FA_S uint16_t
 #define FA_S_KIND 2
 #define FA_TNAME bf16
@@ -44,6 +46,20 @@
 #undef FA_S
 #undef FA_S_KIND
 #undef FA_TNAME
+#endif
+
+#ifndef FA_ONLY_BF16
+/* float32 queries and outputs over int8 keys and values (FA_I8KV) */
+#define FA_S float
+#define FA_S_KIND 0
+#define FA_KV int8_t
+#define FA_KV_I8 1
+#define FA_TNAME i8
+#include "kernel_body.h"
+#undef FA_S
+#undef FA_S_KIND
+#undef FA_TNAME
+#endif
 
 #ifdef FA_VBYTES_F32
 #undef FA_VBYTES
@@ -51,7 +67,7 @@
 #undef FA_T
 #undef FA_IS_DOUBLE
 
-#ifndef FA_ONLY_BF16
+#if !defined(FA_ONLY_BF16) && !defined(FA_ONLY_I8)
 #define FA_T double
 #define FA_S double
 #define FA_S_KIND 0
@@ -77,8 +93,14 @@
 #define FA_K3_(f, t, isa) f##_##t##_##isa
 #define FA_K3(f, t, isa) FA_K3_(f, t, isa)
 #define FA_DTYPES(f) {FA_K3(f, f32, FA_ISA_NAME), FA_K3(f, f64, FA_ISA_NAME), \
-                      FA_K3(f, f16, FA_ISA_NAME), FA_K3(f, bf16, FA_ISA_NAME)}
-#ifndef FA_ONLY_BF16
+                      FA_K3(f, f16, FA_ISA_NAME), FA_K3(f, bf16, FA_ISA_NAME), \
+                      FA_K3(f, i8, FA_ISA_NAME)}
+#if defined(FA_ONLY_I8)
+/* Only the few-row int8 kernel gains from vpdpbusd (see kernel_avx512vnni.c). */
+const fa_kernels FA_KT(FA_ISA_NAME) = {
+    .kernel = {[FA_FAMILY_ROWS] = {[FA_I8KV] = FA_K3(fa_rows, i8, FA_ISA_NAME)}},
+};
+#elif !defined(FA_ONLY_BF16)
 const fa_kernels FA_KT(FA_ISA_NAME) = {
     .kernel = {[FA_FAMILY_TILE] = FA_DTYPES(fa_tile), [FA_FAMILY_ROWS] = FA_DTYPES(fa_rows),
                [FA_FAMILY_WEIGHTS] = FA_DTYPES(fa_weights)},

@@ -235,7 +235,7 @@ FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile
 {
     FA_FN(fa_scr_) w;
     FA_T *base = (FA_T *)scratch;
-    const fa_tile_scratch s = fa_tile_scratch_layout(p->d, p->dv, FA_S_KIND != 0);
+    const fa_tile_scratch s = fa_tile_scratch_layout(p->d, p->dv, FA_S_KIND != 0 || FA_KV_I8);
     w.nv = (t->rows + VL - 1) / VL; /* query vectors in use */
     w.lanes = w.nv * VL;
     w.qt = base + s.qt;
@@ -333,8 +333,17 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
     return e->alibi | e->masked | e->band;
 }
 
-/* The key block's rows as compute-type pointers (widened for 16-bit). */
-#if FA_S_KIND != 0
+/* The key block's rows as compute-type pointers (widened for 16-bit;
+ * int8 ones dequantized, see quant.h). */
+#if FA_KV_I8
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd)            \
+    do {                                                                           \
+        FA_FN(fa_dequant_rows_)(p, t, base, j0, sn, sd, nb, n, buf, (buf) == w.kc); \
+        out_ptr = (buf);                                                           \
+        out_sn = (n);                                                              \
+        out_sd = 1;                                                                \
+    } while (0)
+#elif FA_S_KIND != 0
 #define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd) \
     do {                                                                 \
         FA_FN(fa_widen_rows_)((base) + (j0) * (sn), sn, sd, nb, n, buf); \
@@ -435,8 +444,8 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
     /* Keys outside every row's band are never read; blocks inside all of
      * them need no band masking. */
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
-    const FA_S *kbase = (const FA_S *)t->k;
-    const FA_S *vbase = (const FA_S *)t->v;
+    const FA_KV *kbase = (const FA_KV *)t->k;
+    const FA_KV *vbase = (const FA_KV *)t->v;
 
     for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
         const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
@@ -479,7 +488,7 @@ static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scrat
         row_lse[r] = r < rows ? *(const FA_T *)t->lse_row[r] : ninf;
 
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
-    const FA_S *kbase = (const FA_S *)t->k;
+    const FA_KV *kbase = (const FA_KV *)t->k;
     const int64_t w_sk = p->w_sk;
     for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
         const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);

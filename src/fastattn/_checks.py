@@ -87,6 +87,25 @@ def precision(value: object, q: object = None) -> int:
     return code
 
 
+def cache_dtype(dtype: DTypeLike) -> np.dtype[Any]:
+    """A KV cache's dtype: a float dtype (see ``float_dtype``) or int8
+    (``"int8"``, ``np.int8``: the 8-bit cache)."""
+    try:
+        if np.dtype(dtype) == np.int8:
+            return np.dtype(np.int8)
+    except TypeError:
+        pass
+    return float_dtype(dtype, half=True, not_a_dtype="a numpy float dtype or 'int8'")
+
+
+def quantizable(name: str, a: NDArray[Any]) -> None:
+    """``a`` must hold real floats (the keys or values an int8 cache
+    quantizes)."""
+    if a.dtype.kind != "f" and not is_half(a.dtype):
+        raise TypeError(f"{name} has dtype {a.dtype}; an int8 cache takes float keys and "
+                        "values and quantizes them")
+
+
 def offsets(name: str, cu: object, total: int) -> NDArray[np.int64]:
     """cu_seqlens as validated int64 offsets: 1-D, starting at 0, ending
     at ``total``, non-decreasing."""

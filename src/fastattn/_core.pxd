@@ -8,6 +8,7 @@ cdef extern from "fastattn.h" nogil:
         FA_F64
         FA_F16
         FA_BF16
+        FA_I8KV
     ctypedef enum fa_mask_kind:
         FA_MASK_NONE
         FA_MASK_BOOL
@@ -43,6 +44,10 @@ cdef extern from "fastattn.h" nogil:
         int64_t w_sb, w_sh, w_sq, w_sk
         int num_threads
         int precision
+        const float *k_scale
+        int64_t ks_sb, ks_sh, ks_sd
+        const float *v_scale
+        int64_t vs_sb, vs_sh, vs_sn
     ctypedef struct fa_plan_info:
         int family
         int isa

@@ -31,6 +31,8 @@ def attention(
     max_seqlen_k: int = ...,
     num_threads: int = ...,
     precision: int = ...,
+    k_scale: Optional[_Array] = ...,
+    v_scale: Optional[_Array] = ...,
 ) -> Union[_Array, Tuple[_Array, ...]]: ...
 def plan(q: _Array, k: _Array, v: _Array, **options: Any) -> Dict[str, Any]:
     """The keyword arguments of ``attention``; returns the C core's plan."""

@@ -169,6 +169,7 @@ cdef class _Call:
     cdef int64_t kd[4]
     cdef int64_t vd[4]
     cdef cnp.ndarray q, k, v, mask, out, lse, slopes, lens, cuq, cuk, weights
+    cdef cnp.ndarray ks, vs  # int8 k and v: their scales (_quant.pxi)
     cdef object user_out
     cdef bint copy_back
 
@@ -203,9 +204,11 @@ cdef double _real_arg(object x, str name, bint positive) except? -1.0:
 cdef _set_qkv(_Call c, object q, object k, object v):
     """q, k, v: dtypes, ranks, and their (B, H, N, D) views in the params."""
     c.q = _as_float_array(q, "q")
-    c.k = _as_float_array(k, "k")
-    c.v = _as_float_array(v, "v")
-    if c.k.dtype != c.q.dtype or c.v.dtype != c.q.dtype:
+    cdef bint int8_kv = _set_int8_kv(c, k, v)
+    if not int8_kv:
+        c.k = _as_float_array(k, "k")
+        c.v = _as_float_array(v, "v")
+    if not int8_kv and (c.k.dtype != c.q.dtype or c.v.dtype != c.q.dtype):
         bad, other = ("k", c.k) if c.k.dtype != c.q.dtype else ("v", c.v)
         raise TypeError(f"{bad} has dtype {other.dtype} but q has {c.q.dtype}; "
                         "q, k and v must share one dtype")
@@ -224,7 +227,7 @@ cdef _set_qkv(_Call c, object q, object k, object v):
     _dims4(c.k, c.kd, ks)
     _dims4(c.v, c.vd, vs)
     _check_shapes(c.qd, c.kd, c.vd)
-    c.p.dtype = _dtype_code(c.q.dtype)
+    c.p.dtype = FA_I8KV if int8_kv else _dtype_code(c.q.dtype)
     c.p.batch, c.p.h_q, c.p.h_kv = c.qd[0], c.qd[1], c.kd[1]
     c.p.n_q, c.p.n_k, c.p.d, c.p.dv = c.qd[2], c.kd[2], c.qd[3], c.vd[3]
     c.p.q = cnp.PyArray_DATA(c.q)
@@ -423,13 +426,14 @@ cdef _set_lse(_Call c):
 
 cdef _Call _prepare(q, k, v, mask, causal, scale, out, return_lse, window, alibi_slopes,
                     softcap, kv_lengths, return_weights, cu_seqlens_q, cu_seqlens_k,
-                    max_seqlen_q, max_seqlen_k):
+                    max_seqlen_q, max_seqlen_k, k_scale=None, v_scale=None):
     """Validate one call's arguments (in the order of the public signature's
     checks) and fill its params."""
     _check_bool(return_lse, "return_lse")
     _check_bool(return_weights, "return_weights")
     cdef _Call c = _Call()
     _set_qkv(c, q, k, v)
+    _set_scales(c, k_scale, v_scale)
     _set_band(c, causal, window)
     if scale is None:
         c.p.scale = 1.0 / sqrt(<double>c.qd[3]) if c.qd[3] > 0 else 1.0
@@ -477,7 +481,7 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
               return_lse=False, window=None, alibi_slopes=None, softcap=None,
               kv_lengths=None, return_weights=False, cu_seqlens_q=None,
               cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0,
-              int precision=0):
+              int precision=0, k_scale=None, v_scale=None):
     """Fused attention; see fastattn.attention for the contract.
 
     With ``cu_seqlens_q`` / ``cu_seqlens_k`` (validated int64 arrays, from
@@ -487,7 +491,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     ``precision`` is an fa_precision code (fastattn._checks.PRECISIONS)."""
     cdef _Call c = _prepare(q, k, v, mask, causal, scale, out, return_lse, window,
                             alibi_slopes, softcap, kv_lengths, return_weights,
-                            cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+                            cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                            k_scale, v_scale)
     c.p.num_threads = num_threads if num_threads > 0 else 0
     c.p.precision = _precision_code(precision)
     cdef int status
@@ -542,14 +547,15 @@ def plan(q, k, v, *, mask=None, causal=False, scale=None, out=None,
          return_lse=False, window=None, alibi_slopes=None, softcap=None,
          kv_lengths=None, return_weights=False, cu_seqlens_q=None,
          cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, int num_threads=0,
-         int precision=0):
+         int precision=0, k_scale=None, v_scale=None):
     """What ``attention`` would do with the same arguments (validated the
     same way), without computing: the C core's plan as a dict (see
     fastattn.explain).  With ``return_weights`` the weights pass's plan is
     under "weights"."""
     cdef _Call c = _prepare(q, k, v, mask, causal, scale, out, return_lse, window,
                             alibi_slopes, softcap, kv_lengths, return_weights,
-                            cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+                            cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                            k_scale, v_scale)
     c.p.num_threads = num_threads if num_threads > 0 else 0
     c.p.precision = _precision_code(precision)
     cdef fa_plan_info info
@@ -637,3 +643,4 @@ def build_info():
 
 
 include "_probes.pxi"
+include "_quant.pxi"

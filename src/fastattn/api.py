@@ -36,7 +36,9 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
               alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
               kv_lengths: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
               return_lse: bool = False, return_weights: bool = False,
-              num_threads: Optional[int] = None, precision: str = "highest") -> Any:
+              num_threads: Optional[int] = None, precision: str = "highest",
+              k_scale: Optional[NDArray[Any]] = None,
+              v_scale: Optional[NDArray[Any]] = None) -> Any:
     """Scaled dot-product attention, ``softmax(q @ k^T * scale + mask) @ v``,
     computed by a fused kernel that never materializes the score matrix.
 
@@ -108,6 +110,19 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         accept only ``"highest"`` (else ``ValueError``); float16 and
         bfloat16 inputs ignore the keyword.  The attention weights
         (``return_weights``) are always computed at ``"highest"``.
+    k_scale, v_scale : ndarray or None
+        Scales of int8 ``k`` and ``v`` (an 8-bit KV cache, as
+        :class:`fastattn.KVCache` with ``dtype="int8"`` keeps), required
+        with them and refused otherwise: key ``k[..., j, c]`` stands for
+        ``k[..., j, c] * k_scale[..., c]``, value ``v[..., j, e]`` for
+        ``v[..., j, e] * v_scale[..., j]``.  ``k_scale`` has k's leading
+        dims and ``D``, one scale per channel of each kv head (``(Hkv, D)``
+        is also accepted for 4-D inputs); ``v_scale`` has v's shape without
+        its last dim, ``(B, Hkv, Nk)``, one scale per token.  float32
+        (other float dtypes are converted), every entry finite and > 0.  q
+        must be float32; out and lse are float32.  Dequantization happens
+        in the kernels' registers (or one key block of scratch), never in
+        memory; see docs/numerics.md for the rounding and the error.
 
     Returns
     -------
@@ -138,7 +153,8 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
                           return_lse=return_lse, window=window, alibi_slopes=alibi_slopes,
                           softcap=softcap, kv_lengths=kv_lengths,
                           return_weights=False if split else return_weights,
-                          num_threads=threads, precision=code)
+                          num_threads=threads, precision=code, k_scale=k_scale,
+                          v_scale=v_scale)
     if not split:
         return res
     w = attention_weights(q, k, mask=mask, causal=causal, scale=scale, window=window,
@@ -163,7 +179,7 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
         Any keyword argument of :func:`attention` (``mask``, ``causal``,
         ``scale``, ``window``, ``alibi_slopes``, ``softcap``,
         ``kv_lengths``, ``out``, ``return_lse``, ``return_weights``,
-        ``num_threads``, ``precision``).
+        ``num_threads``, ``precision``, ``k_scale``, ``v_scale``).
 
     Returns
     -------

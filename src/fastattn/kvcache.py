@@ -22,8 +22,9 @@ class KVCache:
         Cache shape ``(batch, kv_heads, max_len, head_dim)``.
     value_dim : int or None
         Head dim of the values (default ``head_dim``).
-    dtype : numpy dtype
-        float32 (default), float64, float16 or ``ml_dtypes.bfloat16``.
+    dtype : numpy dtype or "int8"
+        float32 (default), float64, float16 or ``ml_dtypes.bfloat16``; or
+        ``"int8"`` (``np.int8``): an 8-bit cache, see below.
 
     Notes
     -----
@@ -32,6 +33,23 @@ class KVCache:
     per-row key counts, ``kv_lengths``), so nothing is copied per step.
     Rows may hold different numbers of tokens (batched decoding of prompts
     of different lengths).
+
+    With ``dtype="int8"`` the cache stores int8 keys and values and their
+    float32 scales (``k_scale`` of shape ``(batch, kv_heads, head_dim)``,
+    one per channel of each kv head, and ``v_scale`` of shape ``(batch,
+    kv_heads, max_len)``, one per token), half the memory of a 16-bit
+    cache; ``append`` takes float keys and values and quantizes them (round
+    to nearest even), ``attend`` takes float32 queries and the kernels
+    dequantize in registers.  A value row is scaled by its own largest
+    magnitude / 127.  A key channel's scale is set by the first tokens a
+    row receives (the prefill): largest magnitude / 127.  When a later
+    token exceeds a channel's range, the channel's scale grows to
+    ``max(needed, 2 * old)`` and that row's stored keys of the channel are
+    re-quantized, so keys never saturate; with the doubling a stored key is
+    re-rounded at most log2(final / first scale) times and its error stays
+    within one step of the final scale (half a step when the range never
+    grows).  Keys and values must be finite.  See docs/numerics.md for the
+    measured error.
     """
 
     def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, *,
@@ -42,12 +60,18 @@ class KVCache:
             dims["value_dim"] = value_dim
         for name, x in dims.items():
             dims[name] = _checks.integer(name, x, 1 if name == "kv_heads" else 0)
-        dt = _checks.float_dtype(dtype, half=True, not_a_dtype="a numpy float dtype")
+        dt = _checks.cache_dtype(dtype)
         dv = dims.get("value_dim", dims["head_dim"])
         shape = (dims["batch"], dims["kv_heads"], dims["max_len"])
         self.k: NDArray[Any] = np.zeros(shape + (dims["head_dim"],), dtype=dt)
         self.v: NDArray[Any] = np.zeros(shape + (dv,), dtype=dt)
         self.lengths: NDArray[np.int64] = np.zeros(batch, dtype=np.int64)
+        # int8 caches: per-channel key and per-token value scales (float32)
+        self.k_scale: Optional[NDArray[np.float32]] = None
+        self.v_scale: Optional[NDArray[np.float32]] = None
+        if dt == np.int8:
+            self.k_scale = np.ones(shape[:2] + (dims["head_dim"],), dtype=np.float32)
+            self.v_scale = np.ones(shape, dtype=np.float32)
 
     @property
     def batch(self) -> int:
@@ -86,7 +110,10 @@ class KVCache:
         """
         for name, a, ref in (("k", k, self.k), ("v", v, self.v)):
             _checks.ndarray(name, a)
-            _checks.same_dtype(name, a, ref.dtype, "the cache holds")
+            if self.k_scale is not None:
+                _checks.quantizable(name, a)
+            else:
+                _checks.same_dtype(name, a, ref.dtype, "the cache holds")
             if a.ndim != 4 or a.shape[:2] != ref.shape[:2] or a.shape[3] != ref.shape[3]:
                 raise ValueError(f"{name} has shape {a.shape}; expected ({ref.shape[0]}, "
                                  f"{ref.shape[1]}, n, {ref.shape[3]})")
@@ -102,12 +129,43 @@ class KVCache:
             b = int(np.argmax(new))
             raise ValueError(f"cache overflow: row {b} would hold {int(new[b])} tokens but "
                              f"max_len is {self.max_len}; the cache is unchanged")
+        if self.k_scale is not None:
+            self._append_int8(k, v, add)
+        else:
+            for b in range(self.batch):
+                lo, m = int(self.lengths[b]), int(add[b])
+                if m:
+                    self.k[b, :, lo:lo + m] = k[b, :, :m]
+                    self.v[b, :, lo:lo + m] = v[b, :, :m]
+        self.lengths[:] = new
+
+    def _append_int8(self, k: NDArray[Any], v: NDArray[Any], add: NDArray[np.int64]) -> None:
+        """Quantize and store the new rows of an int8 cache (see the class
+        notes for the scale policy).  Everything is computed before anything
+        is written, so a failure leaves the cache unchanged."""
+        assert self.k_scale is not None and self.v_scale is not None
+        rows = []
         for b in range(self.batch):
             lo, m = int(self.lengths[b]), int(add[b])
-            if m:
-                self.k[b, :, lo:lo + m] = k[b, :, :m]
-                self.v[b, :, lo:lo + m] = v[b, :, :m]
-        self.lengths[:] = new
+            if not m:
+                continue
+            kb = np.asarray(k[b, :, :m], dtype=np.float64)
+            vb = np.asarray(v[b, :, :m], dtype=np.float64)
+            for name, x in (("k", kb), ("v", vb)):
+                if not np.isfinite(x).all():
+                    raise ValueError(f"{name} has non-finite values; an int8 cache stores "
+                                     "finite keys and values only (the cache is unchanged)")
+            ks, requant = _key_scales(self.k_scale[b], self.k[b, :, :lo], kb, first=lo == 0)
+            vs = _scales(np.abs(vb).max(axis=2))
+            rows.append((b, lo, m, ks, requant, _quantize(kb, ks[:, None, :]),
+                         _quantize(vb, vs[:, :, None]), vs))
+        for b, lo, m, ks, requant, kq, vq, vs in rows:
+            if requant is not None:
+                self.k[b, :, :lo] = requant
+            self.k_scale[b] = ks
+            self.k[b, :, lo:lo + m] = kq
+            self.v[b, :, lo:lo + m] = vq
+            self.v_scale[b, :, lo:lo + m] = vs
 
     def mask_prefix(self, mask: Any, n_keys: int) -> Any:
         """A mask that spans ``max_len`` keys cut to its first ``n_keys``
@@ -141,9 +199,42 @@ class KVCache:
                              f"{self.k.shape[3]})")
         # only the filled prefix is passed, so work and masks stay small
         used = int(self.lengths.max()) if self.batch else 0
-        return attention(q, self.k[:, :, :used], self.v[:, :, :used],
+        v_scale = None if self.v_scale is None else self.v_scale[:, :, :used]
+        return attention(q, self.k[:, :, :used], self.v[:, :, :used], k_scale=self.k_scale,
+                         v_scale=v_scale,
                          mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
                          window=window, alibi_slopes=alibi_slopes, softcap=softcap,
                          kv_lengths=self.lengths, out=out, return_lse=return_lse,
                          return_weights=return_weights, num_threads=num_threads,
                          precision=precision)
+
+
+# The smallest scale: an all-zero row or channel still gets a valid (> 0)
+# scale, and quantizes to zeros.
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _scales(absmax: NDArray[np.float64]) -> NDArray[np.float32]:
+    """float32 scales that map ``absmax`` to 127 (at least _TINY)."""
+    return np.maximum(absmax / 127.0, _TINY).astype(np.float32)
+
+
+def _quantize(x: NDArray[np.float64], scale: NDArray[Any]) -> NDArray[np.int8]:
+    """round(x / scale) to nearest even, as int8 in [-127, 127]."""
+    return np.clip(np.rint(x / scale.astype(np.float64)), -127, 127).astype(np.int8)
+
+
+def _key_scales(old: NDArray[np.float32], stored: NDArray[np.int8], new: NDArray[np.float64],
+                first: bool) -> Tuple[NDArray[np.float32], Optional[NDArray[np.int8]]]:
+    """The channel scales (kv_heads, head_dim) of one batch row after
+    appending ``new`` keys, and the re-quantized ``stored`` keys if a scale
+    grew (None otherwise)."""
+    need = _scales(np.abs(new).max(axis=1))
+    if first:
+        return need, None
+    grow = need > old
+    if not grow.any():
+        return old.copy(), None
+    scale = np.where(grow, np.maximum(need, 2 * old), old).astype(np.float32)
+    requant = _quantize(stored.astype(np.float64) * old[:, None, :], scale[:, None, :])
+    return scale, requant
