@@ -301,8 +301,9 @@ cdef _set_mask(_Call c, object mask):
     elif t == cnp.NPY_FLOAT64:
         c.p.mask_kind = FA_MASK_ADD_F64
     elif t == cnp.NPY_FLOAT16:
-        m = m.astype(np.float32)
-        c.p.mask_kind = FA_MASK_ADD_F32
+        c.p.mask_kind = FA_MASK_ADD_F16
+    elif _is_bfloat16(m.dtype):
+        c.p.mask_kind = FA_MASK_ADD_BF16
     else:
         raise TypeError(f"mask has dtype {m.dtype}; expected bool (True = may "
                         "attend) or a float dtype (added to the scaled scores)")

@@ -128,9 +128,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         ``x.transpose(1, 2)`` costs no copy).  k and v may have fewer heads
         than q (grouped-query attention).  They must not require grad.
     mask : torch.Tensor or None
-        bool (True = may attend) or float (added to the scaled scores; a
-        float16 or bfloat16 mask is widened to float32 once, a copy the size
-        of the mask's own memory), broadcastable to ``(..., Nq, Nk)``.
+        bool (True = may attend) or float (float32, float64, float16 or
+        bfloat16, added to the scaled scores), broadcastable to
+        ``(..., Nq, Nk)`` and read in place.
     causal, scale, window, softcap, return_lse, return_weights
         As in :func:`fastattn.attention`.
     alibi_slopes, kv_lengths : torch.Tensor, array or None
