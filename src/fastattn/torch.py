@@ -26,24 +26,31 @@ _np_attention: Callable[..., Any] = api.attention
 _np_attention_weights: Callable[..., Any] = api.attention_weights
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_TORCH_BF16 = torch.bfloat16
 
 Result = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 
+_BF16: list[Any] = []     # ml_dtypes.bfloat16, once imported
+
+
 def _bfloat16() -> Any:
     """ml_dtypes' bfloat16 NumPy dtype (the storage type fastattn reads)."""
-    try:
-        import ml_dtypes
-    except ImportError:  # pragma: no cover - ml_dtypes ships with the torch extra
-        raise TypeError("bfloat16 tensors need the ml_dtypes package (pip install "
-                        "ml_dtypes): fastattn reads them as ml_dtypes.bfloat16 storage") from None
-    return ml_dtypes.bfloat16
+    if not _BF16:
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover - ml_dtypes ships with the torch extra
+            raise TypeError("bfloat16 tensors need the ml_dtypes package (pip install "
+                            "ml_dtypes): fastattn reads them as ml_dtypes.bfloat16 "
+                            "storage") from None
+        _BF16.append(np.dtype(ml_dtypes.bfloat16))
+    return _BF16[0]
 
 
 def _check_tensor(t: object, name: str, dtypes: tuple[torch.dtype, ...], what: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype in dtypes and not t.requires_grad and t.device.type == "cpu" \
+    if t.dtype in dtypes and not t.requires_grad and t.is_cpu \
             and t.layout == torch.strided:
         return t                                    # the common case, checked at once
     if t.layout != torch.strided:
@@ -66,7 +73,7 @@ def as_numpy(t: torch.Tensor) -> np.ndarray[Any, Any]:
     bfloat16 becomes ``ml_dtypes.bfloat16``, bit for bit.  The view keeps
     the tensor's storage alive.
     """
-    if t.dtype == torch.bfloat16:
+    if t.dtype is _TORCH_BF16:                    # dtypes are singletons
         return t.view(torch.int16).numpy().view(_bfloat16())
     return t.numpy()
 
@@ -107,9 +114,15 @@ def _small(a: object, name: str) -> object:
 def _options(mask: object, causal: bool | str, scale: float | None,
              window: tuple[int, int] | None, alibi_slopes: object, softcap: float | None,
              kv_lengths: object) -> dict[str, Any]:
-    return {"mask": _mask(mask), "causal": causal, "scale": scale, "window": window,
-            "alibi_slopes": _small(alibi_slopes, "alibi_slopes"), "softcap": softcap,
-            "kv_lengths": _small(kv_lengths, "kv_lengths")}
+    opts = {"causal": causal, "scale": scale, "window": window, "softcap": softcap}
+    # the tensor options only when given (decode calls pass none of them)
+    if mask is not None:
+        opts["mask"] = _mask(mask)
+    if alibi_slopes is not None:
+        opts["alibi_slopes"] = _small(alibi_slopes, "alibi_slopes")
+    if kv_lengths is not None:
+        opts["kv_lengths"] = _small(kv_lengths, "kv_lengths")
+    return opts
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
