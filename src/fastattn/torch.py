@@ -114,7 +114,8 @@ def _small(a: object, name: str) -> object:
 def _options(mask: object, causal: bool | str, scale: float | None,
              window: tuple[int, int] | None, alibi_slopes: object, softcap: float | None,
              kv_lengths: object) -> dict[str, Any]:
-    opts = {"causal": causal, "scale": scale, "window": window, "softcap": softcap}
+    opts: dict[str, Any] = {"causal": causal, "scale": scale, "window": window,
+                            "softcap": softcap}
     # the tensor options only when given (decode calls pass none of them)
     if mask is not None:
         opts["mask"] = _mask(mask)
@@ -130,7 +131,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               scale: float | None = None, window: tuple[int, int] | None = None,
               alibi_slopes: torch.Tensor | None = None, softcap: float | None = None,
               kv_lengths: torch.Tensor | None = None, out: torch.Tensor | None = None,
-              return_lse: bool = False, return_weights: bool = False) -> Result:
+              return_lse: bool = False, return_weights: bool = False,
+              num_threads: int | None = None) -> Result:
     """:func:`fastattn.attention` on CPU tensors, read in place.
 
     Parameters
@@ -148,6 +150,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         As in :func:`fastattn.attention`.
     alibi_slopes, kv_lengths : torch.Tensor, array or None
         As in :func:`fastattn.attention` (small; converted as needed).
+    num_threads : int or None
+        Threads for this call alone, as in :func:`fastattn.attention`.
     out : torch.Tensor or None
         Preallocated result of shape ``(..., Nq, Dv)`` and q's dtype, any
         strides, written in place and returned.
@@ -172,7 +176,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         _check_tensor(out, "out", _FLOAT_DTYPES, "float32, float64, float16 or bfloat16")
         aout = as_numpy(out)
     res = _np_attention(aq, ak, av, out=aout, return_lse=return_lse,
-                        return_weights=return_weights,
+                        return_weights=return_weights, num_threads=num_threads,
                         **_options(mask, causal, scale, window, alibi_slopes, softcap,
                                    kv_lengths))
     if not (return_lse or return_weights):
@@ -185,11 +189,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | 
                       causal: bool | str = False, scale: float | None = None,
                       window: tuple[int, int] | None = None,
                       alibi_slopes: torch.Tensor | None = None, softcap: float | None = None,
-                      kv_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                      kv_lengths: torch.Tensor | None = None,
+                      num_threads: int | None = None) -> torch.Tensor:
     """:func:`fastattn.attention_weights` on CPU tensors: the softmax
     probabilities, shape ``(..., Nq, Nk)`` in q's dtype.  Arguments and
     errors as in :func:`attention`."""
     aq, ak = _operand(q, "q"), _operand(k, "k")
-    w = _np_attention_weights(aq, ak, **_options(mask, causal, scale, window, alibi_slopes,
+    w = _np_attention_weights(aq, ak, num_threads=num_threads, **_options(mask, causal, scale, window, alibi_slopes,
                                                   softcap, kv_lengths))
     return from_numpy(w)
