@@ -195,6 +195,7 @@ def side_by_side(case: str, dtype: str, threads: int, repeat: int) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    global DECODE_STEPS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
@@ -203,7 +204,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decode-steps", type=int, default=DECODE_STEPS,
                    help="decode steps per run (default %(default)s)")
     args = p.parse_args(argv)
-    global DECODE_STEPS
     DECODE_STEPS = args.decode_steps
     register_timed()
     print(f"# {cpu_model()}; fastattn isa={fastattn.info()['isa']}, torch {torch.__version__}, "
