@@ -186,30 +186,42 @@ def side_by_side(case: str, dtype: str, threads: int, repeat: int) -> dict[str, 
             times[b].append(run_once(case, model, b, fn))
     med = {b: (statistics.median(t[0] for t in times[b]),
                statistics.median(t[1] for t in times[b])) for b in BACKENDS}
-    return {"case": case, "dtype": dtype, "threads": threads, **{b: med[b] for b in BACKENDS}}
+    # the ratio within each pair of neighbouring runs: robust to a machine
+    # whose load drifts during the benchmark
+    pairs = [tuple(s[i] / f[i] for i in (0, 1)) for s, f in zip(times["sdpa"], times["fastattn"])]
+    return {"case": case, "dtype": dtype, "threads": threads, **{b: med[b] for b in BACKENDS},
+            "pair_ratios": (statistics.median(p[0] for p in pairs),
+                            statistics.median(p[1] for p in pairs))}
 
 
 def main(argv: list[str] | None = None) -> None:
+    global DECODE_STEPS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--decode-steps", type=int, default=DECODE_STEPS,
+                   help="decode steps per run (default %(default)s)")
     args = p.parse_args(argv)
+    DECODE_STEPS = args.decode_steps
     register_timed()
     print(f"# {cpu_model()}; fastattn isa={fastattn.info()['isa']}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; medians of {args.repeat} alternating runs")
+          f"transformers {transformers.__version__}; medians of {args.repeat} alternating runs; "
+          f"{DECODE_STEPS} decode steps")
+    print("# speed-up: ratio of the medians; per run: median of the ratios of neighbouring runs")
     print("| case | dtype | threads | attention sdpa (ms) | attention fastattn (ms) | speed-up "
-          "| end-to-end sdpa (ms) | end-to-end fastattn (ms) | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| per run | end-to-end sdpa (ms) | end-to-end fastattn (ms) | speed-up | per run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         for case in args.cases:
             for threads in args.threads:
                 r = side_by_side(case, dtype, threads, args.repeat)
                 (ts, as_), (tf, af) = r["sdpa"], r["fastattn"]
+                pe, pa = r["pair_ratios"]
                 print(f"| {case} | {dtype} | {threads} | {as_ * 1e3:.1f} | {af * 1e3:.1f} | "
-                      f"{as_ / af:.2f}x | {ts * 1e3:.0f} | {tf * 1e3:.0f} | {ts / tf:.2f}x |",
-                      flush=True)
+                      f"{as_ / af:.2f}x | {pa:.2f}x | {ts * 1e3:.0f} | {tf * 1e3:.0f} | "
+                      f"{ts / tf:.2f}x | {pe:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

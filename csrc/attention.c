@@ -154,7 +154,8 @@ static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
     char *lse = (char *)p->lse;
     char *w = (char *)p->weights;
     const size_t mes = p->mask_kind == FA_MASK_BOOL ? 1
-                       : p->mask_kind == FA_MASK_ADD_F32 ? 4 : 8;
+                       : p->mask_kind == FA_MASK_ADD_F32 ? 4
+                       : p->mask_kind == FA_MASK_ADD_F64 ? 8 : 2;
     const char *mask = (const char *)p->mask;
 
     int rows = (int)(nvr - vr0 < tile_rows ? nvr - vr0 : tile_rows);

@@ -40,7 +40,9 @@ typedef enum {
     FA_MASK_NONE = 0,
     FA_MASK_BOOL = 1,   /* uint8, nonzero = query may attend key */
     FA_MASK_ADD_F32 = 2, /* float32 added to the scaled scores (-inf allowed) */
-    FA_MASK_ADD_F64 = 3  /* float64 added to the scaled scores (-inf allowed) */
+    FA_MASK_ADD_F64 = 3, /* float64 added to the scaled scores (-inf allowed) */
+    FA_MASK_ADD_F16 = 4, /* IEEE binary16, widened exactly, then added */
+    FA_MASK_ADD_BF16 = 5 /* bfloat16, widened exactly, then added */
 } fa_mask_kind;
 
 /* Arithmetic of the matrix products for float32 inputs (fa_params.precision).

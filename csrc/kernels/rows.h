@@ -297,21 +297,15 @@ FA_INLINE void FA_FN(fa_rows_epilogue_)(const FA_FN(fa_epi_) *e, int nb,
     }
 }
 
-/* Scores of one row for keys [j0, j0 + nb): the dot products, then the
- * score epilogue along the keys (the row's band inside the block is
- * [lo, hi)).  mt receives the row's mask terms. */
-FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int r,
-                                      FA_FN(fa_epi_) *e, const FA_T *q, const FA_KV *kb,
-                                      int64_t j0, int nb, int64_t lo, int64_t hi,
-                                      FA_T *restrict s, FA_T *restrict mt)
+/* The dot products' scale (where they were taken unscaled) and the score
+ * epilogue of one row's nb scores s. */
+FA_INLINE void FA_FN(fa_rows_epi_)(const fa_params *p, const fa_tile *t, int r,
+                                   FA_FN(fa_epi_) *e, int64_t j0, int nb, int64_t lo,
+                                   int64_t hi, FA_T *restrict s, FA_T *restrict mt)
 {
-    const int64_t k_sn = p->k_sn, d = p->d;
-    int j = 0;
-    for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
-    for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
 #if FA_DOT_UNSCALED
     const FA_T c = (FA_T)p->scale;
-    for (j = 0; j < nb; j++) s[j] *= c;
+    for (int j = 0; j < nb; j++) s[j] *= c;
 #endif
     e->band = lo > 0 || hi < nb;
     const int mode = FA_FN(fa_epi_mode_)(e);
@@ -325,6 +319,21 @@ FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int 
 #define FA_RUN(c, a, m, b) FA_FN(fa_rows_epilogue_)(e, nb, &row, s, mt, c, a, m, b)
     FA_EPI_SWITCH(mode, FA_RUN)
 #undef FA_RUN
+}
+
+/* Scores of one row for keys [j0, j0 + nb): the dot products, then the
+ * score epilogue along the keys (the row's band inside the block is
+ * [lo, hi)).  mt receives the row's mask terms. */
+FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int r,
+                                      FA_FN(fa_epi_) *e, const FA_T *q, const FA_KV *kb,
+                                      int64_t j0, int nb, int64_t lo, int64_t hi,
+                                      FA_T *restrict s, FA_T *restrict mt)
+{
+    const int64_t k_sn = p->k_sn, d = p->d;
+    int j = 0;
+    for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
+    for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
+    FA_FN(fa_rows_epi_)(p, t, r, e, j0, nb, lo, hi, s, mt);
 }
 
 /* Online softmax of one row over a block of nb scores (along the keys):
@@ -357,6 +366,123 @@ FA_INLINE FA_T FA_FN(fa_rows_softmax_)(FA_T *restrict s, int nb, FA_T *row_max, 
     *row_max = m_new;
     return a;
 }
+
+#if !FA_KV_I8 /* int8 keys and values take the per-row pass */
+/* ---- grouped rows (GQA decode): the FA_ROWS_MAX rows of a kv head read
+ * each key and value once per block, for all rows, instead of once per
+ * row.  The per-row pass above streams the block from L2 once per row, and
+ * that traffic, not the arithmetic, bounds it.  The arithmetic is the
+ * per-row pass's, in the same order, so the results are bit for bit the
+ * same.  Row r's query is at qs + r * dpad and its scores at sc + r * FA_BK;
+ * rows past t->rows hold a zero query and are never read back. */
+#if FA_DOT_UNSCALED
+FA_INLINE void FA_FN(fa_dot_group_)(const FA_T *restrict qs, int64_t dpad,
+                                    const FA_S *restrict k, int64_t d, FA_T *restrict out)
+{
+    __m512 a[FA_ROWS_MAX];
+    for (int u = 0; u < FA_ROWS_MAX; u++) a[u] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+        const __m512bh kv = (__m512bh)_mm512_loadu_si512((const void *)(k + c));
+#pragma GCC unroll 4
+        for (int u = 0; u < FA_ROWS_MAX; u++)
+            a[u] = _mm512_dpbf16_ps(a[u], (__m512bh)_mm512_loadu_si512(
+                                              (const void *)((const uint16_t *)(qs + u * dpad) + c)),
+                                    kv);
+    }
+    for (int u = 0; u < FA_ROWS_MAX; u++) {
+        const uint16_t *q = (const uint16_t *)(qs + u * dpad);
+        FA_T s = _mm512_reduce_add_ps(a[u]);
+        for (int64_t e = c; e < d; e++) s += fa_bf16_to_f32(q[e]) * fa_bf16_to_f32(k[e]);
+        out[u * FA_BK] = s;
+    }
+}
+#else
+FA_INLINE void FA_FN(fa_dot_group_)(const FA_T *restrict qs, int64_t dpad,
+                                    const FA_S *restrict k, int64_t d, FA_T *restrict out)
+{
+    VT a[FA_ROWS_MAX];
+    for (int u = 0; u < FA_ROWS_MAX; u++) a[u] = VSPLAT(0);
+    int64_t c = 0;
+    for (; c + VL <= d; c += VL) {
+        const VT kv = FA_FN(fa_loads_)(k + c);
+#pragma GCC unroll 4
+        for (int u = 0; u < FA_ROWS_MAX; u++) a[u] += VLOAD(qs + u * dpad + c) * kv;
+    }
+    for (int u = 0; u < FA_ROWS_MAX; u++) {
+        FA_T s = FA_FN(fa_hsum_)(a[u]);
+        for (int64_t e = c; e < d; e++) s += qs[u * dpad + e] * FA_FN(fa_s2t_)(k[e]);
+        out[u * FA_BK] = s;
+    }
+}
+#endif
+
+/* acc[r] = acc[r] * alpha[r] + sum_j p[r][j] * v[j] for every row r (dv
+ * contiguous): each value vector is loaded once for all rows. */
+FA_INLINE void FA_FN(fa_pv_group_)(const FA_T *restrict sc, const FA_S *restrict v,
+                                   int64_t v_sn, int nb, int64_t dv, const FA_T *alpha,
+                                   FA_T *restrict acc, int64_t dvpad)
+{
+    /* CH x R accumulators and CH values in registers (32 with AVX-512, 16 below) */
+    enum { CH = FA_VBYTES >= 64 ? 4 : 2, R = FA_ROWS_MAX };
+    int64_t e = 0;
+    for (; e + CH * VL <= dv; e += CH * VL) {
+        VT a[R][CH];
+#pragma GCC unroll 16
+        for (int i = 0; i < R * CH; i++) a[i / CH][i % CH] = VSPLAT(0);
+        for (int j = 0; j < nb; j++) {
+            VT vv[CH];
+            const FA_S *vr = v + j * v_sn + e;
+#pragma GCC unroll 4
+            for (int u = 0; u < CH; u++) vv[u] = FA_FN(fa_loads_)(vr + u * VL);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const FA_T pj = sc[r * FA_BK + j];
+#pragma GCC unroll 4
+                for (int u = 0; u < CH; u++) a[r][u] += vv[u] * pj;
+            }
+        }
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int u = 0; u < CH; u++) {
+                FA_T *ar = acc + r * dvpad + e + u * VL;
+                VSTORE(ar, VLOAD(ar) * alpha[r] + a[r][u]);
+            }
+    }
+    for (int r = 0; r < R; r++) /* the rest of dv, row by row */
+        FA_FN(fa_pv_rows_)(sc + r * FA_BK, v + e, v_sn, nb, dv - e, alpha[r],
+                           acc + r * dvpad + e);
+}
+
+/* One key block of the grouped pass, when every row of the tile sees some
+ * of it (else the caller takes the per-row pass, which skips a row). */
+FA_INLINE void FA_FN(fa_rows_group_block_)(const fa_params *p, const fa_tile *t,
+                                           FA_FN(fa_epi_) *e, const FA_T *qs, int64_t dpad,
+                                           const FA_S *kb, const FA_S *vb, int64_t j0, int nb,
+                                           FA_T *sc, FA_T *mt, FA_T *row_max, FA_T *row_sum,
+                                           FA_T *acc, int64_t dvpad)
+{
+    FA_T alpha[FA_ROWS_MAX];
+    for (int j = 0; j < nb; j++) FA_FN(fa_dot_group_)(qs, dpad, kb + j * p->k_sn, p->d, sc + j);
+    for (int r = 0; r < FA_ROWS_MAX; r++) {
+        alpha[r] = 1;
+        if (r >= t->rows) continue;
+        const int64_t lo = t->jlo[r] - j0 > 0 ? t->jlo[r] - j0 : 0;
+        const int64_t hi = t->jhi[r] - j0 < nb ? t->jhi[r] - j0 : nb;
+        FA_FN(fa_rows_epi_)(p, t, r, e, j0, nb, lo, hi, sc + r * FA_BK, mt);
+        alpha[r] = FA_FN(fa_rows_softmax_)(sc + r * FA_BK, nb, row_max + r, row_sum + r);
+    }
+    FA_FN(fa_pv_group_)(sc, vb, p->v_sn, nb, p->dv, alpha, acc, dvpad);
+}
+
+/* Whether every row of the tile sees a key of [j0, j0 + nb). */
+FA_INLINE int FA_FN(fa_rows_all_see_)(const fa_tile *t, int64_t j0, int nb)
+{
+    for (int r = 0; r < t->rows; r++)
+        if (t->jhi[r] <= j0 || t->jlo[r] >= j0 + nb || t->jhi[r] <= t->jlo[r]) return 0;
+    return 1;
+}
+#endif /* !FA_KV_I8 */
 
 static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
 {
@@ -391,6 +517,11 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
         row_max[r] = ninf;
         row_sum[r] = 0;
     }
+    const int grouped = !FA_KV_I8 && rows >= 2; /* padded to FA_ROWS_MAX with zero queries */
+    if (grouped) {
+        for (int64_t k = (int64_t)rows * dpad; k < (int64_t)FA_ROWS_MAX * dpad; k++) qs[k] = 0;
+        for (int64_t k = (int64_t)rows * dvpad; k < (int64_t)FA_ROWS_MAX * dvpad; k++) acc[k] = 0;
+    }
 
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
     const FA_KV *kbase = (const FA_KV *)t->k;
@@ -400,6 +531,13 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
 
     for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
         const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+#if !FA_KV_I8
+        if (grouped && FA_FN(fa_rows_all_see_)(t, j0, nb)) {
+            FA_FN(fa_rows_group_block_)(p, t, &e, qs, dpad, kbase + j0 * k_sn, vbase + j0 * v_sn,
+                                        j0, nb, sc, mt, row_max, row_sum, acc, dvpad);
+            continue;
+        }
+#endif
         for (int r = 0; r < rows; r++) {
             /* this row's band inside the block */
             int64_t lo = t->jlo[r] - j0, hi = t->jhi[r] - j0;

@@ -36,10 +36,21 @@ FA_INLINE int FA_FN(fa_mask_terms_)(fa_mask_kind kind, const void *row, int64_t 
             any |= a != ninf;
             dst[j * dst_stride] = a;
         }
-    } else {
+    } else if (kind == FA_MASK_ADD_F64) {
         const double *m = (const double *)row + j0 * sk;
         for (int j = 0; j < nb; j++) {
             const FA_T a = (FA_T)m[j * sk];
+            any |= a != ninf;
+            dst[j * dst_stride] = a;
+        }
+    } else {
+        /* 16-bit masks (transformers builds them in the model's dtype):
+         * widening to float32 is exact, so this equals a float32 copy */
+        const int bf16 = kind == FA_MASK_ADD_BF16;
+        const uint16_t *m = (const uint16_t *)row + j0 * sk;
+        for (int j = 0; j < nb; j++) {
+            const uint16_t h = m[j * sk];
+            const FA_T a = (FA_T)(bf16 ? fa_bf16_to_f32(h) : fa_half_to_f32(h));
             any |= a != ninf;
             dst[j * dst_stride] = a;
         }

@@ -14,6 +14,8 @@ cdef extern from "fastattn.h" nogil:
         FA_MASK_BOOL
         FA_MASK_ADD_F32
         FA_MASK_ADD_F64
+        FA_MASK_ADD_F16
+        FA_MASK_ADD_BF16
     ctypedef int fa_isa
     ctypedef struct fa_params:
         fa_dtype dtype

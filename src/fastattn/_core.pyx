@@ -42,14 +42,16 @@ cdef bint _is_bfloat16(object dtype):
     return dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype.kind == "V"
 
 
-cdef fa_dtype _dtype_code(object dtype):
-    if dtype == np.float64:
+cdef fa_dtype _dtype_code(cnp.ndarray a):
+    """The core's code for an array that passed _as_float_array."""
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT32:
+        return FA_F32
+    if t == cnp.NPY_FLOAT64:
         return FA_F64
-    if dtype == np.float16:
+    if t == cnp.NPY_FLOAT16:
         return FA_F16
-    if _is_bfloat16(dtype):
-        return FA_BF16
-    return FA_F32
+    return FA_BF16
 
 
 cdef cnp.ndarray _as_float_array(object a, str name):
@@ -103,20 +105,56 @@ cdef bint _may_self_overlap(cnp.ndarray a):
     """True unless the strides prove that no two elements of ``a`` share
     memory (sorted by stride, each stride must exceed the extent of the
     dims below it).  Stride-0 views written in place would race."""
-    cdef int i
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), extent
-    dims = [(abs(cnp.PyArray_STRIDES(a)[i]), cnp.PyArray_DIMS(a)[i])
-            for i in range(cnp.PyArray_NDIM(a)) if cnp.PyArray_DIMS(a)[i] > 1]
-    dims.sort()
-    extent = item
-    for stride, n in dims:
-        if stride < extent:
+    cdef Py_ssize_t st[32]
+    cdef Py_ssize_t n[32]
+    cdef Py_ssize_t extent = cnp.PyArray_ITEMSIZE(a), s0, n0
+    cdef int i, j, m = 0
+    for i in range(cnp.PyArray_NDIM(a)):      # insertion sort by |stride|
+        if cnp.PyArray_DIMS(a)[i] <= 1:
+            continue
+        s0, n0 = abs(cnp.PyArray_STRIDES(a)[i]), cnp.PyArray_DIMS(a)[i]
+        j = m
+        while j > 0 and (st[j - 1] > s0 or (st[j - 1] == s0 and n[j - 1] > n0)):
+            st[j], n[j] = st[j - 1], n[j - 1]
+            j -= 1
+        st[j], n[j] = s0, n0
+        m += 1
+    for i in range(m):
+        if st[i] < extent:
             return True
-        extent = stride * n
+        extent = st[i] * n[i]
     return False
 
 
+cdef bint _bounds_disjoint(cnp.ndarray a, cnp.ndarray b):
+    """True when the byte ranges that a and b span do not meet (the test
+    np.may_share_memory makes, without the call)."""
+    cdef Py_ssize_t alo, ahi, blo, bhi
+    if not _byte_range(a, &alo, &ahi) or not _byte_range(b, &blo, &bhi):
+        return True                               # an empty array holds no memory
+    return ahi <= blo or bhi <= alo
+
+
+cdef bint _byte_range(cnp.ndarray a, Py_ssize_t *lo, Py_ssize_t *hi):
+    """[lo, hi): the bytes a spans; False if it has no element."""
+    cdef int i
+    cdef Py_ssize_t n, st
+    lo[0] = <Py_ssize_t>cnp.PyArray_DATA(a)
+    hi[0] = lo[0] + cnp.PyArray_ITEMSIZE(a)
+    for i in range(cnp.PyArray_NDIM(a)):
+        n, st = cnp.PyArray_DIMS(a)[i], cnp.PyArray_STRIDES(a)[i]
+        if n == 0:
+            return False
+        if st < 0:
+            lo[0] += st * (n - 1)
+        else:
+            hi[0] += st * (n - 1)
+    return True
+
+
 cdef bint _overlaps(object a, object b):
+    if isinstance(b, cnp.ndarray) and _bounds_disjoint(<cnp.ndarray>a, <cnp.ndarray>b):
+        return False
     if not np.may_share_memory(a, b):
         return False
     try:
@@ -208,7 +246,10 @@ cdef _set_qkv(_Call c, object q, object k, object v):
     if not int8_kv:
         c.k = _as_float_array(k, "k")
         c.v = _as_float_array(v, "v")
-    if not int8_kv and (c.k.dtype != c.q.dtype or c.v.dtype != c.q.dtype):
+    # equal type numbers: the same dtype (all three are native order now)
+    if not int8_kv and ((cnp.PyArray_TYPE(c.k) != cnp.PyArray_TYPE(c.q)
+            or cnp.PyArray_TYPE(c.v) != cnp.PyArray_TYPE(c.q))
+            and (c.k.dtype != c.q.dtype or c.v.dtype != c.q.dtype)):
         bad, other = ("k", c.k) if c.k.dtype != c.q.dtype else ("v", c.v)
         raise TypeError(f"{bad} has dtype {other.dtype} but q has {c.q.dtype}; "
                         "q, k and v must share one dtype")
@@ -227,7 +268,7 @@ cdef _set_qkv(_Call c, object q, object k, object v):
     _dims4(c.k, c.kd, ks)
     _dims4(c.v, c.vd, vs)
     _check_shapes(c.qd, c.kd, c.vd)
-    c.p.dtype = FA_I8KV if int8_kv else _dtype_code(c.q.dtype)
+    c.p.dtype = FA_I8KV if int8_kv else _dtype_code(c.q)
     c.p.batch, c.p.h_q, c.p.h_kv = c.qd[0], c.qd[1], c.kd[1]
     c.p.n_q, c.p.n_k, c.p.d, c.p.dv = c.qd[2], c.kd[2], c.qd[3], c.vd[3]
     c.p.q = cnp.PyArray_DATA(c.q)
@@ -304,8 +345,9 @@ cdef _set_mask(_Call c, object mask):
     elif t == cnp.NPY_FLOAT64:
         c.p.mask_kind = FA_MASK_ADD_F64
     elif t == cnp.NPY_FLOAT16:
-        m = m.astype(np.float32)
-        c.p.mask_kind = FA_MASK_ADD_F32
+        c.p.mask_kind = FA_MASK_ADD_F16
+    elif _is_bfloat16(m.dtype):
+        c.p.mask_kind = FA_MASK_ADD_BF16
     else:
         raise TypeError(f"mask has dtype {m.dtype}; expected bool (True = may "
                         "attend) or a float dtype (added to the scaled scores)")
@@ -387,10 +429,11 @@ cdef _set_out(_Call c, object out, tuple inputs):
         if (<object>c.out).shape != oshape:
             raise ValueError(f"out has shape {_shape_str((<object>c.out).shape)}; expected "
                              f"{_shape_str(oshape)} (q's leading dims, Nq, Dv)")
-        if c.out.dtype != c.q.dtype:
+        if cnp.PyArray_TYPE(c.out) != cnp.PyArray_TYPE(c.q) or (
+                not cnp.PyArray_ISNOTSWAPPED(c.out) and c.out.dtype != c.q.dtype):
             raise ValueError(f"out has dtype {c.out.dtype}; expected {c.q.dtype}, "
                              "the dtype of q, k and v")
-        if not c.out.flags.writeable:
+        if not cnp.PyArray_ISWRITEABLE(c.out):
             raise ValueError("out is read-only; it must be a writeable array")
         for name, other in zip(("q", "k", "v", "mask"), inputs):
             if other is not None and _overlaps(c.out, other):

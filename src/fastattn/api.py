@@ -18,18 +18,6 @@ from ._threads import call_threads
 __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
 
 
-def _widen_16bit_mask(mask: Any) -> Any:
-    """A float16 or bfloat16 additive mask as float32, which the core reads
-    (transformers builds its masks in the model's dtype).  The copy is the
-    size of the mask's own memory: broadcast (stride 0) dims stay broadcast."""
-    if not (isinstance(mask, np.ndarray) and mask.dtype.itemsize == 2
-            and (mask.dtype == np.float16 or mask.dtype.name == "bfloat16")):
-        return mask
-    own = tuple(slice(0, 1) if st == 0 and n > 1 else slice(None)
-                for st, n in zip(mask.strides, mask.shape))
-    return np.broadcast_to(mask[own].astype(np.float32), mask.shape)
-
-
 def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
               mask: Optional[NDArray[Any]] = None, causal: Union[bool, str] = False,
               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
@@ -54,10 +42,9 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     mask : ndarray or None
         Broadcastable to ``(..., Nq, Nk)`` (q's leading dims).  A bool mask
         keeps ``True`` entries (True = the query may attend the key, as in
-        PyTorch); a float mask is added to the scaled scores (``-inf``
-        hides a key).  Broadcast through strides, never materialized.  A
-        float16 or bfloat16 mask is widened to float32 first (one copy of
-        the mask's own memory; broadcast dims stay broadcast).
+        PyTorch); a float mask (float32, float64, float16 or bfloat16) is
+        added to the scaled scores (``-inf`` hides a key).  Broadcast
+        through strides, never materialized or copied.
     causal : bool or str
         ``False``; ``True`` or ``"bottom_right"``: query i sees key j iff
         ``j <= i + Nk - Nq`` (the last query is aligned with the last key,
@@ -143,7 +130,6 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     raise ``TypeError``; wrong shapes or values raise ``ValueError``; the
     message names the argument.
     """
-    mask = _widen_16bit_mask(mask)
     code = _checks.precision(precision, q)
     threads = call_threads(num_threads)
     # reduced precision: the weights come from a pass of their own, at
@@ -209,8 +195,6 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     >>> fastattn.explain(q, k, v)["kernel"]
     'rows'
     """
-    if "mask" in options:
-        options["mask"] = _widen_16bit_mask(options["mask"])
     if "num_threads" in options:
         options["num_threads"] = call_threads(options["num_threads"])
     requested = options.pop("precision", "highest")
@@ -259,7 +243,6 @@ def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
     _checks.ndarray("k", k)
     # Dv = 0 values: the first pass computes only the lse
     v = np.empty(k.shape[:-1] + (0,), dtype=k.dtype)
-    mask = _widen_16bit_mask(mask)
     _, w = _core.attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
                            alibi_slopes=alibi_slopes, softcap=softcap,
                            kv_lengths=kv_lengths, return_weights=True,

@@ -26,24 +26,31 @@ _np_attention: Callable[..., Any] = api.attention
 _np_attention_weights: Callable[..., Any] = api.attention_weights
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_TORCH_BF16 = torch.bfloat16
 
 Result = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 
+_BF16: list[Any] = []     # ml_dtypes.bfloat16, once imported
+
+
 def _bfloat16() -> Any:
     """ml_dtypes' bfloat16 NumPy dtype (the storage type fastattn reads)."""
-    try:
-        import ml_dtypes
-    except ImportError:  # pragma: no cover - ml_dtypes ships with the torch extra
-        raise TypeError("bfloat16 tensors need the ml_dtypes package (pip install "
-                        "ml_dtypes): fastattn reads them as ml_dtypes.bfloat16 storage") from None
-    return ml_dtypes.bfloat16
+    if not _BF16:
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover - ml_dtypes ships with the torch extra
+            raise TypeError("bfloat16 tensors need the ml_dtypes package (pip install "
+                            "ml_dtypes): fastattn reads them as ml_dtypes.bfloat16 "
+                            "storage") from None
+        _BF16.append(np.dtype(ml_dtypes.bfloat16))
+    return _BF16[0]
 
 
 def _check_tensor(t: object, name: str, dtypes: tuple[torch.dtype, ...], what: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype in dtypes and not t.requires_grad and t.device.type == "cpu" \
+    if t.dtype in dtypes and not t.requires_grad and t.is_cpu \
             and t.layout == torch.strided:
         return t                                    # the common case, checked at once
     if t.layout != torch.strided:
@@ -66,7 +73,7 @@ def as_numpy(t: torch.Tensor) -> np.ndarray[Any, Any]:
     bfloat16 becomes ``ml_dtypes.bfloat16``, bit for bit.  The view keeps
     the tensor's storage alive.
     """
-    if t.dtype == torch.bfloat16:
+    if t.dtype is _TORCH_BF16:                    # dtypes are singletons
         return t.view(torch.int16).numpy().view(_bfloat16())
     return t.numpy()
 
@@ -107,9 +114,16 @@ def _small(a: object, name: str) -> object:
 def _options(mask: object, causal: bool | str, scale: float | None,
              window: tuple[int, int] | None, alibi_slopes: object, softcap: float | None,
              kv_lengths: object) -> dict[str, Any]:
-    return {"mask": _mask(mask), "causal": causal, "scale": scale, "window": window,
-            "alibi_slopes": _small(alibi_slopes, "alibi_slopes"), "softcap": softcap,
-            "kv_lengths": _small(kv_lengths, "kv_lengths")}
+    opts: dict[str, Any] = {"causal": causal, "scale": scale, "window": window,
+                            "softcap": softcap}
+    # the tensor options only when given (decode calls pass none of them)
+    if mask is not None:
+        opts["mask"] = _mask(mask)
+    if alibi_slopes is not None:
+        opts["alibi_slopes"] = _small(alibi_slopes, "alibi_slopes")
+    if kv_lengths is not None:
+        opts["kv_lengths"] = _small(kv_lengths, "kv_lengths")
+    return opts
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -118,7 +132,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               alibi_slopes: torch.Tensor | None = None, softcap: float | None = None,
               kv_lengths: torch.Tensor | None = None, out: torch.Tensor | None = None,
               return_lse: bool = False, return_weights: bool = False,
-              precision: str = "highest") -> Result:
+              num_threads: int | None = None, precision: str = "highest") -> Result:
     """:func:`fastattn.attention` on CPU tensors, read in place.
 
     Parameters
@@ -129,14 +143,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         ``x.transpose(1, 2)`` costs no copy).  k and v may have fewer heads
         than q (grouped-query attention).  They must not require grad.
     mask : torch.Tensor or None
-        bool (True = may attend) or float (added to the scaled scores; a
-        float16 or bfloat16 mask is widened to float32 once, a copy the size
-        of the mask's own memory), broadcastable to ``(..., Nq, Nk)``.
+        bool (True = may attend) or float (float32, float64, float16 or
+        bfloat16, added to the scaled scores), broadcastable to
+        ``(..., Nq, Nk)`` and read in place.
     causal, scale, window, softcap, return_lse, return_weights, precision
         As in :func:`fastattn.attention` (``precision="bf16"`` is the
         counterpart of ``torch.backends.mkldnn.matmul.fp32_precision``).
     alibi_slopes, kv_lengths : torch.Tensor, array or None
         As in :func:`fastattn.attention` (small; converted as needed).
+    num_threads : int or None
+        Threads for this call alone, as in :func:`fastattn.attention`.
     out : torch.Tensor or None
         Preallocated result of shape ``(..., Nq, Dv)`` and q's dtype, any
         strides, written in place and returned.
@@ -161,7 +177,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         _check_tensor(out, "out", _FLOAT_DTYPES, "float32, float64, float16 or bfloat16")
         aout = as_numpy(out)
     res = _np_attention(aq, ak, av, out=aout, return_lse=return_lse,
-                        return_weights=return_weights, precision=precision,
+                        return_weights=return_weights, num_threads=num_threads,
+                        precision=precision,
                         **_options(mask, causal, scale, window, alibi_slopes, softcap,
                                    kv_lengths))
     if not (return_lse or return_weights):
@@ -175,11 +192,13 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | 
                       window: tuple[int, int] | None = None,
                       alibi_slopes: torch.Tensor | None = None, softcap: float | None = None,
                       kv_lengths: torch.Tensor | None = None,
+                      num_threads: int | None = None,
                       precision: str = "highest") -> torch.Tensor:
     """:func:`fastattn.attention_weights` on CPU tensors: the softmax
     probabilities, shape ``(..., Nq, Nk)`` in q's dtype.  Arguments and
     errors as in :func:`attention`."""
     aq, ak = _operand(q, "q"), _operand(k, "k")
-    w = _np_attention_weights(aq, ak, precision=precision, **_options(mask, causal, scale, window, alibi_slopes,
+    w = _np_attention_weights(aq, ak, num_threads=num_threads, precision=precision,
+                              **_options(mask, causal, scale, window, alibi_slopes,
                                                   softcap, kv_lengths))
     return from_numpy(w)

@@ -184,3 +184,20 @@ def test_errors() -> None:
         ft.attention(q, k, v, out=torch.empty(2, 4, 9, 16, requires_grad=True))
     with pytest.raises(ValueError, match="q requires grad"):
         ft.attention_weights(q.clone().requires_grad_(), k)
+
+
+def test_num_threads_per_call() -> None:
+    """num_threads reaches the core: the same bits at 1 and 2 threads (the
+    work split does not depend on the thread count), and bad counts raise."""
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 8, 3, 32, generator=g)
+    k, v = (torch.randn(2, 2, 700, 32, generator=g) for _ in range(2))
+    one = ft.attention(q, k, v, causal=True, num_threads=1)
+    two = ft.attention(q, k, v, causal=True, num_threads=2)
+    assert isinstance(one, torch.Tensor) and torch.equal(one, two)
+    assert torch.equal(ft.attention_weights(q, k, num_threads=1),
+                       ft.attention_weights(q, k, num_threads=2))
+    with pytest.raises(ValueError, match="num_threads"):
+        ft.attention(q, k, v, num_threads=0)
+    with pytest.raises(TypeError, match="num_threads"):
+        ft.attention(q, k, v, num_threads=1.5)  # type: ignore[arg-type]

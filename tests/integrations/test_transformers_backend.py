@@ -296,3 +296,28 @@ def test_errors() -> None:
         fa_hf.attention_forward(module, q.detach(), k, v, None, s_aux=torch.zeros(4))
     out, w = fa_hf.attention_forward(module, q.detach(), k, v, None, is_causal=False)
     assert out.shape == (1, 3, 4, 16) and out.is_contiguous() and w is None
+
+
+@pytest.mark.parametrize("n_q, n_k, threads", [(1, 1100, 1), (512, 512, None)])
+def test_short_calls_run_on_one_thread(monkeypatch: Any, n_q: int, n_k: int,
+                                       threads: Any) -> None:
+    """Decode-size calls ask for one thread (torch's pool may be spinning
+    on the other cores); larger ones leave the thread count to fastattn."""
+    seen: list[Any] = []
+    real = ft.attention
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("num_threads"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fa_hf.fatorch, "attention", spy)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 16, n_q, 128, generator=g)
+    k, v = (torch.randn(1, 4, n_k, 128, generator=g) for _ in range(2))
+    module = torch.nn.Module()
+    out, _ = fa_hf.attention_forward(module, q, k, v, None, scaling=128**-0.5,
+                                     is_causal=True)
+    assert seen == [threads]
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, scale=128**-0.5, is_causal=n_q > 1, enable_gqa=True)
+    assert (out.transpose(1, 2) - ref).abs().max().item() <= 1e-5
