@@ -90,10 +90,13 @@ const fa_kernels FA_KT(FA_ISA_NAME) = {
     .lanes = FA_K3(fa_vec_lanes, f32, FA_ISA_NAME),
 };
 #else
-/* Only the few-row bfloat16 kernel gains from vdpbf16ps (the tile kernel's
- * vectors run along the queries, while vdpbf16ps pairs elements along d). */
+/* The bfloat16 kernels that gain from vdpbf16ps: the few-row kernel's dot
+ * products, and the tile kernel's Q.K^T on pairs along d (see tile.h);
+ * the weights pass shares the tile's scores, so it comes along. */
 const fa_kernels FA_KT(FA_ISA_NAME) = {
-    .kernel = {[FA_FAMILY_ROWS] = {[FA_BF16] = FA_K3(fa_rows, bf16, FA_ISA_NAME)}},
+    .kernel = {[FA_FAMILY_TILE] = {[FA_BF16] = FA_K3(fa_tile, bf16, FA_ISA_NAME)},
+               [FA_FAMILY_ROWS] = {[FA_BF16] = FA_K3(fa_rows, bf16, FA_ISA_NAME)},
+               [FA_FAMILY_WEIGHTS] = {[FA_BF16] = FA_K3(fa_weights, bf16, FA_ISA_NAME)}},
 };
 #endif
 #undef FA_DTYPES
