@@ -18,6 +18,7 @@
  */
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fastattn.h"
@@ -41,7 +42,8 @@ enum {
     FA_CPU_AVX2 = 1 << 0,       /* AVX2, FMA, F16C, OS-saved ymm state */
     FA_CPU_AVX512 = 1 << 1,     /* AVX-512 F/DQ/BW/VL, OS-saved zmm state */
     FA_CPU_AVX512BF16 = 1 << 2, /* vdpbf16ps */
-    FA_CPU_NEON = 1 << 3        /* Advanced SIMD (baseline on aarch64) */
+    FA_CPU_NEON = 1 << 3,       /* Advanced SIMD (baseline on aarch64) */
+    FA_CPU_BF16_TILE = 1 << 4   /* vdpbf16ps beats widening in the tile kernel */
 };
 
 /* The kernel table of an architecture's kernel file, or NULL elsewhere. */
@@ -58,7 +60,8 @@ enum {
 
 extern const fa_kernels fa_kernels_scalar;
 #if FA_X86
-extern const fa_kernels fa_kernels_avx2, fa_kernels_avx512, fa_kernels_avx512bf16;
+extern const fa_kernels fa_kernels_avx2, fa_kernels_avx512, fa_kernels_avx512bf16,
+    fa_kernels_avx512bf16_tile;
 #endif
 #if FA_ARM64
 extern const fa_kernels fa_kernels_neon;
@@ -80,6 +83,8 @@ static const fa_isa_row fa_registry[] = {
     {"neon", NULL, FA_CPU_NEON, FA_ARM64_TABLE(neon)},
     {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16,
      FA_X86_TABLE(avx512bf16)},
+    {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16 | FA_CPU_BF16_TILE,
+     FA_X86_TABLE(avx512bf16_tile)},
 };
 #define FA_REGISTRY_ROWS ((int)(sizeof fa_registry / sizeof fa_registry[0]))
 
@@ -89,6 +94,23 @@ static unsigned long long fa_xgetbv0(void)
     unsigned int lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return ((unsigned long long)hi << 32) | lo;
+}
+
+/* Whether the tile kernel takes bfloat16 Q.K^T on vdpbf16ps: on AMD
+ * (Zen 4/5 issue it at the rate of a 512-bit FMA, so it does two FMAs'
+ * work), not on Intel (on Emerald Rapids it issues at a quarter of the
+ * FMA's rate, so it does half the work per cycle: measured 0.78x the
+ * speed of widening).  The environment
+ * variable FASTATTN_BF16_TILE=pairs or =widen overrides the vendor rule
+ * (the per-ISA tests run the pairs on any CPU with the instruction). */
+static unsigned fa_bf16_tile_pays(void)
+{
+    const char *env = getenv("FASTATTN_BF16_TILE");
+    if (env && strcmp(env, "pairs") == 0) return FA_CPU_BF16_TILE;
+    if (env && strcmp(env, "widen") == 0) return 0;
+    unsigned int a, b, c, d;
+    /* vendor "AuthenticAMD": ebx "Auth" */
+    return __get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u ? FA_CPU_BF16_TILE : 0;
 }
 
 static unsigned fa_probe_cpu(void)
@@ -107,6 +129,7 @@ static unsigned fa_probe_cpu(void)
     if (avx512 && (xcr0 & 0xE0) == 0xE0) f |= FA_CPU_AVX512; /* opmask, zmm0-15, zmm16-31 */
     /* AVX512-BF16: leaf 7, subleaf 1, eax bit 5 */
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) f |= FA_CPU_AVX512BF16;
+    if (f & FA_CPU_AVX512BF16) f |= fa_bf16_tile_pays();
     return f;
 }
 #else
