@@ -19,8 +19,12 @@
 #define FA_VMAX_PD(a, b) _mm512_max_pd((__m512d)(a), (__m512d)(b))
 /* 14-bit reciprocal estimate (the soft cap's tanh refines it). */
 #define FA_VRCP_PS(x) _mm512_rcp14_ps((__m512)(x))
-/* p * 2^n in one instruction (the softmax's exp2; see vec.h). */
-#define FA_VSCALEF_PS(p, n) _mm512_scalef_ps((__m512)(p), (__m512)(n))
+/* p * 2^n in one instruction (the softmax's exp2; see vec.h), +0 where
+ * n == -127 (the clamp) and NaN where n is NaN. */
+#define FA_VSCALEF_PS(p, n)                                                          \
+    _mm512_maskz_scalef_ps(                                                          \
+        _mm512_cmp_ps_mask((__m512)(n), _mm512_set1_ps(-127.0f), _CMP_NEQ_UQ), (__m512)(p), \
+        (__m512)(n))
 
 #define FA_ISA_NAME avx512
 #define FA_VBYTES 64

@@ -18,7 +18,10 @@
 #define FA_VMAX_PS(a, b) _mm512_max_ps((__m512)(a), (__m512)(b))
 #define FA_VMAX_PD(a, b) _mm512_max_pd((__m512d)(a), (__m512d)(b))
 #define FA_VRCP_PS(x) _mm512_rcp14_ps((__m512)(x))
-#define FA_VSCALEF_PS(p, n) _mm512_scalef_ps((__m512)(p), (__m512)(n))
+#define FA_VSCALEF_PS(p, n)                                                          \
+    _mm512_maskz_scalef_ps(                                                          \
+        _mm512_cmp_ps_mask((__m512)(n), _mm512_set1_ps(-127.0f), _CMP_NEQ_UQ), (__m512)(p), \
+        (__m512)(n))
 
 #define FA_ISA_NAME avx512bf16
 #define FA_VBYTES 64

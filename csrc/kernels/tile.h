@@ -93,6 +93,21 @@ FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb, const int pairs,
     }
 }
 
+/* The part [x, n) of a row of micro-tiles that does not fill a block of
+ * `full`, as CALL(4), CALL(2), CALL(1) at x (x advances). */
+#define FA_REST_421(full, x, n, CALL)            \
+    do {                                         \
+        if ((full) > 4 && (n) - (x) >= 4) {      \
+            CALL(4);                             \
+            (x) += 4;                            \
+        }                                        \
+        if ((full) > 2 && (n) - (x) >= 2) {      \
+            CALL(2);                             \
+            (x) += 2;                            \
+        }                                        \
+        if ((n) - (x) >= 1) CALL(1);             \
+    } while (0)
+
 /*
  * The keys of a row of micro-tiles that do not fill FA_QK_JB, in calls of
  * 4, 2 and 1 keys.  A one-key call has only ib independent FMA chains:
@@ -108,15 +123,7 @@ FA_INLINE void FA_FN(fa_qk_rest_)(const int ib, const int pairs, int j, int nb,
 #define FA_QK_CALL(jb)                                                                \
     FA_FN(fa_qk_micro_)(ib, jb, pairs, qt, k + j * k_sn, k_sn, k_sd, d, sc, st + j * FA_BQ, \
                         bmax)
-    if (FA_QK_JB > 4 && nb - j >= 4) {
-        FA_QK_CALL(4);
-        j += 4;
-    }
-    if (FA_QK_JB > 2 && nb - j >= 2) {
-        FA_QK_CALL(2);
-        j += 2;
-    }
-    if (nb - j >= 1) FA_QK_CALL(1);
+    FA_REST_421(FA_QK_JB, j, nb, FA_QK_CALL);
 #undef FA_QK_CALL
 }
 
@@ -192,15 +199,7 @@ FA_INLINE void FA_FN(fa_pv_rest_)(const int ib, int64_t e, int64_t dv, const FA_
 {
 #define FA_PV_CALL(eb) \
     FA_FN(fa_pv_micro_)(ib, eb, pt, v + e * v_sd, v_sn, v_sd, nb, alpha, ot + e * FA_BQ)
-    if (FA_PV_EB > 4 && dv - e >= 4) {
-        FA_PV_CALL(4);
-        e += 4;
-    }
-    if (FA_PV_EB > 2 && dv - e >= 2) {
-        FA_PV_CALL(2);
-        e += 2;
-    }
-    if (dv - e >= 1) FA_PV_CALL(1);
+    FA_REST_421(FA_PV_EB, e, dv, FA_PV_CALL);
 #undef FA_PV_CALL
 }
 
@@ -643,3 +642,4 @@ static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scrat
         }
 }
 #undef FA_BLOCK
+#undef FA_REST_421

@@ -16,7 +16,8 @@
  *   FA_VMAX_PS / FA_VMAX_PD  a native lane max (the generic select costs
  *                            three instructions)
  *   FA_VRCP_PS               a float32 reciprocal estimate (tanh refines it)
- *   FA_VSCALEF_PS            p * 2^n for float32 p and integral n (exp2)
+ *   FA_VSCALEF_PS            p * 2^n for float32 p and integral n, +0
+ *                            where n == -127 (exp2)
  */
 
 #define VL ((int)(FA_VBYTES / sizeof(FA_T)))
@@ -193,11 +194,11 @@ FA_INLINE VT FA_FN(fa_exp2_)(VT x)
     p = p * f + VSPLAT(1.0f);
 #ifdef FA_VSCALEF_PS
     /* p * 2^n in one instruction instead of three (integer add, shift,
-     * multiply): on Intel every 512-bit vector instruction issues to one of
-     * the two FMA ports, so the softmax's instructions take issue slots from
-     * the dot products.  The same values, except at n = -127, where the
-     * form below gives +0 and this one p * 2^-127, subnormal: flushed to
-     * +0 too while a call runs (FTZ), unless subnormals are kept. */
+     * multiply), plus a compare for the clamped lanes: on Intel every
+     * 512-bit vector instruction issues to one of the two FMA ports, so the
+     * softmax's instructions take issue slots from the dot products.  The
+     * same values bit for bit: one rounding of the exact product, +0 at
+     * n = -127. */
     return (VT)FA_VSCALEF_PS(p, n);
 #else
     /* unsigned lanes: a NaN lane's garbage must not be a signed overflow */
