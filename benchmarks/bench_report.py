@@ -503,7 +503,10 @@ def run_case(case: BenchCase, threads: int, rounds: int, q, k, v, torch, peak: f
         entry["pct_of_peak"] = 100.0 * entry["gflops"] / (peak * threads)
         entry["gbps"] = case.kv_bytes / t / 1e9
     summary = "  ".join(f"{n} {fmt_ms(e['median_s'])} ms" for n, e in results.items())
-    print(f"  {case.name:<28} t{threads}: {summary}  "
+    fast = results["fastattn"]
+    vs_torch = fmt_ratio(_median(results, "torch"), fast["median_s"])
+    print(f"  {case.name:<28} t{threads}: {summary}  | fastattn {fast['gflops']:.1f} GFLOP/s "
+          f"{fast['pct_of_peak']:.0f}% of peak, {vs_torch} vs torch  "
           f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
     return {
         "case": case.name, "label": case.label, "B": case.B, "H": case.H,

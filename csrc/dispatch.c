@@ -29,6 +29,7 @@
  */
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fastattn.h"
@@ -55,7 +56,8 @@ enum {
     FA_CPU_AVX512BF16 = 1 << 2, /* vdpbf16ps */
     FA_CPU_NEON = 1 << 3,       /* Advanced SIMD (baseline on aarch64) */
     FA_CPU_AMX = 1 << 4,        /* AMX-TILE + AMX-BF16, OS-enabled tile state */
-    FA_CPU_AVX512VNNI = 1 << 5  /* vpdpbusd (int8 decode) */
+    FA_CPU_AVX512VNNI = 1 << 5, /* vpdpbusd (int8 decode) */
+    FA_CPU_BF16_TILE = 1 << 6   /* vdpbf16ps beats widening in the tile kernel */
 };
 
 /* The kernel table of an architecture's kernel file, or NULL elsewhere. */
@@ -72,7 +74,8 @@ enum {
 
 extern const fa_kernels fa_kernels_scalar;
 #if FA_X86
-extern const fa_kernels fa_kernels_avx2, fa_kernels_avx512, fa_kernels_avx512bf16;
+extern const fa_kernels fa_kernels_avx2, fa_kernels_avx512, fa_kernels_avx512bf16,
+    fa_kernels_avx512bf16_tile;
 extern const fa_kernels fa_kernels_amx, fa_kernels_amx_emu;
 extern const fa_kernels fa_kernels_avx512vnni;
 #endif
@@ -98,6 +101,8 @@ static const fa_isa_row fa_registry[] = {
     {"neon", NULL, FA_CPU_NEON, FA_ARM64_TABLE(neon)},
     {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16,
      FA_X86_TABLE(avx512bf16)},
+    {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16 | FA_CPU_BF16_TILE,
+     FA_X86_TABLE(avx512bf16_tile)},
     {"amx", NULL, FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16 | FA_CPU_AMX,
      FA_X86_TABLE(amx), "avx512", 0},
     {"amx_emu", NULL, FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16, FA_X86_TABLE(amx_emu),
@@ -113,6 +118,23 @@ static unsigned long long fa_xgetbv0(void)
     unsigned int lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return ((unsigned long long)hi << 32) | lo;
+}
+
+/* Whether the tile kernel takes bfloat16 Q.K^T on vdpbf16ps: on AMD
+ * (Zen 4/5 issue it at the rate of a 512-bit FMA, so it does two FMAs'
+ * work), not on Intel (on Emerald Rapids it issues at a quarter of the
+ * FMA's rate, so it does half the work per cycle: measured 0.78x the
+ * speed of widening).  The environment
+ * variable FASTATTN_BF16_TILE=pairs or =widen overrides the vendor rule
+ * (the per-ISA tests run the pairs on any CPU with the instruction). */
+static unsigned fa_bf16_tile_pays(void)
+{
+    const char *env = getenv("FASTATTN_BF16_TILE");
+    if (env && strcmp(env, "pairs") == 0) return FA_CPU_BF16_TILE;
+    if (env && strcmp(env, "widen") == 0) return 0;
+    unsigned int a, b, c, d;
+    /* vendor "AuthenticAMD": ebx "Auth" */
+    return __get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u ? FA_CPU_BF16_TILE : 0;
 }
 
 static unsigned fa_probe_cpu(void)
@@ -132,6 +154,7 @@ static unsigned fa_probe_cpu(void)
     if ((c >> 11) & 1) f |= FA_CPU_AVX512VNNI; /* leaf 7, ecx bit 11 */
     /* AVX512-BF16: leaf 7, subleaf 1, eax bit 5 */
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) f |= FA_CPU_AVX512BF16;
+    if (f & FA_CPU_AVX512BF16) f |= fa_bf16_tile_pays();
     /* the tiles: cpuid and XCR0 only; the permission comes at first use */
     fa_amx_facts facts;
     const char *why;

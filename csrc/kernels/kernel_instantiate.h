@@ -112,11 +112,23 @@ const fa_kernels FA_KT(FA_ISA_NAME) = {
     .lanes = FA_K3(fa_vec_lanes, f32, FA_ISA_NAME),
 };
 #else
-/* Only the few-row bfloat16 kernel gains from vdpbf16ps (the tile kernel's
- * vectors run along the queries, while vdpbf16ps pairs elements along d). */
+/* The bfloat16 kernels that use vdpbf16ps, in two tables because they pay
+ * off on different CPUs (dispatch.c's registry decides): the few-row
+ * kernel's dot products (memory-bound decode: wherever the instruction
+ * exists), and the tile kernel's Q.K^T on pairs along d (see tile.h), with
+ * the weights pass that shares its scores: only where vdpbf16ps issues at
+ * the rate of an FMA, doing the work of two. */
 const fa_kernels FA_KT(FA_ISA_NAME) = {
     .kernel = {[FA_FAMILY_ROWS] = {[FA_BF16] = FA_K3(fa_rows, bf16, FA_ISA_NAME)}},
 };
+#define FA_KT_TILE_(isa) fa_kernels_##isa##_tile
+#define FA_KT_TILE(isa) FA_KT_TILE_(isa)
+const fa_kernels FA_KT_TILE(FA_ISA_NAME) = {
+    .kernel = {[FA_FAMILY_TILE] = {[FA_BF16] = FA_K3(fa_tile, bf16, FA_ISA_NAME)},
+               [FA_FAMILY_WEIGHTS] = {[FA_BF16] = FA_K3(fa_weights, bf16, FA_ISA_NAME)}},
+};
+#undef FA_KT_TILE
+#undef FA_KT_TILE_
 #endif
 #undef FA_DTYPES
 #undef FA_K3

@@ -16,17 +16,37 @@
  * columns for P.V.
  */
 
+#if defined(FA_BF16DP) && FA_S_KIND == 2
+/* bfloat16 pairs (the AVX512-BF16 variant): Q^T is packed as raw,
+ * unscaled bfloat16 pairs along d, one 32-bit word per lane, and each key
+ * is read as the same pairs, broadcast: vdpbf16ps adds both products of a
+ * pair (exact, in float32) to the lane's float32 sum, so one instruction
+ * does the work of two FMAs and K is never widened.  The scale is applied
+ * to the finished sums. */
+#define FA_QK_PAIRS 1
+FA_INLINE VT FA_FN(fa_qk_pair_)(VT acc, VT q, const FA_T *kword)
+{
+    int32_t u;
+    __builtin_memcpy(&u, kword, sizeof u);
+    return (VT)_mm512_dpbf16_ps((__m512)acc, (__m512bh)q, (__m512bh)_mm512_set1_epi32(u));
+}
+#else
+#define FA_QK_PAIRS 0
+#endif
+
 /*
  * Q.K^T micro-kernel: scores of ib query vectors against jb keys, summed
  * over all d, accumulated in ib*jb vector registers.  Per d: ib vector loads
  * of the packed Q^T and jb scalar broadcasts of K (an FMA with a memory
- * broadcast operand on AVX-512).  ib, jb and k_sd are compile-time
- * constants after inlining, so the loops unroll into registers.
+ * broadcast operand on AVX-512).  ib, jb, k_sd and pairs are compile-time
+ * constants after inlining, so the loops unroll into registers.  With
+ * pairs (see FA_QK_PAIRS), qt, k, k_sn and d count 32-bit bfloat16 pairs
+ * and the sums are multiplied by sc.
  */
-FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb,
+FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb, const int pairs,
                                    const FA_T *restrict qt,
                                    const FA_T *restrict k, int64_t k_sn,
-                                   const int64_t k_sd, int64_t d,
+                                   const int64_t k_sd, int64_t d, FA_T sc,
                                    FA_T *restrict st, FA_T *restrict bmax)
 {
     VT acc[FA_QK_IB][FA_QK_JB];
@@ -43,6 +63,14 @@ FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb,
         for (int i = 0; i < ib; i++) qv[i] = VLOAD(qt + c * FA_BQ + i * VL);
 #pragma GCC unroll 16
         for (int j = 0; j < jb; j++) {
+#if FA_QK_PAIRS
+            if (pairs) {
+#pragma GCC unroll 16
+                for (int i = 0; i < ib; i++)
+                    acc[i][j] = FA_FN(fa_qk_pair_)(acc[i][j], qv[i], krow[j] + c);
+                continue;
+            }
+#endif
             const FA_T kv = krow[j][c * k_sd];
 #pragma GCC unroll 16
             for (int i = 0; i < ib; i++) acc[i][j] += qv[i] * kv;
@@ -51,7 +79,10 @@ FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb,
 #pragma GCC unroll 16
     for (int j = 0; j < jb; j++)
 #pragma GCC unroll 16
-        for (int i = 0; i < ib; i++) VSTORE(st + j * FA_BQ + i * VL, acc[i][j]);
+        for (int i = 0; i < ib; i++) {
+            if (pairs) acc[i][j] *= VSPLAT(sc);
+            VSTORE(st + j * FA_BQ + i * VL, acc[i][j]);
+        }
     /* The block's row max, while the scores are still in registers. */
 #pragma GCC unroll 16
     for (int i = 0; i < ib; i++) {
@@ -62,31 +93,61 @@ FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb,
     }
 }
 
-/* Scores of nv query vectors against nb keys starting at k. */
-FA_INLINE void FA_FN(fa_qk_tile_)(int nv, int nb, const FA_T *qt,
-                                  const FA_T *k, int64_t k_sn,
-                                  const int64_t k_sd, int64_t d, FA_T *st,
+/* The part [x, n) of a row of micro-tiles that does not fill a block of
+ * `full`, as CALL(4), CALL(2), CALL(1) at x (x advances). */
+#define FA_REST_421(full, x, n, CALL)            \
+    do {                                         \
+        if ((full) > 4 && (n) - (x) >= 4) {      \
+            CALL(4);                             \
+            (x) += 4;                            \
+        }                                        \
+        if ((full) > 2 && (n) - (x) >= 2) {      \
+            CALL(2);                             \
+            (x) += 2;                            \
+        }                                        \
+        if ((n) - (x) >= 1) CALL(1);             \
+    } while (0)
+
+/*
+ * The keys of a row of micro-tiles that do not fill FA_QK_JB, in calls of
+ * 4, 2 and 1 keys.  A one-key call has only ib independent FMA chains:
+ * with two FMA ports of latency 4 (Intel) it needs 8 to keep both busy,
+ * so 64 keys as 10 x 6 + 4 x 1 ran the last 4 at half rate.  The order
+ * of the sum over d of each score is the same in every call.
+ */
+FA_INLINE void FA_FN(fa_qk_rest_)(const int ib, const int pairs, int j, int nb,
+                                  const FA_T *qt, const FA_T *k, int64_t k_sn,
+                                  const int64_t k_sd, int64_t d, FA_T sc, FA_T *st,
                                   FA_T *bmax)
+{
+#define FA_QK_CALL(jb)                                                                \
+    FA_FN(fa_qk_micro_)(ib, jb, pairs, qt, k + j * k_sn, k_sn, k_sd, d, sc, st + j * FA_BQ, \
+                        bmax)
+    FA_REST_421(FA_QK_JB, j, nb, FA_QK_CALL);
+#undef FA_QK_CALL
+}
+
+/* Scores of nv query vectors against nb keys starting at k. */
+FA_INLINE void FA_FN(fa_qk_tile_)(int nv, int nb, const int pairs, const FA_T *qt,
+                                  const FA_T *k, int64_t k_sn, const int64_t k_sd,
+                                  int64_t d, FA_T sc, FA_T *st, FA_T *bmax)
 {
     int iv = 0;
     for (; iv + FA_QK_IB <= nv; iv += FA_QK_IB) {
         int j = 0;
         for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
-            FA_FN(fa_qk_micro_)(FA_QK_IB, FA_QK_JB, qt + iv * VL,
-                                k + j * k_sn, k_sn, k_sd, d,
-                                st + j * FA_BQ + iv * VL, bmax + iv * VL);
-        for (; j < nb; j++)
-            FA_FN(fa_qk_micro_)(FA_QK_IB, 1, qt + iv * VL, k + j * k_sn,
-                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
+            FA_FN(fa_qk_micro_)(FA_QK_IB, FA_QK_JB, pairs, qt + iv * VL, k + j * k_sn, k_sn,
+                                k_sd, d, sc, st + j * FA_BQ + iv * VL, bmax + iv * VL);
+        FA_FN(fa_qk_rest_)(FA_QK_IB, pairs, j, nb, qt + iv * VL, k, k_sn, k_sd, d, sc,
+                           st + iv * VL, bmax + iv * VL);
     }
     for (; iv < nv; iv++) {
         int j = 0;
         for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
-            FA_FN(fa_qk_micro_)(1, FA_QK_JB, qt + iv * VL, k + j * k_sn,
-                                k_sn, k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
-        for (; j < nb; j++)
-            FA_FN(fa_qk_micro_)(1, 1, qt + iv * VL, k + j * k_sn, k_sn,
-                                k_sd, d, st + j * FA_BQ + iv * VL, bmax + iv * VL);
+            FA_FN(fa_qk_micro_)(1, FA_QK_JB, pairs, qt + iv * VL, k + j * k_sn, k_sn, k_sd, d,
+                                sc, st + j * FA_BQ + iv * VL, bmax + iv * VL);
+        FA_FN(fa_qk_rest_)(1, pairs, j, nb, qt + iv * VL, k, k_sn, k_sd, d, sc, st + iv * VL,
+                           bmax + iv * VL);
     }
 }
 
@@ -130,6 +191,18 @@ FA_INLINE void FA_FN(fa_pv_micro_)(const int ib, const int eb,
     }
 }
 
+/* The value columns e.. that do not fill FA_PV_EB, in calls of 4, 2 and
+ * 1 columns (as fa_qk_rest_, for the same reason). */
+FA_INLINE void FA_FN(fa_pv_rest_)(const int ib, int64_t e, int64_t dv, const FA_T *pt,
+                                  const FA_T *v, int64_t v_sn, const int64_t v_sd, int nb,
+                                  const FA_T *alpha, FA_T *ot)
+{
+#define FA_PV_CALL(eb) \
+    FA_FN(fa_pv_micro_)(ib, eb, pt, v + e * v_sd, v_sn, v_sd, nb, alpha, ot + e * FA_BQ)
+    FA_REST_421(FA_PV_EB, e, dv, FA_PV_CALL);
+#undef FA_PV_CALL
+}
+
 FA_INLINE void FA_FN(fa_pv_tile_)(int nv, int nb, const FA_T *pt,
                                   const FA_T *v, int64_t v_sn,
                                   const int64_t v_sd, int64_t dv,
@@ -142,10 +215,8 @@ FA_INLINE void FA_FN(fa_pv_tile_)(int nv, int nb, const FA_T *pt,
             FA_FN(fa_pv_micro_)(FA_PV_IB, FA_PV_EB, pt + iv * VL,
                                 v + e * v_sd, v_sn, v_sd, nb, alpha + iv * VL,
                                 ot + e * FA_BQ + iv * VL);
-        for (; e < dv; e++)
-            FA_FN(fa_pv_micro_)(FA_PV_IB, 1, pt + iv * VL, v + e * v_sd,
-                                v_sn, v_sd, nb, alpha + iv * VL,
-                                ot + e * FA_BQ + iv * VL);
+        FA_FN(fa_pv_rest_)(FA_PV_IB, e, dv, pt + iv * VL, v, v_sn, v_sd, nb, alpha + iv * VL,
+                           ot + iv * VL);
     }
     for (; iv < nv; iv++) {
         int64_t e = 0;
@@ -153,10 +224,8 @@ FA_INLINE void FA_FN(fa_pv_tile_)(int nv, int nb, const FA_T *pt,
             FA_FN(fa_pv_micro_)(1, FA_PV_EB, pt + iv * VL, v + e * v_sd,
                                 v_sn, v_sd, nb, alpha + iv * VL,
                                 ot + e * FA_BQ + iv * VL);
-        for (; e < dv; e++)
-            FA_FN(fa_pv_micro_)(1, 1, pt + iv * VL, v + e * v_sd, v_sn,
-                                v_sd, nb, alpha + iv * VL,
-                                ot + e * FA_BQ + iv * VL);
+        FA_FN(fa_pv_rest_)(1, e, dv, pt + iv * VL, v, v_sn, v_sd, nb, alpha + iv * VL,
+                           ot + iv * VL);
     }
 }
 
@@ -228,7 +297,24 @@ typedef struct {
     FA_T *slope, *pos, *lo, *hi; /* per lane, relative to the block */
     FA_T *kc, *vc;               /* widened key and value blocks (16-bit types) */
     int nv, lanes;
+    int pairs; /* Q.K^T on bfloat16 pairs (FA_QK_PAIRS; d and the key stride even) */
 } FA_FN(fa_scr_);
+
+#if FA_QK_PAIRS
+/* Pack Q^T as raw bfloat16 pairs: word c of lane r holds q[r][2c] (low
+ * half) and q[r][2c + 1]; lanes >= rows are zero. */
+static void FA_FN(fa_pack_q_pairs_)(const fa_tile *t, int64_t d, int64_t q_sd, int lanes,
+                                    FA_T *restrict qt)
+{
+    for (int r = 0; r < lanes; r++) {
+        const FA_S *q = r < t->rows ? (const FA_S *)t->q_row[r] : NULL;
+        for (int64_t c = 0; c < d / 2; c++) {
+            const uint32_t word = q ? (uint32_t)q[2 * c * q_sd] | (uint32_t)q[(2 * c + 1) * q_sd] << 16 : 0;
+            __builtin_memcpy(qt + c * FA_BQ + r, &word, sizeof word);
+        }
+    }
+}
+#endif
 
 FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile *t,
                                                void *scratch)
@@ -253,7 +339,13 @@ FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile
     w.kc = base + s.kc;
     w.vc = base + s.vc;
 
-    FA_FN(fa_pack_q_)(t, p->d, p->q_sd, (FA_T)p->scale, w.lanes, w.qt);
+    w.pairs = FA_QK_PAIRS && p->k_sd == 1 && p->d % 2 == 0 && p->k_sn % 2 == 0;
+#if FA_QK_PAIRS
+    if (w.pairs)
+        FA_FN(fa_pack_q_pairs_)(t, p->d, p->q_sd, w.lanes, w.qt);
+    else
+#endif
+        FA_FN(fa_pack_q_)(t, p->d, p->q_sd, (FA_T)p->scale, w.lanes, w.qt);
     for (int r = 0; r < w.lanes; r++) {
         w.slope[r] = r < t->rows ? (FA_T)t->slope[r] : (FA_T)0;
         w.pos[r] = 0;
@@ -315,10 +407,12 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
     const int nv = w->nv;
     FA_T *st = w->st, *bmax = w->bmax;
     for (int i = 0; i < nv; i++) VSTORE(bmax + i * VL, VSPLAT(-(FA_T)__builtin_inf()));
-    if (k_sd == 1)
-        FA_FN(fa_qk_tile_)(nv, nb, w->qt, kb, k_sn, 1, p->d, st, bmax);
+    if (FA_QK_PAIRS && w->pairs)
+        FA_FN(fa_qk_tile_)(nv, nb, 1, w->qt, kb, k_sn, 1, p->d / 2, (FA_T)p->scale, st, bmax);
+    else if (k_sd == 1)
+        FA_FN(fa_qk_tile_)(nv, nb, 0, w->qt, kb, k_sn, 1, p->d, 0, st, bmax);
     else
-        FA_FN(fa_qk_tile_)(nv, nb, w->qt, kb, k_sn, k_sd, p->d, st, bmax);
+        FA_FN(fa_qk_tile_)(nv, nb, 0, w->qt, kb, k_sn, k_sd, p->d, 0, st, bmax);
 
     e->band = band;
     const int mode = FA_FN(fa_epi_mode_)(e);
@@ -336,15 +430,15 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
 /* The key block's rows as compute-type pointers (widened for 16-bit;
  * int8 ones dequantized, see quant.h). */
 #if FA_KV_I8
-#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd)            \
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, key, out_ptr, out_sn, out_sd)            \
     do {                                                                           \
-        FA_FN(fa_dequant_rows_)(p, t, base, j0, sn, sd, nb, n, buf, (buf) == w.kc); \
+        FA_FN(fa_dequant_rows_)(p, t, base, j0, sn, sd, nb, n, buf, key);            \
         out_ptr = (buf);                                                           \
         out_sn = (n);                                                              \
         out_sd = 1;                                                                \
     } while (0)
 #elif FA_S_KIND != 0
-#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd) \
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, key, out_ptr, out_sn, out_sd) \
     do {                                                                 \
         FA_FN(fa_widen_rows_)((base) + (j0) * (sn), sn, sd, nb, n, buf); \
         out_ptr = (buf);                                                 \
@@ -352,7 +446,7 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
         out_sd = 1;                                                      \
     } while (0)
 #else
-#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, out_ptr, out_sn, out_sd) \
+#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, key, out_ptr, out_sn, out_sd) \
     do {                                                                 \
         (void)(n);                                                       \
         out_ptr = (base) + (j0) * (sn);                                  \
@@ -361,13 +455,38 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
     } while (0)
 #endif
 
+/* The key block at j0 as fa_block_scores_ reads it: the raw bfloat16
+ * pairs (strides in 32-bit words) for the pair path, else compute-type
+ * rows. */
+FA_INLINE const FA_T *FA_FN(fa_key_block_)(const fa_params *p, const fa_tile *t,
+                                           const FA_FN(fa_scr_) *w, int64_t j0, int nb,
+                                           int64_t *k_sn, int64_t *k_sd)
+{
+    const FA_KV *kbase = (const FA_KV *)t->k;
+    const FA_T *kb;
+    if (FA_QK_PAIRS && w->pairs) {
+        *k_sn = p->k_sn / 2;
+        *k_sd = 1;
+        return (const FA_T *)(const void *)(kbase + j0 * p->k_sn);
+    }
+    FA_BLOCK(kbase, j0, p->k_sn, p->k_sd, nb, p->d, w->kc, 1, kb, *k_sn, *k_sd);
+    return kb;
+}
+
 /* Online softmax of one key block, one lane per query row: the new running
  * max (taken again from the scores when the epilogue changed them), the
  * probabilities in place of the scores, the running sum, and each lane's
- * rescale factor alpha for the accumulator. */
+ * rescale factor alpha for the accumulator.  The key loop is outside the
+ * query-vector loop: each exp2 is a chain of about 14 dependent
+ * instructions, and nv independent chains side by side in program order
+ * keep both FMA ports busy without relying on a deep scheduler (the sums
+ * are the same, in the same order). */
+#define FA_SOFTMAX_NV (FA_BQ / VL)
 FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int rescan)
 {
-    for (int i = 0; i < w->nv; i++) {
+    VT m_ref[FA_SOFTMAX_NV], sum[FA_SOFTMAX_NV];
+    const int nv = w->nv;
+    for (int i = 0; i < nv; i++) {
         const VT m_old = VLOAD(w->row_max + i * VL);
         VT m_new = m_old;
         if (rescan) {
@@ -376,20 +495,34 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
         } else {
             m_new = FA_FN(fa_vmax_)(VLOAD(w->bmax + i * VL), m_new);
         }
-        const VT m_ref = FA_FN(fa_softmax_ref_)(m_new);
-        const VT a = FA_FN(fa_softmax_exp_)(m_old, m_ref);
-        VT sum = VSPLAT(0);
-        for (int j = 0; j < nb; j++) {
-            FA_T *sp = w->st + j * FA_BQ + i * VL;
-            const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(sp), m_ref);
-            VSTORE(sp, pj);
-            sum += pj;
-        }
-        VSTORE(w->row_sum + i * VL, VLOAD(w->row_sum + i * VL) * a + sum);
+        m_ref[i] = FA_FN(fa_softmax_ref_)(m_new);
+        VSTORE(w->alpha + i * VL, FA_FN(fa_softmax_exp_)(m_old, m_ref[i]));
         VSTORE(w->row_max + i * VL, m_new);
-        VSTORE(w->alpha + i * VL, a);
+        sum[i] = VSPLAT(0);
     }
+    if (nv == FA_SOFTMAX_NV) {
+        for (int j = 0; j < nb; j++)
+#pragma GCC unroll 16
+            for (int i = 0; i < FA_SOFTMAX_NV; i++) {
+                FA_T *sp = w->st + j * FA_BQ + i * VL;
+                const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(sp), m_ref[i]);
+                VSTORE(sp, pj);
+                sum[i] += pj;
+            }
+    } else {
+        for (int j = 0; j < nb; j++)
+            for (int i = 0; i < nv; i++) {
+                FA_T *sp = w->st + j * FA_BQ + i * VL;
+                const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(sp), m_ref[i]);
+                VSTORE(sp, pj);
+                sum[i] += pj;
+            }
+    }
+    for (int i = 0; i < nv; i++)
+        VSTORE(w->row_sum + i * VL,
+               VLOAD(w->row_sum + i * VL) * VLOAD(w->alpha + i * VL) + sum[i]);
 }
+#undef FA_SOFTMAX_NV
 
 /* Write the tile's rows: unit column stride in VL x VL blocks through the
  * transpose, then the row finish for the rest (and for rows that saw no
@@ -428,7 +561,7 @@ FA_INLINE void FA_FN(fa_tile_finish_)(const fa_params *p, const fa_tile *t,
  * t->o_row and t->lse_row. */
 static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
 {
-    const int64_t d = p->d, dv = p->dv;
+    const int64_t dv = p->dv;
     const FA_T ninf = -(FA_T)__builtin_inf();
     FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
     FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
@@ -444,7 +577,6 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
     /* Keys outside every row's band are never read; blocks inside all of
      * them need no band masking. */
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
-    const FA_KV *kbase = (const FA_KV *)t->k;
     const FA_KV *vbase = (const FA_KV *)t->v;
 
     for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
@@ -454,16 +586,15 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
         if (e.masked && !FA_FN(fa_load_mask_)(p, t, j0, nb, w.mt))
             continue; /* every row masked for this block */
 
-        const FA_T *kb;
         int64_t k_sn, k_sd;
-        FA_BLOCK(kbase, j0, p->k_sn, p->k_sd, nb, d, w.kc, kb, k_sn, k_sd);
+        const FA_T *kb = FA_FN(fa_key_block_)(p, t, &w, j0, nb, &k_sn, &k_sd);
         const int rescan = FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band);
         FA_FN(fa_tile_softmax_)(&w, nb, rescan);
 
         /* O = O * alpha + P.V */
         const FA_T *vb;
         int64_t v_sn, v_sd;
-        FA_BLOCK(vbase, j0, p->v_sn, p->v_sd, nb, dv, w.vc, vb, v_sn, v_sd);
+        FA_BLOCK(vbase, j0, p->v_sn, p->v_sd, nb, dv, w.vc, 0, vb, v_sn, v_sd);
         if (v_sd == 1)
             FA_FN(fa_pv_tile_)(nv, nb, w.st, vb, v_sn, 1, dv, w.alpha, w.ot);
         else
@@ -477,7 +608,6 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
  * the attention used.  lse_row is read; rows with lse -inf are left alone. */
 static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scratch)
 {
-    const int64_t d = p->d;
     const int rows = t->rows;
     const FA_T ninf = -(FA_T)__builtin_inf();
     FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
@@ -488,16 +618,14 @@ static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scrat
         row_lse[r] = r < rows ? *(const FA_T *)t->lse_row[r] : ninf;
 
     const FA_FN(fa_range_) g = FA_FN(fa_tile_range_)(t);
-    const FA_KV *kbase = (const FA_KV *)t->k;
     const int64_t w_sk = p->w_sk;
     for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
         const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
         const int band = j0 < g.lo_max || j0 + nb > g.hi_min;
         if (band && !FA_FN(fa_band_meets_)(t, j0, nb)) continue;
         if (e.masked && !FA_FN(fa_load_mask_)(p, t, j0, nb, w.mt)) continue;
-        const FA_T *kb;
         int64_t k_sn, k_sd;
-        FA_BLOCK(kbase, j0, p->k_sn, p->k_sd, nb, d, w.kc, kb, k_sn, k_sd);
+        const FA_T *kb = FA_FN(fa_key_block_)(p, t, &w, j0, nb, &k_sn, &k_sd);
         FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band);
         /* the softmax against the final lse; a row that saw no key stays 0 */
         for (int i = 0; i < nv; i++) {
@@ -523,3 +651,4 @@ static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scrat
         }
 }
 #undef FA_BLOCK
+#undef FA_REST_421

@@ -16,6 +16,8 @@
  *   FA_VMAX_PS / FA_VMAX_PD  a native lane max (the generic select costs
  *                            three instructions)
  *   FA_VRCP_PS               a float32 reciprocal estimate (tanh refines it)
+ *   FA_VSCALEF_PS            p * 2^n for float32 p and integral n, +0
+ *                            where n == -127 (exp2)
  */
 
 #define VL ((int)(FA_VBYTES / sizeof(FA_T)))
@@ -176,15 +178,13 @@ FA_INLINE VT FA_FN(fa_exp2_)(VT x)
     p = p * f + VSPLAT(2.4022650695910071228e-1);
     p = p * f + VSPLAT(6.9314718055994530835e-1);
     p = p * f + VSPLAT(1.0);
+    return p * pow2n; /* NaN stays NaN; a clamped lane has pow2n == +0 */
 #else
     const VT magic = VSPLAT(12582912.0f); /* 1.5 * 2^23 */
     x = FA_FN(fa_vmax_)(VSPLAT(-127.0f), x);
     VT t = x + magic;
     VT n = t - magic;
     VT f = x - n;
-    /* unsigned lanes: a NaN lane's garbage must not be a signed overflow */
-    VU ni = (VU)t - (VU)magic;
-    VT pow2n = (VT)((ni + 127) << 23);
     VT p = VSPLAT(1.5461444698569129083e-4f);
     p = p * f + VSPLAT(1.340042817761583794e-3f);
     p = p * f + VSPLAT(9.6180566785246380754e-3f);
@@ -192,9 +192,21 @@ FA_INLINE VT FA_FN(fa_exp2_)(VT x)
     p = p * f + VSPLAT(2.4022650922288758071e-1f);
     p = p * f + VSPLAT(6.9314720670283259577e-1f);
     p = p * f + VSPLAT(1.0f);
+#ifdef FA_VSCALEF_PS
+    /* p * 2^n in one instruction instead of three (integer add, shift,
+     * multiply), plus a compare for the clamped lanes: on Intel every
+     * 512-bit vector instruction issues to one of the two FMA ports, so the
+     * softmax's instructions take issue slots from the dot products.  The
+     * same values bit for bit: one rounding of the exact product, +0 at
+     * n = -127. */
+    return (VT)FA_VSCALEF_PS(p, n);
+#else
+    /* unsigned lanes: a NaN lane's garbage must not be a signed overflow */
+    VU ni = (VU)t - (VU)magic;
+    VT pow2n = (VT)((ni + 127) << 23);
+    return p * pow2n; /* NaN stays NaN; a clamped lane has pow2n == +0 */
 #endif
-    /* NaN * pow2n stays NaN; a clamped lane has pow2n == +0. */
-    return p * pow2n;
+#endif
 }
 
 

@@ -155,8 +155,12 @@ def run_child(isa, threads, paths, dump):
     """Run the cases of the module files ``paths`` on one path in a child;
     returns its result (return code, end of stderr, the case it had
     started, and what child_main pickled if it finished)."""
+    # FASTATTN_BF16_TILE=pairs: the bfloat16 tile kernel on vdpbf16ps pairs
+    # wherever the CPU has AVX512-BF16 (by default only AMD uses it; the
+    # rest of the suite runs the default)
     env = child_env(FASTATTN_ISA=isa, FASTATTN_TEST_THREADS=str(threads),
-                    FASTATTN_TEST_DUMP=str(dump), FASTATTN_TEST_MODULES=os.pathsep.join(paths))
+                    FASTATTN_TEST_DUMP=str(dump), FASTATTN_TEST_MODULES=os.pathsep.join(paths),
+                    FASTATTN_BF16_TILE="pairs")
     env.setdefault("OMP_WAIT_POLICY", "passive")  # two children share the cores
     r = subprocess.run([sys.executable, "-c", "from support import isa; isa.child_main()"],
                        env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
