@@ -84,6 +84,9 @@ def assert_one_hot(q, k, v, out, lse, scale, causal=False):
 def test_huge_scores(rng, isa, path, target):
     # q, k ~ 1e15: q.k ~ 1e31 in float32.  target < 0 flips the sign of the
     # scale, so every row's best key is the one with the most negative q.k.
+    if isa == "amx_emu":
+        pytest.skip("amx_emu runs float32 on the avx512 kernels (bitwise the same "
+                    "results): the avx512 case covers it")
     lead, nq = PATHS[path]
     q, k, v = make_qkv(rng, lead, nq, 150, 64)
     q *= np.float32(1e15)
