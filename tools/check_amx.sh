@@ -56,8 +56,26 @@ matrix_build_and_run() {  # NAME FLAGS...
   "$out/test_matrix_$name"
 }
 
+# LDTILECFG reads a 64-byte configuration: in the optimized real-tile
+# objects at least two stores (rows, colsb) must come after the last call
+# (fa_amx_cfg_init) and before each ldtilecfg; a compiler that saw only part
+# of the operand deletes them, and every tile would have 0 rows.
+check_ldtilecfg() {  # OBJECT
+  objdump -d --no-show-raw-insn "$1" | awk -v obj="$1" '
+    /^[0-9a-f]+ <.*>:$/ { stores = 0; fn = $2; next }
+    /\tcall / { stores = 0; next }
+    /\tv?mov[a-z0-9]* .*,(-?0x[0-9a-f]+)?\(%r[a-z0-9]+\)$/ { stores++ }
+    /\tldtilecfg / { n++; if (stores < 2) { bad++; print obj ": " fn " ldtilecfg without the config stores before it" } }
+    END { if (!n) { print obj ": no ldtilecfg"; exit 1 } exit bad > 0 }'
+}
+
 build_and_run release -O2
 matrix_build_and_run release -O2
+if [[ ${#real_flags[@]} -gt 0 ]] && command -v objdump >/dev/null; then
+  check_ldtilecfg "$out/real_release.o"
+  check_ldtilecfg "$out/k_amx_release.o"
+  echo "== ldtilecfg operands stored before the instruction"
+fi
 ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}" \
 UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}" \
   build_and_run sanitize -O1 -g -fno-omit-frame-pointer \

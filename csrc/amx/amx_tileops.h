@@ -21,7 +21,11 @@
 #if defined(FA_AMX_REAL) && FA_AMX_REAL
 #include <immintrin.h>
 #define FA_TILE_FN(name) name##_amx
-#define FA_TILE_CONFIG(cfg) _tile_loadconfig(cfg)
+/* Own asm rather than gcc's _tile_loadconfig: gcc 12 gives LDTILECFG an
+ * 8-byte memory operand, so the stores of rows and colsb are dead to it
+ * and get deleted.  Here LDTILECFG reads the whole 64-byte struct. */
+#define FA_TILE_CONFIG(cfg) \
+    __asm__ volatile("ldtilecfg %0" ::"m"(*(const fa_amx_tilecfg *)(cfg)))
 #define FA_TILE_RELEASE() _tile_release()
 #define FA_TILE_LOAD(t, base, stride) _tile_loadd(t, base, (long)(stride))
 #define FA_TILE_STORE(t, base, stride) _tile_stored(t, base, (long)(stride))
