@@ -21,14 +21,26 @@
 #if defined(FA_AMX_REAL) && FA_AMX_REAL
 #include <immintrin.h>
 #define FA_TILE_FN(name) name##_amx
-/* Own asm rather than gcc's _tile_loadconfig: gcc 12 gives LDTILECFG an
- * 8-byte memory operand, so the stores of rows and colsb are dead to it
- * and get deleted.  Here LDTILECFG reads the whole 64-byte struct. */
+/* Own asm rather than gcc's _tile_loadconfig / _tile_loadd: gcc 12 gives
+ * LDTILECFG an 8-byte memory operand (so the stores of rows and colsb are
+ * dead to it and get deleted) and TILELOADD no memory operand at all (so
+ * stores into the source just before it may be sunk past it).  Here
+ * LDTILECFG reads the whole 64-byte struct and TILELOADD / TILESTORED
+ * clobber memory.  TILEZERO, TDPBF16PS and TILERELEASE touch only tile
+ * state; being volatile they keep their order with the others. */
 #define FA_TILE_CONFIG(cfg) \
     __asm__ volatile("ldtilecfg %0" ::"m"(*(const fa_amx_tilecfg *)(cfg)))
-#define FA_TILE_RELEASE() _tile_release()
-#define FA_TILE_LOAD(t, base, stride) _tile_loadd(t, base, (long)(stride))
-#define FA_TILE_STORE(t, base, stride) _tile_stored(t, base, (long)(stride))
+#define FA_TILE_RELEASE() __asm__ volatile("tilerelease" ::)
+#define FA_TILE_LOAD(t, base, stride) FA_TILE_LOAD_(t, base, stride) /* t expanded */
+#define FA_TILE_LOAD_(t, base, stride)                                              \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(base)),     \
+                     "r"((long)(stride))                                            \
+                     : "memory")
+#define FA_TILE_STORE(t, base, stride) FA_TILE_STORE_(t, base, stride)
+#define FA_TILE_STORE_(t, base, stride)                                             \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(base)),       \
+                     "r"((long)(stride))                                            \
+                     : "memory")
 #define FA_TILE_ZERO(t) _tile_zero(t)
 #define FA_TILE_DPBF16PS(c, a, b) _tile_dpbf16ps(c, a, b)
 #else
