@@ -10,8 +10,8 @@
  * both builds can live in one program.
  *
  * Tile numbers must be integer constants (the real instructions encode
- * them).  The emulation returns a status that these macros drop; a kernel
- * test checks fa_amx_emu_fault() after a run instead.
+ * them).  On the emulation a fault aborts the process with its reason on
+ * stderr, as the instruction would fault on hardware.
  */
 #ifndef FA_AMX_TILEOPS_H
 #define FA_AMX_TILEOPS_H
@@ -44,17 +44,29 @@
 #define FA_TILE_ZERO(t) _tile_zero(t)
 #define FA_TILE_DPBF16PS(c, a, b) _tile_dpbf16ps(c, a, b)
 #else
+#include <stdio.h>
+#include <stdlib.h>
+/* What faults on hardware (SIGILL, #GP) is fatal on the emulation too: the
+ * reason goes to stderr, then abort(). */
+static inline void fa_amx_emu_check(int status)
+{
+    if (__builtin_expect(status == 0, 1)) return;
+    const char *why = fa_amx_emu_fault();
+    fprintf(stderr, "fastattn: tile emulation fault: %s\n", why ? why : "(no reason)");
+    abort();
+}
 #define FA_TILE_FN(name) name##_emu
-#define FA_TILE_CONFIG(cfg) ((void)fa_amx_emu_loadconfig(cfg))
+#define FA_TILE_CONFIG(cfg) fa_amx_emu_check(fa_amx_emu_loadconfig(cfg))
 #define FA_TILE_RELEASE() fa_amx_emu_release()
-#define FA_TILE_LOAD(t, base, stride) ((void)fa_amx_emu_loadd(t, base, (size_t)(stride)))
-#define FA_TILE_STORE(t, base, stride) ((void)fa_amx_emu_stored(t, base, (size_t)(stride)))
-#define FA_TILE_ZERO(t) ((void)fa_amx_emu_zero(t))
-#define FA_TILE_DPBF16PS(c, a, b) ((void)fa_amx_emu_dpbf16ps(c, a, b))
+#define FA_TILE_LOAD(t, base, stride) fa_amx_emu_check(fa_amx_emu_loadd(t, base, (size_t)(stride)))
+#define FA_TILE_STORE(t, base, stride) \
+    fa_amx_emu_check(fa_amx_emu_stored(t, base, (size_t)(stride)))
+#define FA_TILE_ZERO(t) fa_amx_emu_check(fa_amx_emu_zero(t))
+#define FA_TILE_DPBF16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpbf16ps(c, a, b))
 /* AMX-FP16: only on the emulation (gcc 12 has no -mamx-fp16, so the real
  * build has no float16 tile kernel and float16 runs on the vector path) */
 #define FA_TILE_HAS_FP16 1
-#define FA_TILE_DPFP16PS(c, a, b) ((void)fa_amx_emu_dpfp16ps(c, a, b))
+#define FA_TILE_DPFP16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpfp16ps(c, a, b))
 #endif
 
 /* The 2 x 2 register block of a tile GEMM over kblocks steps of 32
