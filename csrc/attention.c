@@ -615,7 +615,12 @@ static int fa_execute(const fa_params *p, int weights)
     pl.tiles = NULL;
     pl.packed = NULL;
     pl.pack_start = NULL;
-    if (info.family == FA_FAMILY_MATRIX) fa_matrix_usable(p->dtype, &pl.tiles);
+    /* the matrix kernel and its tile functions from one table: the path may
+     * have been changed (fa_set_isa) since the plan */
+    if (info.family == FA_FAMILY_MATRIX) {
+        if (!fa_matrix_usable(p->dtype, &pl.tiles)) return FA_ERR_PARAMS;
+        pl.kernel = pl.tiles->kernel[FA_FAMILY_MATRIX][p->dtype];
+    }
     pl.tile_rows = info.q_block;
     pl.tasks = info.tasks;
     pl.nsplit = info.key_splits;

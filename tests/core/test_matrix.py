@@ -223,6 +223,23 @@ def test_weights_of_a_reduced_call_on_the_matrix_path(rng, mode):
         _core.set_isa(before)
 
 
+def test_packing_a_huge_broadcast_key_range_is_refused(rng):
+    # stride-0 K and V cost no memory, so nothing bounds the keys: the
+    # packed copy of 2^57 keys (2^64 bytes and more) must be refused, not
+    # wrap around and be written past a small allocation
+    if BF16 is None:
+        pytest.skip(NO_BF16)
+    before = _on_path("amx_emu")
+    try:
+        q = rng.standard_normal((1, 1, 32, 16)).astype(BF16)
+        k, v = (np.broadcast_to(rng.standard_normal((1, 1, 1, 16)).astype(BF16),
+                                (1, 1, 2 ** 57, 16)) for _ in range(2))
+        assert fastattn.explain(q, k, v)["kernel"] == "matrix"
+        with pytest.raises(MemoryError):
+            fastattn.attention(q, k, v)
+    finally:
+        _core.set_isa(before)
+
 # ---------------------------------------------------------------- FASTATTN_ISA and the gate
 
 def _run(code, **env):
