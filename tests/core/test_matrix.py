@@ -333,7 +333,9 @@ def _gate_child(body, timeout=600):
     if "amx_emu" not in MATRIX_AVAILABLE or BF16 is None:
         pytest.skip(NO_MATRIX if BF16 is not None else NO_BF16)
     import json
-    r = _run(textwrap.dedent(_CHECK_CALL) + textwrap.dedent(body))
+    # the child runs on the path chosen at import, whatever FASTATTN_ISA
+    # this run has
+    r = _run(textwrap.dedent(_CHECK_CALL) + textwrap.dedent(body), FASTATTN_ISA="")
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
