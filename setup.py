@@ -139,6 +139,19 @@ class BuildExt(build_ext):
               "Install your compiler's OpenMP runtime (e.g. libgomp) and rebuild for threads.")
         return []
 
+    def _usable_isa_flags(self, isas):
+        """The rows' flags without those the compiler lacks (e.g. -mamx-tile
+        before gcc 11 / clang 12): kernel_amx.c then builds an empty table."""
+        usable = {}
+        for isa, flags in isas.items():
+            if flags and not self._try_compile("int fa_probe;\n", flags):
+                kept = [fl for fl in flags if self._try_compile("int fa_probe;\n", [fl])]
+                _warn(f"the compiler lacks {' '.join(f for f in flags if f not in kept)}: "
+                      f"kernel_{isa}.c is compiled without them")
+                flags = kept
+            usable[isa] = flags
+        return usable
+
     def _base_flags(self):
         debug = _env_flag("FASTATTN_DEBUG")
         base = ["-std=gnu11", "-O1" if debug else "-O3", "-fno-math-errno",
@@ -152,7 +165,7 @@ class BuildExt(build_ext):
         target = self._target()
         base = self._base_flags()
         openmp = self._openmp_flags()
-        isas = kernel_isas(target)
+        isas = self._usable_isa_flags(kernel_isas(target))
         headers = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True) + [ISA_TABLE]
         # Contraction into FMA is wanted in the kernels (it is both faster
         # and more accurate); the driver does no floating-point math.

@@ -594,10 +594,17 @@ static int fa_matrix_pack_alloc(fa_work *pl, const fa_plan_info *info)
     pl->pack_start = (int64_t *)malloc((size_t)(p->batch + 1) * sizeof(int64_t));
     if (!pl->pack_start) return FA_ERR_NOMEM;
     pl->pack_start[0] = 0;
+    int64_t panels;
+    size_t n, bytes;
     for (int64_t b = 0; b < p->batch; b++)
-        pl->pack_start[b + 1] = pl->pack_start[b] + p->h_kv * fa_panels_in(p, b);
-    const size_t n = (size_t)pl->pack_start[p->batch] * pl->panel_elems;
-    pl->packed = (uint16_t *)aligned_alloc(FA_ALIGN, (n * 2 / FA_ALIGN + 1) * FA_ALIGN);
+        if (__builtin_mul_overflow(p->h_kv, fa_panels_in(p, b), &panels) ||
+            __builtin_add_overflow(pl->pack_start[b], panels, &pl->pack_start[b + 1]))
+            return FA_ERR_NOMEM;
+    /* broadcast K (stride 0) does not bound the keys by memory: sizes checked */
+    if (__builtin_mul_overflow((size_t)pl->pack_start[p->batch], (size_t)pl->panel_elems, &n) ||
+        __builtin_mul_overflow(n, (size_t)2, &bytes) || bytes > SIZE_MAX - 2 * FA_ALIGN)
+        return FA_ERR_NOMEM;
+    pl->packed = (uint16_t *)aligned_alloc(FA_ALIGN, (bytes / FA_ALIGN + 1) * FA_ALIGN);
     return pl->packed ? FA_OK : FA_ERR_NOMEM;
 }
 
@@ -614,7 +621,12 @@ static int fa_execute(const fa_params *p, int weights)
     pl.tiles = NULL;
     pl.packed = NULL;
     pl.pack_start = NULL;
-    if (info.family == FA_FAMILY_MATRIX) fa_matrix_usable(p->dtype, &pl.tiles);
+    /* the matrix kernel and its tile functions from one table: the path may
+     * have been changed (fa_set_isa) since the plan */
+    if (info.family == FA_FAMILY_MATRIX) {
+        if (!fa_matrix_usable(p->dtype, &pl.tiles)) return FA_ERR_PARAMS;
+        pl.kernel = pl.tiles->kernel[FA_FAMILY_MATRIX][p->dtype];
+    }
     pl.tile_rows = info.q_block;
     pl.tasks = info.tasks;
     pl.nsplit = info.key_splits;

@@ -178,9 +178,23 @@ static unsigned fa_cpu_features(void)
     return (unsigned)v;
 }
 
+#if FA_X86
+int fa_amx_real_compiled(void); /* kernel_amx.c (amx_gemm_real.c) */
+#endif
+
+/* 1 if the row's kernels are part of this build (kernel_amx.c built by a
+ * compiler without the AMX flags leaves an empty table). */
+static int fa_row_compiled(const fa_isa_row *row)
+{
+#if FA_X86
+    if (row->kernels == &fa_kernels_amx) return fa_amx_real_compiled();
+#endif
+    return row->kernels != NULL;
+}
+
 static int fa_row_runs(const fa_isa_row *row)
 {
-    return row->kernels && (fa_cpu_features() & row->features) == row->features;
+    return fa_row_compiled(row) && (fa_cpu_features() & row->features) == row->features;
 }
 
 /* The registry row of path `isa` (the isa-th row that is a path), or NULL. */
@@ -201,7 +215,7 @@ int fa_isa_count(void)
 int fa_isa_compiled(fa_isa isa)
 {
     const fa_isa_row *row = fa_path_row((int)isa);
-    return row && row->kernels;
+    return row && fa_row_compiled(row);
 }
 
 int fa_isa_supported(fa_isa isa)
@@ -343,9 +357,11 @@ void fa_amx_status(fa_amx_info *info)
     info->amx_int8 = (f.leaf7_edx >> 25) & 1;
     info->amx_fp16 = (f.leaf7_1_eax >> 21) & 1;
     info->os_enabled = f.osxsave && (f.xcr0 & (3ull << 17)) == (3ull << 17);
-    info->compiled = FA_X86;
+    info->compiled = FA_X86 && fa_amx_real_compiled();
     info->available = info->compiled && fa_amx_available();
-    info->reason = info->compiled ? fa_amx_reason() : "not compiled for this architecture";
+    info->reason = info->compiled ? fa_amx_reason()
+                   : FA_X86       ? "not compiled (the compiler has no AMX flags)"
+                                  : "not compiled for this architecture";
     info->permission = fa_amx_perm_text(fa_amx_permission());
 }
 

@@ -16,10 +16,16 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 arch="$("$CC" -dumpmachine)"
 src=(csrc/amx/test_amx.c csrc/amx/amx_emu.c csrc/amx/amx_gate.c csrc/amx/amx_gemm_emu.c)
+# A row's flags that this compiler accepts (as setup.py: without -mamx-tile
+# -mamx-bf16 only the stubs and an empty table of kernel_amx.c remain).
+accepted() { local f; for f in "$@"; do
+    echo 'int x;' | "$CC" "$f" -x c -c - -o /dev/null 2>/dev/null && printf '%s ' "$f"; done; return 0; }
 real_flags=()
 case "$arch" in
-  x86_64*) real_flags=(-mamx-tile -mamx-bf16) ;;
+  # shellcheck disable=SC2207
+  x86_64*) real_flags=($(accepted -mamx-tile -mamx-bf16)) ;;
 esac
+[[ ${#real_flags[@]} -eq 2 ]] || real_flags=()
 
 build_and_run() {  # NAME FLAGS...
   local name="$1"; shift
@@ -45,6 +51,8 @@ matrix_build_and_run() {  # NAME FLAGS...
     [[ "$match" == 1 ]] || continue
     [[ "$rowflags" == "-" ]] && rowflags=""
     # shellcheck disable=SC2086
+    rowflags="$(accepted $rowflags)"
+    # shellcheck disable=SC2086
     "$CC" "${core_flags[@]}" "$@" $rowflags -Icsrc -c "csrc/kernels/kernel_$isa.c" \
       -o "$out/k_${isa}_$name.o"
     objs+=("$out/k_${isa}_$name.o")
@@ -56,8 +64,26 @@ matrix_build_and_run() {  # NAME FLAGS...
   "$out/test_matrix_$name"
 }
 
+# LDTILECFG reads a 64-byte configuration: in the optimized real-tile
+# objects at least two stores (rows, colsb) must come after the last call
+# (fa_amx_cfg_init) and before each ldtilecfg; a compiler that saw only part
+# of the operand deletes them, and every tile would have 0 rows.
+check_ldtilecfg() {  # OBJECT
+  objdump -d --no-show-raw-insn "$1" | awk -v obj="$1" '
+    /^[0-9a-f]+ <.*>:$/ { stores = 0; fn = $2; next }
+    /\tcall / { stores = 0; next }
+    /\tv?mov[a-z0-9]* .*,(-?0x[0-9a-f]+)?\(%r[a-z0-9]+\)$/ { stores++ }
+    /\tldtilecfg / { n++; if (stores < 2) { bad++; print obj ": " fn " ldtilecfg without the config stores before it" } }
+    END { if (!n) { print obj ": no ldtilecfg"; exit 1 } exit bad > 0 }'
+}
+
 build_and_run release -O2
 matrix_build_and_run release -O2
+if [[ ${#real_flags[@]} -gt 0 ]] && command -v objdump >/dev/null; then
+  check_ldtilecfg "$out/real_release.o"
+  check_ldtilecfg "$out/k_amx_release.o"
+  echo "== ldtilecfg operands stored before the instruction"
+fi
 ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}" \
 UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}" \
   build_and_run sanitize -O1 -g -fno-omit-frame-pointer \

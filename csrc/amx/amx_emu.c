@@ -197,6 +197,15 @@ static int fa_amx_dp(int c, int a, int b, int bf16)
                                      : "tdpfp16ps: tiles not distinct");
     const fa_amx_tilecfg *cf = &fa_amx_st.cfg;
     const unsigned m_rows = cf->rows[c], n_cols = cf->colsb[c] / 4u, k_pairs = cf->colsb[a] / 4u;
+    /* the SDM's #UD conditions: colsb of C and A whole dwords, K at most 16
+     * pairs (rows of B), N at most 16 floats (64 bytes), M at most 16 rows */
+    if (cf->colsb[c] % 4u || cf->colsb[a] % 4u || cf->colsb[b] % 4u)
+        return fa_amx_set_fault(bf16 ? "tdpbf16ps: colsb not a multiple of 4"
+                                     : "tdpfp16ps: colsb not a multiple of 4");
+    if (m_rows > FA_AMX_MAX_ROWS || k_pairs > 16 || cf->rows[b] > 16 || cf->colsb[c] > 64 ||
+        cf->colsb[b] > 64 || cf->colsb[a] > 64)
+        return fa_amx_set_fault(bf16 ? "tdpbf16ps: beyond the TMUL limits (M, K 16, N 64 bytes)"
+                                     : "tdpfp16ps: beyond the TMUL limits (M, K 16, N 64 bytes)");
     if (cf->rows[a] != m_rows || cf->colsb[b] != cf->colsb[c] || cf->rows[b] != k_pairs)
         return fa_amx_set_fault(bf16 ? "tdpbf16ps: tile shapes do not match"
                                      : "tdpfp16ps: tile shapes do not match");

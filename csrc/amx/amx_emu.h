@@ -83,7 +83,7 @@
 #define FA_AMX_MAX_COLSB 64
 
 /* The LDTILECFG memory operand (64 bytes), usable with the real
- * _tile_loadconfig as well. */
+ * LDTILECFG of amx_tileops.h as well. */
 typedef struct {
     uint8_t palette_id;
     uint8_t start_row;
@@ -91,6 +91,9 @@ typedef struct {
     uint16_t colsb[16];
     uint8_t rows[16];
 } fa_amx_tilecfg;
+_Static_assert(sizeof(fa_amx_tilecfg) == 64, "LDTILECFG reads 64 bytes");
+_Static_assert(offsetof(fa_amx_tilecfg, colsb) == 16, "palette 1: colsb at byte 16");
+_Static_assert(offsetof(fa_amx_tilecfg, rows) == 48, "palette 1: rows at byte 48");
 
 /* Fill cfg for palette 1 with every tile unused. */
 void fa_amx_cfg_init(fa_amx_tilecfg *cfg);

@@ -25,7 +25,8 @@
  * flip side is why the permission is requested lazily (first use of the
  * matrix path, never at import): a program that installs a small
  * sigaltstack later would see that call fail.  getauxval(AT_MINSIGSTKSZ)
- * gives the frame size for the features enabled at exec time only.
+ * is no measure of "small" here: on a CPU with AMX it already counts the
+ * tile data (the kernel's largest user state), permission or not.
  *
  * Thread and fork safety: the result is computed once per process (the
  * computation is idempotent, so concurrent first callers agree) and

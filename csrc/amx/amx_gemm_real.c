@@ -22,26 +22,26 @@ double fa_amx_tdpbf16ps_probe(int64_t iters)
     fa_amx_tilecfg cfg;
     fa_amx_cfg_init(&cfg);
     for (int t = 0; t < 8; t++) fa_amx_cfg_tile(&cfg, t, 16, 64);
-    _tile_loadconfig(&cfg);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    _tile_loadd(4, src, 64);
-    _tile_loadd(5, src, 64);
-    _tile_loadd(6, src, 64);
-    _tile_loadd(7, src, 64);
+    FA_TILE_CONFIG(&cfg);
+    FA_TILE_ZERO(0);
+    FA_TILE_ZERO(1);
+    FA_TILE_ZERO(2);
+    FA_TILE_ZERO(3);
+    FA_TILE_LOAD(4, src, 64);
+    FA_TILE_LOAD(5, src, 64);
+    FA_TILE_LOAD(6, src, 64);
+    FA_TILE_LOAD(7, src, 64);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int64_t i = 0; i < iters; i++) {
         /* four independent accumulator chains hide the instruction latency */
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        FA_TILE_DPBF16PS(0, 4, 6);
+        FA_TILE_DPBF16PS(1, 4, 7);
+        FA_TILE_DPBF16PS(2, 5, 6);
+        FA_TILE_DPBF16PS(3, 5, 7);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    _tile_release();
+    FA_TILE_RELEASE();
     const double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     return sec > 0 ? (double)iters * 4.0 * 16384.0 / sec * 1e-9 : -1;
 }

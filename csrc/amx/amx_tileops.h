@@ -10,8 +10,8 @@
  * both builds can live in one program.
  *
  * Tile numbers must be integer constants (the real instructions encode
- * them).  The emulation returns a status that these macros drop; a kernel
- * test checks fa_amx_emu_fault() after a run instead.
+ * them).  On the emulation a fault aborts the process with its reason on
+ * stderr, as the instruction would fault on hardware.
  */
 #ifndef FA_AMX_TILEOPS_H
 #define FA_AMX_TILEOPS_H
@@ -21,24 +21,52 @@
 #if defined(FA_AMX_REAL) && FA_AMX_REAL
 #include <immintrin.h>
 #define FA_TILE_FN(name) name##_amx
-#define FA_TILE_CONFIG(cfg) _tile_loadconfig(cfg)
-#define FA_TILE_RELEASE() _tile_release()
-#define FA_TILE_LOAD(t, base, stride) _tile_loadd(t, base, (long)(stride))
-#define FA_TILE_STORE(t, base, stride) _tile_stored(t, base, (long)(stride))
+/* Own asm rather than gcc's _tile_loadconfig / _tile_loadd: gcc 12 gives
+ * LDTILECFG an 8-byte memory operand (so the stores of rows and colsb are
+ * dead to it and get deleted) and TILELOADD no memory operand at all (so
+ * stores into the source just before it may be sunk past it).  Here
+ * LDTILECFG reads the whole 64-byte struct and TILELOADD / TILESTORED
+ * clobber memory.  TILEZERO, TDPBF16PS and TILERELEASE touch only tile
+ * state; being volatile they keep their order with the others. */
+#define FA_TILE_CONFIG(cfg) \
+    __asm__ volatile("ldtilecfg %0" ::"m"(*(const fa_amx_tilecfg *)(cfg)))
+#define FA_TILE_RELEASE() __asm__ volatile("tilerelease" ::)
+#define FA_TILE_LOAD(t, base, stride) FA_TILE_LOAD_(t, base, stride) /* t expanded */
+#define FA_TILE_LOAD_(t, base, stride)                                              \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(base)),     \
+                     "r"((long)(stride))                                            \
+                     : "memory")
+#define FA_TILE_STORE(t, base, stride) FA_TILE_STORE_(t, base, stride)
+#define FA_TILE_STORE_(t, base, stride)                                             \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(base)),       \
+                     "r"((long)(stride))                                            \
+                     : "memory")
 #define FA_TILE_ZERO(t) _tile_zero(t)
 #define FA_TILE_DPBF16PS(c, a, b) _tile_dpbf16ps(c, a, b)
 #else
+#include <stdio.h>
+#include <stdlib.h>
+/* What faults on hardware (SIGILL, #GP) is fatal on the emulation too: the
+ * reason goes to stderr, then abort(). */
+static inline void fa_amx_emu_check(int status)
+{
+    if (__builtin_expect(status == 0, 1)) return;
+    const char *why = fa_amx_emu_fault();
+    fprintf(stderr, "fastattn: tile emulation fault: %s\n", why ? why : "(no reason)");
+    abort();
+}
 #define FA_TILE_FN(name) name##_emu
-#define FA_TILE_CONFIG(cfg) ((void)fa_amx_emu_loadconfig(cfg))
+#define FA_TILE_CONFIG(cfg) fa_amx_emu_check(fa_amx_emu_loadconfig(cfg))
 #define FA_TILE_RELEASE() fa_amx_emu_release()
-#define FA_TILE_LOAD(t, base, stride) ((void)fa_amx_emu_loadd(t, base, (size_t)(stride)))
-#define FA_TILE_STORE(t, base, stride) ((void)fa_amx_emu_stored(t, base, (size_t)(stride)))
-#define FA_TILE_ZERO(t) ((void)fa_amx_emu_zero(t))
-#define FA_TILE_DPBF16PS(c, a, b) ((void)fa_amx_emu_dpbf16ps(c, a, b))
+#define FA_TILE_LOAD(t, base, stride) fa_amx_emu_check(fa_amx_emu_loadd(t, base, (size_t)(stride)))
+#define FA_TILE_STORE(t, base, stride) \
+    fa_amx_emu_check(fa_amx_emu_stored(t, base, (size_t)(stride)))
+#define FA_TILE_ZERO(t) fa_amx_emu_check(fa_amx_emu_zero(t))
+#define FA_TILE_DPBF16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpbf16ps(c, a, b))
 /* AMX-FP16: only on the emulation (gcc 12 has no -mamx-fp16, so the real
  * build has no float16 tile kernel and float16 runs on the vector path) */
 #define FA_TILE_HAS_FP16 1
-#define FA_TILE_DPFP16PS(c, a, b) ((void)fa_amx_emu_dpfp16ps(c, a, b))
+#define FA_TILE_DPFP16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpfp16ps(c, a, b))
 #endif
 
 /* The 2 x 2 register block of a tile GEMM over kblocks steps of 32

@@ -24,6 +24,7 @@
 #include "amx_emu.h"
 #include "amx_gate.h"
 #include "amx_gemm.h"
+#include "amx_tileops.h"
 
 static int failures = 0, checks = 0;
 
@@ -494,6 +495,35 @@ static void test_real(void)
     free(a), free(b), free(bp), free(ce), free(cr);
 }
 
+/* colsb not a whole number of dwords is refused by the tile product, and
+ * a fault met through the kernels' vocabulary (amx_tileops.h) aborts. */
+static void test_faults(void)
+{
+    fa_amx_tilecfg cfg;
+    fa_amx_cfg_init(&cfg);
+    cfg.rows[0] = 2, cfg.colsb[0] = 8; /* C: 2 x 2 floats */
+    cfg.rows[1] = 2, cfg.colsb[1] = 6; /* A: 1.5 pairs */
+    cfg.rows[2] = 1, cfg.colsb[2] = 8; /* B */
+    CHECK(fa_amx_emu_loadconfig(&cfg) == 0, "config with an odd colsb loads");
+    const char *why = NULL;
+    CHECK(fa_amx_emu_dpbf16ps(0, 1, 2) < 0 && (why = fa_amx_emu_fault()) != NULL &&
+              strstr(why, "multiple of 4"),
+          "colsb not a multiple of 4 refused");
+    fa_amx_emu_release();
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) _exit(30);
+        static float buf[16 * 16];
+        FA_TILE_LOAD(3, buf, 64); /* no configuration: must not return */
+        _exit(31);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
+          "an emulated fault in a kernel aborts: status %d", status);
+}
+
 int main(void)
 {
     test_fma_ftz();
@@ -502,6 +532,7 @@ int main(void)
     test_dp_instruction(1);
     test_dp_instruction(0);
     test_gemm();
+    test_faults();
     test_gate_decisions();
     test_gate_runtime();
     test_real();

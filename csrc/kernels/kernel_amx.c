@@ -8,12 +8,14 @@
  * (no -mamx-fp16): float16 inputs run on the vector kernels here.
  *
  * The TDPBF16PS peak probe and the real-tile GEMM of amx/amx_gemm_real.c
- * are compiled into this file, so they get exactly these flags.
+ * are compiled into this file, so they get exactly these flags.  Without
+ * the AMX flags only an empty table and the stubs remain.
  */
 #include <stdint.h>
 #include <immintrin.h>
 #include "kernel.h"
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define FA_AMX_REAL 1
 #include "../amx/amx_tileops.h"
 
@@ -25,5 +27,11 @@
 #define FA_VBYTES 64
 
 #include "matrix_instantiate.h"
+#else
+/* A compiler without -mamx-tile -mamx-bf16 (setup.py drops the flags it
+ * lacks): an empty table, and amx_gemm_real.c's stubs say so
+ * (fa_amx_real_compiled() == 0: the registry row reports "not compiled"). */
+const fa_kernels fa_kernels_amx = {0};
+#endif
 
 #include "../amx/amx_gemm_real.c"

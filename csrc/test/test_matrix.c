@@ -265,16 +265,22 @@ static int mx_run(const mx_case *c, mx_data *x, fa_isa isa, int want_family, dou
  * float64 reference; the matrix error may be at most `ratio` times the
  * vector path's plus `floor` (FlashAttention's rule, with the vector path
  * as the plain computation in the input precision). */
+/* Set up the case in x with its float64 reference rows. */
+static void mx_prepare(const mx_case *c, mx_data *x)
+{
+    fa_params p;
+    mx_alloc(c, x);
+    mx_fill(c, x);
+    mx_params(c, x, &p);
+    for (int b = 0; b < c->b; b++)
+        for (int h = 0; h < c->hq; h++)
+            for (int i = 0; i < x->nq_b[b]; i++) mx_ref_row(c, &p, x, b, h, i);
+}
+
 static int mx_case_run(const mx_case *c, double ratio, double floor_)
 {
     mx_data x;
-    fa_params p;
-    mx_alloc(c, &x);
-    mx_fill(c, &x);
-    mx_params(c, &x, &p);
-    for (int b = 0; b < c->b; b++)
-        for (int h = 0; h < c->hq; h++)
-            for (int i = 0; i < x.nq_b[b]; i++) mx_ref_row(c, &p, &x, b, h, i);
+    mx_prepare(c, &x);
     double vo, vl, mo, ml;
     int bad = mx_run(c, &x, FA_ISA_AVX512, 0, &vo, &vl);
     bad |= mx_run(c, &x, FA_ISA_AMX_EMU, 3, &mo, &ml);
@@ -303,7 +309,11 @@ static uint16_t *mx_run_saved(const mx_case *c, mx_data *x, fa_isa isa, size_t *
     return copy;
 }
 
-/* Real tiles against the emulation, where the CPU allows them. */
+/* Real tiles, where the CPU allows them: against the float64 reference
+ * under the rule of the emulated bfloat16 cases (2x the vector path's
+ * error + 2e-3).  The hardware's TDPBF16PS may sum in another order than
+ * the SDM pseudocode the emulation follows, so agreement with the
+ * emulation is only reported, not required. */
 static int mx_real_vs_emu(const mx_case *c)
 {
     fa_amx_info st;
@@ -313,18 +323,22 @@ static int mx_real_vs_emu(const mx_case *c)
         return 0;
     }
     mx_data x;
-    size_t n;
-    int bad;
-    double eo, el;
-    uint16_t *real = mx_run_saved(c, &x, FA_ISA_AMX, &n, &bad);
+    mx_prepare(c, &x);
+    double vo, vl, ro, rl, eo, el;
+    int bad = mx_run(c, &x, FA_ISA_AVX512, 0, &vo, &vl);
+    bad |= mx_run(c, &x, FA_ISA_AMX, 3, &ro, &rl);
+    const size_t n = (size_t)x.tq * c->hq * c->dv;
+    uint16_t *real = malloc(n * 2);
+    memcpy(real, x.out16, n * 2);
     bad |= mx_run(c, &x, FA_ISA_AMX_EMU, 3, &eo, &el);
-    size_t differ = 0;
-    for (size_t i = 0; i < n; i++) differ += real[i] != x.out16[i];
-    printf("real tiles vs emulation: %zu of %zu outputs differ  %s\n", differ, n,
-           bad || differ ? "FAIL" : "ok");
+    size_t same = 0;
+    for (size_t i = 0; i < n; i++) same += real[i] == x.out16[i];
+    bad |= !(ro <= 2.0 * vo + 2e-3) || !(rl <= 4 * vl + 2e-6);
+    printf("real tiles: out %.3g lse %.3g (vector %.3g, emulated %.3g); %zu of %zu outputs "
+           "bit-equal to the emulation  %s\n", ro, rl, vo, eo, same, n, bad ? "FAIL" : "ok");
     free(real);
     mx_free(&x);
-    return bad || differ;
+    return bad;
 }
 
 /* A child forked after the parent ran the matrix path on two threads gets

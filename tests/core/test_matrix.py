@@ -176,8 +176,11 @@ def test_a_matrix_path_is_tested():
 # ---------------------------------------------------------------- plans
 
 def _on_path(path):
-    if path not in _core.isa_available():
-        pytest.skip(NO_MATRIX if path == "amx_emu" else "this CPU or OS has no AMX tiles "
+    # "amx" in isa_available() is cpuid and XCR0 only; the tiles also need
+    # the kernel's permission, which amx_status() asks for
+    if path not in _core.isa_available() or (path == "amx" and
+                                             not _core.amx_status()["available"]):
+        pytest.skip(NO_MATRIX if path == "amx_emu" else "the AMX tiles are not usable here "
                     f"({_core.amx_status()['reason']})")
     before = _core.get_isa()
     _core.set_isa(path)
@@ -222,6 +225,23 @@ def test_weights_of_a_reduced_call_on_the_matrix_path(rng, mode):
     finally:
         _core.set_isa(before)
 
+
+def test_packing_a_huge_broadcast_key_range_is_refused(rng):
+    # stride-0 K and V cost no memory, so nothing bounds the keys: the
+    # packed copy of 2^57 keys (2^64 bytes and more) must be refused, not
+    # wrap around and be written past a small allocation
+    if BF16 is None:
+        pytest.skip(NO_BF16)
+    before = _on_path("amx_emu")
+    try:
+        q = rng.standard_normal((1, 1, 32, 16)).astype(BF16)
+        k, v = (np.broadcast_to(rng.standard_normal((1, 1, 1, 16)).astype(BF16),
+                                (1, 1, 2 ** 57, 16)) for _ in range(2))
+        assert fastattn.explain(q, k, v)["kernel"] == "matrix"
+        with pytest.raises(MemoryError):
+            fastattn.attention(q, k, v)
+    finally:
+        _core.set_isa(before)
 
 # ---------------------------------------------------------------- FASTATTN_ISA and the gate
 
@@ -313,19 +333,23 @@ def _gate_child(body, timeout=600):
     if "amx_emu" not in MATRIX_AVAILABLE or BF16 is None:
         pytest.skip(NO_MATRIX if BF16 is not None else NO_BF16)
     import json
-    r = _run(textwrap.dedent(_CHECK_CALL) + textwrap.dedent(body))
+    # the child runs on the path chosen at import, whatever FASTATTN_ISA
+    # this run has
+    r = _run(textwrap.dedent(_CHECK_CALL) + textwrap.dedent(body), FASTATTN_ISA="")
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _expect_gate(rep, refused_by=None):
-    if "amx" in _core.isa_available() and refused_by is None:
+    # the tiles granted to this process (not only present on the CPU)
+    tiles = _core.amx_status()["available"]
+    if tiles and refused_by is None:
         # the tiles: the plan uses them (the child checked the result at the
         # matrix precision; "same" tells whether it has the emulation's bits)
         assert rep["available"] and rep["kernel"] == "matrix" and rep["kernel_isa"] == "amx"
         return
     assert not rep["available"] and rep["reason"] and rep["reason"] != "available"
-    if "amx" in _core.isa_available():
+    if tiles:
         assert refused_by in rep["reason"], rep
     # the vector path ran: the bits of the forced avx512 path
     assert rep["kernel"] == "tile" and rep["same"], rep
@@ -353,16 +377,17 @@ def test_forked_child_keeps_working():
 
 
 def test_small_sigaltstack_keeps_working():
-    # an alternate signal stack installed before the first call, big enough
-    # for the signal frame of the features enabled at exec (AT_MINSIGSTKSZ)
-    # and Python's handler, but 4 KB short of the 8 KB of tile data: the
-    # kernel then refuses the tile permission, the gate says so and the
-    # vector path runs; a signal delivered on that stack still works
+    # an alternate signal stack installed before the first call: 8 KB, room
+    # for a signal frame without tile data (AVX-512 state included) and
+    # Python's C handler, but no frame carrying the 8 KB of tile data fits.
+    # Not sized from AT_MINSIGSTKSZ: on an AMX machine that already counts
+    # the tile data, and the permission would be granted.  The kernel then
+    # refuses the tile permission, the gate says so and the vector path
+    # runs; a signal delivered on that stack still works
     rep = _gate_child("""
         import ctypes, os, signal
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.getauxval.restype = ctypes.c_ulong
-        size = int(libc.getauxval(51)) + 4096               # AT_MINSIGSTKSZ
+        size = 8192
         class StackT(ctypes.Structure):
             _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
                         ("ss_size", ctypes.c_size_t)]
