@@ -449,6 +449,7 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
 #define FA_BLOCK(base, j0, sn, sd, nb, n, buf, key, out_ptr, out_sn, out_sd) \
     do {                                                                 \
         (void)(n);                                                       \
+        (void)(nb);                                                      \
         out_ptr = (base) + (j0) * (sn);                                  \
         out_sn = (sn);                                                   \
         out_sd = (sd);                                                   \
