@@ -155,7 +155,7 @@ class BuildExt(build_ext):
     def _amx_fp16_asm(self, isas):
         """Whether the assembler knows TDPFP16PS: kernel_amx.c then writes the
         mnemonic (FA_AS_TDPFP16PS), else its bytes (amx/amx_tileops.h)."""
-        probe = 'void fa_probe(void) { __asm__("tdpfp16ps %%tmm2, %%tmm1, %%tmm0"); }\n'
+        probe = 'void fa_probe(void) { __asm__ volatile("tdpfp16ps %%tmm2, %%tmm1, %%tmm0" ::); }\n'
         if "amx" in isas and self._try_compile(probe, []):
             isas["amx"] = isas["amx"] + ["-DFA_AS_TDPFP16PS=1"]
         return isas
