@@ -152,6 +152,14 @@ class BuildExt(build_ext):
             usable[isa] = flags
         return usable
 
+    def _amx_fp16_asm(self, isas):
+        """Whether the assembler knows TDPFP16PS: kernel_amx.c then writes the
+        mnemonic (FA_AS_TDPFP16PS), else its bytes (amx/amx_tileops.h)."""
+        probe = 'void fa_probe(void) { __asm__ volatile("tdpfp16ps %%tmm2, %%tmm1, %%tmm0" ::); }\n'
+        if "amx" in isas and self._try_compile(probe, []):
+            isas["amx"] = isas["amx"] + ["-DFA_AS_TDPFP16PS=1"]
+        return isas
+
     def _base_flags(self):
         debug = _env_flag("FASTATTN_DEBUG")
         base = ["-std=gnu11", "-O1" if debug else "-O3", "-fno-math-errno",
@@ -165,7 +173,7 @@ class BuildExt(build_ext):
         target = self._target()
         base = self._base_flags()
         openmp = self._openmp_flags()
-        isas = self._usable_isa_flags(kernel_isas(target))
+        isas = self._amx_fp16_asm(self._usable_isa_flags(kernel_isas(target)))
         headers = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True) + [ISA_TABLE]
         # Contraction into FMA is wanted in the kernels (it is both faster
         # and more accurate); the driver does no floating-point math.

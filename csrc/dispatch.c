@@ -296,6 +296,8 @@ int fa_matrix_usable(fa_dtype dtype, const fa_kernels **table)
     if (!row->kernels || !row->kernels->kernel[FA_FAMILY_MATRIX][dtype]) return 0;
     /* the real tiles: the kernel's permission, requested here, once */
     if (row->features & FA_CPU_AMX && !fa_amx_available()) return 0;
+    /* float16 on the real tiles: TDPFP16PS needs AMX-FP16 as well */
+    if (row->features & FA_CPU_AMX && dtype == FA_F16 && !fa_amx_fp16_available()) return 0;
     if (table) *table = row->kernels;
     return 1;
 }

@@ -43,6 +43,22 @@
                      : "memory")
 #define FA_TILE_ZERO(t) _tile_zero(t)
 #define FA_TILE_DPBF16PS(c, a, b) _tile_dpbf16ps(c, a, b)
+/* TDPFP16PS (AMX-FP16) without -mamx-fp16, which gcc 12 lacks: own asm,
+ * the mnemonic where setup.py found that the assembler knows it
+ * (FA_AS_TDPFP16PS), else its bytes, VEX.128.F2.0F38.W0 5C with ModRM
+ * reg = c, rm = a and VEX.vvvv = b (as binutils 2.40 encodes
+ * "tdpfp16ps %tmm<b>, %tmm<a>, %tmm<c>").  Only called where the gate
+ * reported AMX-FP16 (fa_matrix_usable). */
+#define FA_TILE_HAS_FP16 1
+#define FA_TILE_DPFP16PS(c, a, b) FA_TILE_DPFP16PS_(c, a, b) /* c, a, b expanded */
+#ifdef FA_AS_TDPFP16PS
+#define FA_TILE_DPFP16PS_(c, a, b) \
+    __asm__ volatile("tdpfp16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#else
+#define FA_TILE_DPFP16PS_(c, a, b)                                            \
+    __asm__ volatile(".byte 0xc4, 0xe2, ((15 - " #b ") << 3) | 3, 0x5c, "      \
+                     "0xc0 | (" #c " << 3) | " #a ::)
+#endif
 #else
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,8 +79,6 @@ static inline void fa_amx_emu_check(int status)
     fa_amx_emu_check(fa_amx_emu_stored(t, base, (size_t)(stride)))
 #define FA_TILE_ZERO(t) fa_amx_emu_check(fa_amx_emu_zero(t))
 #define FA_TILE_DPBF16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpbf16ps(c, a, b))
-/* AMX-FP16: only on the emulation (gcc 12 has no -mamx-fp16, so the real
- * build has no float16 tile kernel and float16 runs on the vector path) */
 #define FA_TILE_HAS_FP16 1
 #define FA_TILE_DPFP16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpfp16ps(c, a, b))
 #endif

@@ -4,8 +4,10 @@
  * Compiled with the avx512bf16 flags plus -mamx-tile -mamx-bf16; nothing
  * here runs unless the gate (amx/amx_gate.c: cpuid, XCR0 and the kernel's
  * tile-data permission) said yes, which the registry row "amx" and the plan
- * check.  Float16 needs TDPFP16PS (AMX-FP16), which gcc 12 cannot emit
- * (no -mamx-fp16): float16 inputs run on the vector kernels here.
+ * check.  Float16 takes TDPFP16PS (AMX-FP16), emitted by amx_tileops.h's
+ * own asm since gcc 12 has no -mamx-fp16; fa_matrix_usable dispatches it
+ * only where the gate also reported AMX-FP16, else float16 inputs run on
+ * the vector kernels.
  *
  * The TDPBF16PS peak probe and the real-tile GEMM of amx/amx_gemm_real.c
  * are compiled into this file, so they get exactly these flags.  Without

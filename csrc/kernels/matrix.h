@@ -35,7 +35,7 @@
  *    64-row tile at D = 128 needs 32 tiles, more than the 8 there are).
  *
  * Operands per storage type: bfloat16 as is; float16 as is with
- * TDPFP16PS (emulation only, FA_TILE_HAS_FP16); float32 per
+ * TDPFP16PS (dispatched on real tiles only with AMX-FP16); float32 per
  * p->precision: FA_PRECISION_BF16 rounds Q, K, V and P to bfloat16 once,
  * FA_PRECISION_BF16X3 splits each into hi + lo bfloat16 and sums
  * hi*hi + hi*lo + lo*hi as one product of three times the depth:

@@ -313,13 +313,20 @@ static uint16_t *mx_run_saved(const mx_case *c, mx_data *x, fa_isa isa, size_t *
  * under the rule of the emulated bfloat16 cases (2x the vector path's
  * error + 2e-3).  The hardware's TDPBF16PS may sum in another order than
  * the SDM pseudocode the emulation follows, so agreement with the
- * emulation is only reported, not required. */
+ * emulation is only reported, not required.  Float16 (TDPFP16PS) also
+ * needs the CPU's AMX-FP16. */
 static int mx_real_vs_emu(const mx_case *c)
 {
     fa_amx_info st;
     fa_amx_status(&st);
     if (!fa_isa_supported(FA_ISA_AMX) || !st.available) {
-        printf("real tiles vs emulation: SKIPPED (%s)\n", st.reason);
+        printf("real tiles vs emulation, %s: SKIPPED (%s)\n", c->name, st.reason);
+        return 0;
+    }
+    if (c->dtype == FA_F16 && !st.amx_fp16) {
+        printf("real tiles vs emulation, %s: SKIPPED (the CPU does not report AMX-FP16, "
+               "cpuid leaf 7 subleaf 1 EAX bit 21: float16 runs on the vector kernels)\n",
+               c->name);
         return 0;
     }
     mx_data x;
@@ -446,6 +453,7 @@ int main(void)
     }
     bad |= mx_fork_test(&mx_cases[9]);
     bad |= mx_real_vs_emu(&mx_cases[1]);
+    bad |= mx_real_vs_emu(&mx_cases[12]); /* float16: TDPFP16PS */
     printf(bad ? "test_matrix: FAILED\n" : "test_matrix: all passed\n");
     return bad;
 }
