@@ -107,7 +107,7 @@ def test_info_reports_isa():
     available = list(info["isa_available"])
     assert "scalar" in available
     assert set(available) <= set(_core.isa_names())
-    assert tuple(available) == ISA_NAMES
+    assert tuple(p for p in available if p in ISA_NAMES) == ISA_NAMES
     assert info["isa"] in available
     forced = os.environ.get("FASTATTN_ISA")
     if forced:
