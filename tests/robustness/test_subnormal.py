@@ -37,8 +37,9 @@ import pytest
 import fastattn
 from fastattn import _core
 from fastattn import reference
+from support import ISA_NAMES
 
-ISA_PATHS: List[str] = list(_core.isa_available())
+ISA_PATHS: List[str] = list(ISA_NAMES)  # the paths under test (support.isa)
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastattn.__file__)))
 
 try:
