@@ -271,6 +271,22 @@ FA_INLINE void FA_FN(fa_pv_vnni_)(const FA_T *restrict pr, const int8_t *restric
 #endif
 
 
+/* Prefetch into L2 the key and value rows of key index j + FA_BK (the next
+ * block), when it exists.  A decode call streams K and V from memory once;
+ * on one core the hardware prefetchers alone keep too few lines in flight
+ * while a block is computed, and memory time and compute time add up.  One
+ * row of each per key, spread over the dot products, overlaps them. */
+FA_INLINE void FA_FN(fa_prefetch_next_)(const fa_params *p, const FA_KV *k, const FA_KV *v,
+                                        int64_t j, int64_t j_end)
+{
+    const int64_t ahead = FA_BK;
+    if (j + ahead >= j_end) return;
+    const char *kr = (const char *)(k + (j + ahead) * p->k_sn);
+    const char *vr = (const char *)(v + (j + ahead) * p->v_sn);
+    for (int64_t c = 0; c < p->d * (int64_t)sizeof(FA_KV); c += 64) __builtin_prefetch(kr + c, 0, 2);
+    for (int64_t c = 0; c < p->dv * (int64_t)sizeof(FA_KV); c += 64) __builtin_prefetch(vr + c, 0, 2);
+}
+
 /* The score epilogue over one row's nb scores s (vectors along the keys),
  * the tail through fa_load_tail_ / fa_store_tail_. */
 FA_INLINE void FA_FN(fa_rows_epilogue_)(const FA_FN(fa_epi_) *e, int nb,
@@ -327,12 +343,20 @@ FA_INLINE void FA_FN(fa_rows_epi_)(const fa_params *p, const fa_tile *t, int r,
 FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int r,
                                       FA_FN(fa_epi_) *e, const FA_T *q, const FA_KV *kb,
                                       int64_t j0, int nb, int64_t lo, int64_t hi,
-                                      FA_T *restrict s, FA_T *restrict mt)
+                                      FA_T *restrict s, FA_T *restrict mt, int64_t pf_end)
 {
     const int64_t k_sn = p->k_sn, d = p->d;
     int j = 0;
-    for (; j + 4 <= nb; j += 4) FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
-    for (; j < nb; j++) s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
+    for (; j + 4 <= nb; j += 4) {
+        if (pf_end)
+            for (int u = 0; u < 4; u++)
+                FA_FN(fa_prefetch_next_)(p, (const FA_KV *)t->k, (const FA_KV *)t->v, j0 + j + u, pf_end);
+        FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
+    }
+    for (; j < nb; j++) {
+        if (pf_end) FA_FN(fa_prefetch_next_)(p, (const FA_KV *)t->k, (const FA_KV *)t->v, j0 + j, pf_end);
+        s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
+    }
     FA_FN(fa_rows_epi_)(p, t, r, e, j0, nb, lo, hi, s, mt);
 }
 
@@ -367,13 +391,17 @@ FA_INLINE FA_T FA_FN(fa_rows_softmax_)(FA_T *restrict s, int nb, FA_T *row_max, 
     return a;
 }
 
-#if !FA_KV_I8 /* int8 keys and values take the per-row pass */
 /* ---- grouped rows (GQA decode): the FA_ROWS_MAX rows of a kv head read
  * each key and value once per block, for all rows, instead of once per
  * row.  The per-row pass above streams the block from L2 once per row, and
- * that traffic, not the arithmetic, bounds it.  The arithmetic is the
- * per-row pass's, in the same order, so the results are bit for bit the
- * same.  Row r's query is at qs + r * dpad and its scores at sc + r * FA_BK;
+ * that traffic, not the arithmetic, bounds it.  For float and 16-bit K and
+ * V the arithmetic is the per-row pass's, in the same order, so the
+ * results are bit for bit the same.  int8 keys and values are widened the
+ * same way; the FA_ROWS_MAX dot products of a key are reduced together by
+ * fa_hsum4_, and the values' scales are folded into each row's
+ * probabilities after its softmax, as in the per-row pass.  Their P.V
+ * widens too, even where VNNI exists: one widened value vector serves all
+ * rows, which costs less than each row's digit split and vpdpbusd.  Row r's query is at qs + r * dpad and its scores at sc + r * FA_BK;
  * rows past t->rows hold a zero query and are never read back. */
 #if FA_DOT_UNSCALED
 FA_INLINE void FA_FN(fa_dot_group_)(const FA_T *restrict qs, int64_t dpad,
@@ -399,19 +427,26 @@ FA_INLINE void FA_FN(fa_dot_group_)(const FA_T *restrict qs, int64_t dpad,
 }
 #else
 FA_INLINE void FA_FN(fa_dot_group_)(const FA_T *restrict qs, int64_t dpad,
-                                    const FA_S *restrict k, int64_t d, FA_T *restrict out)
+                                    const FA_KV *restrict k, int64_t d, FA_T *restrict out)
 {
     VT a[FA_ROWS_MAX];
     for (int u = 0; u < FA_ROWS_MAX; u++) a[u] = VSPLAT(0);
     int64_t c = 0;
     for (; c + VL <= d; c += VL) {
-        const VT kv = FA_FN(fa_loads_)(k + c);
+        const VT kv = FA_KV_LOAD(k + c);
 #pragma GCC unroll 4
         for (int u = 0; u < FA_ROWS_MAX; u++) a[u] += VLOAD(qs + u * dpad + c) * kv;
     }
+    FA_T sum[FA_ROWS_MAX];
+#if FA_KV_I8
+    if (FA_ROWS_MAX == 4 && VL >= 4)
+        FA_FN(fa_hsum4_)(a[0], a[1], a[2], a[3], sum);
+    else
+#endif
+        for (int u = 0; u < FA_ROWS_MAX; u++) sum[u] = FA_FN(fa_hsum_)(a[u]);
     for (int u = 0; u < FA_ROWS_MAX; u++) {
-        FA_T s = FA_FN(fa_hsum_)(a[u]);
-        for (int64_t e = c; e < d; e++) s += qs[u * dpad + e] * FA_FN(fa_s2t_)(k[e]);
+        FA_T s = sum[u];
+        for (int64_t e = c; e < d; e++) s += qs[u * dpad + e] * FA_KV_T(k[e]);
         out[u * FA_BK] = s;
     }
 }
@@ -419,7 +454,7 @@ FA_INLINE void FA_FN(fa_dot_group_)(const FA_T *restrict qs, int64_t dpad,
 
 /* acc[r] = acc[r] * alpha[r] + sum_j p[r][j] * v[j] for every row r (dv
  * contiguous): each value vector is loaded once for all rows. */
-FA_INLINE void FA_FN(fa_pv_group_)(const FA_T *restrict sc, const FA_S *restrict v,
+FA_INLINE void FA_FN(fa_pv_group_)(const FA_T *restrict sc, const FA_KV *restrict v,
                                    int64_t v_sn, int nb, int64_t dv, const FA_T *alpha,
                                    FA_T *restrict acc, int64_t dvpad)
 {
@@ -432,9 +467,9 @@ FA_INLINE void FA_FN(fa_pv_group_)(const FA_T *restrict sc, const FA_S *restrict
         for (int i = 0; i < R * CH; i++) a[i / CH][i % CH] = VSPLAT(0);
         for (int j = 0; j < nb; j++) {
             VT vv[CH];
-            const FA_S *vr = v + j * v_sn + e;
+            const FA_KV *vr = v + j * v_sn + e;
 #pragma GCC unroll 4
-            for (int u = 0; u < CH; u++) vv[u] = FA_FN(fa_loads_)(vr + u * VL);
+            for (int u = 0; u < CH; u++) vv[u] = FA_KV_LOAD(vr + u * VL);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const FA_T pj = sc[r * FA_BK + j];
@@ -458,12 +493,15 @@ FA_INLINE void FA_FN(fa_pv_group_)(const FA_T *restrict sc, const FA_S *restrict
  * of it (else the caller takes the per-row pass, which skips a row). */
 FA_INLINE void FA_FN(fa_rows_group_block_)(const fa_params *p, const fa_tile *t,
                                            FA_FN(fa_epi_) *e, const FA_T *qs, int64_t dpad,
-                                           const FA_S *kb, const FA_S *vb, int64_t j0, int nb,
+                                           const FA_KV *kb, const FA_KV *vb, int64_t j0, int nb,
                                            FA_T *sc, FA_T *mt, FA_T *row_max, FA_T *row_sum,
-                                           FA_T *acc, int64_t dvpad)
+                                           FA_T *acc, int64_t dvpad, int64_t pf_end)
 {
     FA_T alpha[FA_ROWS_MAX];
-    for (int j = 0; j < nb; j++) FA_FN(fa_dot_group_)(qs, dpad, kb + j * p->k_sn, p->d, sc + j);
+    for (int j = 0; j < nb; j++) {
+        FA_FN(fa_prefetch_next_)(p, (const FA_KV *)t->k, (const FA_KV *)t->v, j0 + j, pf_end);
+        FA_FN(fa_dot_group_)(qs, dpad, kb + j * p->k_sn, p->d, sc + j);
+    }
     for (int r = 0; r < FA_ROWS_MAX; r++) {
         alpha[r] = 1;
         if (r >= t->rows) continue;
@@ -471,6 +509,11 @@ FA_INLINE void FA_FN(fa_rows_group_block_)(const fa_params *p, const fa_tile *t,
         const int64_t hi = t->jhi[r] - j0 < nb ? t->jhi[r] - j0 : nb;
         FA_FN(fa_rows_epi_)(p, t, r, e, j0, nb, lo, hi, sc + r * FA_BK, mt);
         alpha[r] = FA_FN(fa_rows_softmax_)(sc + r * FA_BK, nb, row_max + r, row_sum + r);
+#if FA_KV_I8
+        /* p_j * v_scale_j; the row sum above keeps the unscaled p */
+        const float *vs = t->v_scale + j0 * p->vs_sn;
+        for (int j = 0; j < nb; j++) sc[r * FA_BK + j] *= vs[j * p->vs_sn];
+#endif
     }
     FA_FN(fa_pv_group_)(sc, vb, p->v_sn, nb, p->dv, alpha, acc, dvpad);
 }
@@ -482,7 +525,6 @@ FA_INLINE int FA_FN(fa_rows_all_see_)(const fa_tile *t, int64_t j0, int nb)
         if (t->jhi[r] <= j0 || t->jlo[r] >= j0 + nb || t->jhi[r] <= t->jlo[r]) return 0;
     return 1;
 }
-#endif /* !FA_KV_I8 */
 
 static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
 {
@@ -517,7 +559,7 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
         row_max[r] = ninf;
         row_sum[r] = 0;
     }
-    const int grouped = !FA_KV_I8 && rows >= 2; /* padded to FA_ROWS_MAX with zero queries */
+    const int grouped = rows >= 2; /* padded to FA_ROWS_MAX with zero queries */
     if (grouped) {
         for (int64_t k = (int64_t)rows * dpad; k < (int64_t)FA_ROWS_MAX * dpad; k++) qs[k] = 0;
         for (int64_t k = (int64_t)rows * dvpad; k < (int64_t)FA_ROWS_MAX * dvpad; k++) acc[k] = 0;
@@ -531,13 +573,11 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
 
     for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
         const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
-#if !FA_KV_I8
         if (grouped && FA_FN(fa_rows_all_see_)(t, j0, nb)) {
             FA_FN(fa_rows_group_block_)(p, t, &e, qs, dpad, kbase + j0 * k_sn, vbase + j0 * v_sn,
-                                        j0, nb, sc, mt, row_max, row_sum, acc, dvpad);
+                                        j0, nb, sc, mt, row_max, row_sum, acc, dvpad, g.j_end);
             continue;
         }
-#endif
         for (int r = 0; r < rows; r++) {
             /* this row's band inside the block */
             int64_t lo = t->jlo[r] - j0, hi = t->jhi[r] - j0;
@@ -546,7 +586,7 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             if (hi <= lo) continue; /* nothing visible here: no change */
             FA_T *s = sc + r * FA_BK;
             FA_FN(fa_rows_scores_)(p, t, r, &e, qs + r * dpad, kbase + j0 * k_sn, j0, nb, lo, hi,
-                                   s, mt);
+                                   s, mt, r == 0 ? g.j_end : 0);
             const FA_T a = FA_FN(fa_rows_softmax_)(s, nb, row_max + r, row_sum + r);
 #if FA_KV_I8
             /* p_j * v_scale_j, in the mask terms' buffer (free again) */
