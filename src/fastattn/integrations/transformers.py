@@ -41,14 +41,6 @@ NAME = "fastattn"
 # kwargs transformers passes that change the math and that fastattn does not do
 _UNSUPPORTED = ("position_bias", "s_aux", "sinks")
 
-# Calls with less work than this (multiply-adds, B * H * Nq * Nk * (D + Dv):
-# decode steps over contexts up to about 8k keys at 16 heads of 128) run on
-# the calling thread alone.  Inside a PyTorch model, torch's own OpenMP pool
-# spins for a while after each of its operations; a short parallel region
-# of fastattn's pool then waits for a core held by a spinning torch thread,
-# and loses more than the second thread could gain.
-SMALL_CALL_WORK = 3.2e7
-
 
 def register(name: str = NAME) -> None:
     """Register fastattn with transformers under ``name``.
@@ -118,14 +110,13 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     n_k = key.shape[2]
     plan = plan_mask(attention_mask, b, n_q, n_k, is_causal, sliding_window)
     dv = value.shape[3]
-    threads = 1 if b * h * n_q * n_k * (query.shape[3] + dv) < SMALL_CALL_WORK else None
     out = torch.empty((b, n_q, h, dv), dtype=query.dtype)
     fatorch.attention(query, key, value, out=out.transpose(1, 2), scale=scaling,
-                      softcap=softcap, num_threads=threads, **plan)
+                      softcap=softcap, **plan)
     weights = None
     if _wants_weights(module, kwargs):
         weights = fatorch.attention_weights(query, key, scale=scaling, softcap=softcap,
-                                            num_threads=threads, **plan)
+                                            **plan)
     return out, weights
 
 
