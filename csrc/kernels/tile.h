@@ -298,6 +298,11 @@ typedef struct {
     FA_T *kc, *vc;               /* widened key and value blocks (16-bit types) */
     int nv, lanes;
     int pairs; /* Q.K^T on bfloat16 pairs (FA_QK_PAIRS; d and the key stride even) */
+    /* The staircase of a block on the causal diagonal (see fa_stair_): when
+     * stair is set, query vector i needs only the block's first nbv[i]
+     * keys, and nbv does not decrease with i. */
+    int stair;
+    int nbv[FA_BQ / VL];
 } FA_FN(fa_scr_);
 
 #if FA_QK_PAIRS
@@ -350,6 +355,7 @@ FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile
         w.slope[r] = r < t->rows ? (FA_T)t->slope[r] : (FA_T)0;
         w.pos[r] = 0;
     }
+    w.stair = 0;
     return w;
 }
 
@@ -370,7 +376,34 @@ FA_INLINE void FA_FN(fa_tile_rows_at_)(const fa_tile *t, const FA_FN(fa_scr_) *w
         }
 }
 
-/* The score epilogue over a block st[key][row] of nb keys. */
+/*
+ * A block on the causal diagonal: every key past row r's band end is
+ * masked for row r, and with rows in query order the band ends grow with
+ * the row.  Query vector i (lanes i*VL ...) then needs only the block's
+ * first nbv[i] keys, the largest band end of its rows, and nbv grows with
+ * i.  Scores, softmax and P.V skip the rest, which would be exp(-inf) = 0
+ * times V (about 3/8 of a 64 x 64 diagonal block with 16 lanes).  Sets
+ * w->stair where that holds and saves something; rows past t->rows and
+ * rows that see no key need nothing.
+ */
+FA_INLINE void FA_FN(fa_stair_)(const fa_tile *t, FA_FN(fa_scr_) *w, int64_t j0, int nb)
+{
+    int prev = 0, saved = 0;
+    w->stair = 0;
+    for (int i = 0; i < w->nv; i++) {
+        int64_t need = 0;
+        for (int r = i * VL; r < (i + 1) * VL && r < t->rows; r++)
+            if (t->jlo[r] < t->jhi[r] && t->jhi[r] - j0 > need) need = t->jhi[r] - j0;
+        const int n = need > nb ? nb : (int)need;
+        if (n < prev) return; /* not a staircase */
+        w->nbv[i] = prev = n;
+        saved |= n < nb;
+    }
+    w->stair = saved;
+}
+
+/* The score epilogue over a block st[key][row] of nb keys (of each query
+ * vector's first nbv[i] keys on a staircase). */
 FA_INLINE void FA_FN(fa_tile_epilogue_)(const FA_FN(fa_scr_) *w, const FA_FN(fa_epi_) *e,
                                         int nb, const int capped, const int alibi,
                                         const int masked, const int band)
@@ -382,7 +415,8 @@ FA_INLINE void FA_FN(fa_tile_epilogue_)(const FA_FN(fa_scr_) *w, const FA_FN(fa_
         row.pos = alibi ? VLOAD(w->pos + i * VL) : VSPLAT(0);
         row.lo = band ? VLOAD(w->lo + i * VL) : VSPLAT(0);
         row.hi = band ? VLOAD(w->hi + i * VL) : VSPLAT(0);
-        for (int j = 0; j < nb; j++) {
+        const int n = w->stair ? w->nbv[i] : nb;
+        for (int j = 0; j < n; j++) {
             FA_T *sp = w->st + j * FA_BQ + i * VL;
             VSTORE(sp, FA_FN(fa_score_epilogue_)(cap, capinv, capped, alibi, masked, band,
                                                  VLOAD(sp), VSPLAT(j), &row,
@@ -407,12 +441,21 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
     const int nv = w->nv;
     FA_T *st = w->st, *bmax = w->bmax;
     for (int i = 0; i < nv; i++) VSTORE(bmax + i * VL, VSPLAT(-(FA_T)__builtin_inf()));
-    if (FA_QK_PAIRS && w->pairs)
-        FA_FN(fa_qk_tile_)(nv, nb, 1, w->qt, kb, k_sn, 1, p->d / 2, (FA_T)p->scale, st, bmax);
-    else if (k_sd == 1)
-        FA_FN(fa_qk_tile_)(nv, nb, 0, w->qt, kb, k_sn, 1, p->d, 0, st, bmax);
-    else
-        FA_FN(fa_qk_tile_)(nv, nb, 0, w->qt, kb, k_sn, k_sd, p->d, 0, st, bmax);
+    /* on a staircase, keys [nbv[i - 1], nbv[i]) for query vectors i.. */
+    for (int i = 0, j = 0; i < (w->stair ? nv : 1); i++) {
+        const int j1 = w->stair ? w->nbv[i] : nb, n = j1 - j, m = nv - i;
+        if (n <= 0) continue;
+        FA_T *sb = st + j * FA_BQ + i * VL, *mb = bmax + i * VL;
+        const FA_T *qb = w->qt + i * VL;
+        if (FA_QK_PAIRS && w->pairs)
+            FA_FN(fa_qk_tile_)(m, n, 1, qb, kb + j * k_sn, k_sn, 1, p->d / 2, (FA_T)p->scale,
+                               sb, mb);
+        else if (k_sd == 1)
+            FA_FN(fa_qk_tile_)(m, n, 0, qb, kb + j * k_sn, k_sn, 1, p->d, 0, sb, mb);
+        else
+            FA_FN(fa_qk_tile_)(m, n, 0, qb, kb + j * k_sn, k_sn, k_sd, p->d, 0, sb, mb);
+        j = j1;
+    }
 
     e->band = band;
     const int mode = FA_FN(fa_epi_mode_)(e);
@@ -491,7 +534,7 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
         const VT m_old = VLOAD(w->row_max + i * VL);
         VT m_new = m_old;
         if (rescan) {
-            for (int j = 0; j < nb; j++)
+            for (int j = 0; j < (w->stair ? w->nbv[i] : nb); j++)
                 m_new = FA_FN(fa_vmax_)(VLOAD(w->st + j * FA_BQ + i * VL), m_new);
         } else {
             m_new = FA_FN(fa_vmax_)(VLOAD(w->bmax + i * VL), m_new);
@@ -501,7 +544,15 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
         VSTORE(w->row_max + i * VL, m_new);
         sum[i] = VSPLAT(0);
     }
-    if (nv == FA_SOFTMAX_NV) {
+    if (w->stair) {
+        for (int i = 0; i < nv; i++)
+            for (int j = 0; j < w->nbv[i]; j++) {
+                FA_T *sp = w->st + j * FA_BQ + i * VL;
+                const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(sp), m_ref[i]);
+                VSTORE(sp, pj);
+                sum[i] += pj;
+            }
+    } else if (nv == FA_SOFTMAX_NV) {
         for (int j = 0; j < nb; j++)
 #pragma GCC unroll 16
             for (int i = 0; i < FA_SOFTMAX_NV; i++) {
@@ -524,6 +575,36 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
                VLOAD(w->row_sum + i * VL) * VLOAD(w->alpha + i * VL) + sum[i]);
 }
 #undef FA_SOFTMAX_NV
+
+/* O = O * alpha + P.V for the block.  On a staircase, P.V runs per key
+ * segment [nbv[i - 1], nbv[i]) over query vectors i..; alpha is applied in
+ * the first segment (which holds every vector that takes part), and a
+ * vector that takes part in none is only rescaled. */
+FA_INLINE void FA_FN(fa_tile_pv_)(const FA_FN(fa_scr_) *w, int nb, const FA_T *vb,
+                                  int64_t v_sn, const int64_t v_sd, int64_t dv)
+{
+    const int nv = w->nv;
+    if (!w->stair) {
+        FA_FN(fa_pv_tile_)(nv, nb, w->st, vb, v_sn, v_sd, dv, w->alpha, w->ot);
+        return;
+    }
+    FA_T ones[FA_BQ] __attribute__((aligned(64)));
+    for (int r = 0; r < FA_BQ; r++) ones[r] = 1;
+    int first = -1;
+    for (int i = 0, j = 0; i < nv; i++) {
+        const int n = w->nbv[i] - j;
+        if (n <= 0) continue;
+        FA_FN(fa_pv_tile_)(nv - i, n, w->st + j * FA_BQ + i * VL, vb + j * v_sn, v_sn, v_sd,
+                           dv, (first < 0 ? w->alpha : ones) + i * VL, w->ot + i * VL);
+        if (first < 0) first = i;
+        j = w->nbv[i];
+    }
+    for (int i = 0; i < (first < 0 ? nv : first); i++) {
+        const VT a = VLOAD(w->alpha + i * VL);
+        for (int64_t c = 0; c < dv; c++)
+            VSTORE(w->ot + c * FA_BQ + i * VL, VLOAD(w->ot + c * FA_BQ + i * VL) * a);
+    }
+}
 
 /* Write the tile's rows: unit column stride in VL x VL blocks through the
  * transpose, then the row finish for the rest (and for rows that saw no
@@ -566,7 +647,7 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
     const FA_T ninf = -(FA_T)__builtin_inf();
     FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
     FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
-    const int nv = w.nv, lanes = w.lanes;
+    const int lanes = w.lanes;
 
     for (int64_t c = 0; c < dv; c++)
         for (int r = 0; r < lanes; r++) w.ot[c * FA_BQ + r] = 0;
@@ -589,6 +670,8 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
 
         int64_t k_sn, k_sd;
         const FA_T *kb = FA_FN(fa_key_block_)(p, t, &w, j0, nb, &k_sn, &k_sd);
+        if (band) FA_FN(fa_stair_)(t, &w, j0, nb);
+        else w.stair = 0;
         const int rescan = FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band);
         FA_FN(fa_tile_softmax_)(&w, nb, rescan);
 
@@ -597,9 +680,9 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
         int64_t v_sn, v_sd;
         FA_BLOCK(vbase, j0, p->v_sn, p->v_sd, nb, dv, w.vc, 0, vb, v_sn, v_sd);
         if (v_sd == 1)
-            FA_FN(fa_pv_tile_)(nv, nb, w.st, vb, v_sn, 1, dv, w.alpha, w.ot);
+            FA_FN(fa_tile_pv_)(&w, nb, vb, v_sn, 1, dv);
         else
-            FA_FN(fa_pv_tile_)(nv, nb, w.st, vb, v_sn, v_sd, dv, w.alpha, w.ot);
+            FA_FN(fa_tile_pv_)(&w, nb, vb, v_sn, v_sd, dv);
     }
     FA_FN(fa_tile_finish_)(p, t, &w);
 }
