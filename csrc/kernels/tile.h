@@ -298,10 +298,8 @@ typedef struct {
     FA_T *kc, *vc;               /* widened key and value blocks (16-bit types) */
     int nv, lanes;
     int pairs; /* Q.K^T on bfloat16 pairs (FA_QK_PAIRS; d and the key stride even) */
-    /* The staircase of a block on the causal diagonal (see fa_stair_): when
-     * stair is set, query vector i needs only the block's first nbv[i]
-     * keys, and nbv does not decrease with i. */
-    int stair;
+    /* The staircase of a block on the causal diagonal (see fa_stair_):
+     * query vector i needs only the block's first nbv[i] keys. */
     int nbv[FA_BQ / VL];
 } FA_FN(fa_scr_);
 
@@ -355,7 +353,6 @@ FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile
         w.slope[r] = r < t->rows ? (FA_T)t->slope[r] : (FA_T)0;
         w.pos[r] = 0;
     }
-    w.stair = 0;
     return w;
 }
 
@@ -382,31 +379,31 @@ FA_INLINE void FA_FN(fa_tile_rows_at_)(const fa_tile *t, const FA_FN(fa_scr_) *w
  * the row.  Query vector i (lanes i*VL ...) then needs only the block's
  * first nbv[i] keys, the largest band end of its rows, and nbv grows with
  * i.  Scores, softmax and P.V skip the rest, which would be exp(-inf) = 0
- * times V (about 3/8 of a 64 x 64 diagonal block with 16 lanes).  Sets
- * w->stair where that holds and saves something; rows past t->rows and
- * rows that see no key need nothing.
+ * times V (about 3/8 of a 64 x 64 diagonal block with 16 lanes).  Fills
+ * w->nbv and returns 1 where that holds and saves something; rows past
+ * t->rows and rows that see no key need nothing.
  */
-FA_INLINE void FA_FN(fa_stair_)(const fa_tile *t, FA_FN(fa_scr_) *w, int64_t j0, int nb)
+FA_INLINE int FA_FN(fa_stair_)(const fa_tile *t, FA_FN(fa_scr_) *w, int64_t j0, int nb)
 {
     int prev = 0, saved = 0;
-    w->stair = 0;
     for (int i = 0; i < w->nv; i++) {
         int64_t need = 0;
         for (int r = i * VL; r < (i + 1) * VL && r < t->rows; r++)
             if (t->jlo[r] < t->jhi[r] && t->jhi[r] - j0 > need) need = t->jhi[r] - j0;
         const int n = need > nb ? nb : (int)need;
-        if (n < prev) return; /* not a staircase */
+        if (n < prev) return 0; /* not a staircase */
         w->nbv[i] = prev = n;
         saved |= n < nb;
     }
-    w->stair = saved;
+    return saved;
 }
 
 /* The score epilogue over a block st[key][row] of nb keys (of each query
- * vector's first nbv[i] keys on a staircase). */
+ * vector's first nbv[i] keys on a staircase; nbv is NULL otherwise, a
+ * constant after inlining). */
 FA_INLINE void FA_FN(fa_tile_epilogue_)(const FA_FN(fa_scr_) *w, const FA_FN(fa_epi_) *e,
-                                        int nb, const int capped, const int alibi,
-                                        const int masked, const int band)
+                                        int nb, const int *nbv, const int capped,
+                                        const int alibi, const int masked, const int band)
 {
     const VT cap = e->cap, capinv = e->capinv;
     for (int i = 0; i < w->nv; i++) {
@@ -415,7 +412,7 @@ FA_INLINE void FA_FN(fa_tile_epilogue_)(const FA_FN(fa_scr_) *w, const FA_FN(fa_
         row.pos = alibi ? VLOAD(w->pos + i * VL) : VSPLAT(0);
         row.lo = band ? VLOAD(w->lo + i * VL) : VSPLAT(0);
         row.hi = band ? VLOAD(w->hi + i * VL) : VSPLAT(0);
-        const int n = w->stair ? w->nbv[i] : nb;
+        const int n = nbv ? nbv[i] : nb;
         for (int j = 0; j < n; j++) {
             FA_T *sp = w->st + j * FA_BQ + i * VL;
             VSTORE(sp, FA_FN(fa_score_epilogue_)(cap, capinv, capped, alibi, masked, band,
@@ -436,32 +433,36 @@ FA_INLINE void FA_FN(fa_tile_epilogue_)(const FA_FN(fa_scr_) *w, const FA_FN(fa_
 FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
                                       const FA_FN(fa_scr_) *w, FA_FN(fa_epi_) *e,
                                       int64_t j0, int nb, const FA_T *kb, int64_t k_sn,
-                                      int64_t k_sd, int band)
+                                      int64_t k_sd, int band, const int *nbv)
 {
     const int nv = w->nv;
     FA_T *st = w->st, *bmax = w->bmax;
     for (int i = 0; i < nv; i++) VSTORE(bmax + i * VL, VSPLAT(-(FA_T)__builtin_inf()));
-    /* on a staircase, keys [nbv[i - 1], nbv[i]) for query vectors i.. */
-    for (int i = 0, j = 0; i < (w->stair ? nv : 1); i++) {
-        const int j1 = w->stair ? w->nbv[i] : nb, n = j1 - j, m = nv - i;
-        if (n <= 0) continue;
-        FA_T *sb = st + j * FA_BQ + i * VL, *mb = bmax + i * VL;
-        const FA_T *qb = w->qt + i * VL;
-        if (FA_QK_PAIRS && w->pairs)
-            FA_FN(fa_qk_tile_)(m, n, 1, qb, kb + j * k_sn, k_sn, 1, p->d / 2, (FA_T)p->scale,
-                               sb, mb);
-        else if (k_sd == 1)
-            FA_FN(fa_qk_tile_)(m, n, 0, qb, kb + j * k_sn, k_sn, 1, p->d, 0, sb, mb);
-        else
-            FA_FN(fa_qk_tile_)(m, n, 0, qb, kb + j * k_sn, k_sn, k_sd, p->d, 0, sb, mb);
-        j = j1;
-    }
+    if (nbv) {
+        /* the staircase: keys [nbv[i - 1], nbv[i]) for query vectors i.. */
+        for (int i = 0, j = 0; i < nv; j = nbv[i], i++) {
+            const int n = nbv[i] - j;
+            if (n <= 0) continue;
+            FA_T *sb = st + j * FA_BQ + i * VL, *mb = bmax + i * VL;
+            const FA_T *qb = w->qt + i * VL, *kj = kb + j * k_sn;
+            if (FA_QK_PAIRS && w->pairs)
+                FA_FN(fa_qk_tile_)(nv - i, n, 1, qb, kj, k_sn, 1, p->d / 2, (FA_T)p->scale, sb,
+                                   mb);
+            else
+                FA_FN(fa_qk_tile_)(nv - i, n, 0, qb, kj, k_sn, k_sd, p->d, 0, sb, mb);
+        }
+    } else if (FA_QK_PAIRS && w->pairs)
+        FA_FN(fa_qk_tile_)(nv, nb, 1, w->qt, kb, k_sn, 1, p->d / 2, (FA_T)p->scale, st, bmax);
+    else if (k_sd == 1)
+        FA_FN(fa_qk_tile_)(nv, nb, 0, w->qt, kb, k_sn, 1, p->d, 0, st, bmax);
+    else
+        FA_FN(fa_qk_tile_)(nv, nb, 0, w->qt, kb, k_sn, k_sd, p->d, 0, st, bmax);
 
     e->band = band;
     const int mode = FA_FN(fa_epi_mode_)(e);
     if (!mode) return 0;
     FA_FN(fa_tile_rows_at_)(t, w, e, j0, nb);
-#define FA_RUN(c, a, m, b) FA_FN(fa_tile_epilogue_)(w, e, nb, c, a, m, b)
+#define FA_RUN(c, a, m, b) FA_FN(fa_tile_epilogue_)(w, e, nb, nbv, c, a, m, b)
     FA_EPI_SWITCH(mode, FA_RUN)
 #undef FA_RUN
     if (e->capped)
@@ -526,7 +527,8 @@ FA_INLINE const FA_T *FA_FN(fa_key_block_)(const fa_params *p, const fa_tile *t,
  * keep both FMA ports busy without relying on a deep scheduler (the sums
  * are the same, in the same order). */
 #define FA_SOFTMAX_NV (FA_BQ / VL)
-FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int rescan)
+FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int rescan,
+                                       const int *nbv)
 {
     VT m_ref[FA_SOFTMAX_NV], sum[FA_SOFTMAX_NV];
     const int nv = w->nv;
@@ -534,7 +536,7 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
         const VT m_old = VLOAD(w->row_max + i * VL);
         VT m_new = m_old;
         if (rescan) {
-            for (int j = 0; j < (w->stair ? w->nbv[i] : nb); j++)
+            for (int j = 0; j < (nbv ? nbv[i] : nb); j++)
                 m_new = FA_FN(fa_vmax_)(VLOAD(w->st + j * FA_BQ + i * VL), m_new);
         } else {
             m_new = FA_FN(fa_vmax_)(VLOAD(w->bmax + i * VL), m_new);
@@ -544,9 +546,9 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
         VSTORE(w->row_max + i * VL, m_new);
         sum[i] = VSPLAT(0);
     }
-    if (w->stair) {
+    if (nbv) {
         for (int i = 0; i < nv; i++)
-            for (int j = 0; j < w->nbv[i]; j++) {
+            for (int j = 0; j < nbv[i]; j++) {
                 FA_T *sp = w->st + j * FA_BQ + i * VL;
                 const VT pj = FA_FN(fa_softmax_exp_)(VLOAD(sp), m_ref[i]);
                 VSTORE(sp, pj);
@@ -576,18 +578,14 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
 }
 #undef FA_SOFTMAX_NV
 
-/* O = O * alpha + P.V for the block.  On a staircase, P.V runs per key
- * segment [nbv[i - 1], nbv[i]) over query vectors i..; alpha is applied in
- * the first segment (which holds every vector that takes part), and a
- * vector that takes part in none is only rescaled. */
-FA_INLINE void FA_FN(fa_tile_pv_)(const FA_FN(fa_scr_) *w, int nb, const FA_T *vb,
-                                  int64_t v_sn, const int64_t v_sd, int64_t dv)
+/* O = O * alpha + P.V for a staircase block: P.V runs per key segment
+ * [nbv[i - 1], nbv[i]) over query vectors i..; alpha is applied in the
+ * first segment (which holds every vector that takes part), and a vector
+ * that takes part in none is only rescaled. */
+FA_INLINE void FA_FN(fa_stair_pv_)(const FA_FN(fa_scr_) *w, const FA_T *vb, int64_t v_sn,
+                                   int64_t v_sd, int64_t dv)
 {
     const int nv = w->nv;
-    if (!w->stair) {
-        FA_FN(fa_pv_tile_)(nv, nb, w->st, vb, v_sn, v_sd, dv, w->alpha, w->ot);
-        return;
-    }
     FA_T ones[FA_BQ] __attribute__((aligned(64)));
     for (int r = 0; r < FA_BQ; r++) ones[r] = 1;
     int first = -1;
@@ -638,6 +636,21 @@ FA_INLINE void FA_FN(fa_tile_finish_)(const fa_params *p, const fa_tile *t,
         FA_FN(fa_row_finish_)(p, t, r, w->row_max[r], w->row_sum[r], w->ot + r, FA_BQ, e0);
 }
 
+/* One key block on the causal diagonal (fa_stair_ said so): scores,
+ * softmax and P.V over each query vector's own keys.  Kept out of line, so
+ * that the hot path of fa_tile_ compiles as it would without it. */
+static __attribute__((noinline)) void FA_FN(fa_stair_block_)(
+    const fa_params *p, const fa_tile *t, FA_FN(fa_scr_) *w, FA_FN(fa_epi_) *e, int64_t j0,
+    int nb, const FA_T *kb, int64_t k_sn, int64_t k_sd)
+{
+    const int rescan = FA_FN(fa_block_scores_)(p, t, w, e, j0, nb, kb, k_sn, k_sd, 1, w->nbv);
+    FA_FN(fa_tile_softmax_)(w, nb, rescan, w->nbv);
+    const FA_T *vb;
+    int64_t v_sn, v_sd;
+    FA_BLOCK((const FA_KV *)t->v, j0, p->v_sn, p->v_sd, nb, p->dv, w->vc, 0, vb, v_sn, v_sd);
+    FA_FN(fa_stair_pv_)(w, vb, v_sn, v_sd, p->dv);
+}
+
 /* The tile: online softmax attention of t->rows query rows over keys
  * [t->k_lo, t->k_hi) (and inside each row's band), written normalized to
  * t->o_row and t->lse_row. */
@@ -647,7 +660,7 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
     const FA_T ninf = -(FA_T)__builtin_inf();
     FA_FN(fa_scr_) w = FA_FN(fa_tile_setup_)(p, t, scratch);
     FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
-    const int lanes = w.lanes;
+    const int nv = w.nv, lanes = w.lanes;
 
     for (int64_t c = 0; c < dv; c++)
         for (int r = 0; r < lanes; r++) w.ot[c * FA_BQ + r] = 0;
@@ -670,19 +683,22 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
 
         int64_t k_sn, k_sd;
         const FA_T *kb = FA_FN(fa_key_block_)(p, t, &w, j0, nb, &k_sn, &k_sd);
-        if (band) FA_FN(fa_stair_)(t, &w, j0, nb);
-        else w.stair = 0;
-        const int rescan = FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band);
-        FA_FN(fa_tile_softmax_)(&w, nb, rescan);
+        if (band && FA_FN(fa_stair_)(t, &w, j0, nb)) {
+            FA_FN(fa_stair_block_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd);
+            continue;
+        }
+        const int rescan =
+            FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band, NULL);
+        FA_FN(fa_tile_softmax_)(&w, nb, rescan, NULL);
 
         /* O = O * alpha + P.V */
         const FA_T *vb;
         int64_t v_sn, v_sd;
         FA_BLOCK(vbase, j0, p->v_sn, p->v_sd, nb, dv, w.vc, 0, vb, v_sn, v_sd);
         if (v_sd == 1)
-            FA_FN(fa_tile_pv_)(&w, nb, vb, v_sn, 1, dv);
+            FA_FN(fa_pv_tile_)(nv, nb, w.st, vb, v_sn, 1, dv, w.alpha, w.ot);
         else
-            FA_FN(fa_tile_pv_)(&w, nb, vb, v_sn, v_sd, dv);
+            FA_FN(fa_pv_tile_)(nv, nb, w.st, vb, v_sn, v_sd, dv, w.alpha, w.ot);
     }
     FA_FN(fa_tile_finish_)(p, t, &w);
 }
@@ -710,7 +726,7 @@ static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scrat
         if (e.masked && !FA_FN(fa_load_mask_)(p, t, j0, nb, w.mt)) continue;
         int64_t k_sn, k_sd;
         const FA_T *kb = FA_FN(fa_key_block_)(p, t, &w, j0, nb, &k_sn, &k_sd);
-        FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band);
+        FA_FN(fa_block_scores_)(p, t, &w, &e, j0, nb, kb, k_sn, k_sd, band, NULL);
         /* the softmax against the final lse; a row that saw no key stays 0 */
         for (int i = 0; i < nv; i++) {
             const VT l = VLOAD(row_lse + i * VL);
