@@ -44,7 +44,7 @@ core_flags=(-std=gnu11 -fno-math-errno -ffp-contract=fast -Wall -Wextra -Werror
             -Wno-unused-function -Wno-missing-field-initializers)
 matrix_build_and_run() {  # NAME FLAGS...
   local name="$1"; shift
-  local objs=() isa arches rowflags a match
+  local objs=() pids=() isa arches rowflags a match pid
   while read -r isa arches rowflags; do
     match=0
     for a in ${arches//,/ }; do [[ "$a" == any || "$arch" == "$a"* ]] && match=1; done
@@ -52,11 +52,14 @@ matrix_build_and_run() {  # NAME FLAGS...
     [[ "$rowflags" == "-" ]] && rowflags=""
     # shellcheck disable=SC2086
     rowflags="$(accepted $rowflags)"
+    # the kernel files compile side by side (each takes tens of seconds)
     # shellcheck disable=SC2086
     "$CC" "${core_flags[@]}" "$@" $rowflags -Icsrc -c "csrc/kernels/kernel_$isa.c" \
-      -o "$out/k_${isa}_$name.o"
+      -o "$out/k_${isa}_$name.o" &
+    pids+=($!)
     objs+=("$out/k_${isa}_$name.o")
   done < <(sed -e 's/#.*//' csrc/isa_flags.txt | awk 'NF')
+  for pid in "${pids[@]}"; do wait "$pid"; done
   echo "== matrix kernels, $name ($arch)"
   "$CC" "${core_flags[@]}" "$@" -fopenmp csrc/test/test_matrix.c csrc/attention.c \
     csrc/dispatch.c csrc/amx/amx_gate.c csrc/amx/amx_emu.c "${objs[@]}" -Icsrc \
