@@ -18,12 +18,12 @@ arch="$("$CC" -dumpmachine)"
 src=(csrc/amx/test_amx.c csrc/amx/amx_emu.c csrc/amx/amx_gate.c csrc/amx/amx_gemm_emu.c)
 # A row's flags that this compiler accepts (as setup.py: without -mamx-tile
 # -mamx-bf16 only the stubs and an empty table of kernel_amx.c remain).
-accepted() { local f; for f in "$@"; do
-    echo 'int x;' | "$CC" "$f" -x c -c - -o /dev/null 2>/dev/null && printf '%s ' "$f"; done; return 0; }
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 real_flags=()
 case "$arch" in
   # shellcheck disable=SC2207
-  x86_64*) real_flags=($(accepted -mamx-tile -mamx-bf16)) ;;
+  x86_64*) real_flags=($(accepted_flags -mamx-tile -mamx-bf16)) ;;
 esac
 [[ ${#real_flags[@]} -eq 2 ]] || real_flags=()
 
@@ -44,25 +44,10 @@ core_flags=(-std=gnu11 -fno-math-errno -ffp-contract=fast -Wall -Wextra -Werror
             -Wno-unused-function -Wno-missing-field-initializers)
 matrix_build_and_run() {  # NAME FLAGS...
   local name="$1"; shift
-  local objs=() pids=() isa arches rowflags a match pid
-  while read -r isa arches rowflags; do
-    match=0
-    for a in ${arches//,/ }; do [[ "$a" == any || "$arch" == "$a"* ]] && match=1; done
-    [[ "$match" == 1 ]] || continue
-    [[ "$rowflags" == "-" ]] && rowflags=""
-    # shellcheck disable=SC2086
-    rowflags="$(accepted $rowflags)"
-    # the kernel files compile side by side (each takes tens of seconds)
-    # shellcheck disable=SC2086
-    "$CC" "${core_flags[@]}" "$@" $rowflags -Icsrc -c "csrc/kernels/kernel_$isa.c" \
-      -o "$out/k_${isa}_$name.o" &
-    pids+=($!)
-    objs+=("$out/k_${isa}_$name.o")
-  done < <(sed -e 's/#.*//' csrc/isa_flags.txt | awk 'NF')
-  for pid in "${pids[@]}"; do wait "$pid"; done
+  kernel_objects "$out" "$name" "${core_flags[@]}" "$@"
   echo "== matrix kernels, $name ($arch)"
   "$CC" "${core_flags[@]}" "$@" -fopenmp csrc/test/test_matrix.c csrc/attention.c \
-    csrc/dispatch.c csrc/amx/amx_gate.c csrc/amx/amx_emu.c "${objs[@]}" -Icsrc \
+    csrc/dispatch.c csrc/amx/amx_gate.c csrc/amx/amx_emu.c "${KERNEL_OBJS[@]}" -Icsrc \
     -o "$out/test_matrix_$name" -lm
   "$out/test_matrix_$name"
 }

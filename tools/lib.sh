@@ -51,3 +51,40 @@ prepare_build_dir() {
     "$PYTHON" -m venv "$WORK/venv"
     return 0
 }
+
+# accepted_flags FLAG...: the flags that $CC accepts (as setup.py does: a
+# compiler without -mamx-tile -mamx-bf16 builds kernel_amx.c as an empty
+# table).
+accepted_flags() {
+    local f
+    for f in "$@"; do
+        echo 'int x;' | "$CC" "$f" -x c -c - -o /dev/null 2>/dev/null && printf '%s ' "$f"
+    done
+    return 0
+}
+
+# kernel_objects OUT TAG CFLAGS...: one object per row of csrc/isa_flags.txt
+# built for $CC's target ("any" or a prefix of the target triple), with the
+# row's flags added to CFLAGS: the table setup.py reads too.  The files
+# compile side by side (each takes tens of seconds); KERNEL_OBJS lists the
+# objects.  Fails when any compile fails.
+kernel_objects() {
+    local out="$1" tag="$2" arch isa arches rowflags a match pid
+    shift 2
+    arch="$("$CC" -dumpmachine)"
+    local pids=()
+    KERNEL_OBJS=()
+    while read -r isa arches rowflags; do
+        match=0
+        for a in ${arches//,/ }; do [[ "$a" == any || "$arch" == "$a"* ]] && match=1; done
+        [[ "$match" == 1 ]] || continue
+        [[ "$rowflags" == "-" ]] && rowflags=""
+        # shellcheck disable=SC2086
+        rowflags="$(accepted_flags $rowflags)"
+        # shellcheck disable=SC2086
+        "$CC" "$@" $rowflags -Icsrc -c "csrc/kernels/kernel_$isa.c" -o "$out/k_${isa}_$tag.o" &
+        pids+=($!)
+        KERNEL_OBJS+=("$out/k_${isa}_$tag.o")
+    done < <(sed -e 's/#.*//' csrc/isa_flags.txt | awk 'NF')
+    for pid in "${pids[@]}"; do wait "$pid" || return 1; done
+}

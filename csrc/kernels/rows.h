@@ -272,7 +272,7 @@ FA_INLINE void FA_FN(fa_pv_vnni_)(const FA_T *restrict pr, const int8_t *restric
 
 
 /* Prefetch into L2 the key and value rows of key index j + FA_BK (the next
- * block), when it exists.  A decode call streams K and V from memory once;
+ * block), when it exists (never with j_end = 0).  A decode call streams K and V from memory once;
  * on one core the hardware prefetchers alone keep too few lines in flight
  * while a block is computed, and memory time and compute time add up.  One
  * row of each per key, spread over the dot products, overlaps them. */
@@ -339,7 +339,8 @@ FA_INLINE void FA_FN(fa_rows_epi_)(const fa_params *p, const fa_tile *t, int r,
 
 /* Scores of one row for keys [j0, j0 + nb): the dot products, then the
  * score epilogue along the keys (the row's band inside the block is
- * [lo, hi)).  mt receives the row's mask terms. */
+ * [lo, hi)).  mt receives the row's mask terms.  The next block is
+ * prefetched up to key pf_end (0: not by this row). */
 FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int r,
                                       FA_FN(fa_epi_) *e, const FA_T *q, const FA_KV *kb,
                                       int64_t j0, int nb, int64_t lo, int64_t hi,
@@ -347,18 +348,29 @@ FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_tile *t, int 
 {
     const int64_t k_sn = p->k_sn, d = p->d;
     int j = 0;
+    const FA_KV *k = (const FA_KV *)t->k, *v = (const FA_KV *)t->v;
     for (; j + 4 <= nb; j += 4) {
-        if (pf_end)
-            for (int u = 0; u < 4; u++)
-                FA_FN(fa_prefetch_next_)(p, (const FA_KV *)t->k, (const FA_KV *)t->v, j0 + j + u, pf_end);
+        for (int u = 0; u < 4; u++) FA_FN(fa_prefetch_next_)(p, k, v, j0 + j + u, pf_end);
         FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
     }
     for (; j < nb; j++) {
-        if (pf_end) FA_FN(fa_prefetch_next_)(p, (const FA_KV *)t->k, (const FA_KV *)t->v, j0 + j, pf_end);
+        FA_FN(fa_prefetch_next_)(p, k, v, j0 + j, pf_end);
         s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
     }
     FA_FN(fa_rows_epi_)(p, t, r, e, j0, nb, lo, hi, s, mt);
 }
+
+#if FA_KV_I8
+/* out[j] = p[j] * v_scale[j] for the block's keys (out may be p): the
+ * int8 values' per-token scales, folded into the probabilities that
+ * multiply them; the row sum keeps the unscaled p. */
+FA_INLINE void FA_FN(fa_v_scaled_)(const fa_params *p, const fa_tile *t, int64_t j0, int nb,
+                                   const FA_T *pr, FA_T *out)
+{
+    const float *vs = t->v_scale + j0 * p->vs_sn;
+    for (int j = 0; j < nb; j++) out[j] = pr[j] * vs[j * p->vs_sn];
+}
+#endif
 
 /* Online softmax of one row over a block of nb scores (along the keys):
  * the scores become probabilities, the running max and sum move on, and
@@ -401,8 +413,9 @@ FA_INLINE FA_T FA_FN(fa_rows_softmax_)(FA_T *restrict s, int nb, FA_T *row_max, 
  * fa_hsum4_, and the values' scales are folded into each row's
  * probabilities after its softmax, as in the per-row pass.  Their P.V
  * widens too, even where VNNI exists: one widened value vector serves all
- * rows, which costs less than each row's digit split and vpdpbusd.  Row r's query is at qs + r * dpad and its scores at sc + r * FA_BK;
- * rows past t->rows hold a zero query and are never read back. */
+ * rows, which costs less than each row's digit split and vpdpbusd.
+ * Row r's query is at qs + r * dpad and its scores at sc + r * FA_BK; rows
+ * past t->rows hold a zero query and are never read back. */
 #if FA_DOT_UNSCALED
 FA_INLINE void FA_FN(fa_dot_group_)(const FA_T *restrict qs, int64_t dpad,
                                     const FA_S *restrict k, int64_t d, FA_T *restrict out)
@@ -510,9 +523,7 @@ FA_INLINE void FA_FN(fa_rows_group_block_)(const fa_params *p, const fa_tile *t,
         FA_FN(fa_rows_epi_)(p, t, r, e, j0, nb, lo, hi, sc + r * FA_BK, mt);
         alpha[r] = FA_FN(fa_rows_softmax_)(sc + r * FA_BK, nb, row_max + r, row_sum + r);
 #if FA_KV_I8
-        /* p_j * v_scale_j; the row sum above keeps the unscaled p */
-        const float *vs = t->v_scale + j0 * p->vs_sn;
-        for (int j = 0; j < nb; j++) sc[r * FA_BK + j] *= vs[j * p->vs_sn];
+        FA_FN(fa_v_scaled_)(p, t, j0, nb, sc + r * FA_BK, sc + r * FA_BK);
 #endif
     }
     FA_FN(fa_pv_group_)(sc, vb, p->v_sn, nb, p->dv, alpha, acc, dvpad);
@@ -590,8 +601,7 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_tile *t, void *scratch)
             const FA_T a = FA_FN(fa_rows_softmax_)(s, nb, row_max + r, row_sum + r);
 #if FA_KV_I8
             /* p_j * v_scale_j, in the mask terms' buffer (free again) */
-            const float *vs = t->v_scale + j0 * p->vs_sn;
-            for (int j = 0; j < nb; j++) mt[j] = s[j] * vs[j * p->vs_sn];
+            FA_FN(fa_v_scaled_)(p, t, j0, nb, s, mt);
 #if defined(FA_I8DP)
             FA_FN(fa_pv_vnni_)(mt, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
 #else
