@@ -101,8 +101,9 @@ def _timed(cmd: List[str]) -> float:
 
 def _commands(corpus: str, out: str, threads: int, peer: bool) -> Dict[str, List[str]]:
     py = sys.executable
-    cmds = {"fastattn embed": [py, "-m", "fastattn", "embed", "--quiet", "--input", corpus,
-                               "--output", out + "fa.npy", "--threads", str(threads)]}
+    cmds = {"fastattn embed": [py, "-m", "fastattn", "embed", "--quiet", "--force",
+                               "--input", corpus, "--output", out + "fa.npy",
+                               "--threads", str(threads)]}
     if peer:
         helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoder_peer.py")
         for dtype in ("float32", "bfloat16"):
