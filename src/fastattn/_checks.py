@@ -9,8 +9,10 @@ message that names the argument and says what was expected.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
-from typing import Any, Tuple
+from typing import Any, Callable, Collection, Dict, Optional, Tuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -168,3 +170,118 @@ def generator(rng: object) -> np.random.Generator:
     except (TypeError, ValueError) as e:
         raise TypeError("rng must be a numpy.random.Generator, an int seed or None, "
                         f"got {type(rng).__name__}: {e}") from None
+
+
+# ---------------------------------------------------------------- PyTorch habits
+
+# PyTorch's names of attention options: (fastattn's keyword or None, what to
+# do instead).  PyTorch's ``scale`` has the same name and meaning here.
+TORCH_KEYWORDS: Dict[str, Tuple[Optional[str], str]] = {
+    "is_causal": ("causal", "fastattn spells it causal=; PyTorch's is_causal=True is "
+                  "causal='top_left' (the diagonal aligned top-left), while causal=True "
+                  "aligns it bottom-right, the KV-cache convention (the two agree when "
+                  "Nq == Nk)"),
+    "attn_mask": ("mask", "fastattn spells it mask=, with the same convention (bool: "
+                  "True = may attend; float: added to the scaled scores)"),
+    "dropout_p": (None, "fastattn has no dropout (it computes attention for inference); "
+                  "leave dropout_p out"),
+    "enable_gqa": (None, "grouped-query attention needs no flag in fastattn: k and v may "
+                   "have fewer heads than q (H a multiple of Hkv); leave enable_gqa out"),
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unknown_keyword(func: str, name: str, accepted: Collection[str]) -> str:
+    """The message for an unexpected keyword argument ``name`` of ``func``
+    (which accepts ``accepted``), with fastattn's spelling where ``name`` is
+    PyTorch's."""
+    msg = f"{func}() got an unexpected keyword argument {name!r}"
+    hint = TORCH_KEYWORDS.get(name)
+    if hint is None:
+        return msg
+    ours, why = hint
+    if ours is not None and ours not in accepted:
+        return f"{msg} (PyTorch's name for fastattn's {ours}=, which {func} does not take)"
+    return f"{msg}: {why}"
+
+
+def keywords(func: str, given: Dict[str, Any], accepted: Collection[str]) -> None:
+    """``given`` keyword arguments must all be in ``accepted`` (for
+    functions that pass ``**options`` on, e.g. ``explain``)."""
+    for name in given:
+        if name not in accepted:
+            raise TypeError(unknown_keyword(func, name, accepted))
+
+
+def torch_type(x: object) -> Optional[str]:
+    """The full name of ``x``'s type if it comes from torch (found without
+    importing torch), else None."""
+    t = type(x)
+    if t.__module__.partition(".")[0] != "torch":
+        return None
+    return "torch.Tensor" if t.__module__ == "torch" and t.__name__ == "Tensor" else \
+        f"{t.__module__}.{t.__qualname__}"
+
+
+def _reworded(func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any],
+              message: str, tensors: Optional[str]) -> Optional[str]:
+    """A better message for the TypeError ``message`` of ``func(*args,
+    **kwargs)`` when a PyTorch habit caused it, else None."""
+    sig = inspect.signature(func)
+    name = func.__qualname__
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        params = sig.parameters
+        for key in kwargs:
+            if key not in params and key in TORCH_KEYWORDS:
+                return unknown_keyword(name, key, params)
+        positional = [p for p in params.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(args) > len(positional) and "causal" in params:
+            return (f"{message}: the options of {name}() are keyword-only (PyTorch's "
+                    "positional attn_mask and is_causal are mask=... and "
+                    "causal='top_left' here)")
+        return None
+    if tensors is None:
+        return None
+    for key, value in bound.arguments.items():
+        values = value.items() if sig.parameters[key].kind == inspect.Parameter.VAR_KEYWORD \
+            else [(key, value)]
+        for arg, x in values:
+            kind = torch_type(x)
+            if kind is not None and message.startswith(f"{arg} "):
+                return (f"{arg} is a {kind}; fastattn.{name}() takes NumPy arrays: "
+                        f"{tensors}")
+    return None
+
+
+def entry(tensors: Optional[str]) -> Callable[[F], F]:
+    """Decorator of the public functions of the NumPy API: a ``TypeError``
+    that a PyTorch habit caused says what fastattn wants instead.
+
+    - An unexpected keyword that is PyTorch's name for an option
+      (``is_causal``, ``attn_mask``, ``dropout_p``, ``enable_gqa``) gets
+      fastattn's spelling (``TORCH_KEYWORDS``).
+    - A torch tensor refused as an argument gets ``tensors``, the way to
+      call fastattn with tensors (e.g. "use fastattn.torch.attention");
+      None for functions that take tensors.
+
+    Only a failed call is analysed; a call that succeeds costs one more
+    Python call.  ``inspect.signature`` of the decorated function is that
+    of the function itself.
+    """
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except TypeError as e:
+                better = _reworded(func, args, kwargs, str(e), tensors)
+                if better is None:
+                    raise
+                raise TypeError(better) from None
+        return cast(F, checked)
+    return decorate
+

@@ -7,6 +7,7 @@ merging partial results).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,7 +18,12 @@ from ._threads import call_threads
 
 __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
 
+# what a torch tensor passed to a function of this module should be instead
+_AS_NUMPY = ("pass fastattn.torch.as_numpy(t), a NumPy view of a CPU tensor's memory "
+             "(no copy); fastattn.torch.from_numpy(out) turns the result into a tensor")
 
+
+@_checks.entry("use fastattn.torch.attention, which reads CPU tensors in place")
 def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
               mask: Optional[NDArray[Any]] = None, causal: Union[bool, str] = False,
               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
@@ -128,7 +134,9 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     it.  Any strides are read in place, so a ``(B, N, H, D)`` array passed
     as ``x.transpose(0, 2, 1, 3)`` costs no copy.  Wrong types or dtypes
     raise ``TypeError``; wrong shapes or values raise ``ValueError``; the
-    message names the argument.
+    message names the argument; PyTorch's option names (``is_causal``,
+    ``attn_mask``, ``dropout_p``, ``enable_gqa``) and torch tensors get a
+    ``TypeError`` that says what to use instead.
     """
     code = _checks.precision(precision, q)
     threads = call_threads(num_threads)
@@ -149,6 +157,7 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
     return (res + (w,)) if return_lse else (res, w)
 
 
+@_checks.entry(_AS_NUMPY)
 def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     """What :func:`attention` would do with the same arguments, without
     computing anything.
@@ -195,6 +204,7 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     >>> fastattn.explain(q, k, v)["kernel"]
     'rows'
     """
+    _checks.keywords("explain", options, _options())
     if "num_threads" in options:
         options["num_threads"] = call_threads(options["num_threads"])
     requested = options.pop("precision", "highest")
@@ -203,6 +213,12 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     plan["precision_requested"] = requested
     plan["precision_note"] = _precision_note(plan, requested)
     return plan
+
+
+def _options() -> Tuple[str, ...]:
+    """The keyword options of :func:`attention`."""
+    params = inspect.signature(attention).parameters.values()
+    return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY)
 
 
 def _precision_note(plan: Dict[str, Any], requested: str) -> Optional[str]:
@@ -224,6 +240,7 @@ def _precision_note(plan: Dict[str, Any], requested: str) -> Optional[str]:
     return f"precision={requested!r} falls back to 'highest' on the {plan['kernel']} kernel"
 
 
+@_checks.entry("use fastattn.torch.attention_weights, which reads CPU tensors in place")
 def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
                       mask: Optional[NDArray[Any]] = None, causal: Union[bool, str] = False,
                       scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
@@ -250,6 +267,7 @@ def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
     return w
 
 
+@_checks.entry(_AS_NUMPY)
 def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
                      cu_seqlens_q: ArrayLike, cu_seqlens_k: ArrayLike, *,
                      causal: Union[bool, str] = False, scale: Optional[float] = None,

@@ -11,6 +11,10 @@ from .api import attention
 
 __all__ = ["KVCache"]
 
+# what a torch tensor passed to the cache should be instead
+_AS_NUMPY = ("pass fastattn.torch.as_numpy(t), a NumPy view of a CPU tensor's memory "
+             "(no copy); fastattn.torch.from_numpy(out) turns a result into a tensor")
+
 
 class KVCache:
     """Keys and values of past tokens, preallocated for ``max_len`` tokens
@@ -93,6 +97,7 @@ class KVCache:
         """Empty every row (the buffers are kept)."""
         self.lengths[:] = 0
 
+    @_checks.entry(_AS_NUMPY)
     def append(self, k: NDArray[Any], v: NDArray[Any], *,
                lengths: Optional[ArrayLike] = None) -> None:
         """Append new tokens' keys and values.
@@ -175,6 +180,7 @@ class KVCache:
             return mask[..., :n_keys]
         return mask
 
+    @_checks.entry(_AS_NUMPY)
     def attend(self, q: NDArray[Any], *, causal: Union[bool, str] = False,
                scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
                alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,

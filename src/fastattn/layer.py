@@ -408,6 +408,8 @@ class MultiHeadAttention:
             return self._apply_padding(key_padding_mask, mask, B, scores[2], batched, causal)
         return mask, None
 
+    @_checks.entry("pass t.numpy() (fastattn.torch.as_numpy(t) also reads bfloat16 "
+                   "tensors), a NumPy view of a CPU tensor's memory")
     def __call__(self, x: Array, context: Optional[Array] = None, *,
                  mask: Optional[Array] = None, key_padding_mask: Optional[Array] = None,
                  causal: Union[bool, str] = False, need_weights: bool = False,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 import numpy as np
 import torch
 
-from . import api
+from . import _checks, api
 
 __all__ = ["attention", "attention_weights", "as_numpy", "from_numpy"]
 
@@ -126,6 +126,7 @@ def _options(mask: object, causal: bool | str, scale: float | None,
     return opts
 
 
+@_checks.entry(None)      # PyTorch's option names get fastattn's spellings
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               mask: torch.Tensor | None = None, causal: bool | str = False,
               scale: float | None = None, window: tuple[int, int] | None = None,
@@ -187,6 +188,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     return (first,) + tuple(from_numpy(r) for r in res[1:])
 
 
+@_checks.entry(None)
 def attention_weights(q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | None = None,
                       causal: bool | str = False, scale: float | None = None,
                       window: tuple[int, int] | None = None,

@@ -164,3 +164,18 @@ def test_registry_lists_every_path():
     assert set(_core.isa_available()) <= set(_core.isa_compiled()) <= set(names)
     assert "scalar" in _core.isa_available()
     assert _core.get_isa() in _core.isa_available()
+
+
+def test_unknown_options_name_explain(rng):
+    # explain passes its options to the planner; an unknown one is reported
+    # as explain's, not the planner's
+    q, k, v = make_qkv(rng, (1, 2), 4, 6, 8)
+    with pytest.raises(TypeError, match=r"^explain\(\) got an unexpected keyword argument "
+                                        r"'bogus'$"):
+        fastattn.explain(q, k, v, bogus=1)
+    with pytest.raises(TypeError, match=r"^explain\(\) got an unexpected keyword argument "
+                                        r"'is_causal': .*causal='top_left'"):
+        fastattn.explain(q, k, v, is_causal=True)
+    # every option of attention is one of explain's
+    assert fastattn.explain(q, k, v, causal="top_left", mask=np.ones((4, 6), bool),
+                            num_threads=1, precision="highest")["kernel"] in ("tile", "rows")

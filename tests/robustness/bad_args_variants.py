@@ -262,6 +262,18 @@ CASES = [
     ("merge_out_list", T, r"\bouts\[1\]", merge([O, O.tolist()], [L, L])),
     ("merge_lse_list", T, r"\blses\[1\]", merge([O, O], [L, L.tolist()])),
     ("merge_first_out_scalar", T, r"\bouts\[0\]", merge([np.float32(1)], [np.float32(0)])),
+    # PyTorch's option names: the message gives fastattn's spelling
+    ("attn_is_causal", T, r"\bis_causal\b.*causal='top_left'", attn(is_causal=True)),
+    ("attn_attn_mask", T, r"\battn_mask\b.*\bmask=", attn(attn_mask=np.ones((5, 6), bool))),
+    ("attn_dropout_p", T, r"\bdropout_p\b.*no dropout", attn(dropout_p=0.1)),
+    ("attn_enable_gqa", T, r"\benable_gqa\b.*fewer heads", attn(enable_gqa=True)),
+    ("weights_is_causal", T, r"\bis_causal\b.*causal='top_left'", weights(is_causal=True)),
+    ("varlen_is_causal", T, r"\bis_causal\b.*causal='top_left'", varlen(is_causal=True)),
+    ("attend_is_causal", T, r"\bis_causal\b.*causal='top_left'", attend(is_causal=True)),
+    ("explain_is_causal", T, r"\bis_causal\b.*causal='top_left'",
+     lambda: fastattn.explain(*qkv(), is_causal=True)),
+    ("explain_unknown_option", T, r"^explain\(\).*\bbogus\b",
+     lambda: fastattn.explain(*qkv(), bogus=1)),
 ]
 
 
