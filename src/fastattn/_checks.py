@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import os
+import sys
 from typing import Any, Callable, Collection, Dict, Optional, Tuple, TypeVar, cast
 
 import numpy as np
@@ -285,3 +287,17 @@ def entry(tensors: Optional[str]) -> Callable[[F], F]:
         return cast(F, checked)
     return decorate
 
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the calling function
+    that attributes the warning to the first frame outside fastattn (the
+    user's call, however many of fastattn's layers it went through)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -8,7 +8,9 @@ merging partial results).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import threading
+import warnings
+from typing import Any, Dict, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -98,8 +100,9 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         ``"bf16x3"`` splits each float32 operand into a high and a low
         bfloat16 and sums three products, close to float32 accuracy.
         Where the matrix unit is missing (or for decode shapes, which run
-        on the vector kernels) the call computes at ``"highest"``;
-        :func:`explain` reports the mode really used.  float64 inputs
+        on the vector kernels) the call computes at ``"highest"`` and
+        says so with a ``RuntimeWarning``, once per process for each
+        reason; :func:`explain` reports the mode really used.  float64 inputs
         accept only ``"highest"`` (else ``ValueError``); float16 and
         bfloat16 inputs ignore the keyword.  The attention weights
         (``return_weights``) are always computed at ``"highest"``.
@@ -149,6 +152,11 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
                           return_weights=False if split else return_weights,
                           num_threads=threads, precision=code, k_scale=k_scale,
                           v_scale=v_scale)
+    if code and q.dtype == np.float32:
+        _warn_fallback(precision, q, k, v, dict(
+            mask=mask, causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes,
+            softcap=softcap, kv_lengths=kv_lengths, precision=code, k_scale=k_scale,
+            v_scale=v_scale))
     if not split:
         return res
     w = attention_weights(q, k, mask=mask, causal=causal, scale=scale, window=window,
@@ -230,14 +238,52 @@ def _precision_note(plan: Dict[str, Any], requested: str) -> Optional[str]:
             "own precision")
     if used == requested:
         return None
-    if plan["kernel"] == "rows":
-        return (f"precision={requested!r} falls back to 'highest': decode shapes (few "
-                "query rows per kv head) run on the float32 vector kernels")
-    status = _core.amx_status()
-    if not status["available"] and plan["isa"] != "amx_emu":
-        return (f"precision={requested!r} falls back to 'highest': the matrix unit is not "
-                f"available ({status['reason']})")
-    return f"precision={requested!r} falls back to 'highest' on the {plan['kernel']} kernel"
+    return _fallback(plan, requested)[1]
+
+
+def _fallback(plan: Dict[str, Any], requested: str) -> Tuple[Tuple[str, ...], str]:
+    """Why a float32 call planned as ``plan`` computes at "highest" instead
+    of ``requested``: a key of the reason and the note that says it.  A
+    reason that holds for every call on the ISA path (no matrix kernels,
+    or no matrix unit) has the key ``("path", isa)``."""
+    head = f"precision={requested!r} falls back to 'highest'"
+    isa = plan["isa"]
+    if isa in ("amx", "amx_emu") and plan["kernel"] == "rows":
+        return ("decode",), (f"{head}: decode shapes (few query rows per kv head) run on "
+                             "the float32 vector kernels")
+    if isa != "amx_emu":
+        status = _core.amx_status()
+        if not status["available"]:
+            return ("path", isa), (f"{head}: the matrix unit is not available "
+                                   f"({status['reason']})")
+        if isa != "amx":
+            return ("path", isa), f"{head}: the {isa} path has no matrix kernels"
+    return ("kernel", plan["kernel"]), f"{head} on the {plan['kernel']} kernel"
+
+
+# the reasons (_fallback's keys) the fallback warning has been given for
+_warned: Set[Tuple[str, ...]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_fallback(requested: str, q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
+                   options: Dict[str, Any]) -> None:
+    """After a float32 call with a reduced ``precision``: a RuntimeWarning
+    if it computed at "highest", once per process for each reason (the
+    note of :func:`explain`).  Once the ISA path is known to fall back on
+    every call, nothing is planned any more."""
+    if ("path", _core.get_isa()) in _warned:
+        return
+    plan = dict(_core.plan(q, k, v, **options))
+    if plan["precision"] != "highest":
+        return
+    key, note = _fallback(plan, requested)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(f"{note}; fastattn.explain shows the plan of a call", RuntimeWarning,
+                  stacklevel=_checks.stacklevel())
 
 
 @_checks.entry("use fastattn.torch.attention_weights, which reads CPU tensors in place")
@@ -327,11 +373,14 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
         viewed: NDArray[Any] = a.transpose(1, 0, 2)[None]
         return viewed
 
-    res = _core.attention(view(q), view(k), view(v), causal=causal, scale=scale,
-                          out=view(out), return_lse=return_lse, window=window,
-                          alibi_slopes=alibi_slopes, softcap=softcap, cu_seqlens_q=cq,
-                          cu_seqlens_k=ck, max_seqlen_q=max_q, max_seqlen_k=max_k,
-                          num_threads=call_threads(num_threads), precision=code)
+    options: Dict[str, Any] = dict(
+        causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+        cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_q=max_q, max_seqlen_k=max_k,
+        precision=code)
+    res = _core.attention(view(q), view(k), view(v), out=view(out), return_lse=return_lse,
+                          num_threads=call_threads(num_threads), **options)
+    if code and q.dtype == np.float32:
+        _warn_fallback(precision, view(q), view(k), view(v), options)
     if return_lse:
         return out, res[1][0]
     return out

@@ -201,3 +201,128 @@ def test_weights_are_computed_at_highest(rng, mode):
     _same_bits(fastattn.attention_weights(q, k, causal=True, precision=mode), w)
     plan = fastattn.explain(q, k, v, return_weights=True, precision=mode)
     assert plan["weights"]["precision"] == "highest"
+
+
+# ---------------------------------------------------------------- the fallback warning
+
+SUFFIX = "; fastattn.explain shows the plan of a call"
+
+_FALLBACK_CHILD = r'''
+import json, sys, warnings
+import numpy as np
+import fastattn
+from fastattn import api
+
+rng = np.random.default_rng(0)
+def qkv(lead, nq, nk, d, hkv):
+    return (rng.standard_normal(lead + (nq, d)).astype(np.float32),
+            rng.standard_normal(lead[:-1] + (hkv, nk, d)).astype(np.float32),
+            rng.standard_normal(lead[:-1] + (hkv, nk, d)).astype(np.float32))
+pre = qkv((1, 4), 64, 80, 32, 2)
+dec = qkv((1, 8), 1, 300, 64, 2)
+calls = [("prefill", pre, "bf16"), ("prefill", pre, "bf16"), ("decode", dec, "bf16"),
+         ("decode", dec, "bf16"), ("prefill", pre, "bf16x3"), ("decode", dec, "bf16x3")]
+seen, out = set(), []
+for name, (q, k, v), mode in calls:
+    plan = fastattn.explain(q, k, v, precision=mode)
+    expected = []
+    if plan["precision_note"] is not None:
+        key = api._fallback(plan, mode)[0]
+        if key not in seen:
+            expected = [plan["precision_note"] + sys.argv[1]]
+        seen.add(key)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fastattn.attention(q, k, v, precision=mode)
+    got = [str(w.message) for w in caught if w.category is RuntimeWarning]
+    files = sorted({w.filename for w in caught})
+    out.append(dict(call=f"{name} {mode}", got=got, expected=expected, files=files))
+print(json.dumps(out))
+'''
+
+
+def _fallback_child(tmp_path, **env):
+    import json
+    import subprocess
+    import sys
+
+    from support.child import child_env
+
+    script = tmp_path / "fallback_child.py"
+    script.write_text(_FALLBACK_CHILD)
+    run = subprocess.run([sys.executable, str(script), SUFFIX], capture_output=True, text=True,
+                         env=child_env(**env), timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout), str(script)
+
+
+def test_fallback_warns_once_per_process_and_reason(tmp_path):
+    # a fresh interpreter on the default path: each call warns iff it falls
+    # back for a reason not warned about before, with explain's note
+    res, script = _fallback_child(tmp_path, FASTATTN_ISA="")
+    for r in res:
+        assert r["got"] == r["expected"], r
+        assert r["files"] in ([], [script]), r        # attributed to the caller
+    # the same call twice never warns twice
+    assert res[1]["got"] == [] and res[3]["got"] == []
+
+
+@pytest.mark.parametrize("path", VECTOR_PATHS)
+def test_fallback_on_a_vector_path_warns_once_in_all(tmp_path, path):
+    # a path without matrix kernels falls back on every call, for one reason
+    res, _ = _fallback_child(tmp_path, FASTATTN_ISA=path)
+    got = [m for r in res for m in r["got"]]
+    assert len(got) == 1 and res[0]["got"] == got, res
+    assert got[0].startswith("precision='bf16' falls back to 'highest': ") and \
+        got[0].endswith(SUFFIX)
+    assert "matrix" in got[0]
+
+
+def _warnings_of(call):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if w.category is RuntimeWarning]
+
+
+@pytest.mark.parametrize("entry", ["attention", "attention_varlen", "KVCache.attend",
+                                   "MultiHeadAttention", "torch.attention"])
+def test_every_entry_warns_about_its_fallback(rng, monkeypatch, entry):
+    from fastattn import api
+    if entry == "torch.attention":
+        require("torch", "the torch adapter needs torch")
+    q, k, v = _qkv(rng)
+    before = _core.get_isa()
+    _core.set_isa(VECTOR_PATHS[0])
+    try:
+        monkeypatch.setattr(api, "_warned", set())      # as in a fresh process
+        first = _warnings_of(lambda: ENTRIES[entry](q, k, v, precision="bf16"))
+        second = _warnings_of(lambda: ENTRIES[entry](q, k, v, precision="bf16x3"))
+    finally:
+        _core.set_isa(before)
+    assert len(first) == 1 and first[0].startswith("precision='bf16' falls back to 'highest'")
+    assert second == []
+
+
+def test_no_fallback_warning_where_precision_does_not_fall_back(rng, monkeypatch):
+    from fastattn import api
+    q, k, v = _qkv(rng)
+    monkeypatch.setattr(api, "_warned", set())
+    assert _warnings_of(lambda: fastattn.attention(q, k, v)) == []
+    assert _warnings_of(lambda: fastattn.attention(q, k, v, precision="highest")) == []
+    assert _warnings_of(lambda: fastattn.explain(q, k, v, precision="bf16")) == []
+    assert _warnings_of(lambda: fastattn.attention_weights(q, k, precision="bf16")) == []
+    h = [a.astype(np.float16) for a in (q, k, v)]      # 16-bit inputs ignore the keyword
+    assert _warnings_of(lambda: fastattn.attention(*h, precision="bf16")) == []
+    # on every path: a call that runs in the mode it asked for does not warn
+    before = _core.get_isa()
+    try:
+        for path in _core.isa_available():
+            _core.set_isa(path)
+            monkeypatch.setattr(api, "_warned", set())
+            runs = fastattn.explain(q, k, v, precision="bf16")["precision"] == "bf16"
+            got = _warnings_of(lambda: fastattn.attention(q, k, v, precision="bf16"))
+            assert len(got) == (0 if runs else 1), (path, got)
+    finally:
+        _core.set_isa(before)
