@@ -95,11 +95,12 @@ def cache_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     """A KV cache's dtype: a float dtype (see ``float_dtype``) or int8
     (``"int8"``, ``np.int8``: the 8-bit cache)."""
     try:
-        if np.dtype(dtype) == np.int8:
-            return np.dtype(np.int8)
+        dt = np.dtype(dtype)
     except TypeError:
-        pass
-    return float_dtype(dtype, half=True, not_a_dtype="a numpy float dtype or 'int8'")
+        raise TypeError(f"dtype must be a numpy float dtype or 'int8', got {dtype!r}") from None
+    if dt == np.int8 or dt in FLOAT_DTYPES or is_half(dt):
+        return dt
+    raise TypeError(f"dtype must be float32, float64, float16, bfloat16 or int8, got {dt}")
 
 
 def quantizable(name: str, a: NDArray[Any]) -> None:

@@ -1,6 +1,7 @@
 """A key/value cache for incremental (autoregressive) decoding."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -92,6 +93,17 @@ class KVCache:
     @property
     def dtype(self) -> np.dtype[Any]:
         return self.k.dtype
+
+    def __repr__(self) -> str:
+        dims = (f"batch={self.batch}, kv_heads={self.kv_heads}, max_len={self.max_len}, "
+                f"head_dim={self.k.shape[3]}")
+        if self.v.shape[3] != self.k.shape[3]:
+            dims += f", value_dim={self.v.shape[3]}"
+        if self.batch <= 8:
+            held = str(self.lengths.tolist())
+        else:   # the range of the row lengths
+            held = f"{int(self.lengths.min())}..{int(self.lengths.max())}"
+        return f"KVCache({dims}, dtype={self.dtype.name}, lengths={held})"
 
     def reset(self) -> None:
         """Empty every row (the buffers are kept)."""
@@ -198,6 +210,17 @@ class KVCache:
         prefix, ``(batch, H, Nq, max(lengths))``, after the lse when both
         are asked for.  ``precision`` as in :func:`fastattn.attention`
         (a float32 cache may run its prefill on the matrix unit).
+
+        Queries that can see no key are almost always a mistake (attending
+        before appending the queries' own keys), so they are not answered
+        with silent zeros: on an empty cache (every row holds 0 tokens)
+        ``attend`` raises ``ValueError``; when some rows hold no token, or
+        when the cache's own alignment hides every key from some queries
+        (``causal=True`` or a bounded ``window`` with more queries than a
+        row holds keys), the call computes (those queries get exact zeros
+        and an lse of -inf, as in :func:`fastattn.attention`) and gives a
+        ``RuntimeWarning`` once per call.  Queries hidden by ``mask`` are
+        the caller's choice and are not warned about.
         """
         _checks.ndarray("q", q)
         if q.ndim != 4 or q.shape[0] != self.batch:
@@ -205,14 +228,49 @@ class KVCache:
                              f"{self.k.shape[3]})")
         # only the filled prefix is passed, so work and masks stay small
         used = int(self.lengths.max()) if self.batch else 0
+        if self.batch and not used:
+            raise ValueError("the cache is empty: append keys and values first (attend "
+                             "computes over the cached tokens, the queries' own included)")
         v_scale = None if self.v_scale is None else self.v_scale[:, :, :used]
-        return attention(q, self.k[:, :, :used], self.v[:, :, :used], k_scale=self.k_scale,
-                         v_scale=v_scale,
-                         mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
-                         window=window, alibi_slopes=alibi_slopes, softcap=softcap,
-                         kv_lengths=self.lengths, out=out, return_lse=return_lse,
-                         return_weights=return_weights, num_threads=num_threads,
-                         precision=precision)
+        res = attention(q, self.k[:, :, :used], self.v[:, :, :used], k_scale=self.k_scale,
+                        v_scale=v_scale,
+                        mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
+                        window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                        kv_lengths=self.lengths, out=out, return_lse=return_lse,
+                        return_weights=return_weights, num_threads=num_threads,
+                        precision=precision)
+        self._warn_unseen(q.shape[2], causal, window)
+        return res
+
+    def _warn_unseen(self, n_q: int, causal: object, window: object) -> None:
+        """A RuntimeWarning if some queries of an ``attend`` (valid
+        arguments) see no key under the cache's own alignment: a row with
+        no token, or with fewer keys than the band needs (query i of row b
+        sees key j only if ``j <= i + lengths[b] - n_q + right``, ``right``
+        being 0 for causal and the window's right bound)."""
+        if not n_q or not self.batch:
+            return
+        right = None
+        if isinstance(window, (tuple, list)) and int(window[1]) >= 0:
+            right = int(window[1])
+        if (causal is True or isinstance(causal, np.bool_) and causal
+                or causal == "bottom_right"):
+            right = 0 if right is None else min(right, 0)
+        least = int(self.lengths.min())
+        need = 1 if right is None else n_q - right
+        if least >= need:
+            return
+        unseen = np.where(self.lengths == 0, n_q, np.clip(need - self.lengths, 0, n_q))
+        rows = np.flatnonzero(unseen)
+        b = int(rows[0])
+        held = int(self.lengths[b])
+        what = (f"row {b} holds {held} token{'' if held == 1 else 's'} and {unseen[b]} of "
+                f"its {n_q} queries see no key")
+        if rows.size > 1:
+            what = f"{rows.size} rows have queries that see no key (e.g. {what})"
+        warnings.warn(f"KVCache.attend: {what}; they get zeros. Append the queries' own "
+                      "keys and values before attend (the queries are the last positions "
+                      "of each row)", RuntimeWarning, stacklevel=_checks.stacklevel())
 
 
 # The smallest scale: an all-zero row or channel still gets a valid (> 0)

@@ -215,8 +215,8 @@ def test_reset(rng):
     c.reset()
     np.testing.assert_array_equal(c.lengths, [0, 0])
     q = randn(rng, (2, 2, 3, 4))
-    out, lse = c.attend(q, causal=True, return_lse=True)
-    assert (out == 0).all() and (lse == -np.inf).all()
+    with pytest.raises(ValueError, match=r"the cache is empty"):
+        c.attend(q, causal=True)
     k, v = fill(rng, c, 6)          # the full max_len again
     c.append(k, v)
     out, lse = c.attend(q, causal=True, return_lse=True)
@@ -243,8 +243,117 @@ def test_empty_caches(rng):
     c.append(*fill(rng, c, 0))
     with pytest.raises(ValueError, match=r"max_len"):
         c.append(*fill(rng, c, 1))
-    out, lse = c.attend(randn(rng, (2, 1, 1, 8)), return_lse=True)
-    assert (out == 0).all() and (lse == -np.inf).all()
+    with pytest.raises(ValueError, match=r"the cache is empty: append keys and values first"):
+        c.attend(randn(rng, (2, 1, 1, 8)), return_lse=True)
+
+
+def test_attend_on_an_empty_cache_raises(rng):
+    # attending before appending would answer every query with zeros
+    c = fastattn.KVCache(2, 2, 8, 4)
+    q = randn(rng, (2, 2, 3, 4))
+    o = np.full((2, 2, 3, 4), 7.0, np.float32)
+    for kw in ({}, dict(causal=True), dict(causal="top_left"), dict(out=o)):
+        with pytest.raises(ValueError, match=r"the cache is empty"):
+            c.attend(q, **kw)
+    assert (o == 7.0).all()
+    c.append(*fill(rng, c, 3), lengths=[0, 0])
+    with pytest.raises(ValueError, match=r"the cache is empty"):
+        c.attend(q)
+
+
+def _unseen_warnings(call):
+    """The RuntimeWarnings of call() about queries that see no key, and its result."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = call()
+    return [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)], res
+
+
+def test_queries_that_see_no_key_warn_once_per_call(rng):
+    c = fastattn.KVCache(3, 1, 8, 4)
+    k, v = fill(rng, c, 5)
+    c.append(k, v, lengths=[5, 2, 0])
+    q = randn(rng, (3, 2, 3, 4))
+    # causal, 3 queries: row 1 (2 keys) hides everything from query 0, row 2 holds nothing
+    msgs, (out, lse) = _unseen_warnings(lambda: c.attend(q, causal=True, return_lse=True))
+    assert len(msgs) == 1, msgs
+    assert msgs[0].startswith("KVCache.attend: 2 rows have queries that see no key (e.g. row 1 "
+                              "holds 2 tokens and 1 of its 3 queries see no key)")
+    assert "Append the queries' own keys and values before attend" in msgs[0]
+    # the call still computes, with zeros (and lse -inf) for those queries
+    assert (out[1, :, 0] == 0).all() and (lse[1, :, 0] == -np.inf).all()
+    assert (out[2] == 0).all() and (lse[2] == -np.inf).all()
+    AttentionRefs(q[:1], k[:1], v[:1], causal=True).check(out[:1], lse[:1])
+    AttentionRefs(q[1:2], k[1:2, :, :2], v[1:2, :, :2], causal=True).check(out[1:2], lse[1:2])
+    # without causal only the empty row sees nothing; top-left causal likewise
+    for kw in ({}, dict(causal="top_left"), dict(window=(1, -1))):
+        msgs, _ = _unseen_warnings(lambda: c.attend(q, **kw))
+        assert len(msgs) == 1 and msgs[0].startswith(
+            "KVCache.attend: row 2 holds 0 tokens and 3 of its 3 queries see no key"), (kw, msgs)
+
+
+def test_the_band_decides_which_queries_see_no_key(rng):
+    c = fastattn.KVCache(1, 1, 8, 4)
+    c.append(*fill(rng, c, 2))
+    q = randn(rng, (1, 1, 4, 4))
+    # bottom-right: query i sees keys j <= i + 2 - 4 (+ the window's right bound)
+    for kw, unseen in ((dict(causal=True), 2), (dict(causal="bottom_right"), 2),
+                       (dict(causal=np.bool_(True)), 2), (dict(window=(0, 1)), 1),
+                       (dict(window=(3, 0), causal=True), 2), (dict(window=(-1, 5)), 0),
+                       (dict(window=(0, 2)), 0)):
+        msgs, out = _unseen_warnings(lambda: c.attend(q, **kw))
+        if unseen:
+            assert msgs == [f"KVCache.attend: row 0 holds 2 tokens and {unseen} of its 4 "
+                            "queries see no key; they get zeros. Append the queries' own keys "
+                            "and values before attend (the queries are the last positions of "
+                            "each row)"], kw
+            assert (out[0, 0, :unseen] == 0).all() and (out[0, 0, unseen:] != 0).any()
+        else:
+            assert msgs == [], kw
+    # the usual steps warn about nothing: append, then attend the new queries
+    c.append(*fill(rng, c, 2))
+    msgs, _ = _unseen_warnings(lambda: c.attend(q, causal=True))
+    assert msgs == []
+    # queries a mask hides are the caller's choice
+    mask = np.zeros((4, 4), bool)
+    msgs, out = _unseen_warnings(lambda: c.attend(q, causal=True, mask=mask))
+    assert msgs == [] and (out == 0).all()
+
+
+def test_the_warning_points_at_the_caller(rng):
+    import warnings
+    c = fastattn.KVCache(1, 1, 8, 4)
+    c.append(*fill(rng, c, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c.attend(randn(rng, (1, 1, 2, 4)), causal=True)
+    assert len(caught) == 1 and caught[0].filename == __file__
+
+
+def test_repr_gives_the_shape_dtype_and_fill(rng):
+    c = fastattn.KVCache(2, 3, 16, 8, value_dim=4)
+    assert repr(c) == ("KVCache(batch=2, kv_heads=3, max_len=16, head_dim=8, value_dim=4, "
+                       "dtype=float32, lengths=[0, 0])")
+    c.append(*fill(rng, c, 5), lengths=[5, 2])
+    assert repr(c).endswith("dtype=float32, lengths=[5, 2])")
+    assert repr(fastattn.KVCache(1, 1, 4, 8, dtype="int8")) == (
+        "KVCache(batch=1, kv_heads=1, max_len=4, head_dim=8, dtype=int8, lengths=[0])")
+    big = fastattn.KVCache(20, 1, 9, 2, dtype=np.float16)
+    big.append(*fill(rng, big, 9), lengths=np.arange(20) % 10)
+    assert repr(big) == ("KVCache(batch=20, kv_heads=1, max_len=9, head_dim=2, "
+                         "dtype=float16, lengths=0..9)")
+
+
+def test_dtype_error_lists_every_accepted_dtype():
+    for bad in (np.int32, np.complex64, np.uint8, "float8"):
+        with pytest.raises(TypeError, match=r"\bdtype\b.*float32, float64, float16, bfloat16 "
+                                            r"or int8|dtype must be a numpy float dtype or "
+                                            r"'int8'"):
+            fastattn.KVCache(1, 1, 4, 8, dtype=bad)
+    with pytest.raises(TypeError, match=r"^dtype must be float32, float64, float16, bfloat16 "
+                                        r"or int8, got int32$"):
+        fastattn.KVCache(1, 1, 4, 8, dtype=np.int32)
 
 
 def test_attend_returns_weights_over_the_filled_prefix(rng):

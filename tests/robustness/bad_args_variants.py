@@ -218,7 +218,7 @@ CASES = [
     ("cache_head_dim_none", T, r"\bhead_dim\b", cache(2, 1, 4, None)),
     ("cache_value_dim_negative", V, r"\bvalue_dim\b", cache(2, 1, 4, 8, value_dim=-1)),
     ("cache_value_dim_float", T, r"\bvalue_dim\b", cache(2, 1, 4, 8, value_dim=2.0)),
-    ("cache_dtype_int", T, r"\bdtype\b", cache(2, 1, 4, 8, dtype=np.int32)),
+    ("cache_dtype_int", T, r"\bdtype\b.*\bint8\b", cache(2, 1, 4, 8, dtype=np.int32)),
     ("cache_dtype_complex", T, r"\bdtype\b", cache(2, 1, 4, 8, dtype=np.complex64)),
     ("cache_dtype_object", T, r"\bdtype\b", cache(2, 1, 4, 8, dtype=object)),
     ("cache_dtype_name", T, r"\bdtype\b", cache(2, 1, 4, 8, dtype="foo")),
@@ -250,6 +250,8 @@ CASES = [
     ("attend_q_dtype", T, r"\bq\b", attend(q=np.zeros((2, 4, 1, 4)))),
     ("attend_out_shape", V, r"\bout\b", attend(out=np.zeros((2, 4, 1, 4), np.float32))),
     ("attend_mask_shape", V, r"\bmask\b", attend(mask=np.ones((2, 4, 1, 5), bool))),
+    ("attend_empty_cache", V, r"\bcache is empty\b.*\bappend\b",
+     lambda: _cache().attend(np.zeros((2, 4, 1, 4), np.float32))),
     # merge
     ("merge_empty", V, r"\bouts\b", merge([], [])),
     ("merge_count_mismatch", V, r"\blses\b", merge([O, O], [L])),
