@@ -309,7 +309,7 @@ def test_calls_use_fastattn_thread_setting(monkeypatch: Any, n_q: int, n_k: int)
         seen.append(kwargs.get("num_threads"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fa_hf.fatorch, "attention", spy)
+    monkeypatch.setattr(ft, "attention", spy)       # the module the backend calls
     g = torch.Generator().manual_seed(5)
     q = torch.randn(1, 16, n_q, 128, generator=g)
     k, v = (torch.randn(1, 4, n_k, 128, generator=g) for _ in range(2))

@@ -24,17 +24,24 @@ object):
   above;
 - anything else is passed to the kernel as the mask it is.
 """
-from __future__ import annotations
+# Only the API is public here: the imports are bound to private names.
+from __future__ import annotations as _annotations
 
-import threading
-import weakref
-from typing import Any
+import threading as _threading
+import weakref as _weakref
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-import torch
+import torch as _torch
 
-from .. import torch as fatorch
+from .. import torch as _fatorch
 
-__all__ = ["register", "attention_forward", "NAME"]
+if _TYPE_CHECKING:      # the names of the annotations (strings at run time)
+    import weakref
+    from typing import Any
+
+    import torch
+
+__all__ = ["register", "attention_forward", "plan_mask", "NAME"]
 
 NAME = "fastattn"
 
@@ -110,12 +117,12 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     n_k = key.shape[2]
     plan = plan_mask(attention_mask, b, n_q, n_k, is_causal, sliding_window)
     dv = value.shape[3]
-    out = torch.empty((b, n_q, h, dv), dtype=query.dtype)
-    fatorch.attention(query, key, value, out=out.transpose(1, 2), scale=scaling,
+    out = _torch.empty((b, n_q, h, dv), dtype=query.dtype)
+    _fatorch.attention(query, key, value, out=out.transpose(1, 2), scale=scaling,
                       softcap=softcap, **plan)
     weights = None
     if _wants_weights(module, kwargs):
-        weights = fatorch.attention_weights(query, key, scale=scaling, softcap=softcap,
+        weights = _fatorch.attention_weights(query, key, scale=scaling, softcap=softcap,
                                             **plan)
     return out, weights
 
@@ -134,7 +141,7 @@ class _PlanCache:
     object to every layer of a forward pass, so it is analysed once."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _threading.Lock()
         self._ref: weakref.ref[torch.Tensor] | None = None
         self._key: tuple[Any, ...] = ()
         self._plan: dict[str, Any] = {}
@@ -147,7 +154,7 @@ class _PlanCache:
 
     def put(self, mask: torch.Tensor, key: tuple[Any, ...], plan: dict[str, Any]) -> None:
         with self._lock:
-            self._ref, self._key, self._plan = weakref.ref(mask), key, plan
+            self._ref, self._key, self._plan = _weakref.ref(mask), key, plan
 
 
 _cache = _PlanCache()
@@ -187,10 +194,10 @@ def plan_mask(mask: torch.Tensor | None, batch: int, n_q: int, n_k: int, is_caus
 def _allowed(mask: torch.Tensor) -> torch.Tensor | None:
     """A float mask's allowed entries as bool, when it is really a bool mask
     (entries 0 or "minus infinity", every row with a key); else None."""
-    if mask.dtype == torch.bool:
+    if mask.dtype == _torch.bool:
         return mask
     zero = mask == 0
-    hidden = mask <= torch.finfo(mask.dtype).min / 2
+    hidden = mask <= _torch.finfo(mask.dtype).min / 2
     if not bool((zero | hidden).all()) or not bool(zero.any(dim=-1).all()):
         return None
     return zero
@@ -199,8 +206,8 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor | None:
 def _band(n_q: int, n_k: int, kind: str, window: tuple[int, int] | None) -> torch.Tensor:
     """(Nq, Nk) bool: the band of fastattn's ``causal="top_left"``,
     ``causal=True`` ("bottom_right") or ``causal=True, window=window``."""
-    i = torch.arange(n_q)[:, None]
-    j = torch.arange(n_k)[None, :]
+    i = _torch.arange(n_q)[:, None]
+    j = _torch.arange(n_k)[None, :]
     diag = i if kind == "top_left" else i + (n_k - n_q)
     band = j <= diag
     if kind == "window" and window is not None:
@@ -240,7 +247,7 @@ def _match_band(m: torch.Tensor, keys: torch.Tensor, n_q: int, n_k: int,
             full = keys[:, None, :].expand_as(m)
         else:
             full = keys[:, None, :] & _band(n_q, n_k, kind, win)[None]
-        if torch.equal(m, full.expand_as(m)):
+        if _torch.equal(m, full.expand_as(m)):
             return kind
     return None
 
@@ -259,7 +266,7 @@ def _with_keys(keys: torch.Tensor, band: str | None, n_q: int, n_k: int,
     if bool(keys.all()):
         return opts
     lengths = keys.sum(dim=1)
-    prefix = bool(torch.equal(keys, torch.arange(n_k)[None, :] < lengths[:, None]))
+    prefix = bool(_torch.equal(keys, _torch.arange(n_k)[None, :] < lengths[:, None]))
     # kv_lengths moves bottom-right alignments to each row's own length, so
     # it stands for right padding only where the band does not depend on Nk
     top_left = band is None or band == "top_left" or (band == "bottom_right" and n_q == n_k)
