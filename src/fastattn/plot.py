@@ -6,25 +6,114 @@ is imported inside the functions here, so ``import fastattn`` and
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from typing import Any, List, Optional, Sequence, Tuple
+import unicodedata
+import warnings
+from typing import Any, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["attention_heatmap"]
 
-# Size of one heatmap cell and room for the token labels, in inches.
+# Size of one heatmap cell and room for the token labels, in inches.  A panel
+# grows with the tokens at _CELL_IN a cell up to its largest side, then its
+# cells shrink (and the label font with them) down to _MIN_CELL_IN, which
+# still fits a 6.5 pt label: 64 tokens on _MAX_PANEL_IN.  With more, the panel
+# keeps its largest side and only every k-th token is labelled.  The largest
+# side is _MAX_PANEL_IN, less in a grid of more than two panels a row or
+# column (their sides add up to at most _MAX_GRID_IN), so that a figure is
+# at most about 25 inches (3800 pixels at 150 dpi) a side.
 _CELL_IN = 0.42
-_LABEL_IN = 0.09          # per character of the longest token label
+_MAX_PANEL_IN = 8.0
+_MAX_GRID_IN = 20.0
+_MIN_CELL_IN = 0.125
 _MIN_PANEL_IN = 2.0
+_LABEL_IN = 0.09          # per character of the longest label, at 9 pt
+_MAX_LABEL_CHARS = 20     # longer labels are cut, with an ellipsis
 _MAX_COLS = 4
 # the background that masked cells show
 _HATCH = dict(facecolor="#f4f4f4", edgecolor="#b0b0b0", hatch="////")
 
 # (title or None, weights (Nq, Nk), masked cells (Nq, Nk)) of one heatmap
 Panel = Tuple[Optional[str], NDArray[np.float64], NDArray[Any]]
+
+
+class _Layout(NamedTuple):
+    """Cell size (inches), label font size (points) and label step (every
+    ``step``-th token labelled) for panels of ``n`` tokens a side."""
+
+    cell_in: float
+    fontsize: float
+    step: int
+
+
+def _layout(n: int, panel_in: float = _MAX_PANEL_IN) -> _Layout:
+    """The layout of panels of ``n`` tokens a side, at most ``panel_in``
+    inches."""
+    step = max(1, math.ceil(n * _MIN_CELL_IN / panel_in))
+    cell = min(_CELL_IN, panel_in / max(n, 1))
+    # a label's line fills about 70% of the space between labelled rows
+    fontsize = min(9.0, max(6.5, round(cell * step * 72 * 0.7, 1)))
+    return _Layout(cell, fontsize, step)
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= _MAX_LABEL_CHARS else label[:_MAX_LABEL_CHARS - 1] + "\u2026"
+
+
+def _label_width(labels: Sequence[str]) -> int:
+    """Width of the longest label in narrow characters (a wide East Asian
+    character counts as two)."""
+    return max((sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
+                for s in labels), default=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _charmap(path: str) -> FrozenSet[int]:
+    """The code points the font file at ``path`` has glyphs for."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def _label_fonts(matplotlib: Any, labels: Sequence[str]) -> Optional[List[str]]:
+    """Font families for the labels: None when the default font has all
+    their characters, else the default families followed by the installed
+    font that has the most of the missing ones (e.g. Noto Sans CJK for
+    Chinese, Japanese or Korean).  Warns once, naming the characters no
+    installed font has (matplotlib draws them as boxes)."""
+    from matplotlib import font_manager
+
+    chars = {ord(c) for s in labels for c in s if not c.isspace()}
+    default = font_manager.findfont(font_manager.FontProperties())
+    missing = chars - _charmap(default)
+    if not missing:
+        return None
+    best: Optional[str] = None
+    left = missing
+    # sans-serif faces first; the Last Resort font's glyphs are boxes
+    for entry in sorted(font_manager.fontManager.ttflist,
+                        key=lambda e: ("Sans" not in e.name, e.name)):
+        if entry.fname == default or entry.name.startswith("Last Resort"):
+            continue
+        still = missing - _charmap(entry.fname)
+        if len(still) < len(left):
+            best, left = entry.name, still
+            if not left:
+                break
+    if left:
+        shown = "".join(chr(c) for c in sorted(left)[:12]) + (" ..." if len(left) > 12 else "")
+        warnings.warn(f"no installed font has glyphs for {len(left)} characters of the labels "
+                      f"({shown}): they are drawn as boxes; install a font that has them "
+                      "(e.g. Noto Sans CJK for Chinese, Japanese and Korean)",
+                      UserWarning, stacklevel=3)
+    return None if best is None else [*matplotlib.rcParams["font.family"], best]
 
 
 def _grid_columns(n: int) -> int:
@@ -119,13 +208,18 @@ def _panels(w: NDArray[np.float64], hidden: NDArray[np.bool_], head: object) -> 
     raise TypeError(f"head must be None, an int or 'mean', got {type(head).__name__}")
 
 
-def _new_figure(Figure: Any, n: int, Nq: int, Nk: int, label_in: float,
+def _grid(n: int) -> Tuple[int, int]:
+    """(rows, columns) of the grid of n panels."""
+    ncols = _grid_columns(n)
+    return math.ceil(n / ncols), ncols
+
+
+def _new_figure(Figure: Any, n: int, Nq: int, Nk: int, layout: _Layout, label_in: float,
                 title: Optional[str]) -> Tuple[Any, List[Any]]:
     """A figure sized for n panels of Nq x Nk cells, and its n Axes."""
-    ncols = _grid_columns(n)
-    nrows = math.ceil(n / ncols)
-    panel_w = max(_MIN_PANEL_IN, _CELL_IN * Nk)
-    panel_h = max(_MIN_PANEL_IN, _CELL_IN * Nq)
+    nrows, ncols = _grid(n)
+    panel_w = max(_MIN_PANEL_IN, layout.cell_in * Nk)
+    panel_h = max(_MIN_PANEL_IN, layout.cell_in * Nq)
     fig = Figure(figsize=(ncols * (panel_w + label_in + 0.5) + 1.2,
                           nrows * (panel_h + label_in + 0.6) + (0.9 if title else 0.5)),
                  layout="constrained")
@@ -136,24 +230,25 @@ def _new_figure(Figure: Any, n: int, Nq: int, Nk: int, label_in: float,
 
 
 def _draw_panel(matplotlib: Any, a: Any, panel: Panel, cm: Any, col_labels: List[str],
-                row_labels: List[str]) -> Any:
+                row_labels: List[str], layout: _Layout, fonts: Optional[List[str]]) -> Any:
     """One heatmap into the Axes a; returns its image."""
     label, data, empty = panel
     Nq, Nk = data.shape
-    fontsize = 9 if max(Nq, Nk) <= 24 else 7
+    step = layout.step
+    text = {"fontsize": layout.fontsize, **({"fontfamily": fonts} if fonts else {})}
     # Hatching behind the image shows through the transparent masked cells.
     a.set_facecolor("white")
     a.add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), Nk, Nq, linewidth=0, zorder=0,
                                              **_HATCH))
     image = a.imshow(np.ma.masked_array(data, mask=empty), cmap=cm, vmin=0.0, vmax=1.0,
                      interpolation="nearest", aspect="equal", zorder=1)
-    a.set_xticks(np.arange(Nk), labels=col_labels, rotation=60, ha="right",
-                 rotation_mode="anchor", fontsize=fontsize)
-    a.set_yticks(np.arange(Nq), labels=row_labels, fontsize=fontsize)
+    a.set_xticks(np.arange(0, Nk, step), labels=col_labels[::step], rotation=60, ha="right",
+                 rotation_mode="anchor", **text)
+    a.set_yticks(np.arange(0, Nq, step), labels=row_labels[::step], **text)
     a.set_xlim(-0.5, Nk - 0.5)
     a.set_ylim(Nq - 0.5, -0.5)
-    a.set_xlabel("key")
-    a.set_ylabel("query")
+    a.set_xlabel("key" if step == 1 else f"key (every {step}th labelled)")
+    a.set_ylabel("query" if step == 1 else f"query (every {step}th labelled)")
     a.tick_params(length=0)
     if label:
         a.set_title(label, fontsize=10)
@@ -227,6 +322,13 @@ def attention_heatmap(weights: ArrayLike, tokens: Sequence[str],
     close): save it with ``fig.savefig("attention.png")``; Jupyter displays
     it when it is a cell's value.
 
+    A new figure grows with the tokens up to 8 inches a panel side, the
+    labels shrinking to 6.5 pt; past 64 tokens only every k-th token is
+    labelled and the figure keeps that size.  Labels longer than 20
+    characters are cut.  Labels the default font lacks glyphs for (Chinese,
+    Japanese, Korean, ...) are drawn with an installed font that has them;
+    where none does, one warning names the characters.
+
     Raises ``ImportError`` (with the install command) when matplotlib is
     missing, ``TypeError``/``ValueError`` for arguments of the wrong type
     or shape.
@@ -249,14 +351,19 @@ def attention_heatmap(weights: ArrayLike, tokens: Sequence[str],
     matplotlib, Figure, Patch = _import_matplotlib()
     cm = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
     cm = cm.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))   # masked: transparent over hatching
+    row_labels, col_labels = [_short(t) for t in row_labels], [_short(t) for t in col_labels]
+    fonts = _label_fonts(matplotlib, row_labels + col_labels)
+    layout = _layout(max(Nq, Nk), min(_MAX_PANEL_IN, _MAX_GRID_IN / max(_grid(len(panels))))
+                     if ax is None else _MAX_PANEL_IN)
     if ax is None:
-        label_in = _LABEL_IN * max((len(s) for s in row_labels + col_labels), default=1)
-        fig, axes = _new_figure(Figure, len(panels), Nq, Nk, label_in, title)
+        label_in = (_LABEL_IN * layout.fontsize / 9.0 *
+                    _label_width(row_labels[::layout.step] + col_labels[::layout.step]))
+        fig, axes = _new_figure(Figure, len(panels), Nq, Nk, layout, label_in, title)
     else:
         fig, axes = ax.figure, [ax]
     image = None
     for a, panel in zip(axes, panels):
-        image = _draw_panel(matplotlib, a, panel, cm, col_labels, row_labels)
+        image = _draw_panel(matplotlib, a, panel, cm, col_labels, row_labels, layout, fonts)
     cbar = fig.colorbar(image, ax=axes, shrink=0.9 if len(axes) > 1 else 1.0,
                         fraction=0.05 if len(axes) > 1 else 0.08, pad=0.02)
     cbar.set_label("attention weight")

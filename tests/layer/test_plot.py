@@ -243,3 +243,89 @@ def test_ax_with_several_heads_is_an_error(mpl):
     ax = Figure().add_subplot()
     with pytest.raises(ValueError, match="choose one with head=INT or head='mean'"):
         plot.attention_heatmap(np.ones((2, 3, 3)) / 3, list("abc"), ax=ax)
+
+
+# ---------------------------------------------------------------------------
+# size, labels and fonts
+# ---------------------------------------------------------------------------
+
+def _ticklabels(fig):
+    panels = [a for a in fig.axes if a.get_images()]
+    return [[t for t in a.get_yticklabels()] for a in panels]
+
+
+@pytest.mark.parametrize("n, heads", [(6, 4), (64, 4), (64, 16), (200, 4), (1000, 1)])
+def test_figure_size_is_bounded_and_labels_readable(mpl, n, heads):
+    """A figure grows with the tokens only up to about 25 inches a side
+    (a 200-word demo once asked for 25638 x 25623 pixels); every label is
+    kept up to 64 tokens a panel of 8 inches, at 6.5 pt or more, and past
+    that every k-th one."""
+    w = np.full((heads, n, n), 1.0 / n)
+    fig = plot.attention_heatmap(w, [f"w{i}" for i in range(n)])
+    width, height = fig.get_size_inches()
+    assert max(width, height) <= 26, (width, height)
+    labels = _ticklabels(fig)
+    assert len(labels) == heads
+    for panel in labels:
+        assert all(t.get_fontsize() >= 6.5 for t in panel)
+        if n <= 64 and heads <= 4:
+            assert [t.get_text() for t in panel] == [f"w{i}" for i in range(n)]
+        else:
+            step = int(panel[1].get_text()[1:]) - int(panel[0].get_text()[1:])
+            assert step > 1 and len(panel) == len(range(0, n, step))
+    if n <= 6:
+        assert all(t.get_fontsize() == 9 for t in labels[0])
+
+
+def test_long_labels_are_cut(mpl):
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis" * 20
+    fig = plot.attention_heatmap(np.eye(2), [word, "b"])
+    text = _ticklabels(fig)[0][0].get_text()
+    assert text == word[:19] + "\u2026"
+    assert max(fig.get_size_inches()) < 10
+
+
+def test_labels_use_a_font_that_has_their_glyphs(mpl, monkeypatch):
+    """Labels the default font lacks are drawn with an installed font that
+    has them (here a stand-in: the charmap of one font pretends to have
+    every character), without a warning."""
+    import warnings
+
+    from matplotlib import font_manager
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    other = next(e for e in font_manager.fontManager.ttflist
+                 if e.fname != default and not e.name.startswith("Last Resort"))
+    real = plot._charmap
+
+    def charmap(path):
+        return frozenset(range(0x3000, 0xA000)) | real(path) if path == other.fname \
+            else real(path)
+
+    monkeypatch.setattr(plot, "_charmap", charmap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot.attention_heatmap(np.eye(3), ["人生", "苦短", "ok"])
+    families = _ticklabels(fig)[0][0].get_fontfamily()
+    assert families[-1] == other.name and families[:-1] == mpl.rcParams["font.family"]
+    assert plot.attention_heatmap(np.eye(2), ["a", "b"]).axes[0].get_yticklabels()[0] \
+        .get_fontfamily() == mpl.rcParams["font.family"]
+
+
+def test_missing_glyphs_give_one_warning(mpl, monkeypatch):
+    """Where no installed font has the characters, one warning names them
+    (matplotlib would warn once per glyph when drawing)."""
+    import warnings
+
+    from matplotlib import font_manager
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    real = plot._charmap
+    monkeypatch.setattr(plot, "_charmap", lambda path: real(path) if path == default
+                        else frozenset())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot.attention_heatmap(np.eye(3), ["人生", "苦短", "ok"])
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert "4 characters" in message and all(c in message for c in "人生苦短")
