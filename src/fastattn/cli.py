@@ -99,6 +99,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 # --------------------------------------------------------------------------
 # info
 # --------------------------------------------------------------------------
@@ -327,40 +337,54 @@ _DEMO_TEXT = "Life is short, eat dessert first"   # fastattn.demo.DEFAULT_TEXT
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``fastattn demo``: write the attention heatmaps of a sentence."""
+    """``fastattn demo``: write the attention heatmaps of a sentence.  Errors
+    and warnings (e.g. labels no installed font can draw) are one line each."""
+    import warnings
+
     from fastattn import demo
 
-    try:
-        path = demo.main(args.text, args.out, causal=args.causal, heads=args.heads,
-                         dim=args.dim, seed=args.seed)
-    except (ValueError, ImportError) as exc:
-        print(f"{PROG} demo: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            path = demo.main(args.text, args.out, causal=args.causal, heads=args.heads,
+                             dim=args.dim, seed=args.seed)
+        except (ValueError, ImportError, OSError, RuntimeError) as exc:
+            print(f"{PROG} demo: error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                print(f"{PROG} demo: warning: {message}", file=sys.stderr)
     print(f"wrote {os.path.abspath(path)}")
     return 0
 
 
 def _add_demo(sub: SubParsers) -> None:
+    from fastattn.demo import MAX_DIM, MAX_HEADS, MAX_WORDS
+
     p = sub.add_parser(
         "demo", help="draw the attention weights of a self-attention layer over a sentence",
         description="Run a MultiHeadAttention self-attention layer over TEXT (one token per "
-                    "word) and write a heatmap of each head's attention weights.  The "
-                    "embeddings (seeded by each word's CRC-32) and the layer's weights are "
-                    "random: an illustration of the computation, not a trained model.")
+                    "word, and per character in Chinese and Japanese) and write a heatmap "
+                    "of each head's attention weights.  The embeddings (seeded by each "
+                    "word's CRC-32) and the layer's weights are random: an illustration of "
+                    "the computation, not a trained model.")
     p.add_argument("text", nargs="?", default=None, metavar="TEXT",
-                   help=f"the sentence (default: {_DEMO_TEXT!r})")
+                   help=f"the sentence, at most {MAX_WORDS} words (default: {_DEMO_TEXT!r})")
     p.add_argument("--out", default="attention.png", metavar="PATH",
-                   help="image to write; the format follows the extension "
-                        "(default: attention.png)")
+                   help="image to write, in an existing folder; the format follows the "
+                        "extension (png, svg, pdf, jpg, ...; an unknown one is an error), "
+                        "and a name without one gets .png added.  The file is replaced "
+                        "only once the image is complete (default: attention.png)")
     p.add_argument("--causal", action="store_true",
                    help="causal attention: each word sees only itself and the words "
                         "before it (the hidden cells are drawn empty)")
     p.add_argument("--heads", type=_positive_int, default=4, metavar="N",
-                   help="attention heads, one panel each (default: 4)")
+                   help=f"attention heads, one panel each, at most {MAX_HEADS} (default: 4)")
     p.add_argument("--dim", type=_positive_int, default=64, metavar="E",
-                   help="embedding width, a multiple of --heads (default: 64)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of the embeddings and weights (default: 0)")
+                   help=f"embedding width, a multiple of --heads, at most {MAX_DIM} "
+                        "(default: 64)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                   help="seed of the embeddings and weights, >= 0 (default: 0)")
     p.set_defaults(func=cmd_demo)
 
 

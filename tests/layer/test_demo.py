@@ -87,17 +87,115 @@ def test_cli_options_change_the_picture(mpl, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["demo", "...", "--out", "x.png"], "no words in the text"),
     (["demo", "--heads", "3", "--out", "x.png"], "--dim (64) must be divisible by --heads (3)"),
+    (["demo", "--heads", "32", "--dim", "64", "--out", "x.png"],
+     "--heads is 32; the demo draws at most 16"),
+    (["demo", "--heads", "1", "--dim", "4096", "--out", "x.png"],
+     "--dim is 4096; the demo allows at most 1024"),
+    (["demo", "--out", "x.foo"], "cannot write x.foo: unknown image format '.foo'; use one of "),
+    (["demo", "--out", "sub"], "cannot write sub: it names a folder, not a file"),
+    (["demo", "--out", "file/x.png"], "is not a folder"),
 ])
-def test_cli_errors(tmp_path, capsys, monkeypatch, args, message):
+def test_cli_errors(mpl, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "file").write_text("")
     assert main(args) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "x.png").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("fastattn demo: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "sub"]
+    assert not any((tmp_path / "sub").iterdir())
 
 
 def test_cli_rejects_bad_numbers(capsys):
     assert main(["demo", "--heads", "0"]) == 2
     assert "expected a positive integer" in capsys.readouterr().err
+    assert main(["demo", "--seed", "-1"]) == 2      # once a TypeError traceback
+    assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+def _demo_child(tmp_path, *args):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, "-m", "fastattn", "demo", *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def test_cli_missing_folder_is_one_line(tmp_path):
+    """Once a 33-line traceback."""
+    r = _demo_child(tmp_path, "--out", str(tmp_path / "no" / "such" / "a.png"))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"fastattn demo: error: cannot write {tmp_path / 'no' / 'such' / 'a.png'}"
+                        f": the folder {tmp_path / 'no' / 'such'} does not exist\n")
+
+
+def test_cli_too_many_words_fail_at_once(tmp_path):
+    """200 words once took 72 s and 8.2 GB for a 25638 x 25623 PNG."""
+    r = _demo_child(tmp_path, " ".join(f"w{i}" for i in range(200)), "--out", "x.png")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == ("fastattn demo: error: the text has 200 words; the demo draws at most "
+                        "64 (labels would be unreadable): shorten it\n")
+    assert not any(tmp_path.iterdir())
+
+
+def test_word_cap(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "render", lambda result, path, title=None: str(path))
+    words = " ".join(f"w{i}" for i in range(demo.MAX_WORDS))
+    assert demo.main(words, tmp_path / "a.png") == str(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=f"has {demo.MAX_WORDS + 1} words; the demo draws at "
+                                         f"most {demo.MAX_WORDS}"):
+        demo.main(words + " extra", tmp_path / "a.png")
+
+
+def test_cli_prints_the_name_it_writes(mpl, tmp_path):
+    """``--out x`` once printed ``wrote x`` and wrote x.png (matplotlib adds
+    the extension): now the .png is added first, and printed."""
+    r = _demo_child(tmp_path, "--out", "x")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"wrote {tmp_path / 'x.png'}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+    read_png(mpl, tmp_path / "x.png")
+
+
+def test_cli_cjk_text_gives_at_most_one_warning(mpl, tmp_path):
+    """Chinese and Japanese are one token per character; their labels use
+    an installed font that has them, or give one warning (matplotlib warns
+    once per missing glyph)."""
+    from fastattn import plot
+
+    text = "人生苦短，吃甜点先 dessert"
+    tokens = demo.tokenize(text)
+    r = _demo_child(tmp_path, text, "--out", "cjk.png")
+    assert r.returncode == 0, r.stderr
+    read_png(mpl, tmp_path / "cjk.png")
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot._label_fonts(mpl, tokens)
+    lines = r.stderr.splitlines()
+    assert "Glyph" not in r.stderr and len(lines) == len(caught) <= 1, r.stderr
+    if lines:
+        assert lines[0].startswith("fastattn demo: warning: no installed font has glyphs for ")
+
+
+def test_failed_write_leaves_the_old_file(mpl, tmp_path, monkeypatch, capsys):
+    """The image goes to a temporary file renamed into place: a write that
+    fails (here: the disk fills up) leaves neither a partial image nor a
+    temporary file, and the old image as it was."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full_disk(self, f, **kwargs):
+        f.write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "a.png"
+    out.write_bytes(b"old")
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    assert main(["demo", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"fastattn demo: error: cannot write {out}: "
+                                       "No space left on device\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and out.read_bytes() == b"old"
 
 
 def test_cli_default_text_matches_module():
@@ -115,6 +213,10 @@ def test_tokenize():
                                                 "first"]
     assert demo.tokenize("Don't panic -- it's fine!") == ["Don't", "panic", "it's", "fine"]
     assert demo.tokenize("  ,;  ") == []
+    # scripts without spaces: a token per character (as BERT splits Chinese)
+    assert demo.tokenize("人生苦短，吃甜点！ok") == ["人", "生", "苦", "短", "吃", "甜", "点", "ok"]
+    assert demo.tokenize("日本語のテキスト") == list("日本語のテキスト")
+    assert demo.tokenize("한국어 텍스트") == ["한국어", "텍스트"]      # Korean has spaces
     with pytest.raises(TypeError, match="text must be a str"):
         demo.tokenize(["a"])
 
