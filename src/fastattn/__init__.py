@@ -4,13 +4,20 @@
 (SIMD kernels chosen at run time, OpenMP threads) over NumPy arrays;
 ``fastattn.reference`` is the plain NumPy reference it is tested against;
 ``fastattn.show_config()`` reports the build and how it runs here.
+
+The environment is read once, at import: ``FASTATTN_ISA`` forces an ISA
+path, ``FASTATTN_NUM_THREADS`` (else ``OMP_NUM_THREADS``) sets the default
+thread count.  An invalid value (an unknown path or one this CPU lacks, a
+count that is not a positive integer) makes ``import fastattn`` raise an
+ImportError that names the variable, its value and what is expected, rather
+than run silently on another path or thread count.  The ``fastattn``
+command instead ignores the value and reports it as one error line.
 """
-import os as _os
 from typing import Any, Dict
 
 from ._version import __version__
 from . import _core
-from . import _threads
+from . import _config, _threads
 from ._config import show_config
 from ._threads import get_num_threads, set_num_threads
 from .api import attention, attention_varlen, attention_weights, explain, merge
@@ -23,18 +30,13 @@ __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "mer
            "set_num_threads", "get_num_threads", "__version__"]
 
 
-def _init_isa() -> None:
-    name = _os.environ.get("FASTATTN_ISA", "").strip().lower()
-    if not name:
-        return
-    try:
-        _core.set_isa(name)
-    except ValueError as e:
-        raise ImportError(f"FASTATTN_ISA={name!r}: {e}") from None
+def _check_environment() -> None:
+    errors = _config.apply_environment()
+    if errors and not _config.started_by_command_line():
+        raise ImportError("; ".join(errors.values()))
 
 
-_init_isa()
-_threads.init_default()
+_check_environment()
 
 
 def __getattr__(name: str) -> Any:
@@ -54,10 +56,13 @@ def info() -> Dict[str, Any]:
     -------
     dict
         version, ISA path in use and available, the ``FASTATTN_ISA``
-        override (None when unset), whether the AVX512-BF16 dot product is
-        used, the matrix unit (``amx_available``, ``amx_reason`` and its
-        CPU flags ``amx_flags``), threads, OpenMP, compiler and flags,
-        NumPy version.  :func:`show_config` gives the full report.
+        override (None when unset), ``env_errors`` (the message of each
+        environment variable whose invalid value was ignored: always empty
+        outside the ``fastattn`` command, where the import raises instead),
+        whether the AVX512-BF16 dot product is used, the matrix unit
+        (``amx_available``, ``amx_reason`` and its CPU flags
+        ``amx_flags``), threads, OpenMP, compiler and flags, NumPy version.
+        :func:`show_config` gives the full report.
     """
     import numpy as np
 
@@ -70,6 +75,7 @@ def info() -> Dict[str, Any]:
         "isa": _core.get_isa(),
         "isa_available": _core.isa_available(),
         "isa_override": mu["isa_override"],
+        "env_errors": list(_config.environment_errors().values()),
         "bf16_dot_product": _core.bf16_dot_product(),
         "amx_available": mu["available"],
         "amx_reason": mu["reason"],

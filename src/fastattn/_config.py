@@ -5,6 +5,11 @@ kernels), the ISA paths and why any is off, the threading runtime actually
 loaded in this process, the thread count and where it came from, and, when
 threadpoolctl is installed, the thread pools of NumPy's BLAS (as
 ``numpy.show_runtime()`` does) beside fastattn's own OpenMP pool.
+
+It also owns the environment read at import: ``FASTATTN_ISA`` here, the
+thread counts in ``_threads``.  :func:`apply_environment` applies them and
+keeps the message of any variable with an invalid value, which the package
+raises as an ImportError and the ``fastattn`` command reports as one line.
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ _ISA_NEEDS = {
 # CPUID feature flags of the matrix unit, as amx_status() reports them
 _AMX_FLAGS = (("amx_tile", "AMX-TILE"), ("amx_bf16", "AMX-BF16"), ("amx_fp16", "AMX-FP16"),
               ("amx_int8", "AMX-INT8"))
+
+
+_THREAD_VARIABLES = ("FASTATTN_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def _kernel_flags(text: str) -> Dict[str, str]:
@@ -62,8 +70,69 @@ def _isa_report(kernels: Dict[str, str]) -> List[Dict[str, Any]]:
     return rows
 
 
+# {variable: message} for each environment variable that had an invalid
+# value at import (and was ignored); filled by apply_environment()
+_env_errors: Dict[str, str] = {}
+
+
+def _apply_isa() -> None:
+    """Force the path FASTATTN_ISA names (case and blanks ignored), if set."""
+    raw = os.environ.get("FASTATTN_ISA", "")
+    name = raw.strip().lower()
+    if not name:
+        return
+    if name not in _core.isa_names():
+        raise ValueError(f"FASTATTN_ISA must be one of {', '.join(_core.isa_available())} "
+                         f"(the ISA paths of this CPU) or unset, got {raw!r}")
+    try:
+        _core.set_isa(name)
+    except ValueError as e:
+        raise ValueError(f"FASTATTN_ISA={raw!r} cannot be used: {e}") from None
+
+
+def apply_environment() -> Dict[str, str]:
+    """Apply ``FASTATTN_ISA`` and the thread-count variables (once, at
+    import).  A variable with an invalid value is ignored (the default
+    applies instead) and its message kept for :func:`environment_errors`,
+    which is also returned."""
+    _env_errors.clear()
+    try:
+        _apply_isa()
+    except ValueError as e:
+        _env_errors["FASTATTN_ISA"] = str(e)
+    _env_errors.update(_threads.init_default())
+    return dict(_env_errors)
+
+
+def environment_errors() -> Dict[str, str]:
+    """``{variable: message}`` for each environment variable that had an
+    invalid value when fastattn was imported (empty when all were fine)."""
+    return dict(_env_errors)
+
+
+def started_by_command_line() -> bool:
+    """Whether this process is the ``fastattn`` command starting: ``python
+    -m fastattn[.module]`` (while Python locates the module, ``sys.argv[0]``
+    is ``"-m"``) or the ``fastattn`` console script.  The command reports an
+    invalid environment variable as one error line, so ``import fastattn``
+    then does not raise (``fastattn --help`` and ``fastattn info`` still
+    work)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 != "-m":
+        return os.path.basename(argv0) == "fastattn"
+    args = list(getattr(sys, "orig_argv", []))
+    for i, arg in enumerate(args[1:], 1):
+        if arg == "-m" or arg.startswith("-m"):
+            module = arg[2:] or (args[i + 1] if i + 1 < len(args) else "")
+            return module == "fastattn" or module.startswith("fastattn.")
+    return False
+
+
 def isa_override() -> Optional[str]:
-    """The path FASTATTN_ISA forces (as read at import), or None."""
+    """The path FASTATTN_ISA forces (as read at import), or None (also when
+    its value was invalid and ignored)."""
+    if "FASTATTN_ISA" in _env_errors:
+        return None
     forced = os.environ.get("FASTATTN_ISA", "").strip().lower()
     return forced or None
 
@@ -125,7 +194,8 @@ def config() -> Dict[str, Any]:
         "build": {"compiler": build["compiler"], "cflags": build["cflags"],
                   "kernel_flags": kernels},
         "isa": {"paths": _isa_report(kernels),
-                "bf16_dot_product": bool(_core.bf16_dot_product())},
+                "bf16_dot_product": bool(_core.bf16_dot_product()),
+                "env_error": _env_errors.get("FASTATTN_ISA")},
         "matrix_unit": matrix_unit(),
         "threading": {
             "runtime": "OpenMP" if openmp else "serial (built without OpenMP)",
@@ -133,6 +203,8 @@ def config() -> Dict[str, Any]:
             "num_threads": _threads.get_num_threads(),
             "num_threads_source": _threads.num_threads_source(),
             "cpus_available": _threads.available_cpus(),
+            "env_errors": [_env_errors[name] for name in _THREAD_VARIABLES
+                           if name in _env_errors],
         },
         "python": {"version": sys.version.split()[0], "numpy": np.__version__},
         "threadpools": _threadpools(),
@@ -148,14 +220,17 @@ def _format(cfg: Dict[str, Any]) -> str:
     for row in isa["paths"]:
         mark = "*" if row["chosen"] else ("+" if row["available"] else "-")
         lines.append(f"  {mark} {row['name']:<8} {row['reason']}")
+    if isa["env_error"]:
+        lines.append(f"  error: {isa['env_error']} (ignored)")
     lines.append(f"  bfloat16 dot product (AVX512-BF16): "
                  f"{'used' if isa['bf16_dot_product'] else 'not used'}")
     lines += _format_matrix_unit(cfg["matrix_unit"])
     lines += ["Threads:", f"  runtime: {th['runtime']}"]
     lines += [f"  library: {path}" for path in th["library"]]
     lines += [f"  threads: {th['num_threads']} (from {th['num_threads_source']}; "
-              f"{th['cpus_available']} CPUs available to this process)",
-              f"Python {cfg['python']['version']}, NumPy {cfg['python']['numpy']}"]
+              f"{th['cpus_available']} CPUs available to this process)"]
+    lines += [f"  error: {message} (ignored)" for message in th["env_errors"]]
+    lines.append(f"Python {cfg['python']['version']}, NumPy {cfg['python']['numpy']}")
     pools = cfg["threadpools"]
     if pools is None:
         lines.append("Thread pools: install threadpoolctl to list NumPy's BLAS")
@@ -188,8 +263,11 @@ def show_config(mode: str = "stdout", file: Optional[TextIO] = None) -> Optional
     the ``FASTATTN_ISA`` override (reading it runs the AMX gate, which on a
     CPU with AMX asks the kernel for the tile permission, as the first
     matrix-unit call would); OpenMP or serial, and the
-    runtime library loaded; the thread count and where it came from; and,
-    when threadpoolctl is installed, the thread pools loaded in the process
+    runtime library loaded; the thread count and where it came from; any
+    environment variable whose invalid value was ignored (under the ISA
+    paths and the threads; possible only in the ``fastattn`` command, where
+    ``import fastattn`` does not raise for it); and, when threadpoolctl is
+    installed, the thread pools loaded in the process
     (NumPy's BLAS among them), as ``numpy.show_runtime()`` does.
 
     Parameters

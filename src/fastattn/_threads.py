@@ -8,6 +8,10 @@ The default, chosen once at import, is the first of:
    (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) CPU
    quota, rounded down but at least 1, as scikit-learn does for containers.
 
+A variable that is set but not a positive integer is skipped for the next
+rule, and its message returned to the caller (``import fastattn`` turns it
+into an ImportError; the command line into one error line).
+
 ``set_num_threads`` changes it for later calls, a call's ``num_threads=``
 for that call alone.  The OpenMP thread count of the calling thread, when
 lowered below what it was at import (``threadpoolctl.threadpool_limits(n,
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -79,30 +83,49 @@ def available_cpus() -> int:
 
 
 def _env_count(name: str) -> Optional[int]:
-    text = os.environ.get(name, "").strip()
+    """The thread count in the environment variable ``name`` (None when
+    unset or blank); ValueError unless it is a positive integer (OpenMP's
+    list form, ``"4,2"``, gives its first entry)."""
+    raw = os.environ.get(name, "")
+    text = raw.strip()
     if not text:
         return None
     try:
         n = int(text.split(",")[0])
     except ValueError:
-        raise ImportError(f"{name}={text!r}: expected a positive integer") from None
+        n = 0
     if n < 1:
-        raise ImportError(f"{name}={text!r}: expected a positive integer")
-    return n
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return min(n, 1 << 16)
 
 
-def init_default() -> None:
-    """Apply the default thread count (called once, at import)."""
+def init_default() -> Dict[str, str]:
+    """Apply the default thread count (called once, at import).
+
+    Returns
+    -------
+    dict
+        ``{variable: message}`` for each thread-count variable that is set
+        to something other than a positive integer (and was skipped).
+    """
     global _source
-    n = _env_count("FASTATTN_NUM_THREADS")
-    if n is not None:
-        _core.set_num_threads(n)
-        _source = "FASTATTN_NUM_THREADS"
-    elif _env_count("OMP_NUM_THREADS") is not None:
-        _source = "OMP_NUM_THREADS"  # the OpenMP runtime applies it
-    else:
-        _core.set_num_threads(available_cpus())
-        _source = "CPUs available to the process (affinity, cgroup quota)"
+    errors: Dict[str, str] = {}
+    for name in ("FASTATTN_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            n = _env_count(name)
+        except ValueError as e:
+            errors[name] = str(e)
+            continue
+        if n is None:
+            continue
+        if name == "FASTATTN_NUM_THREADS":
+            _core.set_num_threads(n)
+        # else: the OpenMP runtime applies OMP_NUM_THREADS itself
+        _source = name
+        return errors
+    _core.set_num_threads(available_cpus())
+    _source = "CPUs available to the process (affinity, cgroup quota)"
+    return errors
 
 
 def check_num_threads(n: object, name: str = "num_threads") -> int:

@@ -9,6 +9,12 @@ Usage::
 
 ``python -m fastattn`` is equivalent to the ``fastattn`` console script.
 
+Errors are one line on stderr (``fastattn: error: ...``) and exit status 2:
+bad arguments, a bad output path, and an invalid ``FASTATTN_ISA``,
+``FASTATTN_NUM_THREADS`` or ``OMP_NUM_THREADS`` (``--help`` and
+``--version`` still work; ``fastattn info`` prints its report with the
+problem in it, then the error line).
+
 Importing this module has no side effects: NumPy and the compiled core are
 only loaded when a subcommand runs.
 
@@ -109,6 +115,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _environment_error() -> Optional[str]:
+    """The invalid environment variables fastattn ignored at import, as one
+    line, or None.  (``import fastattn`` raises for them, except in this
+    command: see ``fastattn._config.started_by_command_line``.)"""
+    from fastattn import _config
+
+    errors = _config.environment_errors()
+    return "; ".join(errors.values()) if errors else None
+
+
 # --------------------------------------------------------------------------
 # info
 # --------------------------------------------------------------------------
@@ -129,7 +145,9 @@ def _add_info(sub: SubParsers) -> None:
     p = sub.add_parser(
         "info", help="show version, SIMD path, threads and build details",
         description="Show version, SIMD path (in use and available), threads, "
-                    "OpenMP, compiler, build flags and NumPy version.")
+                    "OpenMP, compiler, build flags and NumPy version.  An invalid "
+                    "FASTATTN_ISA, FASTATTN_NUM_THREADS or OMP_NUM_THREADS shows in "
+                    "the report (env_errors in the JSON) and makes the exit status 2.")
     p.add_argument("--json", action="store_true", help="print the details as JSON")
     p.set_defaults(func=cmd_info)
 
@@ -447,8 +465,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    env_error = _environment_error()
+    if env_error is not None and args.command != "info":   # info reports it, below
+        print(f"{PROG}: error: {env_error}", file=sys.stderr)
+        return 2
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        if env_error is not None:
+            print(f"{PROG}: error: {env_error}", file=sys.stderr)
+            return 2
+        return code
     except BrokenPipeError:  # e.g. `fastattn info | head -1`
         # Point stdout at /dev/null so the interpreter's final flush is quiet.
         try:
