@@ -146,6 +146,7 @@ def _fallback_calls(rng):
     ]
 
 
+@pytest.mark.filterwarnings("ignore:precision=.* falls back:RuntimeWarning")
 @pytest.mark.parametrize("path", VECTOR_PATHS)
 @pytest.mark.parametrize("mode", REDUCED)
 def test_vector_paths_fall_back_bitwise(rng, path, mode):
@@ -165,6 +166,7 @@ def test_vector_paths_fall_back_bitwise(rng, path, mode):
         _core.set_isa(before)
 
 
+@pytest.mark.filterwarnings("ignore:precision=.* falls back:RuntimeWarning")
 def test_default_path_without_amx_falls_back(rng):
     status = _core.amx_status()
     if status["available"]:
