@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -15,6 +15,9 @@ __all__ = ["KVCache"]
 # what a torch tensor passed to the cache should be instead
 _AS_NUMPY = ("pass fastattn.torch.as_numpy(t), a NumPy view of a CPU tensor's memory "
              "(no copy); fastattn.torch.from_numpy(out) turns a result into a tensor")
+# attention without its error rewording: attend's own does it, for attend's
+# arguments (and a decode step saves a wrapper's call)
+_attention: Callable[..., Any] = getattr(attention, "__wrapped__", attention)
 
 
 class KVCache:
@@ -227,27 +230,39 @@ class KVCache:
             raise ValueError(f"q has shape {q.shape}; expected ({self.batch}, H, Nq, "
                              f"{self.k.shape[3]})")
         # only the filled prefix is passed, so work and masks stay small
-        used = int(self.lengths.max()) if self.batch else 0
+        least, used = self._fill_range()
         if self.batch and not used:
             raise ValueError("the cache is empty: append keys and values first (attend "
                              "computes over the cached tokens, the queries' own included)")
         v_scale = None if self.v_scale is None else self.v_scale[:, :, :used]
-        res = attention(q, self.k[:, :, :used], self.v[:, :, :used], k_scale=self.k_scale,
-                        v_scale=v_scale,
-                        mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
-                        window=window, alibi_slopes=alibi_slopes, softcap=softcap,
-                        kv_lengths=self.lengths, out=out, return_lse=return_lse,
-                        return_weights=return_weights, num_threads=num_threads,
-                        precision=precision)
-        self._warn_unseen(q.shape[2], causal, window)
+        res = _attention(q, self.k[:, :, :used], self.v[:, :, :used], k_scale=self.k_scale,
+                         v_scale=v_scale,
+                         mask=self.mask_prefix(mask, used), causal=causal, scale=scale,
+                         window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                         kv_lengths=self.lengths, out=out, return_lse=return_lse,
+                         return_weights=return_weights, num_threads=num_threads,
+                         precision=precision)
+        n_q = q.shape[2]
+        if least < n_q or not least:          # else every query sees a key
+            self._warn_unseen(n_q, least, causal, window)
         return res
 
-    def _warn_unseen(self, n_q: int, causal: object, window: object) -> None:
+    def _fill_range(self) -> Tuple[int, int]:
+        """The fewest and the most tokens a row holds (0, 0 without rows);
+        a Python list is the faster way for the usual few rows."""
+        lengths = self.lengths
+        if lengths.shape[0] > 64:
+            return int(lengths.min()), int(lengths.max())
+        held = lengths.tolist()
+        return (min(held), max(held)) if held else (0, 0)
+
+    def _warn_unseen(self, n_q: int, least: int, causal: object, window: object) -> None:
         """A RuntimeWarning if some queries of an ``attend`` (valid
-        arguments) see no key under the cache's own alignment: a row with
-        no token, or with fewer keys than the band needs (query i of row b
-        sees key j only if ``j <= i + lengths[b] - n_q + right``, ``right``
-        being 0 for causal and the window's right bound)."""
+        arguments; ``least`` the fewest tokens of a row) see no key under
+        the cache's own alignment: a row with no token, or with fewer keys
+        than the band needs (query i of row b sees key j only if ``j <= i +
+        lengths[b] - n_q + right``, ``right`` being 0 for causal and the
+        window's right bound)."""
         if not n_q or not self.batch:
             return
         right = None
@@ -256,7 +271,6 @@ class KVCache:
         if (causal is True or isinstance(causal, np.bool_) and causal
                 or causal == "bottom_right"):
             right = 0 if right is None else min(right, 0)
-        least = int(self.lengths.min())
         need = 1 if right is None else n_q - right
         if least >= need:
             return
