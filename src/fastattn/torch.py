@@ -21,9 +21,11 @@ from . import _checks, api
 
 __all__ = ["attention", "attention_weights", "as_numpy", "from_numpy"]
 
-# the NumPy API, typed loosely: it is called with views of tensors
-_np_attention: Callable[..., Any] = api.attention
-_np_attention_weights: Callable[..., Any] = api.attention_weights
+# the NumPy API, typed loosely: it is called with views of tensors (and
+# without its error rewording, which is for callers passing tensors)
+_np_attention: Callable[..., Any] = getattr(api.attention, "__wrapped__", api.attention)
+_np_attention_weights: Callable[..., Any] = getattr(api.attention_weights, "__wrapped__",
+                                                    api.attention_weights)
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _TORCH_BF16 = torch.bfloat16
