@@ -129,37 +129,46 @@ def test_generate_float32(family: str) -> None:
     assert torch.equal(a, b), f"{(a != b).sum().item()} tokens differ"
 
 
-# Random tiny models in bfloat16 are often near ties between two tokens:
-# sdpa against eager, or either against float64, diverge within a few steps
-# there.  These cases have float64 top-2 logit margins of >= 0.03 along the
-# whole greedy path (asserted), so the tokens are decided by the model, not
-# by rounding, and every backend must produce them.
-BF16_GENERATE = {"llama": dict(vocab=64, seed=4, margin=0.015),
-                 "qwen2": dict(vocab=16, seed=1, margin=0.03),
-                 "mistral": dict(vocab=16, seed=8, margin=0.03)}
+# Random tiny models in bfloat16 are often near ties between two tokens, and
+# which ones depends on the CPU (torch's bfloat16 products round differently
+# with and without AVX512-BF16): sdpa itself leaves the float64 model's
+# greedy path there.  So generation is judged by FlashAttention's rule, at
+# the level of tokens: teacher-forced along a backend's own greedy path, the
+# float64 model's (the same bfloat16 weights, widened) "regret" at each step is its best logit minus the logit of
+# the token the backend chose (0 on the float64 path).  fastattn's largest
+# regret must be at most twice sdpa's, plus four bfloat16 ulps of the logit
+# scale; a wrong cache or mask picks tokens far below the best.
+BF16_GENERATE = {"llama": dict(vocab=64, seed=4), "qwen2": dict(vocab=16, seed=1),
+                 "mistral": dict(vocab=16, seed=8)}
+
+
+def _regret(ref: Any, tokens: Any, am: Any, prompt: int) -> tuple[float, float]:
+    """(largest regret, logit scale) of the float64 model along ``tokens``."""
+    full = torch.cat([am, torch.ones(am.shape[0], tokens.shape[1] - prompt,
+                                     dtype=am.dtype)], dim=1)
+    logits = ref(tokens, attention_mask=full).logits[:, prompt - 1:-1]
+    chosen = logits.gather(-1, tokens[:, prompt:, None])[..., 0]
+    return ((logits.max(-1).values - chosen).max().item(), logits.abs().max().item())
 
 
 @pytest.mark.parametrize("family", DECODERS)
 def test_generate_bfloat16(family: str) -> None:
     case = BF16_GENERATE[family]
     vocab, seed = int(case["vocab"]), int(case["seed"])
-    sdpa, fast, ref = _models(family, torch.bfloat16, seed=seed, vocab=vocab,
-                              impls=("sdpa", "fastattn", "f64"), hidden_size=64,
-                              intermediate_size=128, num_attention_heads=4,
-                              initializer_range=0.2)
+    sdpa, fast = _models(family, torch.bfloat16, seed=seed, vocab=vocab, hidden_size=64,
+                         intermediate_size=128, num_attention_heads=4, initializer_range=0.2)
+    # the same model in float64: the bfloat16 weights, widened exactly
+    ref = copy.deepcopy(sdpa).to(torch.float64)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab, (2, 12), generator=g)
     am = torch.ones_like(ids)
     am[1, :4] = 0
     kw = dict(attention_mask=am, max_new_tokens=36, min_new_tokens=36, do_sample=False)
     with torch.inference_mode():
-        a, b, c = (m.generate(ids, **kw) for m in (sdpa, fast, ref))
-        full = torch.cat([am, torch.ones(2, 36, dtype=am.dtype)], dim=1)
-        logits = ref(c, attention_mask=full).logits[:, 11:-1]
-    top2 = logits.topk(2, dim=-1).values
-    assert (top2[..., 0] - top2[..., 1]).min().item() >= case["margin"]
-    assert torch.equal(c, a), "the float64 path is not the sdpa path: case not decisive"
-    assert torch.equal(b, a), f"{(a != b).sum().item()} tokens differ"
+        a, b = sdpa.generate(ids, **kw), fast.generate(ids, **kw)
+        (r_s, scale), (r_f, _) = (_regret(ref, t, am, ids.shape[1]) for t in (a, b))
+    assert b.shape == (2, 48)
+    assert r_f <= 2 * r_s + 4 * BF16_U * scale, (r_f, r_s, scale)
 
 
 def test_output_attentions_are_the_weights() -> None:
