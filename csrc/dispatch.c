@@ -324,6 +324,16 @@ void fa_exp2_f64(const double *x, double *y, int64_t n) { fa_current_table()->ex
 void fa_tanh_f32(const float *x, float *y, int64_t n) { fa_current_table()->tanh_f32(x, y, n); }
 void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_current_table()->tanh_f64(x, y, n); }
 
+int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float *packed,
+                  int64_t n, const float *bias, float *y, int64_t ldy)
+{
+    float *scratch = aligned_alloc(FA_ALIGN, FA_LIN_SCRATCH * sizeof(float));
+    if (!scratch) return -1;
+    fa_current_table()->linear_f32(x, m, k, ldx, packed, n, bias, y, ldy, scratch);
+    free(scratch);
+    return 0;
+}
+
 double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes)
 {
     if (!fa_isa_supported(isa)) return 0;

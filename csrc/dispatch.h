@@ -24,6 +24,13 @@ void fa_exp2_f64(const double *x, double *y, int64_t n);
 void fa_tanh_f32(const float *x, float *y, int64_t n);
 void fa_tanh_f64(const double *x, double *y, int64_t n);
 
+/* y (m x n, row stride ldy) = x (m x k, row stride ldx) W + bias on the
+ * current ISA path, W packed in panels of FA_LIN_NR columns
+ * (kernels/linear.h); bias may be NULL.  Single-threaded.  Returns 0, or
+ * -1 when its scratch cannot be allocated. */
+int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float *packed,
+                  int64_t n, const float *bias, float *y, int64_t ldy);
+
 /* Run the FMA peak probe of an ISA path (iters x 12 vector FMAs);
  * *lanes receives its float32 vector length. */
 double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes);

@@ -53,6 +53,19 @@ typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
  * t->n_keys) into dst (layout: scratch.h, fa_matrix_panel). */
 typedef void (*fa_pack_fn)(const fa_params *p, const fa_tile *t, int64_t panel, uint16_t *dst);
 typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
+/* Columns of a packed linear-layer weight panel (kernels/linear.h): the
+ * same on every ISA, so one packed weight serves every path. */
+#define FA_LIN_NR 16
+/* Its blocking: K in blocks of FA_LIN_KC, rows in blocks of FA_LIN_MC, and
+ * the scratch (floats) a call needs for one packed block of x (rows
+ * rounded up to the largest register block, 12). */
+#define FA_LIN_KC 256
+#define FA_LIN_MC 128
+#define FA_LIN_SCRATCH ((FA_LIN_MC + 12) * FA_LIN_KC)
+/* y (m x n) = x (m x k) W + bias over a packed W (kernels/linear.h). */
+typedef void (*fa_linear_f32_fn)(const float *x, int64_t m, int64_t k, int64_t ldx,
+                                 const float *packed, int64_t n, const float *bias, float *y,
+                                 int64_t ldy, float *scratch);
 typedef void (*fa_vec_f64_fn)(const double *x, double *y, int64_t n);
 
 /* Kernel families: the layouts the driver can run a tile with. */
@@ -73,6 +86,7 @@ typedef struct {
     fa_tile_fn kernel[FA_FAMILY_COUNT][5]; /* [family][fa_dtype] */
     fa_vec_f32_fn exp2_f32, tanh_f32;
     fa_vec_f64_fn exp2_f64, tanh_f64;
+    fa_linear_f32_fn linear_f32;        /* the row-invariant float32 GEMM */
     double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */
     int (*lanes)(void);                 /* float32 lanes of a vector */
     /* Matrix family only: load the tile configuration on the calling

@@ -18,5 +18,7 @@
 #define FA_QK_JB 6
 #define FA_PV_IB 2
 #define FA_PV_EB 4
+/* linear.h: 6 rows x 2 ymm = 12 accumulators */
+#define FA_LIN_MR 6
 
 #include "kernel_instantiate.h"

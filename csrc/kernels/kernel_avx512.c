@@ -32,5 +32,8 @@
 #define FA_QK_JB 6
 #define FA_PV_IB 4
 #define FA_PV_EB 6
+/* linear.h: 12 rows x 1 zmm = 12 accumulators (two FMA ports x 4 cycles
+ * of latency need 8 in flight) */
+#define FA_LIN_MR 12
 
 #include "kernel_instantiate.h"

@@ -31,6 +31,7 @@
  *   rows.h    the few-row (decode) kernel (vectors along d and the keys)
  *   probes.h  exp2/tanh array functions and the FMA probe (not on the
  *             attention path)
+ *   linear.h  the row-invariant float32 GEMM of the linear layers
  * The scratch each kernel carves is laid out in scratch.h, which the
  * driver sizes from.
  *
@@ -65,6 +66,7 @@
 #if !FA_KV_I8
 #include "probes.h"
 #endif
+#include "linear.h"  /* float32 only */
 #else
 #include "matrix.h" /* the matrix-unit files (matrix_instantiate.h) */
 #endif

@@ -23,9 +23,10 @@ from ._threads import get_num_threads, set_num_threads
 from .api import attention, attention_varlen, attention_weights, explain, merge
 from .kvcache import KVCache
 from .layer import MultiHeadAttention
+from .linear import PackedLinear, linear, pack_linear
 from . import plot  # matplotlib is imported only when a plot is drawn
 
-__all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge", "KVCache",
+__all__ = ["attention", "linear", "pack_linear", "PackedLinear", "attention_varlen", "attention_weights", "explain", "merge", "KVCache",
            "MultiHeadAttention", "plot", "reference", "info", "show_config",
            "set_num_threads", "get_num_threads", "__version__"]
 

@@ -687,3 +687,4 @@ def build_info():
 
 include "_probes.pxi"
 include "_quant.pxi"
+include "_linear.pxi"
