@@ -10,12 +10,14 @@ Bitwise batch and thread invariance
 A sentence's output must not depend on its neighbours in a batch, on the batch
 size or on the thread count.  Three things would break that:
 
-* BLAS products.  OpenBLAS picks its kernel (and a small-matrix path) by the
-  shape of a call, so ``X @ W`` over a packed batch of ``n`` rows may round a
-  row differently for another ``n``.  Every product here runs on row blocks of
-  one fixed size ``row_block`` (the packed rows are zero-padded up to a
-  multiple of it), so every call has the same shape; within a call a row's
-  result does not depend on its position (measured, and tested bitwise).
+* The matrix products.  A BLAS picks its kernels, and the edge code within
+  them, by the shape of a call and by where a row falls in it (OpenBLAS's
+  Haswell sgemm rounds rows 6-11 of every 12 differently from rows 0-5), so
+  ``X @ W`` over a packed batch may round a row differently for other
+  neighbours.  The products therefore run on :func:`fastattn.linear`, whose
+  result for a row is computed by the same operations whatever the other
+  rows are.  They run on row blocks of ``row_block`` rows (the packed rows
+  are zero-padded up to a multiple of it), which bounds the scratch.
 * The attention kernel choice.  The core runs a few-row kernel when the
   longest sequence of a call is very short (4 rows today) and its tile kernel
   otherwise.  Short sentences (up to ``_SHORT`` tokens) are therefore sent in
@@ -37,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import attention_varlen as _attention_varlen
+from ..linear import PackedLinear, linear, pack_linear
 
 __all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel", "gelu_erf"]
 
@@ -244,8 +247,7 @@ class BertModel:
     config : BertConfig
     weights : BertWeights
     row_block : int
-        Rows of every matrix product (see the module docstring); a multiple
-        of 64 keeps OpenBLAS on its main kernels.
+        Rows of every matrix product (see the module docstring).
     """
 
     def __init__(self, config: BertConfig, weights: BertWeights, row_block: int = 256) -> None:
@@ -254,6 +256,12 @@ class BertModel:
         self.config = config
         self.weights = weights
         self.row_block = int(row_block)
+        # each layer's products, packed once: (qkv, out, ff1, ff2); the
+        # weights are stored (in, out), pack_linear takes (out, in)
+        self._packed: List[Tuple[PackedLinear, ...]] = [
+            tuple(pack_linear(wt.T, b) for wt, b in ((lw.qkv_w, lw.qkv_b), (lw.out_w, lw.out_b),
+                                                     (lw.ff1_w, lw.ff1_b), (lw.ff2_w, lw.ff2_b)))
+            for lw in weights.layers]
 
     def hidden_states(self, ids: Sequence[npt.NDArray[np.integer[Any]]]) -> Tuple[F32, I64]:
         """Last hidden states of the sentences ``ids`` (token id arrays),
@@ -279,20 +287,20 @@ class BertModel:
         for s in range(0, n_pad, r):
             _layer_norm_(x[s:s + r], w.ln_g, w.ln_b, cfg.layer_norm_eps)
         groups = _attention_groups(lens)
-        for layer in w.layers:
-            self._layer(x, n, cu, groups, layer)
+        for layer, packed in zip(w.layers, self._packed):
+            self._layer(x, n, cu, groups, layer, packed)
         return x[:n], cu
 
     def _layer(self, x: F32, n: int, cu: I64, groups: List[Tuple[int, int]],
-               lw: BertLayerWeights) -> None:
+               lw: BertLayerWeights, packed: Tuple[PackedLinear, ...]) -> None:
         """One post-LN encoder layer on the packed rows ``x``, in place."""
         cfg, r = self.config, self.row_block
         n_pad, h = x.shape
         nh, hd = cfg.num_attention_heads, cfg.head_dim
         qkv = np.empty((n_pad, 3 * h), dtype=np.float32)
+        p_qkv, p_out, p_ff1, p_ff2 = packed
         for s in range(0, n_pad, r):
-            np.matmul(x[s:s + r], lw.qkv_w, out=qkv[s:s + r])
-        qkv += lw.qkv_b
+            linear(x[s:s + r], p_qkv, out=qkv[s:s + r])
         q4 = qkv.reshape(n_pad, 3, nh, hd)
         ctx = np.zeros((n_pad, nh, hd), dtype=np.float32)
         for a, b in groups:
@@ -312,17 +320,14 @@ class BertModel:
         eps = cfg.layer_norm_eps
         for s in range(0, n_pad, r):
             blk = x[s:s + r]
-            np.matmul(ctx2[s:s + r], lw.out_w, out=att)
-            att += lw.out_b
+            linear(ctx2[s:s + r], p_out, out=att)
             att += blk
             _layer_norm_(att, lw.ln1_g, lw.ln1_b, eps)
-            np.matmul(att, lw.ff1_w, out=ff)
-            ff += lw.ff1_b
+            linear(att, p_ff1, out=ff)
             for i in range(0, r, g):
                 m = min(g, r - i)
                 gelu_erf(ff[i:i + m], (scratch[0][:m], scratch[1][:m], scratch[2][:m]))
-            np.matmul(ff, lw.ff2_w, out=blk)
-            blk += lw.ff2_b
+            linear(ff, p_ff2, out=blk)
             blk += att
             _layer_norm_(blk, lw.ln2_g, lw.ln2_b, eps)
 
