@@ -201,7 +201,7 @@ def _rows_view(a: NDArray[Any]) -> Optional[NDArray[Any]]:
     rows at a non-negative stride that does not overlap them; None where
     its layout does not allow that without a copy."""
     n = a.shape[-1]
-    v = a.view()
+    v: NDArray[Any] = a.view()
     try:
         v.shape = (-1, n) if n else (int(np.prod(a.shape[:-1], dtype=np.int64)), 0)
     except AttributeError:
