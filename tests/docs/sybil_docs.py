@@ -51,8 +51,8 @@ _TORCH_CPU = ("torch's CPU build: python -m pip install torch==2.13.0 "
 # The pip line that brings each optional module.
 INSTALL_HINTS: Dict[str, str] = {
     "torch": _TORCH_CPU,
-    "transformers": f'{_TORCH_CPU}, then python -m pip install ".[transformers]"',
-    "sentence_transformers": f'{_TORCH_CPU}, then python -m pip install ".[transformers]"',
+    "transformers": 'after torch\'s CPU build, python -m pip install ".[transformers]"',
+    "sentence_transformers": 'after torch\'s CPU build, python -m pip install ".[transformers]"',
     "tokenizers": 'python -m pip install ".[models]"',
     "safetensors": 'python -m pip install ".[models]"',
     "tqdm": 'python -m pip install ".[models]"',
@@ -75,19 +75,23 @@ import_module: Callable[[str], Any] = importlib.import_module
 
 
 def requires(*modules: str) -> Optional[str]:
-    """The reason to skip a block that needs ``modules``: each one that does
-    not import, with the pip line that brings it; None when all import.
-    Raises ImportError instead under ``FASTATTN_DOCS_NO_SKIP=1``."""
-    missing = []
+    """The reason to skip a block that needs ``modules``: those that do not
+    import, the first import error and the pip lines that bring them; None
+    when all import.  Raises ImportError instead under
+    ``FASTATTN_DOCS_NO_SKIP=1``."""
+    missing: Dict[str, ImportError] = {}
     for name in modules:
         try:
             import_module(name)
         except ImportError as exc:
-            missing.append(f"{name} ({exc.__class__.__name__}: {exc}; "
-                           f"{INSTALL_HINTS.get(name, 'not an extra of fastattn')})")
+            missing[name] = exc
     if not missing:
         return None
-    reason = "needs " + "; ".join(missing)
+    first = next(iter(missing.values()))
+    hints = dict.fromkeys(INSTALL_HINTS.get(name, "not an extra of fastattn")
+                          for name in missing)
+    reason = (f"needs {', '.join(missing)} ({first.__class__.__name__}: {first}); "
+              f"install: {'; '.join(hints)}")
     if os.environ.get(NO_SKIP_ENV, "") not in ("", "0"):
         raise ImportError(f"{reason} [{NO_SKIP_ENV} is set: no block may be skipped "
                           "for a missing package]")

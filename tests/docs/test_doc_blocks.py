@@ -83,7 +83,7 @@ def hide_heavy(monkeypatch):
 def test_requires_names_the_missing_module_and_its_pip_line(hide_heavy, monkeypatch):
     assert sybil_docs.requires("numpy") is None
     reason = sybil_docs.requires("numpy", "torch")
-    assert reason.startswith("needs torch (") and "numpy" not in reason
+    assert reason.startswith("needs torch (ModuleNotFoundError") and "numpy" not in reason
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in reason
     monkeypatch.setenv(sybil_docs.NO_SKIP_ENV, "1")
     with pytest.raises(ImportError, match="needs torch"):
@@ -107,7 +107,7 @@ def test_requires_directives_skip_their_block(hide_heavy):
             action, reason = directive.parsed
             if action == "next" and reason.startswith("requires("):
                 directive.evaluate()
-                with pytest.raises(unittest.SkipTest, match=r"^needs \w+ \(") as info:
+                with pytest.raises(unittest.SkipTest, match=r"^needs \w+") as info:
                     block.evaluate()
                 assert "pip install" in str(info.value), str(info.value)
                 seen += 1
