@@ -570,7 +570,7 @@ def table_results(request):
     FASTATTN_TEST_ROWS_IN_PROCESS=1 (tools/valgrind.sh) they run in this
     process, where memcheck sees them, without the crash guard."""
     ids = [item.callspec.params["row"].id for item in request.session.items
-           if item.module is request.module and "row" in getattr(
+           if getattr(item, "module", None) is request.module and "row" in getattr(
                getattr(item, "callspec", None), "params", {})]
     if os.environ.get("FASTATTN_TEST_ROWS_IN_PROCESS") == "1":
         threads = fastattn.get_num_threads()
