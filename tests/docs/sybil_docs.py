@@ -98,26 +98,9 @@ def requires(*modules: str) -> Optional[str]:
     return reason
 
 
-def _encoder_prelude(namespace: Dict[str, Any]) -> None:
-    """What docs/encoder.md's Python block takes as given: some ``texts``, a
-    corpus of text files, a ``dask.bag`` of lines and a ``client``."""
-    import dask.bag as db
-    import distributed
-
-    texts = ["A man plays guitar.", "Someone is playing a guitar.", "", "Short.",
-             "A much longer sentence that the tokenizer cuts into many more pieces. " * 4]
-    for i in range(2):
-        with open(f"corpus-{i}.txt", "w", encoding="utf-8") as f:
-            f.write("\n".join(texts[i::2]) + "\n")
-    namespace["texts"] = texts
-    namespace["bag"] = db.from_sequence(texts, npartitions=2)
-    namespace["client"] = distributed.Client(processes=False, n_workers=1,
-                                             threads_per_worker=2, dashboard_address=":0")
-
-
-PRELUDES: Dict[str, Callable[[Dict[str, Any]], None]] = {
-    "docs/encoder.md": _encoder_prelude,
-}
+# Setup a document's blocks take as given (none so far: every block defines
+# what it uses, as a reader pasting it would need).
+PRELUDES: Dict[str, Callable[[Dict[str, Any]], None]] = {}
 
 
 def _make_setup(document: Optional[str]) -> Callable[[Dict[str, Any]], None]:
