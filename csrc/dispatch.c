@@ -35,6 +35,7 @@
 #include "fastattn.h"
 #include "kernels/kernel.h"
 #include "dispatch.h"
+#include "fpenv.h"
 #include "amx/amx_gate.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
@@ -329,7 +330,14 @@ int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float
 {
     float *scratch = aligned_alloc(FA_ALIGN, FA_LIN_SCRATCH * sizeof(float));
     if (!scratch) return -1;
+    /* subnormals flushed for the call, as attention does (fpenv.h): one
+     * subnormal activation would otherwise cost a microcode assist per
+     * operation, and the result would depend on the caller's control bits */
+    const int flush = fa_flush_subnormals();
+    const fa_fp_state fp = FA_FP_SAVE();
+    if (flush) FA_FP_FLUSH(fp);
     fa_current_table()->linear_f32(x, m, k, ldx, packed, n, bias, y, ldy, scratch);
+    if (flush) FA_FP_RESTORE(fp);
     free(scratch);
     return 0;
 }

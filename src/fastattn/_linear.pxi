@@ -10,6 +10,10 @@ cdef int64_t _row_stride(cnp.ndarray a, str name) except -1:
     """Row stride in elements of a 2-D float32 array with unit column stride."""
     if cnp.PyArray_NDIM(a) != 2 or a.dtype != np.float32:
         raise TypeError(f"{name} must be a 2-D float32 array")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        return a.shape[1]   # no element is read or written (NumPy gives such arrays 0 strides)
+    if not a.flags.aligned:
+        raise ValueError(f"{name} must be aligned to its itemsize")
     if a.shape[1] > 1 and a.strides[1] != 4:
         raise ValueError(f"{name} must have unit column stride")
     if a.shape[0] > 1 and (a.strides[0] < 0 or a.strides[0] % 4 or a.strides[0] // 4 < a.shape[1]):
@@ -33,13 +37,14 @@ def linear_f32(x, packed, bias, out):
     k, n = xa.shape[1], oa.shape[1]
     if oa.shape[0] != m:
         raise ValueError(f"out has {oa.shape[0]} rows but x has {m}")
-    if (pa.dtype != np.float32 or not pa.flags.c_contiguous
+    if (pa.dtype != np.float32 or not pa.flags.c_contiguous or not pa.flags.aligned
             or tuple(packed.shape) != ((n + LINEAR_PANEL - 1) // LINEAR_PANEL, k, LINEAR_PANEL)):
         raise ValueError(f"packed must be C-contiguous float32 of shape "
                          f"({(n + LINEAR_PANEL - 1) // LINEAR_PANEL}, {k}, {LINEAR_PANEL})")
     if bias is not None:
         ba = bias
-        if ba.dtype != np.float32 or not ba.flags.c_contiguous or tuple(bias.shape) != (n,):
+        if (ba.dtype != np.float32 or not ba.flags.c_contiguous or not ba.flags.aligned
+                or tuple(bias.shape) != (n,)):
             raise ValueError(f"bias must be C-contiguous float32 of shape ({n},)")
         bp = <const float *>cnp.PyArray_DATA(ba)
     if not oa.flags.writeable:

@@ -82,7 +82,8 @@ class PackedLinear:
 
     def weight(self) -> NDArray[np.float32]:
         """The weight, ``(out_features, in_features)``, unpacked (a new array)."""
-        w = self._packed.transpose(0, 2, 1).reshape(-1, self._in)[:self._out]
+        w = self._packed.transpose(0, 2, 1).reshape(self._packed.shape[0] * _PANEL,
+                                                    self._in)[:self._out]
         return np.ascontiguousarray(w)
 
     def bias(self) -> Optional[NDArray[np.float32]]:
@@ -139,8 +140,8 @@ def linear(x: Any, packed: PackedLinear, *, out: Optional[NDArray[Any]] = None
     Parameters
     ----------
     x : numpy.ndarray, float32, (..., in_features)
-        Any leading dims and any strides (rows whose elements are not
-        adjacent are copied first).
+        Any leading dims and any strides (a layout that cannot be viewed as
+        aligned rows of adjacent elements is copied first).
     packed : PackedLinear
     out : numpy.ndarray or None
         float32 of shape ``x.shape[:-1] + (out_features,)``, with adjacent
@@ -176,9 +177,14 @@ def linear(x: Any, packed: PackedLinear, *, out: Optional[NDArray[Any]] = None
             raise ValueError("out is read-only")
         if np.shares_memory(res, xa):
             raise ValueError("out must not overlap x")
+    if res.size == 0:
+        return res
+    if xa.size == 0:  # in_features == 0: no products, the bias alone
+        res[...] = 0 if packed._bias is None else packed._bias
+        return res
     x2 = _rows_view(xa)
     if x2 is None:
-        x2 = np.ascontiguousarray(xa).reshape(-1, packed.in_features)
+        x2 = np.require(xa, requirements=["C", "A"]).reshape(-1, packed.in_features)
     y2 = _rows_view(res)
     if y2 is None:  # out's rows cannot be viewed in place: compute, then copy
         tmp = np.empty((x2.shape[0], packed.out_features), dtype=np.float32)
@@ -197,17 +203,17 @@ def _float_array(name: str, a: Any) -> NDArray[np.float32]:
 
 
 def _rows_view(a: NDArray[Any]) -> Optional[NDArray[Any]]:
-    """``a`` viewed as (rows, last dim) with adjacent elements in a row and
-    rows at a non-negative stride that does not overlap them; None where
-    its layout does not allow that without a copy."""
+    """``a`` viewed as (rows, last dim), aligned, with adjacent elements in
+    a row and rows at a non-negative multiple of the itemsize that does not
+    overlap them; None where its layout does not allow that without a copy."""
     n = a.shape[-1]
-    v: NDArray[Any] = a.view()
-    try:
-        v.shape = (-1, n) if n else (int(np.prod(a.shape[:-1], dtype=np.int64)), 0)
-    except AttributeError:
+    m = int(np.prod(a.shape[:-1], dtype=np.int64))
+    v = a.reshape(m, n)
+    if v.size and not np.may_share_memory(v, a):
+        return None  # reshape had to copy
+    s0, s1 = v.strides
+    if not v.flags.aligned or (n > 1 and s1 != v.itemsize):
         return None
-    if n > 1 and v.strides[1] != v.itemsize:
-        return None
-    if v.shape[0] > 1 and v.strides[0] < n * v.itemsize:
+    if m > 1 and (s0 < n * v.itemsize or s0 % v.itemsize):
         return None
     return v

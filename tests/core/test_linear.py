@@ -91,6 +91,68 @@ def test_empty_sizes(rng):
     p0 = pack_linear(np.zeros((3, 0), np.float32), np.arange(3, dtype=np.float32))
     assert np.array_equal(linear(np.zeros((2, 0), np.float32), p0),
                           np.tile(np.arange(3, dtype=np.float32), (2, 1)))
+    assert pickle.loads(pickle.dumps(p0)).shape == (3, 0)
+
+
+def test_unaligned_and_odd_strides_are_copied(rng):
+    """A structured array's field (row stride not a multiple of 4) and a
+    buffer at an odd offset (unaligned): both are valid NumPy arrays and
+    are computed through a copy, never handed to the C code as they are."""
+    x, w, b = _problem(rng, 6, 10, 5)
+    p = pack_linear(w, b)
+    want = linear(x, p)
+    rec = np.zeros(6, dtype=[("a", np.float32, (10,)), ("pad", np.uint8)])
+    rec["a"] = x
+    assert np.array_equal(linear(rec["a"], p), want)
+    raw = np.zeros(x.nbytes + 1, dtype=np.uint8)
+    raw[1:] = np.frombuffer(x.tobytes(), dtype=np.uint8)
+    odd = np.frombuffer(raw.data, dtype=np.float32, count=x.size, offset=1).reshape(6, 10)
+    assert not odd.flags.aligned
+    assert np.array_equal(linear(odd, p), want)
+    out_rec = np.zeros(6, dtype=[("y", np.float32, (5,)), ("pad", np.uint8)])
+    linear(x, p, out=out_rec["y"])
+    assert np.array_equal(out_rec["y"], want)
+
+
+def test_subnormals_are_flushed_and_fast(rng):
+    """The GEMM flushes subnormals for its duration, as attention does: a
+    subnormal input counts as zero, and the caller's control bits are
+    unchanged afterwards."""
+    x = np.full((4, 8), 1e-39, dtype=np.float32)   # subnormal
+    p = pack_linear(np.ones((3, 8), np.float32))
+    assert np.array_equal(linear(x, p), np.zeros((4, 3), np.float32))
+    tiny = np.float32(1e-39)
+    assert tiny * np.float32(1.0) == tiny          # this thread keeps gradual underflow
+
+
+@pytest.mark.parametrize("case, exc", [
+    ("packed_shape", ValueError), ("bias_shape", ValueError), ("out_rows", ValueError),
+    ("row_stride", ValueError), ("unaligned", ValueError), ("dtype", TypeError),
+])
+def test_binding_checks_what_the_c_code_relies_on(case, exc):
+    """fastattn._core.linear_f32, called directly, refuses anything that
+    would let the C code read or write outside its buffers."""
+    from fastattn import _core
+
+    x = np.ones((4, 8), np.float32)
+    packed = np.zeros((1, 8, 16), np.float32)
+    bias = np.zeros(3, np.float32)
+    out = np.empty((4, 3), np.float32)
+    if case == "packed_shape":
+        packed = np.zeros((1, 7, 16), np.float32)
+    elif case == "bias_shape":
+        bias = np.zeros(4, np.float32)
+    elif case == "out_rows":
+        out = np.empty((5, 3), np.float32)
+    elif case == "row_stride":
+        x = np.ones((4, 16), np.float32)[:, ::2]
+    elif case == "unaligned":
+        raw = np.zeros(4 * 8 * 4 + 1, np.uint8)
+        x = np.frombuffer(raw.data, np.float32, count=32, offset=1).reshape(4, 8)
+    elif case == "dtype":
+        x = np.ones((4, 8), np.float64)
+    with pytest.raises(exc):
+        _core.linear_f32(x, packed, bias, out)
 
 
 def test_packed_object(rng):
