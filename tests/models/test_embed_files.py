@@ -185,3 +185,37 @@ def test_line_rules() -> None:
     texts, bad, first = decode_lines(lines, first_line=10)
     assert texts == ["a", "b\rc", "", "\ufffd x", "last"]
     assert (bad, first) == (1, 13)
+
+
+def test_an_interrupt_while_the_file_opens_leaves_nothing(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt between creating the temporary file and writing its
+    header (here: in os.fdopen) removes the file."""
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with NpyWriter(str(tmp_path / "o.npy"), 3, 4):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_interrupt_after_the_rename_says_the_output_was_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A signal that arrives once the output is in place must not claim that
+    nothing was written."""
+    import fastattn.models.embed as embed_module
+
+    src, out = tmp_path / "in.txt", tmp_path / "o.npy"
+    src.write_text("hello\n")
+
+    def done_then_interrupted(*args: Any, **kwargs: Any) -> Any:
+        np.save(out, np.zeros((1, 4), np.float32))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed_module, "embed_file", done_then_interrupted)
+    code = main(["embed", "--quiet", "--input", str(src), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and f"interrupted; {out} was written" in err, err

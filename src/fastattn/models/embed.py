@@ -199,8 +199,8 @@ class NpyWriter:
         """Create the temporary file and write the header."""
         import numpy as np
 
-        fd = self._create()
         try:
+            fd = self._create()
             self._f = os.fdopen(fd, "wb")
             np.lib.format.write_array_header_1_0(
                 self._f, {"descr": "<f4", "fortran_order": False, "shape": (self.n, self.dim)})
@@ -497,6 +497,7 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         # the tokenizer's Rust thread pool reads this when it starts
         os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
+    before = _file_id(args.output)
     try:
         with _sigterm_raises():
             report = embed_file(args.input, args.output, model_dir=args.model,
@@ -509,14 +510,24 @@ def cli_main(args: argparse.Namespace) -> int:
     except (EmbedError, ImportError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
-        return EXIT_SIGINT
-    except _Terminated:
-        print(f"{PROG}: terminated; nothing written", file=sys.stderr)
-        return EXIT_SIGTERM
+    except (KeyboardInterrupt, _Terminated) as e:
+        # the signal may come after the rename: then say what is there
+        done = _file_id(args.output) != before
+        what = f"{args.output} was written" if done else "nothing written"
+        word = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
+        print(f"{PROG}: {word}; {what}", file=sys.stderr)
+        return EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else EXIT_SIGTERM
     _summary(report, args.output)
     return 0
+
+
+def _file_id(path: str) -> Optional[Tuple[int, int, int]]:
+    """(device, inode, mtime in ns) of ``path``, or None when it is absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
 def _plural(n: int, word: str) -> str:

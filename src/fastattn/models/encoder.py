@@ -142,7 +142,13 @@ class SentenceEncoder:
                 self._collect(results, ids, out, progress)
             else:
                 with ThreadPoolExecutor(max_workers=nthreads) as pool:
-                    self._collect(pool.map(run, batches), ids, out, progress)
+                    try:
+                        self._collect(pool.map(run, batches), ids, out, progress)
+                    except BaseException:
+                        # an interrupt or a failed batch: the queued batches
+                        # are dropped, not computed before the error goes on
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
         return out
 
     @staticmethod
