@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -178,10 +179,12 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
     blocksize : int, str or None
         Bytes per partition of the text files (None: one per file).
     shard_dir : str or None
-        Where partitions write their shards (default ``output + ".shards"``),
-        on a file system the workers and this process share; the shards
-        (and the folder, when made here) are removed afterwards, also after
-        a failure, unless ``keep_shards``.
+        Where partitions write their shards, on a file system the workers
+        and this process share (default: the output's folder).  Each run
+        writes into a folder of its own there (``.<output>.shards-*``),
+        removed afterwards, also after a failure, with ``shard_dir`` itself
+        when it was made here.  With ``keep_shards`` the shards are written
+        to ``shard_dir`` itself (default ``output + ".shards"``) and kept.
     force : bool
         Replace an existing ``output`` (once the new one is complete).
 
@@ -209,18 +212,16 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
         # the file of each partition, for the warning's line number
         files = [src for src, file_blocks in zip(sources, blocks) for _ in file_blocks]
     target = check_output(output, [p for p in inputs if "://" not in p], force)
-    shard_dir = shard_dir or output + ".shards"
-    made_dir = not os.path.exists(shard_dir)
-    os.makedirs(shard_dir, exist_ok=True)
+    run_dir, made = _shard_folder(output, shard_dir, keep_shards)
     try:
-        tasks = [dask.delayed(fn)(p, i, shard_dir, model_dir, max_length, batch_tokens,
+        tasks = [dask.delayed(fn)(p, i, run_dir, model_dir, max_length, batch_tokens,
                                   threads_per_worker) for i, (fn, p) in enumerate(parts)]
         results = sorted(_compute(tasks, client, n_workers), key=lambda r: r.index)
         dim = results[0].dim if results else _model_dim(model_dir)
         _join(results, target, output, dim, force, np)
     finally:
         if not keep_shards:
-            _remove_shards(shard_dir, len(parts), made_dir)
+            _remove_shards(run_dir, made)
     _warn(results, files, max_length is not None)
     return np.load(target, mmap_mode="r")
 
@@ -261,19 +262,32 @@ def _join(results: List[_Part], target: str, shown: str, dim: int, force: bool,
         out.commit(force)
 
 
-def _remove_shards(shard_dir: str, n_parts: int, made_dir: bool) -> None:
-    """Remove the shards (the folder too when it was made here)."""
-    if made_dir:
-        shutil.rmtree(shard_dir, ignore_errors=True)
-        return
-    for i in range(n_parts):
-        path = _shard_path(shard_dir, i)
-        for name in [path] + glob.glob(glob.escape(os.path.join(
-                shard_dir, "." + os.path.basename(path))) + ".*.partial"):
-            try:
-                os.remove(name)
-            except OSError:
-                pass
+def _shard_folder(output: str, shard_dir: Optional[str], keep: bool) -> Tuple[str, List[str]]:
+    """The folder this run's shards go to, and the folders made for it
+    (innermost first).  Unless the shards are kept, it is a folder of this
+    run's own (``.<output>.shards-*`` in ``shard_dir``, default the output's
+    folder), so that two runs never share shards and a task that finishes
+    after a failure has nowhere left to write."""
+    made: List[str] = []
+    base = shard_dir if shard_dir else (output + ".shards" if keep else
+                                        os.path.dirname(os.path.abspath(output)))
+    if not os.path.isdir(base):
+        os.makedirs(base)
+        made.append(base)
+    if keep:
+        return base, made
+    run = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.shards-", dir=base)
+    return run, [run] + made
+
+
+def _remove_shards(run_dir: str, made: List[str]) -> None:
+    """Remove this run's shards and the folders made for them."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for folder in made[1:]:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def _warn(results: List[_Part], files: List[str], max_length_given: bool) -> None:
