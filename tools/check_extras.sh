@@ -22,7 +22,16 @@ PYTHON="${PYTHON:-python3}"
 TORCH_REQ="torch==2.13.0"
 setup_workdir check-extras "${WORK_DIR:-}"
 
-WHEEL="${WHEEL:-$(ls "$ROOT"/wheelhouse/fastattn-*manylinux*.whl 2>/dev/null | head -n 1)}"
+if [[ -z "${WHEEL:-}" ]]; then
+    shopt -s nullglob
+    wheels=("$ROOT"/wheelhouse/fastattn-*manylinux*.whl)
+    shopt -u nullglob
+    if [[ ${#wheels[@]} -gt 1 ]]; then
+        echo "error: several wheels in wheelhouse/ (${wheels[*]}): set WHEEL=" >&2
+        exit 2
+    fi
+    WHEEL="${wheels[0]:-}"
+fi
 if [[ -z "$WHEEL" || ! -f "$WHEEL" ]]; then
     echo "error: no wheel: run tools/build_wheels.sh first, or set WHEEL=" >&2
     exit 2
@@ -142,6 +151,8 @@ if [[ ${#HEAVY[@]} -gt 0 ]]; then
              ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} \
       && echo "   torch template ready after $((SECONDS - T0)) s" ) > "$WORK/torch-base.log" 2>&1 &
     TORCH_PID=$!
+    # an early exit stops the background install before $WORK is removed
+    trap '[[ -n "${TORCH_PID:-}" ]] && kill "$TORCH_PID" 2>/dev/null; wait; _cleanup_workdir' EXIT
 fi
 torch_base() {  # wait for the template venv with torch's CPU build
     if [[ -n "${TORCH_PID:-}" ]]; then
