@@ -260,6 +260,11 @@ def _reworded(func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str,
     return None
 
 
+# what a torch tensor passed to a NumPy-only entry point should be instead
+AS_NUMPY = ("pass fastattn.torch.as_numpy(t), a NumPy view of a CPU tensor's memory "
+            "(no copy); fastattn.torch.from_numpy(out) turns a result into a tensor")
+
+
 def entry(tensors: Optional[str]) -> Callable[[F], F]:
     """Decorator of the public functions of the NumPy API: a ``TypeError``
     that a PyTorch habit caused says what fastattn wants instead.

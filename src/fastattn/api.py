@@ -20,9 +20,7 @@ from ._threads import call_threads
 
 __all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
 
-# what a torch tensor passed to a function of this module should be instead
-_AS_NUMPY = ("pass fastattn.torch.as_numpy(t), a NumPy view of a CPU tensor's memory "
-             "(no copy); fastattn.torch.from_numpy(out) turns the result into a tensor")
+_AS_NUMPY = _checks.AS_NUMPY
 
 
 @_checks.entry("use fastattn.torch.attention, which reads CPU tensors in place")

@@ -361,17 +361,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from fastattn import demo
 
+    error: Optional[BaseException] = None
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
+        # the user's warnings (fonts, fallbacks), not third-party deprecations
+        warnings.simplefilter("default", UserWarning)
+        warnings.simplefilter("default", RuntimeWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
             path = demo.main(args.text, args.out, causal=args.causal, heads=args.heads,
                              dim=args.dim, seed=args.seed)
         except (ValueError, ImportError, OSError, RuntimeError) as exc:
-            print(f"{PROG} demo: error: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            for message in dict.fromkeys(str(w.message) for w in caught):
-                print(f"{PROG} demo: warning: {message}", file=sys.stderr)
+            error = exc
+    for message in dict.fromkeys(str(w.message) for w in caught
+                                 if issubclass(w.category, (UserWarning, RuntimeWarning))):
+        print(f"{PROG} demo: warning: {message}", file=sys.stderr)
+    if error is not None:
+        print(f"{PROG} demo: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {os.path.abspath(path)}")
     return 0
 

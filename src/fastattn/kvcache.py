@@ -12,9 +12,7 @@ from .api import attention
 
 __all__ = ["KVCache"]
 
-# what a torch tensor passed to the cache should be instead
-_AS_NUMPY = ("pass fastattn.torch.as_numpy(t), a NumPy view of a CPU tensor's memory "
-             "(no copy); fastattn.torch.from_numpy(out) turns a result into a tensor")
+_AS_NUMPY = _checks.AS_NUMPY
 # attention without its error rewording: attend's own does it, for attend's
 # arguments (and a decode step saves a wrapper's call)
 _attention: Callable[..., Any] = getattr(attention, "__wrapped__", attention)

@@ -248,6 +248,10 @@ class BertModel:
     weights : BertWeights
     row_block : int
         Rows of every matrix product (see the module docstring).
+
+    The linear weights are packed for :func:`fastattn.linear` when the model
+    is made: later changes to ``weights`` do not reach the products (make a
+    new model instead).
     """
 
     def __init__(self, config: BertConfig, weights: BertWeights, row_block: int = 256) -> None:
