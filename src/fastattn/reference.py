@@ -186,6 +186,11 @@ def _lengths(kv_lengths: Optional[ArrayLike], batch: int, nk: int) -> Optional[A
     return lens.astype(np.int64).reshape(batch, 1, 1)
 
 
+def _canonical(a: Array) -> Array:
+    """``a`` C-contiguous and aligned (a copy unless it already is)."""
+    return np.require(a, requirements=["C", "A"])
+
+
 def _scores(q: Array, k: Array, mask: Optional[ArrayLike], causal: object, scale: object,
             window: Optional[Tuple[int, int]] = None, alibi_slopes: Optional[ArrayLike] = None,
             softcap: Optional[float] = None, kv_lengths: Optional[ArrayLike] = None
@@ -217,7 +222,11 @@ def _scores(q: Array, k: Array, mask: Optional[ArrayLike], causal: object, scale
     if q.ndim >= 3 and hkv != h and hkv > 0:
         k = np.repeat(k, h // hkv, axis=-3)
 
-    # scores[..., i, j] = scale * sum_c q[..., i, c] * k[..., j, c]
+    # scores[..., i, j] = scale * sum_c q[..., i, c] * k[..., j, c]; the
+    # operands in one layout (C order, aligned), so that the BLAS, whose
+    # kernels and rounding depend on the layout, gives every layout of the
+    # same values the same result
+    q, k = _canonical(q), _canonical(k)
     scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(dtype, copy=False)
     scores = scores * dtype.type(scale)
     target = scores.shape  # q.shape[:-1] + (Nk,)
@@ -356,7 +365,7 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, mask: Optional[ArrayL
 
     if q.ndim >= 3 and hkv != h and hkv > 0:
         v = np.repeat(v, h // hkv, axis=-3)
-    result = np.matmul(p, v).astype(dtype, copy=False)
+    result = np.matmul(p, _canonical(v)).astype(dtype, copy=False)
     # Rows that see no key are exactly zero (p is zero there, but 0 * NaN
     # or 0 * inf in v would otherwise leak into them).
     result = np.where(empty[..., None], dtype.type(0), result)
