@@ -120,7 +120,7 @@ def _demo_child(tmp_path, *args):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
-def test_cli_missing_folder_is_one_line(tmp_path):
+def test_cli_missing_folder_is_one_line(mpl, tmp_path):
     """Once a 33-line traceback."""
     r = _demo_child(tmp_path, "--out", str(tmp_path / "no" / "such" / "a.png"))
     assert r.returncode == 2 and r.stdout == ""
@@ -137,7 +137,7 @@ def test_cli_too_many_words_fail_at_once(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_word_cap(monkeypatch, tmp_path):
+def test_word_cap(mpl, monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "render", lambda result, path, title=None: str(path))
     words = " ".join(f"w{i}" for i in range(demo.MAX_WORDS))
     assert demo.main(words, tmp_path / "a.png") == str(tmp_path / "a.png")
