@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -281,8 +282,17 @@ def _shard_folder(output: str, shard_dir: Optional[str], keep: bool) -> Tuple[st
 
 
 def _remove_shards(run_dir: str, made: List[str]) -> None:
-    """Remove this run's shards and the folders made for them."""
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """Remove this run's shards and the folders made for them.
+
+    After a failure, cancelled tasks that were already running go on, and
+    one may create its shard while the folder is being emptied, so the
+    removal is repeated until the folder is gone: once it is, a late task's
+    write fails on the missing folder and leaves nothing."""
+    for _ in range(200):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if not os.path.lexists(run_dir):
+            break
+        time.sleep(0.01)
     for folder in made[1:]:
         try:
             os.rmdir(folder)
