@@ -242,7 +242,7 @@ class KVCache:
                          precision=precision)
         n_q = q.shape[2]
         if least < n_q or not least:          # else every query sees a key
-            self._warn_unseen(n_q, least, causal, window)
+            _warn_unseen(self.lengths, n_q, least, causal, window)
         return res
 
     def _fill_range(self) -> Tuple[int, int]:
@@ -254,35 +254,37 @@ class KVCache:
         held = lengths.tolist()
         return (min(held), max(held)) if held else (0, 0)
 
-    def _warn_unseen(self, n_q: int, least: int, causal: object, window: object) -> None:
-        """A RuntimeWarning if some queries of an ``attend`` (valid
-        arguments; ``least`` the fewest tokens of a row) see no key under
-        the cache's own alignment: a row with no token, or with fewer keys
-        than the band needs (query i of row b sees key j only if ``j <= i +
-        lengths[b] - n_q + right``, ``right`` being 0 for causal and the
-        window's right bound)."""
-        if not n_q or not self.batch:
-            return
-        right = None
-        if isinstance(window, (tuple, list)) and int(window[1]) >= 0:
-            right = int(window[1])
-        if (causal is True or isinstance(causal, np.bool_) and causal
-                or causal == "bottom_right"):
-            right = 0 if right is None else min(right, 0)
-        need = 1 if right is None else n_q - right
-        if least >= need:
-            return
-        unseen = np.where(self.lengths == 0, n_q, np.clip(need - self.lengths, 0, n_q))
-        rows = np.flatnonzero(unseen)
-        b = int(rows[0])
-        held = int(self.lengths[b])
-        what = (f"row {b} holds {held} token{'' if held == 1 else 's'} and {unseen[b]} of "
-                f"its {n_q} queries see no key")
-        if rows.size > 1:
-            what = f"{rows.size} rows have queries that see no key (e.g. {what})"
-        warnings.warn(f"KVCache.attend: {what}; they get zeros. Append the queries' own "
-                      "keys and values before attend (the queries are the last positions "
-                      "of each row)", RuntimeWarning, stacklevel=_checks.stacklevel())
+
+def _warn_unseen(lengths: NDArray[np.int64], n_q: int, least: int, causal: object,
+                 window: object) -> None:
+    """A RuntimeWarning if some queries of a ``KVCache.attend`` (valid
+    arguments; ``lengths`` the rows' token counts, ``least`` the fewest)
+    see no key under the cache's own alignment: a row with no token, or
+    with fewer keys than the band needs (query i of row b sees key j only
+    if ``j <= i + lengths[b] - n_q + right``, ``right`` being 0 for causal
+    and the window's right bound)."""
+    if not n_q or not lengths.shape[0]:
+        return
+    right = None
+    if isinstance(window, (tuple, list)) and int(window[1]) >= 0:
+        right = int(window[1])
+    if (causal is True or isinstance(causal, np.bool_) and causal
+            or causal == "bottom_right"):
+        right = 0 if right is None else min(right, 0)
+    need = 1 if right is None else n_q - right
+    if least >= need:
+        return
+    unseen = np.where(lengths == 0, n_q, np.clip(need - lengths, 0, n_q))
+    rows = np.flatnonzero(unseen)
+    b = int(rows[0])
+    held = int(lengths[b])
+    what = (f"row {b} holds {held} token{'' if held == 1 else 's'} and {unseen[b]} of "
+            f"its {n_q} queries see no key")
+    if rows.size > 1:
+        what = f"{rows.size} rows have queries that see no key (e.g. {what})"
+    warnings.warn(f"KVCache.attend: {what}; they get zeros. Append the queries' own "
+                  "keys and values before attend (the queries are the last positions "
+                  "of each row)", RuntimeWarning, stacklevel=_checks.stacklevel())
 
 
 # The smallest scale: an all-zero row or channel still gets a valid (> 0)

@@ -187,9 +187,12 @@ def multihead_attention_weights(state_dict: Mapping[str, Any], prefix: str = ""
     """The parameters of a ``torch.nn.MultiheadAttention`` from its state
     dict (keys under ``prefix``), checked for shape and completeness.
 
-    Recognized keys: ``in_proj_weight`` ``(3E, E)``, or ``q_proj_weight``,
-    ``k_proj_weight`` and ``v_proj_weight`` (kdim must equal vdim);
-    ``in_proj_bias``; ``out_proj.weight``; ``out_proj.bias``.  Raises
+    Recognized keys: ``in_proj_weight`` ``(3E, E)``, or ``q_proj_weight (E,
+    E)``, ``k_proj_weight (E, kdim)`` and ``v_proj_weight (E, vdim)`` (the
+    form PyTorch uses when ``kdim`` or ``vdim`` differ from ``embed_dim``;
+    here they must be equal, since one context feeds both); ``in_proj_bias
+    (3E,)``; ``out_proj.weight (E, E)``; ``out_proj.bias (E,)``.  A module
+    built with ``bias=False`` has no bias keys.  Raises
     ``ValueError`` for missing, unexpected or inconsistently shaped keys and
     for ``add_bias_kv`` modules (``bias_k``, ``bias_v``); ``TypeError`` as
     :func:`state_dict_arrays` does.

@@ -37,8 +37,8 @@ def explicit_layer(layer, x, context=None, mask=None, key_padding_mask=None, cau
     """The layer written out step by step in NumPy in ``dtype``, with
     reference.attention; returns (out, weights, (q, k, v)) with heads in
     (B, H, N, D).  key_padding_mask: True = real key."""
-    p = {n: (None if a is None else a.astype(dtype))
-         for n, a in layer._views().items()}
+    p = {n: (None if getattr(layer, n) is None else getattr(layer, n).astype(dtype))
+         for n in ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")}
     c = x if context is None else context
     x, c = x.astype(dtype), c.astype(dtype)
     B, Nq, _ = x.shape
