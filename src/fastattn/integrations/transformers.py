@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 import torch as _torch
 
 from .. import torch as _fatorch
+from .._padding import fold_key_padding as _fold_key_padding
 
 if _TYPE_CHECKING:      # the names of the annotations (strings at run time)
     import weakref
@@ -230,7 +231,7 @@ def _analyse(mask: torch.Tensor, batch: int, n_q: int, n_k: int,
             return {"mask": mask}
         if band == "none":
             band = None
-    return _with_keys(keys.expand(batch, n_k), band, n_q, n_k, window)
+    return _with_keys(keys.expand(batch, n_k), band, n_q, window)
 
 
 def _match_band(m: torch.Tensor, keys: torch.Tensor, n_q: int, n_k: int,
@@ -252,10 +253,11 @@ def _match_band(m: torch.Tensor, keys: torch.Tensor, n_q: int, n_k: int,
     return None
 
 
-def _with_keys(keys: torch.Tensor, band: str | None, n_q: int, n_k: int,
+def _with_keys(keys: torch.Tensor, band: str | None, n_q: int,
                window: tuple[int, int] | None) -> dict[str, Any]:
     """Options for a band plus a key pattern: kv_lengths for right padding
-    where the alignment allows it, else a broadcast (B, 1, 1, Nk) key mask."""
+    where ``fold_key_padding``'s rule allows it, else a broadcast (B, 1, 1,
+    Nk) key mask."""
     opts: dict[str, Any] = {}
     if band == "bottom_right":
         opts["causal"] = True
@@ -263,17 +265,10 @@ def _with_keys(keys: torch.Tensor, band: str | None, n_q: int, n_k: int,
         opts["causal"], opts["window"] = True, window
     elif band == "top_left":
         opts["causal"] = "top_left"
-    if bool(keys.all()):
-        return opts
-    lengths = keys.sum(dim=1)
-    prefix = bool(_torch.equal(keys, _torch.arange(n_k)[None, :] < lengths[:, None]))
-    # kv_lengths moves bottom-right alignments to each row's own length, so
-    # it stands for right padding only where the band does not depend on Nk
-    top_left = band is None or band == "top_left" or (band == "bottom_right" and n_q == n_k)
-    if prefix and top_left:
-        if band == "bottom_right":
-            opts["causal"] = "top_left"
-        opts["kv_lengths"] = lengths
-        return opts
-    opts["mask"] = keys[:, None, None, :]
+    folded = _fold_key_padding(keys.numpy(), n_q, opts.get("causal", False),
+                               opts.get("window"))
+    if folded is None:
+        opts["mask"] = keys[:, None, None, :]
+    else:
+        opts.update(folded)
     return opts
