@@ -102,8 +102,8 @@ def attention(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any], *,
         says so with a ``RuntimeWarning``, once per process for each
         reason; :func:`explain` reports the mode really used.  float64 inputs
         accept only ``"highest"`` (else ``ValueError``); float16 and
-        bfloat16 inputs ignore the keyword.  The attention weights
-        (``return_weights``) are always computed at ``"highest"``.
+        bfloat16 inputs ignore the keyword.  ``return_weights`` gives the
+        weights of :func:`attention_weights`, whatever the mode.
     k_scale, v_scale : ndarray or None
         Scales of int8 ``k`` and ``v`` (an 8-bit KV cache, as
         :class:`fastattn.KVCache` with ``dtype="int8"`` keeps), required
@@ -296,9 +296,12 @@ def attention_weights(q: NDArray[Any], k: NDArray[Any], *,
     """The attention matrix ``softmax(q @ k^T * scale + bias + mask)``,
     shape ``(..., Nq, Nk)`` in q's dtype, computed by the C core: one pass
     for each row's log-sum-exp, a second for ``exp(score - lse)``.  Rows
-    that see no key are zeros.  Arguments as in :func:`attention`;
-    ``precision`` is checked as there, but the weights are always computed
-    at ``"highest"`` (they are the product itself, not an input to one).
+    that see no key are zeros.  Arguments as in :func:`attention`.
+
+    The weights are always computed at ``"highest"``, whatever
+    ``precision`` says (it is checked as in :func:`attention`): they are
+    the product the caller inspects, not an input to one, so they stay the
+    float32 softmax of the float32 scores.
     """
     _checks.precision(precision, q)
     _checks.ndarray("k", k)
