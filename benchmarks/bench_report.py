@@ -52,7 +52,8 @@ import numpy as np
 
 import fastattn
 from fastattn import reference
-from fastattn._bench import BenchCase, blas_limit, blas_limit_available, cpu_model, format_ms
+from fastattn._bench import (BenchCase, blas_limit, blas_limit_available, cpu_model,
+                             format_ms, time_calls)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MD = REPO_ROOT / "docs" / "benchmarks.md"
@@ -174,19 +175,15 @@ def make_impls(case: BenchCase, threads: int, q, k, v, torch) -> List[Impl]:
     return impls
 
 
-def _call_seconds(impl: Impl) -> float:
-    with impl.context():
-        t0 = time.perf_counter()
-        impl.run()
-        return time.perf_counter() - t0
-
-
 def time_interleaved(impls: Sequence[Impl], rounds: int) -> Dict[str, dict]:
-    """Warm up each impl, then time them in turn for ``rounds`` rounds.
+    """Warm up each impl, then time them in turn for ``rounds`` rounds
+    (fastattn._bench.time_calls).
 
     The warm-up results are compared with the first impl's (fastattn's) as a
     sanity check; the largest absolute difference is kept with the timings.
     """
+    calls = {impl.name: impl.run for impl in impls}
+    contexts = {impl.name: impl.context for impl in impls}
     inner: Dict[str, int] = {}
     reference_out = None
     max_diff: Dict[str, Optional[float]] = {}
@@ -207,25 +204,16 @@ def time_interleaved(impls: Sequence[Impl], rounds: int) -> Dict[str, dict]:
         del result
         if first < MIN_SAMPLE_SECONDS:
             # the first call may carry one-off costs: calibrate on a second one
-            first = min(first, _call_seconds(impl))
+            again = time_calls({impl.name: impl.run}, 1, warmup=0, context=contexts)
+            first = min(first, again[impl.name][0])
         inner[impl.name] = max(1, min(MAX_INNER_CALLS,
                                       math.ceil(MIN_SAMPLE_SECONDS / max(first, 1e-9))))
 
-    samples: Dict[str, List[float]] = {impl.name: [] for impl in impls}
-    for _ in range(rounds):
-        for impl in impls:
-            n = inner[impl.name]
-            # Let the previous implementation's worker threads go idle first:
-            # OpenBLAS (NumPy) workers busy-wait for a while after each call,
-            # and on a 2-core machine they would steal the next run's core.
-            time.sleep(SETTLE_SECONDS)
-            with impl.context():
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    impl.run()
-                dt = time.perf_counter() - t0
-            samples[impl.name].append(dt / n)
-
+    # SETTLE_SECONDS before each sample: OpenBLAS (NumPy) workers busy-wait
+    # for a while after each call, and on a 2-core machine they would steal
+    # the next run's core.
+    samples = time_calls(calls, rounds, warmup=0, inner=inner, settle=SETTLE_SECONDS,
+                         context=contexts)
     return {
         name: {
             "median_s": statistics.median(times),

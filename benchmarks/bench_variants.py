@@ -15,27 +15,19 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # variants.py sits beside this script
 
 import fastattn  # noqa: E402
+from fastattn._bench import time_calls  # noqa: E402
 from variants import GROUPS  # noqa: E402
 
 SETTLE_SECONDS = 0.1
 
 
 def run_group(calls, rounds):
-    for c in calls:  # warm-up (page faults, thread pool)
-        c.fn()
-    samples = {c.name: [] for c in calls}
-    for _ in range(rounds):
-        for c in calls:
-            time.sleep(SETTLE_SECONDS)
-            t0 = time.perf_counter()
-            c.fn()
-            samples[c.name].append(time.perf_counter() - t0)
+    samples = time_calls({c.name: c.fn for c in calls}, rounds, settle=SETTLE_SECONDS)
     return {name: statistics.median(ts) for name, ts in samples.items()}
 
 

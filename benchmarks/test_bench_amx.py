@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -40,7 +39,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 inputs need ml_dty
 
 import fastattn  # noqa: E402
 from fastattn import _core  # noqa: E402
-from fastattn._bench import BenchCase, cpu_model  # noqa: E402
+from fastattn._bench import BenchCase, cpu_model, time_calls  # noqa: E402
 
 CASES = [BenchCase(1, 8, n, n, d, causal) for n in (1024, 2048, 4096) for d in (64, 128)
          for causal in (False, True)]
@@ -145,15 +144,8 @@ def side_by_side(case: BenchCase, impls: Tuple[str, ...], threads: int,
                  repeat: int) -> Dict[str, Optional[float]]:
     """Median seconds of each implementation, run in alternating order."""
     calls = {i: make_call(i, case, threads) for i in impls}
-    live = [i for i in impls if calls[i] is not None]
-    times: Dict[str, List[float]] = {i: [] for i in live}
-    for i in live:                                    # warm-up and first-call costs
-        calls[i]()                                    # type: ignore[misc]
-    for r in range(repeat):
-        for i in (live if r % 2 == 0 else live[::-1]):
-            t0 = time.perf_counter()
-            calls[i]()                                # type: ignore[misc]
-            times[i].append(time.perf_counter() - t0)
+    live = {i: call for i, call in calls.items() if call is not None}
+    times = time_calls(live, repeat, alternate=True)
     return {i: (statistics.median(times[i]) if i in times else None) for i in impls}
 
 

@@ -16,12 +16,12 @@ table of medians and ratios::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -29,6 +29,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from encoder_peer import make_corpus, sentence_transformers_encode  # noqa: E402
+
+from fastattn._bench import time_calls  # noqa: E402
 
 # FASTATTN_BENCH_SENTENCES makes a smaller corpus for a smoke run
 N_SENTENCES = int(os.environ.get("FASTATTN_BENCH_SENTENCES", "2200"))
@@ -93,10 +95,8 @@ def test_sentence_transformers(benchmark: Any, encoder: Any, corpus: List[str], 
 # script mode: whole processes, interleaved
 # --------------------------------------------------------------------------
 
-def _timed(cmd: List[str]) -> float:
-    t0 = time.perf_counter()
+def _run(cmd: List[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
 
 
 def _commands(corpus: str, out: str, threads: int, peer: bool) -> Dict[str, List[str]]:
@@ -150,10 +150,8 @@ def main(argv: List[str]) -> int:
               f"{'fastattn x':>10}")
         for threads in args.threads:
             cmds = _commands(corpus, os.path.join(tmp, f"t{threads}_"), threads, peer)
-            times: Dict[str, List[float]] = {k: [] for k in cmds}
-            for _ in range(args.rounds):
-                for name, cmd in cmds.items():
-                    times[name].append(_timed(cmd))
+            runs = {name: functools.partial(_run, cmd) for name, cmd in cmds.items()}
+            times = time_calls(runs, args.rounds, warmup=0)
             med = {k: statistics.median(v) for k, v in times.items()}
             for name in cmds:
                 print(f"{threads:>7}  {name:<16} {med[name]:>9.2f} "

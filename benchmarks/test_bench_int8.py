@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import pytest
 
 import fastattn
 from fastattn import _core
-from fastattn._bench import cpu_model
+from fastattn._bench import cpu_model, time_calls
 
 try:
     import ml_dtypes
@@ -77,27 +76,12 @@ def callers(q: np.ndarray, i8: fastattn.KVCache, bf: fastattn.KVCache
     return {"int8": lambda: i8.attend(q), "bf16": lambda: bf.attend(qb)}
 
 
-def interleaved(calls: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str, List[float]]:
-    """Seconds per call of each, over ``rounds`` rounds that alternate the
-    order of the calls (after one warm-up call each)."""
-    names = list(calls)
-    for f in calls.values():
-        f()
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            calls[n]()
-            times[n].append(time.perf_counter() - t0)
-    return times
-
-
 def measure(name: str, threads: int, rounds: int) -> Dict[str, Any]:
     """One row of the table: medians, ratio, GB/s and % of bandwidth."""
     q, i8, bf = make_caches(CASES[name])
     fastattn.set_num_threads(threads)
     bw = float(_core.read_bandwidth())
-    times = interleaved(callers(q, i8, bf), rounds)
+    times = time_calls(callers(q, i8, bf), rounds, alternate=True)
     med = {n: statistics.median(t) for n, t in times.items()}
     gbs = {"int8": cache_bytes(i8) / med["int8"] / 1e9, "bf16": cache_bytes(bf) / med["bf16"] / 1e9}
     return {"case": name, "threads": threads, "int8_ms": med["int8"] * 1e3,

@@ -40,12 +40,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from fastattn._bench import blas_limit  # threadpoolctl when installed, else a no-op
+from fastattn._bench import blas_limit, time_calls  # blas_limit: threadpoolctl or a no-op
 
 B, N, E, H = 8, 256, 512, 8
 D = E // H
@@ -193,15 +192,8 @@ def side_by_side(threads, repeat, causal, settle):
     except ImportError:
         pass
     runners = {name: make_runner(name, layer, x, causal, threads) for name in impls}
-    times = {name: [] for name in impls}
-    for run in runners.values():              # warm-up
-        run()
-    for _ in range(repeat):                   # A B C A B C ...
-        for name, run in runners.items():
-            time.sleep(settle)                # let the previous one's threads go idle
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+    # A B C A B C ..., settle: let the previous one's threads go idle
+    times = time_calls(runners, repeat, settle=settle)
     med = {name: statistics.median(t) for name, t in times.items()}
     proj, attn = flop_counts(causal)
     print(f"MultiHeadAttention (B, N, E, H) = ({B}, {N}, {E}, {H}), float32, "

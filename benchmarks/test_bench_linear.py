@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
@@ -27,7 +26,7 @@ import pytest
 
 import fastattn
 from fastattn import _core
-from fastattn._bench import blas_limit, cpu_model
+from fastattn._bench import blas_limit, cpu_model, time_calls
 
 # (rows, in_features, out_features): MiniLM's QKV, output, FFN up and down
 SHAPES = [(256, 384, 1152), (256, 384, 384), (256, 384, 1536), (256, 1536, 384)]
@@ -61,14 +60,7 @@ def side_by_side(rounds: int) -> List[Dict[str, Any]]:
         for m, k, n in SHAPES:
             run = _runners(m, k, n)
             names = list(run)
-            times: Dict[str, List[float]] = {name: [] for name in names}
-            for fn in run.values():
-                fn()
-            for r in range(rounds):
-                for name in (names if r % 2 == 0 else names[::-1]):
-                    t0 = time.perf_counter()
-                    run[name]()
-                    times[name].append(time.perf_counter() - t0)
+            times = time_calls(run, rounds, alternate=True)
             med = {name: statistics.median(t) for name, t in times.items()}
             flops = 2.0 * m * k * n
             rows.append({"shape": f"{m}x{k} @ {k}x{n}", "peak": peak,

@@ -1,11 +1,12 @@
-"""What every fastattn benchmark shares: the case type, the FLOP count and the
-BLAS-thread limiter.
+"""What every fastattn benchmark shares: the case type, the FLOP count, the
+timing loop and the BLAS-thread limiter.
 
 ``fastattn bench`` (cli.py), the pytest-benchmark suite in ``benchmarks/`` and
 the report scripts ``benchmarks/bench_report.py`` and
 ``benchmarks/bench_variants.py`` all describe a shape with :class:`BenchCase`,
-count FLOPs with :func:`attention_flops` and hold NumPy's BLAS to a thread
-count with :func:`blas_limit`.  This module lives in the package so that the
+count FLOPs with :func:`attention_flops`, take their timings with
+:func:`time_calls` and hold NumPy's BLAS to a thread count with
+:func:`blas_limit`.  This module lives in the package so that the
 installed console script can use it without a source checkout.
 
 Importing it loads no third-party module: NumPy is imported when inputs are
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from typing import TYPE_CHECKING, Any, ContextManager, NamedTuple, Optional, Tuple
+import time
+from typing import (TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping,
+                    NamedTuple, Optional, Tuple)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -27,6 +30,7 @@ __all__ = [
     "attention_flops",
     "visible_pairs",
     "format_ms",
+    "time_calls",
     "blas_limit",
     "blas_limit_available",
     "cpu_model",
@@ -186,6 +190,47 @@ def format_ms(seconds: Optional[float], missing: str = "-") -> str:
     if ms >= 1:
         return f"{ms:.2f}"
     return f"{ms:.3f}"
+
+
+def time_calls(calls: Mapping[str, Callable[[], object]], rounds: int, *, warmup: int = 1,
+               inner: Optional[Mapping[str, int]] = None, settle: float = 0.0,
+               alternate: bool = False,
+               context: Optional[Mapping[str, Callable[[], ContextManager[Any]]]] = None
+               ) -> Dict[str, List[float]]:
+    """Seconds per call of each of ``calls``: ``rounds`` samples each.
+
+    Each call first runs ``warmup`` times (page faults, thread pools,
+    first-call costs).  Then the calls take turns, A B C A B C ..., so the
+    noise of a shared machine falls on all of them alike; with
+    ``alternate`` every other round runs in reverse order, so that no call
+    always follows the same one.  A sample times ``inner[name]`` calls in a
+    row (default 1) and is divided by their number.  Before each sample the
+    loop sleeps ``settle`` seconds, so that the worker threads of the
+    previous call (OpenBLAS's spin for a while) are idle, and it enters
+    ``context[name]()`` around the sample (e.g. :func:`blas_limit`).
+    """
+    def entered(name: str) -> ContextManager[Any]:
+        make = None if context is None else context.get(name)
+        return contextlib.nullcontext() if make is None else make()
+
+    names = list(calls)
+    for name in names:
+        with entered(name):
+            for _ in range(warmup):
+                calls[name]()
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names[::-1] if alternate and r % 2 else names):
+            n = 1 if inner is None else inner.get(name, 1)
+            fn = calls[name]
+            if settle:
+                time.sleep(settle)
+            with entered(name):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / n)
+    return samples
 
 
 def blas_limit_available() -> bool:

@@ -35,7 +35,8 @@ import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
                     TextIO, Tuple)
 
-from fastattn._bench import BenchCase, attention_flops, format_ms, visible_pairs
+from fastattn._bench import (BenchCase, attention_flops, format_ms, time_calls,
+                             visible_pairs)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -180,14 +181,7 @@ SETTLE_SECONDS = 0.2
 
 
 def _median_time(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_calls({"": fn}, max(1, repeat), warmup=warmup)[""])
 
 
 def _time_fastattn(cases: Sequence[BenchCase], repeat: int
