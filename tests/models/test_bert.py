@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fastattn.models import BertModel, BertWeights, gelu_erf
+import fastattn
+from fastattn.models import BertModel, BertWeights, bert, gelu_erf
 from fastattn.models.encoder import SentenceEncoder
 from models_support import (TINY, random_ids, reference_forward, reference_pooled,  # noqa: F401
                             tiny_model, tiny_tensors)
@@ -60,6 +61,21 @@ def test_mean_pooled_two_x_rule(tiny_model: BertModel) -> None:
 def _lengths(rng: np.random.Generator, n: int) -> list[int]:
     # many very short sentences (the attention core's few-row kernel) among long ones
     return [int(x) for x in rng.choice([1, 2, 3, 4, 5, 6, 17, 33, 48], size=n)]
+
+
+def test_short_sentence_bound_is_the_cores_few_row_bound() -> None:
+    """Sentences up to bert._few_rows() tokens get calls of their own length:
+    it must be the longest query length the core's plan gives its few-row
+    kernel, as explain says for calls with one query head per kv head (as
+    the model's)."""
+    def kernel(rows: int) -> str:
+        q = np.zeros((1, 1, rows, 32), dtype=np.float32)
+        return str(fastattn.explain(q, q, q)["kernel"])
+
+    bound = bert._few_rows()
+    assert bound >= 1
+    assert [kernel(n) for n in range(1, bound + 1)] == ["rows"] * bound
+    assert kernel(bound + 1) != "rows"
 
 
 def test_batch_invariance_bitwise(tiny_model: BertModel) -> None:

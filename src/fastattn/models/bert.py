@@ -19,10 +19,10 @@ size or on the thread count.  Three things would break that:
   rows are.  They run on row blocks of ``row_block`` rows (the packed rows
   are zero-padded up to a multiple of it), which bounds the scratch.
 * The attention kernel choice.  The core runs a few-row kernel when the
-  longest sequence of a call is very short (4 rows today) and its tile kernel
-  otherwise.  Short sentences (up to ``_SHORT`` tokens) are therefore sent in
-  calls that hold only sentences of the same length, so the choice is a
-  function of the sentence alone.
+  longest sequence of a call is very short and its tile kernel otherwise.
+  Short sentences (up to the core's few-row bound, ``_few_rows()``) are
+  therefore sent in calls that hold only sentences of the same length, so
+  the choice is a function of the sentence alone.
 * Reductions.  LayerNorm reduces along rows of fixed-shape blocks and pooling
   adds each sentence's own rows in order, so no sum mixes sentences.
 
@@ -32,6 +32,7 @@ The thread count changes who computes a batch, never how: see
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
@@ -39,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import attention_varlen as _attention_varlen
+from .. import explain as _explain
 from ..linear import PackedLinear, linear, pack_linear
 
 __all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel", "gelu_erf"]
@@ -46,9 +48,6 @@ __all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel", "gelu_e
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
-# Sentences up to this many tokens get attention calls of their own length
-# (see the module docstring); must be >= the core's few-row threshold.
-_SHORT = 16
 # rows of one GELU slice
 _GELU_ROWS = 32
 
@@ -223,9 +222,21 @@ def gelu_erf(x: F32, scratch: Tuple[F32, F32, F32]) -> None:
     x *= acc
 
 
+@functools.lru_cache(maxsize=1)
+def _few_rows() -> int:
+    """The most query rows per kv head for which the core runs its few-row
+    kernel, as its plan of a one-query call says (``q_block`` of the
+    ``"rows"`` kernel); 0 where that plan is another kernel."""
+    q = np.zeros((1, 1, 1, 32), dtype=np.float32)
+    plan = _explain(q, q, q)
+    return int(plan["q_block"]) if plan["kernel"] == "rows" else 0
+
+
 def _attention_groups(lens: I64) -> List[Tuple[int, int]]:
     """Runs of consecutive sentences that may share one attention call:
-    long sentences together, short ones only with sentences of their length."""
+    long sentences together, short ones (up to ``_few_rows()`` tokens, the
+    bound of the core's few-row kernel) only with sentences of their length."""
+    short = _few_rows()
     groups: List[Tuple[int, int]] = []
     start = 0
     for i in range(1, len(lens) + 1):
@@ -233,7 +244,7 @@ def _attention_groups(lens: I64) -> List[Tuple[int, int]]:
             groups.append((start, i))
             break
         a, b = int(lens[i - 1]), int(lens[i])
-        if (a <= _SHORT or b <= _SHORT) and a != b:
+        if (a <= short or b <= short) and a != b:
             groups.append((start, i))
             start = i
     return groups
