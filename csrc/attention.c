@@ -539,8 +539,20 @@ static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
     if ((weights ? info->work / 2 : info->work) < 4.0e5 || info->items < 2) info->threads = 1;
     if (info->threads > info->items) info->threads = (int)info->items;
 kernel:
+    info->bf16_tile = fa_bf16_tile_policy();
     fa_dispatch((fa_family)info->family, p->dtype, &info->kernel_isa);
     return FA_OK;
+}
+
+const char *fa_family_name(int family)
+{
+    static const char *const names[FA_FAMILY_COUNT] = {
+        [FA_FAMILY_TILE] = "tile",
+        [FA_FAMILY_ROWS] = "rows",
+        [FA_FAMILY_WEIGHTS] = "weights",
+        [FA_FAMILY_MATRIX] = "matrix",
+    };
+    return family >= 0 && family < FA_FAMILY_COUNT && names[family] ? names[family] : "unknown";
 }
 
 int fa_plan(const fa_params *p, fa_plan_info *info) { return fa_plan_make(p, 0, info); }

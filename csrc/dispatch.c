@@ -2,13 +2,16 @@
  * dispatch.c: the ISA registry, and the choice of kernels for this CPU.
  *
  * Every kernel file (kernels/kernel_<isa>.c, compiled with its own flags)
- * provides one kernel table, fa_kernels_<isa>.  The registry below lists
- * them, one row each: the row's name, the CPU features it needs and its
- * table.  A row either is an ISA path (the user can force it by name
- * through fa_set_isa / FASTATTN_ISA; paths are numbered in registry order,
- * which fa_isa names) or refines an earlier path: then, while that path
+ * provides one kernel table, fa_kernels_<isa> (kernel_avx512bf16.c two).
+ * The registry below lists them, one row each: the row's name, the CPU
+ * features it needs and its table.  A row either is an ISA path (fa_paths,
+ * indexed by fa_isa; the user can force a path by name through fa_set_isa /
+ * FASTATTN_ISA) or refines a path (fa_refinements): then, while that path
  * runs and the CPU has the row's features, the row's non-NULL kernels
  * replace the path's (the AVX512-BF16 dot product refines avx512 this way).
+ * Every row has a name of its own, and rows are told apart by identity,
+ * never by name.  A refinement may also need a policy of the plan (the
+ * bfloat16 tile policy, fastattn.h), which is not a CPU feature.
  *
  * The CPU is probed once with cpuid, and the OS support of the wide
  * registers with xgetbv (a CPU may have AVX-512 while the OS does not save
@@ -58,7 +61,8 @@ enum {
     FA_CPU_NEON = 1 << 3,       /* Advanced SIMD (baseline on aarch64) */
     FA_CPU_AMX = 1 << 4,        /* AMX-TILE + AMX-BF16, OS-enabled tile state */
     FA_CPU_AVX512VNNI = 1 << 5, /* vpdpbusd (int8 decode) */
-    FA_CPU_BF16_TILE = 1 << 6   /* vdpbf16ps beats widening in the tile kernel */
+    FA_CPU_AMD = 1 << 6         /* vendor "AuthenticAMD" (a fact the
+                                   bfloat16 tile policy reads) */
 };
 
 /* The kernel table of an architecture's kernel file, or NULL elsewhere. */
@@ -84,34 +88,49 @@ extern const fa_kernels fa_kernels_avx512vnni;
 extern const fa_kernels fa_kernels_neon;
 #endif
 
-typedef struct {
+typedef struct fa_isa_row {
     const char *name;          /* the path's name, or the refinement's */
-    const char *refines;       /* NULL for a path; else the path refined */
     unsigned features;         /* FA_CPU_* bits the row needs */
     const fa_kernels *kernels; /* NULL: not part of this build */
-    const char *falls_back;    /* a path: the path serving what it lacks */
-    int forced_only;           /* a path never chosen automatically */
+    /* a path only: */
+    const struct fa_isa_row *falls_back; /* the path serving what it lacks */
+    int forced_only;                     /* never chosen automatically */
+    /* a refinement only: */
+    fa_isa refines; /* the path it refines */
+    int pairs;      /* runs only under FA_BF16_TILE_PAIRS */
 } fa_isa_row;
 
-/* The registry.  Paths keep the order of fa_isa (better paths later within
- * an architecture). */
-static const fa_isa_row fa_registry[] = {
-    {"scalar", NULL, 0, &fa_kernels_scalar},
-    {"avx2", NULL, FA_CPU_AVX2, FA_X86_TABLE(avx2)},
-    {"avx512", NULL, FA_CPU_AVX2 | FA_CPU_AVX512, FA_X86_TABLE(avx512)},
-    {"neon", NULL, FA_CPU_NEON, FA_ARM64_TABLE(neon)},
-    {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16,
-     FA_X86_TABLE(avx512bf16)},
-    {"avx512bf16", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16 | FA_CPU_BF16_TILE,
-     FA_X86_TABLE(avx512bf16_tile)},
-    {"amx", NULL, FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16 | FA_CPU_AMX,
-     FA_X86_TABLE(amx), "avx512", 0},
-    {"amx_emu", NULL, FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16, FA_X86_TABLE(amx_emu),
-     "avx512", 1},
-    {"avx512vnni", "avx512", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512VNNI,
-     FA_X86_TABLE(avx512vnni)},
+/* The paths, indexed by fa_isa.  A path's name is how the user forces it
+ * (fa_set_isa, FASTATTN_ISA); within an architecture better paths come
+ * later. */
+static const fa_isa_row fa_paths[] = {
+    [FA_ISA_SCALAR] = {"scalar", 0, &fa_kernels_scalar},
+    [FA_ISA_AVX2] = {"avx2", FA_CPU_AVX2, FA_X86_TABLE(avx2)},
+    [FA_ISA_AVX512] = {"avx512", FA_CPU_AVX2 | FA_CPU_AVX512, FA_X86_TABLE(avx512)},
+    [FA_ISA_NEON] = {"neon", FA_CPU_NEON, FA_ARM64_TABLE(neon)},
+    [FA_ISA_AMX] = {"amx", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16 | FA_CPU_AMX,
+                    FA_X86_TABLE(amx), &fa_paths[FA_ISA_AVX512], 0},
+    [FA_ISA_AMX_EMU] = {"amx_emu", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16,
+                        FA_X86_TABLE(amx_emu), &fa_paths[FA_ISA_AVX512], 1},
 };
-#define FA_REGISTRY_ROWS ((int)(sizeof fa_registry / sizeof fa_registry[0]))
+_Static_assert(sizeof fa_paths / sizeof fa_paths[0] == FA_ISA_COUNT,
+               "fa_paths must have one row per fa_isa value (fastattn.h)");
+
+/* The refinements: while the path they refine runs and the CPU has their
+ * features, their non-NULL kernels replace the path's (a later row wins).
+ * Each has a name of its own: fa_plan_info.kernel_isa reports it. */
+static const fa_isa_row fa_refinements[] = {
+    /* bfloat16 decode: vdpbf16ps dot products wherever the CPU has them */
+    {"avx512bf16", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16, FA_X86_TABLE(avx512bf16),
+     .refines = FA_ISA_AVX512},
+    /* bfloat16 tile and weights: Q.K^T on pairs, under the pairs policy */
+    {"avx512bf16_pairs", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512BF16,
+     FA_X86_TABLE(avx512bf16_tile), .refines = FA_ISA_AVX512, .pairs = 1},
+    /* int8 decode: vpdpbusd */
+    {"avx512vnni", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512VNNI, FA_X86_TABLE(avx512vnni),
+     .refines = FA_ISA_AVX512},
+};
+#define FA_REFINEMENTS ((int)(sizeof fa_refinements / sizeof fa_refinements[0]))
 
 #if FA_X86
 static unsigned long long fa_xgetbv0(void)
@@ -121,41 +140,25 @@ static unsigned long long fa_xgetbv0(void)
     return ((unsigned long long)hi << 32) | lo;
 }
 
-/* Whether the tile kernel takes bfloat16 Q.K^T on vdpbf16ps: on AMD
- * (Zen 4/5 issue it at the rate of a 512-bit FMA, so it does two FMAs'
- * work), not on Intel (on Emerald Rapids it issues at a quarter of the
- * FMA's rate, so it does half the work per cycle: measured 0.78x the
- * speed of widening).  The environment
- * variable FASTATTN_BF16_TILE=pairs or =widen overrides the vendor rule
- * (the per-ISA tests run the pairs on any CPU with the instruction). */
-static unsigned fa_bf16_tile_pays(void)
-{
-    const char *env = getenv("FASTATTN_BF16_TILE");
-    if (env && strcmp(env, "pairs") == 0) return FA_CPU_BF16_TILE;
-    if (env && strcmp(env, "widen") == 0) return 0;
-    unsigned int a, b, c, d;
-    /* vendor "AuthenticAMD": ebx "Auth" */
-    return __get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u ? FA_CPU_BF16_TILE : 0;
-}
-
 static unsigned fa_probe_cpu(void)
 {
     unsigned int a, b, c, d;
     unsigned f = 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    /* vendor "AuthenticAMD": ebx "Auth" */
+    if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u) f |= FA_CPU_AMD;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
     const int f16c = (c >> 29) & 1; /* float16 conversions */
-    if (!osxsave || !avx || !fma || !f16c) return 0;
+    if (!osxsave || !avx || !fma || !f16c) return f;
     const unsigned long long xcr0 = fa_xgetbv0();
-    if ((xcr0 & 0x6) != 0x6) return 0; /* xmm and ymm state */
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if ((xcr0 & 0x6) != 0x6) return f; /* xmm and ymm state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
     if ((b >> 5) & 1) f |= FA_CPU_AVX2;
     const int avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
     if (avx512 && (xcr0 & 0xE0) == 0xE0) f |= FA_CPU_AVX512; /* opmask, zmm0-15, zmm16-31 */
     if ((c >> 11) & 1) f |= FA_CPU_AVX512VNNI; /* leaf 7, ecx bit 11 */
     /* AVX512-BF16: leaf 7, subleaf 1, eax bit 5 */
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) f |= FA_CPU_AVX512BF16;
-    if (f & FA_CPU_AVX512BF16) f |= fa_bf16_tile_pays();
     /* the tiles: cpuid and XCR0 only; the permission comes at first use */
     fa_amx_facts facts;
     const char *why;
@@ -179,6 +182,29 @@ static unsigned fa_cpu_features(void)
     return (unsigned)v;
 }
 
+/* The bfloat16 tile policy (fastattn.h): the environment's override, else
+ * the vendor rule; decided once (-1 until then).  The per-ISA tests set
+ * FASTATTN_BF16_TILE=pairs to run the pairs on any CPU with the
+ * instruction. */
+int fa_bf16_tile_policy(void)
+{
+    static _Atomic int cached = -1;
+    int v = atomic_load(&cached);
+    if (v < 0) {
+        const char *env = getenv("FASTATTN_BF16_TILE");
+        if (env && strcmp(env, "pairs") == 0) v = FA_BF16_TILE_PAIRS;
+        else if (env && strcmp(env, "widen") == 0) v = FA_BF16_TILE_WIDEN;
+        else v = fa_cpu_features() & FA_CPU_AMD ? FA_BF16_TILE_PAIRS : FA_BF16_TILE_WIDEN;
+        atomic_store(&cached, v);
+    }
+    return v;
+}
+
+const char *fa_bf16_tile_name(int policy)
+{
+    return policy == FA_BF16_TILE_PAIRS ? "pairs" : policy == FA_BF16_TILE_WIDEN ? "widen" : "unknown";
+}
+
 #if FA_X86
 int fa_amx_real_compiled(void); /* kernel_amx.c (amx_gemm_real.c) */
 #endif
@@ -198,20 +224,13 @@ static int fa_row_runs(const fa_isa_row *row)
     return fa_row_compiled(row) && (fa_cpu_features() & row->features) == row->features;
 }
 
-/* The registry row of path `isa` (the isa-th row that is a path), or NULL. */
+/* The registry row of path `isa`, or NULL. */
 static const fa_isa_row *fa_path_row(int isa)
 {
-    for (int i = 0, n = 0; i < FA_REGISTRY_ROWS; i++)
-        if (!fa_registry[i].refines && n++ == isa) return &fa_registry[i];
-    return NULL;
+    return isa >= 0 && isa < FA_ISA_COUNT ? &fa_paths[isa] : NULL;
 }
 
-int fa_isa_count(void)
-{
-    int n = 0;
-    for (int i = 0; i < FA_REGISTRY_ROWS; i++) n += !fa_registry[i].refines;
-    return n;
-}
+int fa_isa_count(void) { return FA_ISA_COUNT; }
 
 int fa_isa_compiled(fa_isa isa)
 {
@@ -256,25 +275,20 @@ int fa_set_isa(fa_isa isa)
     return FA_OK;
 }
 
-/* The path named `name`, or NULL. */
-static const fa_isa_row *fa_named_path(const char *name)
-{
-    for (int i = 0; i < FA_REGISTRY_ROWS; i++)
-        if (!fa_registry[i].refines && strcmp(fa_registry[i].name, name) == 0) return &fa_registry[i];
-    return NULL;
-}
-
-/* The row that serves (family, dtype) on a path: the last runnable row of
- * the path (itself or a refinement) that provides it, else the row serving
- * it on the path it falls back to; NULL if none. */
+/* The row that serves (family, dtype) on a path: the last runnable
+ * refinement of the path that provides it (under the policy in force),
+ * else the path itself if it does, else the row serving it on the path it
+ * falls back to; NULL if none. */
 static const fa_isa_row *fa_serving_on(const fa_isa_row *path, fa_family family, fa_dtype dtype)
 {
-    for (int i = FA_REGISTRY_ROWS - 1; i >= 0; i--) {
-        const fa_isa_row *row = &fa_registry[i];
-        if (row != path && !(row->refines && strcmp(row->refines, path->name) == 0)) continue;
+    for (int i = FA_REFINEMENTS - 1; i >= 0; i--) {
+        const fa_isa_row *row = &fa_refinements[i];
+        if (&fa_paths[row->refines] != path) continue;
+        if (row->pairs && fa_bf16_tile_policy() != FA_BF16_TILE_PAIRS) continue;
         if (fa_row_runs(row) && row->kernels->kernel[family][dtype]) return row;
     }
-    return path->falls_back ? fa_serving_on(fa_named_path(path->falls_back), family, dtype) : NULL;
+    if (fa_row_runs(path) && path->kernels->kernel[family][dtype]) return path;
+    return path->falls_back ? fa_serving_on(path->falls_back, family, dtype) : NULL;
 }
 
 static const fa_isa_row *fa_serving_row(fa_family family, fa_dtype dtype)
@@ -305,14 +319,18 @@ int fa_matrix_usable(fa_dtype dtype, const fa_kernels **table)
 
 int fa_bf16_dot_product(void)
 {
-    return strcmp(fa_serving_row(FA_FAMILY_ROWS, FA_BF16)->name, "avx512bf16") == 0;
+#if FA_X86
+    return fa_serving_row(FA_FAMILY_ROWS, FA_BF16)->kernels == &fa_kernels_avx512bf16;
+#else
+    return 0;
+#endif
 }
 
 /* The kernel table of a path's probes and vector functions (the fallback's
  * for a matrix-unit path). */
 static const fa_kernels *fa_vector_table(const fa_isa_row *path)
 {
-    return path->falls_back ? fa_named_path(path->falls_back)->kernels : path->kernels;
+    return path->falls_back ? path->falls_back->kernels : path->kernels;
 }
 
 static const fa_kernels *fa_current_table(void)

@@ -31,8 +31,9 @@ typedef enum {
     FA_F64 = 1,
     FA_F16 = 2,  /* IEEE binary16, as uint16_t bits */
     FA_BF16 = 3, /* bfloat16 (the top half of a float32), as uint16_t bits */
-    FA_I8KV = 4  /* q, out, lse float32; k and v int8 with float32 scales
+    FA_I8KV = 4, /* q, out, lse float32; k and v int8 with float32 scales
                     (fa_params.k_scale, v_scale): dequantized in the kernels */
+    FA_DTYPE_COUNT = 5
 } fa_dtype;
 
 /* How the optional mask is read. */
@@ -56,10 +57,11 @@ typedef enum {
     FA_PRECISION_BF16X3 = 2   /* hi*hi + hi*lo + lo*hi bfloat16 products */
 } fa_precision;
 
-/* Instruction-set paths: the paths of the registry in dispatch.c, in its
- * order (within an architecture, better paths have larger numbers).  The
- * names below are for C callers; fa_isa_count() and fa_isa_name() list
- * every path of the registry. */
+/* Instruction-set paths: the paths of the registry in dispatch.c, which
+ * is indexed by this enum and has FA_ISA_COUNT paths (a static assertion
+ * there; csrc/test/test_core.c checks that every value names a path).
+ * Within an architecture, better paths have larger numbers.  fa_isa_name()
+ * gives each path's name. */
 typedef enum {
     FA_ISA_SCALAR = 0, /* portable C, one element at a time */
     FA_ISA_AVX2 = 1,   /* x86-64: AVX2 + FMA */
@@ -180,11 +182,45 @@ int fa_attention(const fa_params *p);
  * key blocks nobody sees are skipped.  Rows with lse = -inf stay zero. */
 int fa_attention_weights(const fa_params *p);
 
+/* Kernel families: the layouts the driver can run a work item with
+ * (fa_plan_info.family; fa_family_name() gives the name of each). */
+typedef enum {
+    FA_FAMILY_TILE = 0,    /* "tile": vectors along the queries, a block
+                              of query rows an item */
+    FA_FAMILY_ROWS = 1,    /* "rows": few rows, vectors along d and keys */
+    FA_FAMILY_WEIGHTS = 2, /* "weights": the attention-weights pass */
+    FA_FAMILY_MATRIX = 3,  /* "matrix": matrix units (AMX tiles), 16-bit
+                              products, prefill shapes */
+    FA_FAMILY_COUNT = 4
+} fa_family;
+
+/* The name of a kernel family ("tile", "rows", "weights", "matrix"), or
+ * "unknown". */
+const char *fa_family_name(int family);
+
+/* How the tile kernel and the weights pass take a bfloat16 Q.K^T where the
+ * CPU has AVX512-BF16: a speed policy of the plan, not a CPU feature.  On
+ * AMD (Zen 4/5) vdpbf16ps issues at the rate of a 512-bit FMA and does two
+ * FMAs' work; on Intel (Emerald Rapids) it issues at a quarter of the FMA's
+ * rate and measured 0.78x the speed of widening.  The policy in force is
+ * FASTATTN_BF16_TILE=pairs or =widen if set (read once, at first use),
+ * else pairs on AMD and widen elsewhere.  It changes no result beyond
+ * float32 rounding of the sums. */
+typedef enum {
+    FA_BF16_TILE_WIDEN = 0, /* "widen": to float32, then FMAs */
+    FA_BF16_TILE_PAIRS = 1  /* "pairs": vdpbf16ps on pairs along d (the
+                               registry row "avx512bf16_pairs") */
+} fa_bf16_tile;
+
+int fa_bf16_tile_policy(void);
+/* "widen", "pairs", or "unknown". */
+const char *fa_bf16_tile_name(int policy);
+
 /* What fa_attention (or fa_attention_weights) would do with the same
  * params: filled by fa_plan (fa_plan_weights), which the driver itself
  * calls before it runs, so the plan and the execution cannot diverge. */
 typedef struct {
-    int family;           /* 0: tile, 1: few-row, 2: weights, 3: matrix units */
+    int family;           /* the kernel family (fa_family) */
     int isa;              /* the ISA path (fa_isa) */
     const char *kernel_isa; /* the registry row whose kernel runs (the path,
                              or a refinement such as "avx512bf16") */
@@ -198,6 +234,9 @@ typedef struct {
     size_t scratch_bytes; /* scratch per thread */
     double work;          /* multiply-adds of the visible and hidden pairs */
     int precision;        /* the fa_precision the call really uses */
+    int bf16_tile;        /* the fa_bf16_tile policy of the call (it acts
+                             only on bfloat16 tile and weights kernels
+                             where the CPU has AVX512-BF16) */
 } fa_plan_info;
 
 /* Fill *info for p.  Returns FA_OK, FA_ERR_PARAMS or FA_ERR_NOMEM (a head

@@ -68,22 +68,13 @@ typedef void (*fa_linear_f32_fn)(const float *x, int64_t m, int64_t k, int64_t l
                                  int64_t ldy, float *scratch);
 typedef void (*fa_vec_f64_fn)(const double *x, double *y, int64_t n);
 
-/* Kernel families: the layouts the driver can run a tile with. */
-typedef enum {
-    FA_FAMILY_TILE = 0,    /* vectors along the queries, FA_BQ rows a tile */
-    FA_FAMILY_ROWS = 1,    /* few rows, vectors along d and the keys */
-    FA_FAMILY_WEIGHTS = 2, /* the attention-weights pass */
-    FA_FAMILY_MATRIX = 3,  /* matrix units (AMX tiles): 16-bit products,
-                              prefill shapes (kernels/matrix.h) */
-    FA_FAMILY_COUNT = 4
-} fa_family;
-
 /* Everything one kernel_<isa>.c provides, defined by kernel_instantiate.h
- * as fa_kernels_<isa>.  Kernels are indexed [family][fa_dtype]; NULL means
+ * as fa_kernels_<isa>.  Kernels are indexed [fa_family][fa_dtype] (both
+ * enums in fastattn.h); NULL means
  * "not provided here" (a refining registry row, such as the AVX512-BF16
  * one, provides only what it does better). */
 typedef struct {
-    fa_tile_fn kernel[FA_FAMILY_COUNT][5]; /* [family][fa_dtype] */
+    fa_tile_fn kernel[FA_FAMILY_COUNT][FA_DTYPE_COUNT];
     fa_vec_f32_fn exp2_f32, tanh_f32;
     fa_vec_f64_fn exp2_f64, tanh_f64;
     fa_linear_f32_fn linear_f32;        /* the row-invariant float32 GEMM */
@@ -93,7 +84,7 @@ typedef struct {
      * thread before its first matrix kernel of a call, and release the
      * tiles after its last (NULL elsewhere). */
     void (*tiles_begin)(void), (*tiles_end)(void);
-    fa_pack_fn pack[4]; /* matrix family, by fa_dtype */
+    fa_pack_fn pack[FA_DTYPE_COUNT]; /* matrix family, by fa_dtype */
 } fa_kernels;
 
 #endif /* FA_KERNEL_H */

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../fastattn.h"
 
@@ -80,9 +81,49 @@ static int run_case(int nq, int nk, int d, int dv, int causal)
     return bad;
 }
 
-int main(void)
+/* The names of the enums of fastattn.h: every fa_isa value names a path
+ * of the registry, distinct from the others, and the family and policy
+ * names are the ones the binding reports. */
+static int check_names(void)
 {
     int bad = 0;
+    if (fa_isa_count() != FA_ISA_COUNT) { printf("FAIL fa_isa_count %d\n", fa_isa_count()); bad++; }
+    static const char *const isa[FA_ISA_COUNT] = {
+        [FA_ISA_SCALAR] = "scalar", [FA_ISA_AVX2] = "avx2", [FA_ISA_AVX512] = "avx512",
+        [FA_ISA_NEON] = "neon", [FA_ISA_AMX] = "amx", [FA_ISA_AMX_EMU] = "amx_emu"};
+    for (int i = 0; i < FA_ISA_COUNT; i++)
+        if (!isa[i] || strcmp(fa_isa_name((fa_isa)i), isa[i]) != 0) {
+            printf("FAIL fa_isa %d is named %s\n", i, fa_isa_name((fa_isa)i));
+            bad++;
+        }
+    static const char *const family[FA_FAMILY_COUNT] = {
+        [FA_FAMILY_TILE] = "tile", [FA_FAMILY_ROWS] = "rows", [FA_FAMILY_WEIGHTS] = "weights",
+        [FA_FAMILY_MATRIX] = "matrix"};
+    for (int i = 0; i < FA_FAMILY_COUNT; i++)
+        if (!family[i] || strcmp(fa_family_name(i), family[i]) != 0) {
+            printf("FAIL family %d is named %s\n", i, fa_family_name(i));
+            bad++;
+        }
+    if (strcmp(fa_family_name(FA_FAMILY_COUNT), "unknown") != 0 ||
+        strcmp(fa_isa_name(FA_ISA_COUNT), "unknown") != 0) {
+        printf("FAIL out-of-range names\n");
+        bad++;
+    }
+    const int policy = fa_bf16_tile_policy();
+    const char *env = getenv("FASTATTN_BF16_TILE");
+    if ((policy != FA_BF16_TILE_PAIRS && policy != FA_BF16_TILE_WIDEN) ||
+        (env && strcmp(env, fa_bf16_tile_name(policy)) != 0 &&
+         (!strcmp(env, "pairs") || !strcmp(env, "widen")))) {
+        printf("FAIL bf16 tile policy %d under FASTATTN_BF16_TILE=%s\n", policy, env ? env : "");
+        bad++;
+    }
+    printf("names: %s (bf16 tile policy: %s)\n", bad ? "FAIL" : "ok", fa_bf16_tile_name(policy));
+    return bad;
+}
+
+int main(void)
+{
+    int bad = check_names();
     bad += run_case(17, 33, 8, 8, 0);
     bad += run_case(129, 200, 64, 32, 1);
     bad += run_case(1, 1500, 128, 128, 0); /* decode kernel + split keys */

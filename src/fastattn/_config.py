@@ -195,6 +195,7 @@ def config() -> Dict[str, Any]:
                   "kernel_flags": kernels},
         "isa": {"paths": _isa_report(kernels),
                 "bf16_dot_product": bool(_core.bf16_dot_product()),
+                "bf16_tile": _core.bf16_tile_policy(),
                 "env_error": _env_errors.get("FASTATTN_ISA")},
         "matrix_unit": matrix_unit(),
         "threading": {
@@ -224,6 +225,8 @@ def _format(cfg: Dict[str, Any]) -> str:
         lines.append(f"  error: {isa['env_error']} (ignored)")
     lines.append(f"  bfloat16 dot product (AVX512-BF16): "
                  f"{'used' if isa['bf16_dot_product'] else 'not used'}")
+    lines.append(f"  bfloat16 tile policy: {isa['bf16_tile']} (FASTATTN_BF16_TILE=pairs|widen; "
+                 f"acts where the CPU has AVX512-BF16)")
     lines += _format_matrix_unit(cfg["matrix_unit"])
     lines += ["Threads:", f"  runtime: {th['runtime']}"]
     lines += [f"  library: {path}" for path in th["library"]]

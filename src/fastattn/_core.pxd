@@ -59,6 +59,7 @@ cdef extern from "fastattn.h" nogil:
         size_t scratch_bytes
         double work
         int precision
+        int bf16_tile
     int FA_OK
     int FA_ERR_NOMEM
     int64_t FA_UNBOUNDED_LO
@@ -76,6 +77,9 @@ cdef extern from "fastattn.h" nogil:
     fa_isa fa_get_isa() noexcept
     int fa_set_isa(fa_isa isa) noexcept
     const char *fa_isa_name(fa_isa isa) noexcept
+    const char *fa_family_name(int family) noexcept
+    int fa_bf16_tile_policy() noexcept
+    const char *fa_bf16_tile_name(int policy) noexcept
 
 cdef extern from "dispatch.h" nogil:
     void fa_exp2_f32(const float *x, float *y, int64_t n) noexcept

@@ -557,7 +557,6 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None, out=None,
     return res
 
 
-_FAMILIES = ("tile", "rows", "weights", "matrix")
 # fa_precision codes by name, in code order (fastattn.h)
 _PRECISIONS = ("highest", "bf16", "bf16x3")
 
@@ -570,9 +569,11 @@ cdef int _precision_code(int code) except -1:
 
 cdef dict _plan_dict(const fa_plan_info *info, fa_dtype dtype):
     return {
-        "kernel": _FAMILIES[info.family],
+        "kernel": fa_family_name(info.family).decode(),
         # the mode really used; the keyword applies to float32 inputs only
         "precision": _PRECISIONS[info.precision] if dtype == FA_F32 else None,
+        # the bfloat16 tile policy; it acts on bfloat16 inputs only
+        "bf16_tile": fa_bf16_tile_name(info.bf16_tile).decode() if dtype == FA_BF16 else None,
         "isa": fa_isa_name(info.isa).decode(),
         "kernel_isa": info.kernel_isa.decode(),
         "q_block": info.q_block,
@@ -673,6 +674,13 @@ def bf16_dot_product():
     """True when bfloat16 decode uses the AVX512-BF16 dot-product
     instruction on the current path."""
     return bool(fa_bf16_dot_product())
+
+
+def bf16_tile_policy():
+    """How the tile kernel takes a bfloat16 Q.K^T where the CPU has
+    AVX512-BF16: "pairs" (vdpbf16ps) or "widen" (to float32), from
+    FASTATTN_BF16_TILE or else the CPU's vendor (csrc/fastattn.h)."""
+    return fa_bf16_tile_name(fa_bf16_tile_policy()).decode()
 
 
 def build_info():

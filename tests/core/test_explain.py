@@ -6,16 +6,20 @@ the kernel constants (tile rows, few-row limit, split thresholds) that
 stops a shape from covering its path fails here instead of silently.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import fastattn
 from fastattn import _core
 from support import PATH_SHAPES, make_qkv, path_qkv
+from support.child import child_env
 
 KEYS = {"kernel", "isa", "kernel_isa", "q_block", "k_block", "tasks", "key_splits",
         "split_keys", "work_items", "threads", "scratch_bytes", "precision",
-        "precision_requested", "precision_note"}
+        "precision_requested", "precision_note", "bf16_tile"}
 
 # path: (kernel family, whether the keys are split among work items)
 PATHS = {
@@ -155,7 +159,25 @@ def test_bf16_decode_names_the_refinement(rng):
     if prefill["kernel"] == "matrix":
         assert prefill["kernel_isa"] == plan["isa"]
     else:
-        assert prefill["kernel_isa"] in {vector, expected}
+        # the pairs run under their own registry name, and only under the policy
+        assert prefill["kernel_isa"] in {vector, "avx512bf16_pairs"}
+        assert prefill["bf16_tile"] == _core.bf16_tile_policy()
+        if prefill["kernel_isa"] == "avx512bf16_pairs":
+            assert prefill["bf16_tile"] == "pairs"
+
+
+@pytest.mark.parametrize("policy", ["pairs", "widen"])
+def test_bf16_tile_policy_follows_the_environment(policy):
+    # a policy of the plan, read from FASTATTN_BF16_TILE, reported by the
+    # plan of bfloat16 inputs and by show_config (other dtypes: None)
+    code = ("import numpy as np, fastattn; from fastattn import _core, _config\n"
+            "q = np.zeros((1, 1, 70, 8), np.float32)\n"
+            "assert fastattn.explain(q, q, q)['bf16_tile'] is None\n"
+            "print(_core.bf16_tile_policy(), _config.config()['isa']['bf16_tile'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=child_env(FASTATTN_BF16_TILE=policy), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [policy, policy]
 
 
 def test_registry_lists_every_path():
