@@ -173,6 +173,27 @@ def test_a_matrix_path_is_tested():
     assert "amx_emu" in MATRIX_AVAILABLE
 
 
+def test_half_rule_follows_the_plan_not_the_path(rng):
+    """The matrix oracle and the P-rounding slack of the 16-bit rule apply
+    to results of the matrix kernel only: a decode shape on a matrix path
+    runs the few-row kernel, which keeps P in float32, and is held to the
+    plain rule.  Cases without a recorded plan count as the path says."""
+    from support import isa as harness
+
+    res = (np.zeros((2, 3), np.float16), np.zeros(2, np.float32))
+    assert harness._matrix_operand("amx_emu", "rows", res) is None
+    assert harness._matrix_operand("amx", "tile", res) is None
+    assert harness._matrix_operand("amx_emu", "matrix", res) == np.float16
+    assert harness._matrix_operand("amx_emu", None, res) == np.float16
+    assert harness._matrix_operand("avx2", None, res) is None
+    assert harness._matrix_operand("amx_emu", "matrix", res[1:]) is None
+    q, k, v = make_qkv(rng, (1, 2), 1, 50, 32, dtype=np.float16)
+    assert not AttentionRefs(q, k, v, kernel="rows").p_rounded
+    assert AttentionRefs(q, k, v, kernel="matrix").p_rounded
+    planned = fastattn.explain(q, k, v)["kernel"] == "matrix"
+    assert AttentionRefs(q, k, v).p_rounded == planned
+
+
 # ---------------------------------------------------------------- plans
 
 def _on_path(path):

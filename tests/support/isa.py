@@ -23,13 +23,17 @@ available at run time; "amx_emu" (the matrix kernels on the tile
 emulation) is one of them wherever its vector part runs, so every case
 module also runs on the matrix kernels.
 
-The matrix paths (support/matrix.py) compute 16-bit operands with P
+The matrix kernels (support/matrix.py) compute 16-bit operands with P
 rounded to the operand type, which FlashAttention's rule at that precision
-measures against the plain computation at the same precision.  So on a
-matrix path a case with 16-bit results is checked by a fresh copy of the
+measures against the plain computation at the same precision.  Which
+kernel ran is the plan's: a case that gives ``plan`` (``attention_case``
+does: explain of its call) has the plan's kernel recorded in the child;
+other cases count as matrix-kernel cases on a matrix path.  A case with
+16-bit results from the matrix kernel is checked by a fresh copy of the
 case (its references computed anew) while ``matrix_oracle`` stands in for
 the reference, and it skips the "scalar" comparison (its float32 lse
-carries the rounded P too).  A case that runs reduced precision on
+carries the rounded P too); 16-bit decode cases on a matrix path run the
+few-row kernel, which keeps P in float32, and get the plain rule.  A case that runs reduced precision on
 purpose (``IsaCase(..., reduced=True)``, e.g. float32 with
 ``precision="bf16"``) skips the "scalar" comparison on every path.
 """
@@ -73,12 +77,13 @@ class IsaCase:
 
     ``run()`` computes fastattn's results (an array or a tuple of arrays)
     in the child; ``check(results)`` raises AssertionError if they are
-    wrong (in the parent; it may cache its reference).
+    wrong (in the parent; it may cache its reference); ``plan()``, if
+    given, returns ``fastattn.explain``'s plan of the call (in the child).
     """
 
-    def __init__(self, name, run, check, reduced=False):
+    def __init__(self, name, run, check, reduced=False, plan=None):
         self.name, self.run, self.check = name, run, check
-        self.reduced = reduced
+        self.reduced, self.plan = reduced, plan
 
 
 def attention_case(name, q, k, v, fn=None, **kw):
@@ -93,13 +98,18 @@ def attention_case(name, q, k, v, fn=None, **kw):
         import fastattn
         return fastattn.attention(q, k, v, return_lse=True, **kw)
 
+    def plan():
+        import fastattn
+        return fastattn.explain(q, k, v, **kw)
+
     def check(res):
         if "refs" not in cache:
             cache["refs"] = AttentionRefs(q, k, v, fn=fn, **ref_kw)
         out, lse = res
         cache["refs"].check(out, lse)
 
-    return IsaCase(name, run, check, reduced=kw.get("precision", "highest") != "highest")
+    return IsaCase(name, run, check, reduced=kw.get("precision", "highest") != "highest",
+                   plan=plan)
 
 
 
@@ -132,7 +142,7 @@ def child_main():
     fastattn.set_num_threads(threads)
     if fastattn.info()["openmp"]:
         assert fastattn.get_num_threads() == threads
-    saved, errors = {}, {}
+    saved, errors, kernels = {}, {}, {}
     for path in os.environ["FASTATTN_TEST_MODULES"].split(os.pathsep):
         mod = module_name(path)
         _CASE_PATHS[mod] = path
@@ -151,8 +161,10 @@ def child_main():
                 continue
             res = res if isinstance(res, tuple) else (res,)
             saved[key] = tuple(np.array(a, copy=True) for a in res)
+            if c.plan is not None:
+                kernels[key] = c.plan()["kernel"]
     with open(os.environ["FASTATTN_TEST_DUMP"], "wb") as f:
-        pickle.dump({"saved": saved, "errors": errors}, f)
+        pickle.dump({"saved": saved, "errors": errors, "kernels": kernels}, f)
     print("@@done", flush=True)
 
 
@@ -217,24 +229,24 @@ def module_cases(module, matrix=False):
     return store[module]
 
 
-def _matrix_operand(isa, res):
-    """The 16-bit operand type of a case's results on a matrix path, else None."""
-    if isa not in MATRIX_PATHS:
+def _matrix_operand(isa, kernel, res):
+    """The 16-bit operand type of a case's results from the matrix kernel
+    (``kernel`` the recorded plan's; None: the path says), else None."""
+    if kernel != "matrix" and (kernel is not None or isa not in MATRIX_PATHS):
         return None
     return next((a.dtype for a in res if is_half(a.dtype)), None)
 
 
-def _check_case(module, i, isa, res):
+def _check_case(module, i, isa, kernel, res):
     """Case i of ``module``'s own check of its results on ``isa``.
 
-    ``compare.checked_isa`` names the path whose results are checked (a
-    matrix path adds compare.py's generic P-rounding slack to the 16-bit
-    rule); under ``matrix_oracle`` the plain computation carries that
-    rounding itself, so the check runs without the slack, rounding count
-    included."""
-    op = _matrix_operand(isa, res)
+    16-bit results of the matrix kernel are checked under ``matrix_oracle``,
+    whose plain computation rounds P itself; any other result did not round
+    P.  So compare.py's P-rounding slack, for checks that do not know the
+    kernel, is off here (``compare.p_rounded``), rounding count included."""
+    op = _matrix_operand(isa, kernel, res)
     arg = res if len(res) > 1 else res[0]
-    compare.checked_isa = isa if op is None else "scalar"
+    compare.p_rounded = False
     try:
         if op is None:
             module_cases(module)[i].check(arg)
@@ -242,7 +254,7 @@ def _check_case(module, i, isa, res):
         with matrix_oracle(op):
             module_cases(module, matrix=True)[i].check(arg)
     finally:
-        compare.checked_isa = None
+        compare.p_rounded = None
 
 
 def nmse(a, b):
@@ -298,9 +310,10 @@ def check_isa_path(runs, module, isa, threads, checks=CHECKS):
             if key in got["errors"]:
                 raise AssertionError(f"raised {got['errors'][key]}")
             res = got["saved"][key]
+            kernel = got["kernels"].get(key)
             if "reference" in checks:
-                _check_case(module, i, isa, res)
-            if base is not None and not (c.reduced or _matrix_operand(isa, res)):
+                _check_case(module, i, isa, kernel, res)
+            if base is not None and not (c.reduced or _matrix_operand(isa, kernel, res)):
                 _against_scalar(res, base["saved"][key], worst)
             if one is not None:
                 for i, (a, b) in enumerate(zip(res, one["saved"][key])):
