@@ -37,7 +37,7 @@ import pytest
 import fastattn
 from support import (ISA_COMBOS, ISA_NAMES, LAYOUTS, IsaCase, _finite_abs_max,
                      assert_matches, check_isa_path, make_mask, max_abs_score,
-                     reference_results, relayout)
+                     reference_results, relayout, plan_kernel)
 from support.isa import run_pytest_on_path
 
 N_CASES = 150
@@ -182,7 +182,8 @@ def _drawn_case(i, c):
         except AssertionError as e:
             desc = json.dumps({k: str(v) for k, v in c["desc"].items()})
             raise AssertionError(f"{desc}:\n    {str(e).strip()[:600]}") from None
-    return IsaCase(str(i), _run(c["q"], c["k"], c["v"], c["kw"], c["out"]), check)
+    return IsaCase(str(i), _run(c["q"], c["k"], c["v"], c["kw"], c["out"]), check,
+                   plan=lambda: plan_kernel(c["q"], c["k"], c["v"], **c["kw"]))
 
 
 _DRAWN = []

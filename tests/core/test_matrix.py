@@ -34,7 +34,7 @@ import pytest
 import fastattn
 from fastattn import _core
 from support import (ISA_COMBOS, AttentionRefs, IsaCase, attention_case, check_isa_path,
-                     make_mask, make_qkv, max_abs_score, relayout, to64_any)
+                     make_mask, make_qkv, max_abs_score, relayout, to64_any, plan_kernel_varlen)
 from support.child import child_env
 from support.matrix import MATRIX_PATHS, bfloat16, matrix_reference_for
 
@@ -106,10 +106,11 @@ def _varlen_case(name, rng, dtype):
             s_max = max(max_abs_score(q64[cq[b]:cq[b + 1]].transpose(1, 0, 2),
                                       k64[ck[b]:ck[b + 1]].transpose(1, 0, 2))
                         for b in range(len(lq)))
-            cache["refs"] = AttentionRefs(q, k, v, fn=fn, nk=max(lk), s_max=s_max, causal=True)
+            cache["refs"] = AttentionRefs(q, k, v, fn=fn, nk=max(lk), s_max=s_max, causal=True,
+                                          kernel=plan_kernel_varlen(q, k, v, cq, ck))
         cache["refs"].check(res[0].transpose(1, 0, 2), res[1])
 
-    return IsaCase(name, run, check)
+    return IsaCase(name, run, check, plan=lambda: plan_kernel_varlen(q, k, v, cq, ck))
 
 
 def _bf16x3_case(name, q, k, v, **kw):

@@ -13,8 +13,8 @@ from .arrays import (LAYOUTS, PATH_SHAPES, make_mask, make_qkv, path_qkv, randn,
 from .compare import (BF16_U, F16_U, F32_FLOOR, F32_U, F64_RTOL, AttentionRefs,
                       _finite_abs_max, assert_matches, assert_matches_half, assert_result,
                       check_any, check_attention, check_attention_out_only, check_weights,
-                      half_dtypes, is_half, max_abs_score, reference_results, to32, to64,
-                      to64_any)
+                      half_dtypes, is_half, max_abs_score, plan_kernel, plan_kernel_varlen,
+                      reference_results, to32, to64, to64_any)
 from .isa import (ISA_COMBOS, ISA_NAMES, ISA_THREADS, IsaCase, attention_case,
                   check_isa_path, random_variant_cases)
 from .optional_deps import require
@@ -25,7 +25,7 @@ __all__ = [
     "BF16_U", "F16_U", "F32_FLOOR", "F32_U", "F64_RTOL", "AttentionRefs", "_finite_abs_max",
     "assert_matches", "assert_matches_half", "assert_result", "check_any", "check_attention",
     "check_attention_out_only", "check_weights", "half_dtypes", "is_half", "max_abs_score",
-    "reference_results", "to32", "to64", "to64_any",
+    "plan_kernel", "plan_kernel_varlen", "reference_results", "to32", "to64", "to64_any",
     "ISA_COMBOS", "ISA_NAMES", "ISA_THREADS", "IsaCase", "attention_case", "check_isa_path",
     "random_variant_cases",
     "require",

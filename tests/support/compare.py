@@ -257,6 +257,17 @@ def plan_kernel(q, k, v, **kw):
     return fastattn.explain(q, k, v, **kw)["kernel"]
 
 
+def plan_kernel_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, **kw):
+    """The kernel family ``fastattn.attention_varlen`` runs in this process:
+    that of a batch of its longest sequences (the plan's choice follows the
+    longest query and key lengths)."""
+    longest = [int(np.diff(cu).max()) if len(cu) > 1 else 0
+               for cu in (cu_seqlens_q, cu_seqlens_k, cu_seqlens_k)]
+    padded = (np.zeros((1, a.shape[1], n, a.shape[2]), a.dtype)
+              for a, n in zip((q, k, v), longest))
+    return plan_kernel(*padded, **{key: kw[key] for key in ("causal", "window") if key in kw})
+
+
 def is_half(dtype):
     """float16 or ml_dtypes.bfloat16 (recognized by name: optional package)."""
     dtype = np.dtype(dtype)

@@ -16,7 +16,7 @@ import pytest
 import fastattn
 from support import (ISA_COMBOS, AttentionRefs, IsaCase, assert_result, check_attention,
                       check_isa_path, check_weights, make_mask, make_qkv, path_qkv,
-                      random_variant_cases)
+                      random_variant_cases, plan_kernel)
 from fastattn import reference
 
 
@@ -192,7 +192,7 @@ def lengths_case(name, q, k, v, lens, **kw):
             cache["refs"] = AttentionRefs(q, k, v, fn=by_slicing(lens), **kw)
         cache["refs"].check(*res)
 
-    return IsaCase(name, run, check)
+    return IsaCase(name, run, check, plan=lambda: plan_kernel(q, k, v, kv_lengths=lens, **kw))
 
 
 def isa_cases():

@@ -15,9 +15,8 @@ import pytest
 
 import fastattn
 from support import (ISA_COMBOS, AttentionRefs, IsaCase, check_isa_path, half_dtypes,
-                      to64_any)
+                      to64_any, plan_kernel_varlen)
 from fastattn import reference
-from support.compare import plan_kernel
 
 
 def pack(rng, lq, lk, h=4, hkv=2, d=8, dv=None, dtype=np.float32):
@@ -60,11 +59,7 @@ class VarlenRefs:
             return (o, lse) if return_lse else o
 
         nk = int(np.diff(ck).max()) if len(ck) > 1 else 0
-        nq = int(np.diff(cq).max()) if len(cq) > 1 else 0
-        # the plan of a varlen call is that of its longest sequences
-        kernel = plan_kernel(*(np.zeros((1, a.shape[1], n, a.shape[2]), a.dtype)
-                               for a, n in ((q, nq), (k, nk), (v, nk))),
-                             **{key: kw[key] for key in ("causal", "window") if key in kw})
+        kernel = plan_kernel_varlen(q, k, v, cq, ck, **kw)
         self.refs = AttentionRefs(q, k, v, fn=fn, nk=nk, kernel=kernel,
                                   s_max=varlen_s_max(q, k, cq, ck, kw.get("scale")), **kw)
 
@@ -262,7 +257,7 @@ def varlen_case(name, q, k, v, cq, ck, kw=None, **kws):
             cache["refs"] = VarlenRefs(q, k, v, cq, ck, **kw)
         cache["refs"].check(*res)
 
-    return IsaCase(name, run, check)
+    return IsaCase(name, run, check, plan=lambda: plan_kernel_varlen(q, k, v, cq, ck, **kw))
 
 
 def isa_cases():
