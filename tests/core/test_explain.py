@@ -1,7 +1,7 @@
 """fastattn.explain: the plan of a call, from the C planner the driver runs.
 
 The shapes that the variant tests use to reach each kernel path
-(conftest.PATH_SHAPES) are checked here against the plan, so a retune of
+(support.arrays.PATH_SHAPES) are checked here against the plan, so a retune of
 the kernel constants (tile rows, few-row limit, split thresholds) that
 stops a shape from covering its path fails here instead of silently.
 """
