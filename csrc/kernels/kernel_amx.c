@@ -14,19 +14,14 @@
  * the AMX flags only an empty table and the stubs remain.
  */
 #include <stdint.h>
-#include <immintrin.h>
 #include "kernel.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define FA_AMX_REAL 1
 #include "../amx/amx_tileops.h"
-
-#define FA_VMAX_PS(a, b) _mm512_max_ps((__m512)(a), (__m512)(b))
-#define FA_VMAX_PD(a, b) _mm512_max_pd((__m512d)(a), (__m512d)(b))
-#define FA_VRCP_PS(x) _mm512_rcp14_ps((__m512)(x))
+#include "avx512_hooks.h"
 
 #define FA_ISA_NAME amx
-#define FA_VBYTES 64
 
 #include "matrix_instantiate.h"
 #else

@@ -1,8 +1,9 @@
 /*
  * kernel_avx2.c: the attention tile (kernel_body.h) for the avx2 path.
- * This file alone is compiled with the avx2 ISA flags (see setup.py); it is
- * called only after dispatch.c has checked that the CPU supports them.
- * AVX2 + FMA: 16 ymm registers; 12 (Q.K) and 8 (P.V) accumulators leave room for the operands and the broadcast.
+ * This file alone is compiled with the avx2 flags of csrc/isa_flags.txt; it
+ * is called only after dispatch.c has checked that the CPU supports them.
+ * AVX2 + FMA: 16 ymm registers; 12 (Q.K) and 8 (P.V) accumulators leave
+ * room for the operands and the broadcast.
  */
 #include <stdint.h>
 #include <immintrin.h>

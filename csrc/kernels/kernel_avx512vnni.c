@@ -1,6 +1,6 @@
 /*
  * kernel_avx512vnni.c: the int8 decode kernel for CPUs with AVX512-VNNI.
- * Compiled with the avx512 flags plus -mavx512vnni; its kernel table holds
+ * Compiled with the avx512vnni flags of csrc/isa_flags.txt; its table holds
  * only the few-row kernel over int8 keys and values (FA_I8KV), which
  * dispatch.c's registry row "avx512vnni" puts in place of avx512's when
  * cpuid has the bit: its P.V sum uses vpdpbusd on the raw int8 values with
@@ -9,15 +9,10 @@
  * bytes too.
  */
 #include <stdint.h>
-#include <immintrin.h>
 #include "kernel.h"
-
-#define FA_VMAX_PS(a, b) _mm512_max_ps((__m512)(a), (__m512)(b))
-#define FA_VMAX_PD(a, b) _mm512_max_pd((__m512d)(a), (__m512d)(b))
-#define FA_VRCP_PS(x) _mm512_rcp14_ps((__m512)(x))
+#include "avx512_hooks.h"
 
 #define FA_ISA_NAME avx512vnni
-#define FA_VBYTES 64
 #define FA_QK_IB 4
 #define FA_QK_JB 6
 #define FA_PV_IB 4

@@ -10,16 +10,17 @@
  *                 (dtype FA_I8KV; q and out are FA_S = float, see quant.h)
  *   FA_TNAME      f32, f64, f16 or bf16 (name suffix)
  *   FA_IS_DOUBLE  1 for double
- *   FA_ISA_NAME   scalar, avx2, avx512, avx512bf16, neon (name suffix)
+ *   FA_ISA_NAME   the row of csrc/isa_flags.txt (name suffix)
  *   FA_VBYTES     vector width in bytes (4 or 8 on scalar, 16, 32, 64)
  *   FA_QK_IB, FA_QK_JB   register block of the Q.K^T micro-kernel
  *                        (query vectors x keys) of the tile kernel
  *   FA_PV_IB, FA_PV_EB   register block of its P.V micro-kernel
  *                        (query vectors x value columns)
  * and optionally the customization points of vec.h (FA_VMAX_PS/PD,
- * FA_VRCP_PS) and FA_BF16DP (bfloat16 dot products with vdpbf16ps in the
- * few-row kernel).  Each kernel_<isa>.c is compiled with its own ISA flags
- * (the flags table of the build), so the GCC/Clang vector types become
+ * FA_VRCP_PS, FA_VSCALEF_PS: every AVX-512-class file takes them from
+ * avx512_hooks.h), FA_BF16DP (bfloat16 dot products with vdpbf16ps) and
+ * FA_I8DP (int8 P.V with vpdpbusd).  Each kernel_<isa>.c is compiled with
+ * its own flags (csrc/isa_flags.txt), so the GCC/Clang vector types become
  * AVX-512, AVX2, baseline SSE2 or NEON code.
  *
  * The parts, by concern:

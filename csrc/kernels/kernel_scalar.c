@@ -1,7 +1,6 @@
 /*
  * kernel_scalar.c: the attention tile (kernel_body.h) for the scalar path.
- * This file alone is compiled with the scalar ISA flags (see setup.py); it is
- * called only after dispatch.c has checked that the CPU supports them.
+ * Compiled without ISA flags (the scalar row of csrc/isa_flags.txt).
  * Portable C: 'vectors' of one element, so this path assumes nothing of the
  * CPU; 16 scalar accumulators per micro-kernel.
  */
