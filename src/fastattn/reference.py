@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -380,12 +380,16 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, mask: Optional[ArrayL
 
 
 def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Any, cu_seqlens_k: Any,
+                     *, per_sequence: Optional[Callable[..., Any]] = None,
                      **kwargs: Any) -> Any:
     """Packed variable-length attention, one :func:`attention` call per
     sequence: q is (total_q, H, D), k and v (total_k, Hkv, D); sequence b
     owns rows ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` (and likewise for
     keys).  ``alibi_slopes`` may be (H,) or (B, H).  Returns out
-    (total_q, H, Dv) and, with ``return_lse``, lse (H, total_q)."""
+    (total_q, H, Dv) and, with ``return_lse``, lse (H, total_q).
+    ``per_sequence`` replaces :func:`attention` for each sequence (a
+    function with its signature, e.g. a model of another precision)."""
+    one = attention if per_sequence is None else per_sequence
     return_lse = kwargs.pop("return_lse", False)
     slopes = kwargs.pop("alibi_slopes", None)
     outs, lses = [], []
@@ -396,7 +400,7 @@ def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Any, cu_seqlens
         sl = None if slopes is None else np.asarray(slopes)
         if sl is not None and sl.ndim == 2:
             sl = sl[b]
-        o, lse = attention(qs, ks, vs, return_lse=True, alibi_slopes=sl, **kwargs)
+        o, lse = one(qs, ks, vs, return_lse=True, alibi_slopes=sl, **kwargs)
         outs.append(o.transpose(1, 0, 2))
         lses.append(lse)
     out = np.concatenate(outs, axis=0) if outs else np.zeros(

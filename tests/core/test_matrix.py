@@ -33,10 +33,11 @@ import pytest
 
 import fastattn
 from fastattn import _core
-from support import (ISA_COMBOS, AttentionRefs, IsaCase, attention_case, check_isa_path,
-                     make_mask, make_qkv, max_abs_score, relayout, to64_any, plan_kernel_varlen)
+from support import (ISA_COMBOS, AttentionRefs, IsaCase, VarlenRefs, attention_case,
+                     check_isa_path, make_mask, make_qkv, plan_kernel_varlen, relayout)
 from support.child import child_env
-from support.matrix import MATRIX_PATHS, bfloat16, matrix_reference_for
+from support.matrix import (MATRIX_PATHS, bfloat16, exact_oracle, matrix_oracle,
+                            matrix_reference_for)
 
 BF16 = bfloat16()
 MATRIX_AVAILABLE = [p for p in MATRIX_PATHS if p in _core.isa_available()]
@@ -82,7 +83,7 @@ def _variant_cases(rng, dtype, add):
     add("decode", qd, kd, vd, causal=True)
 
 
-def _varlen_case(name, rng, dtype):
+def _varlen_case(name, rng, dtype, oracle):
     """A packed batch through attention_varlen (lengths 0, 20, 90)."""
     lq, lk, h, hkv, d = [40, 0, 90], [20, 5, 130], 4, 2, 32
     q = rng.standard_normal((sum(lq), h, d)).astype(dtype)
@@ -94,21 +95,11 @@ def _varlen_case(name, rng, dtype):
     def run():
         return fastattn.attention_varlen(q, k, v, cq, ck, causal=True, return_lse=True)
 
-    def fn(q, k, v, *, mask=None, return_lse=False, **kw):
-        # the reference, one sequence at a time (the matrix oracle applies)
-        from fastattn import reference
-        o, lse = reference.attention_varlen(q, k, v, cq, ck, return_lse=True, **kw)
-        return (o.transpose(1, 0, 2), lse) if return_lse else o.transpose(1, 0, 2)
-
     def check(res):
         if "refs" not in cache:
-            q64, k64 = to64_any(q), to64_any(k)
-            s_max = max(max_abs_score(q64[cq[b]:cq[b + 1]].transpose(1, 0, 2),
-                                      k64[ck[b]:ck[b + 1]].transpose(1, 0, 2))
-                        for b in range(len(lq)))
-            cache["refs"] = AttentionRefs(q, k, v, fn=fn, nk=max(lk), s_max=s_max, causal=True,
-                                          kernel=plan_kernel_varlen(q, k, v, cq, ck))
-        cache["refs"].check(res[0].transpose(1, 0, 2), res[1])
+            cache["refs"] = VarlenRefs(q, k, v, cq, ck, per_sequence=oracle(dtype),
+                                       causal=True)
+        cache["refs"].check(*res)
 
     return IsaCase(name, run, check, plan=lambda: plan_kernel_varlen(q, k, v, cq, ck))
 
@@ -137,18 +128,19 @@ def _bf16x3_case(name, q, k, v, **kw):
     return IsaCase(name, run, check, reduced=True)
 
 
-def isa_cases():
+def isa_cases(oracle=exact_oracle):
     rng = np.random.default_rng(1111)
     cases = []
 
     def adder(prefix, fn=None, **extra):
         def add(name, *args, **kw):
-            cases.append(attention_case(f"{prefix}/{name}", *args, fn=fn, **extra, **kw))
+            cases.append(attention_case(f"{prefix}/{name}", *args, fn=fn, oracle=oracle,
+                                        **extra, **kw))
         return add
 
     for dtype in _dtypes():
         _variant_cases(rng, dtype, adder(dtype.name))
-        cases.append(_varlen_case(f"{dtype.name}/varlen", rng, dtype))
+        cases.append(_varlen_case(f"{dtype.name}/varlen", rng, dtype, oracle))
     if BF16 is None:
         return cases
     # float32 in the reduced modes
@@ -193,6 +185,25 @@ def test_half_rule_follows_the_plan_not_the_path(rng):
     assert AttentionRefs(q, k, v, kernel="matrix").p_rounded
     planned = fastattn.explain(q, k, v)["kernel"] == "matrix"
     assert AttentionRefs(q, k, v).p_rounded == planned
+
+
+def test_oracles_are_chosen_by_dtype_and_passed_explicitly(rng):
+    """The harness builds a module's matrix-kernel checks with
+    isa_cases(oracle=matrix_oracle): 16-bit inputs get the plain
+    computation at their precision (P rounded, so no slack on top), other
+    dtypes and the float64 reference stay exact; fastattn.reference itself
+    is never replaced."""
+    from fastattn import reference
+
+    exact_fn = reference.attention
+    q, k, v = make_qkv(rng, (1, 2), 20, 40, 16, dtype=np.float16)
+    assert exact_oracle(np.float16) is None and matrix_oracle(np.float32) is None
+    plain = matrix_oracle(np.float16)
+    exact, rounded = AttentionRefs(q, k, v, kernel="matrix"), AttentionRefs(q, k, v, fn=plain)
+    np.testing.assert_array_equal(exact.o64, rounded.o64)
+    assert not np.array_equal(exact.on, rounded.on)
+    assert exact.p_rounded and not rounded.p_rounded
+    assert reference.attention is exact_fn
 
 
 # ---------------------------------------------------------------- plans

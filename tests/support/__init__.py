@@ -5,7 +5,10 @@
 * ``arrays``: random inputs, masks, memory layouts, path shapes;
 * ``optional_deps``: optional third-party packages, skipped with a reason;
 * ``isa``: the per-ISA child-process harness;
-* ``child``: the environment of child interpreters.
+* ``child``: the environment of child interpreters;
+* ``matrix``: the matrix-unit paths and the plain computation at their
+  precision (the oracles of the harness);
+* ``varlen``: the references of packed variable-length problems.
 """
 
 from .arrays import (LAYOUTS, PATH_SHAPES, make_mask, make_qkv, path_qkv, randn,
@@ -18,6 +21,7 @@ from .compare import (BF16_U, F16_U, F32_FLOOR, F32_U, F64_RTOL, AttentionRefs,
 from .isa import (ISA_COMBOS, ISA_NAMES, ISA_THREADS, IsaCase, attention_case,
                   check_isa_path, random_variant_cases)
 from .optional_deps import require
+from .varlen import VarlenRefs, varlen_s_max
 
 __all__ = [
     "LAYOUTS", "PATH_SHAPES", "make_mask", "make_qkv", "path_qkv", "randn",
@@ -29,4 +33,5 @@ __all__ = [
     "ISA_COMBOS", "ISA_NAMES", "ISA_THREADS", "IsaCase", "attention_case", "check_isa_path",
     "random_variant_cases",
     "require",
+    "VarlenRefs", "varlen_s_max",
 ]

@@ -4,7 +4,11 @@ every instruction-set path of the core, at 1 and 2 threads.
 FASTATTN_ISA is read when fastattn is imported, so each forced path runs in
 its own interpreter.  A case module is a test module that defines
 ``isa_cases()`` (a deterministic list of ``IsaCase``) and has a test using
-the session fixture ``isa_runs``.  ``run_all_paths`` starts one child per
+the session fixture ``isa_runs``; a module with 16-bit cases checked against
+the reference takes ``isa_cases(oracle=...)``, the reference function by
+input dtype (support/matrix.py: ``exact_oracle`` by default,
+``matrix_oracle`` for the matrix kernels' results), and builds its checks
+on it.  ``run_all_paths`` starts one child per
 (path, thread count) (two at a time: the machine may have two cores), which
 imports the case modules, runs every case and pickles the results; a crash fails that path's tests, not the run, and
 names the case that was running.  ``check_isa_path`` then checks, in the
@@ -29,9 +33,9 @@ measures against the plain computation at the same precision.  Which
 kernel ran is the plan's: a case that gives ``plan`` (``attention_case``
 does: explain of its call) has the plan's kernel recorded in the child;
 other cases count as matrix-kernel cases on a matrix path.  A case with
-16-bit results from the matrix kernel is checked by a fresh copy of the
-case (its references computed anew) while ``matrix_oracle`` stands in for
-the reference, and it skips the "scalar" comparison (its float32 lse
+16-bit results from the matrix kernel is checked by the case built with
+``isa_cases(oracle=matrix_oracle)`` (its references computed anew), and it
+skips the "scalar" comparison (its float32 lse
 carries the rounded P too); 16-bit decode cases on a matrix path run the
 few-row kernel, which keeps P in float32, and get the plain rule.  A case that runs reduced precision on
 purpose (``IsaCase(..., reduced=True)``, e.g. float32 with
@@ -39,6 +43,7 @@ purpose (``IsaCase(..., reduced=True)``, e.g. float32 with
 """
 
 import importlib.util
+import inspect
 import os
 import pickle
 import subprocess
@@ -55,7 +60,7 @@ from .arrays import random_variant_problem
 from .child import TESTS_DIR, child_env
 from . import compare
 from .compare import AttentionRefs, is_half, plan_kernel
-from .matrix import MATRIX_PATHS, matrix_oracle
+from .matrix import MATRIX_PATHS, exact_oracle, matrix_oracle
 
 # FASTATTN_TEST_SKIP_PATHS (space-separated path names) leaves paths out of
 # the harness: the sanitizer run drops "amx_emu", whose tile emulation is
@@ -87,11 +92,12 @@ class IsaCase:
         self.reduced, self.plan = reduced, plan
 
 
-def attention_case(name, q, k, v, fn=None, **kw):
+def attention_case(name, q, k, v, fn=None, oracle=exact_oracle, **kw):
     """IsaCase of fastattn.attention(q, k, v, return_lse=True, **kw),
-    checked against ``fn`` (the reference by default; e.g.
-    support.matrix.matrix_reference_for(op) for a float32 case with
-    ``precision="bf16"``, which is then a reduced case)."""
+    checked against ``fn`` (default ``oracle(q.dtype)``, the reference for
+    the exact oracle; e.g. support.matrix.matrix_reference_for(op) for a
+    float32 case with ``precision="bf16"``, which is then a reduced case)."""
+    fn = oracle(q.dtype) if fn is None else fn
     cache = {}
     ref_kw = {key: a for key, a in kw.items() if key != "precision"}
 
@@ -221,11 +227,15 @@ _MATRIX_CASES = {}
 
 def module_cases(module, matrix=False):
     """``module``'s isa_cases(), drawn once in the parent (their checks
-    cache the references); ``matrix``: a second copy, whose checks cache
-    the references at the matrix precision."""
+    cache the references); ``matrix``: a second copy built on
+    ``matrix_oracle``, whose checks cache the references at the matrix
+    precision (a module whose isa_cases takes no oracle checks without a
+    reference: its one copy serves)."""
     store = _MATRIX_CASES if matrix else _ISA_CASES
     if module not in store:
-        store[module] = load_case_module(module).isa_cases()
+        make = load_case_module(module).isa_cases
+        takes = matrix and "oracle" in inspect.signature(make).parameters
+        store[module] = make(oracle=matrix_oracle) if takes else make()
     return store[module]
 
 
@@ -240,19 +250,16 @@ def _matrix_operand(isa, kernel, res):
 def _check_case(module, i, isa, kernel, res):
     """Case i of ``module``'s own check of its results on ``isa``.
 
-    16-bit results of the matrix kernel are checked under ``matrix_oracle``,
-    whose plain computation rounds P itself; any other result did not round
-    P.  So compare.py's P-rounding slack, for checks that do not know the
-    kernel, is off here (``compare.p_rounded``), rounding count included."""
-    op = _matrix_operand(isa, kernel, res)
+    16-bit results of the matrix kernel are checked by the case built on
+    ``matrix_oracle``, whose plain computation rounds P itself; any other
+    result did not round P.  So compare.py's P-rounding slack, for checks
+    that do not know the kernel, is off here (``compare.p_rounded``),
+    rounding count included."""
+    matrix = _matrix_operand(isa, kernel, res) is not None
     arg = res if len(res) > 1 else res[0]
     compare.p_rounded = False
     try:
-        if op is None:
-            module_cases(module)[i].check(arg)
-            return
-        with matrix_oracle(op):
-            module_cases(module, matrix=True)[i].check(arg)
+        module_cases(module, matrix=matrix)[i].check(arg)
     finally:
         compare.p_rounded = None
 
@@ -327,11 +334,12 @@ def check_isa_path(runs, module, isa, threads, checks=CHECKS):
     return worst
 
 
-def random_variant_cases(seed, n, prefix="random", **kwargs):
-    """n IsaCase of random_variant_problem, reproducible from seed."""
+def random_variant_cases(seed, n, prefix="random", oracle=exact_oracle, **kwargs):
+    """n IsaCase of random_variant_problem, reproducible from seed, checked
+    against ``oracle`` (see attention_case)."""
     rng = np.random.default_rng(seed)
     cases = []
     for i in range(n):
         q, k, v, kw = random_variant_problem(rng, **kwargs)
-        cases.append(attention_case(f"{prefix}{i}", q, k, v, **kw))
+        cases.append(attention_case(f"{prefix}{i}", q, k, v, oracle=oracle, **kw))
     return cases

@@ -16,13 +16,10 @@ unrounded probabilities, as the kernels take it):
 with the floors of support/compare.py, and the same count of entries that
 differ from the correctly rounded reference (a wrongly rounded P shows up
 there).  ``AttentionRefs(q, k, v, fn=matrix_reference_for(op), **kw)``
-gives the check.  ``matrix_oracle(op)`` swaps the model in for
-``fastattn.reference.attention`` while a check built from the reference
-(``AttentionRefs``, the varlen reference) runs: the per-ISA harness does
-that for the 16-bit cases of every module on a matrix path.
+gives the check.  ``matrix_oracle`` is what the per-ISA harness hands a
+case module's ``isa_cases(oracle)`` for the 16-bit cases of the matrix
+kernels: the reference function for inputs of a given dtype.
 """
-
-import contextlib
 
 import numpy as np
 
@@ -61,8 +58,7 @@ def matrix_reference_for(op):
     op = np.dtype(op)
 
     ref = _reference()
-    # the reference's own attention, even while matrix_oracle runs
-    exact = getattr(ref.attention, "exact", ref.attention)
+    exact = ref.attention
 
     def attention(q, k, v, *, mask=None, return_lse=False, **kw):
         q, k, v = (np.asarray(a) for a in (q, k, v))
@@ -84,19 +80,22 @@ def matrix_reference_for(op):
         # the lse comes from the unrounded probabilities: float32-accurate
         return (out, lse.astype(np.float32)) if return_lse else out
 
-    attention.exact = exact
+    attention.rounds_p = True       # AttentionRefs adds no slack for the rounding
     return attention
 
 
-@contextlib.contextmanager
-def matrix_oracle(op):
-    """Within the block, ``fastattn.reference.attention`` (and so the
-    checks built on it, float64 references aside) computes at the matrix
-    precision of operand type ``op``."""
-    ref = _reference()
-    saved = ref.attention
-    ref.attention = matrix_reference_for(op)
-    try:
-        yield
-    finally:
-        ref.attention = saved
+def exact_oracle(dtype):
+    """The reference function of checks of any kernel's results:
+    ``fastattn.reference.attention`` (None, its stand-in for
+    ``AttentionRefs(fn=...)``)."""
+    return None
+
+
+def matrix_oracle(dtype):
+    """The reference function of checks of the matrix kernels' results for
+    inputs of ``dtype``: the plain computation at that 16-bit precision
+    (``matrix_reference_for``); None (the exact reference) for others."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2):
+        return matrix_reference_for(dtype)
+    return None

@@ -17,6 +17,7 @@ import fastattn
 from support import (ISA_COMBOS, AttentionRefs, attention_case, check_any, check_isa_path,
                       check_weights, half_dtypes, make_mask, make_qkv,
                       random_variant_cases, relayout)
+from support.matrix import exact_oracle
 
 DTYPES = half_dtypes()
 
@@ -163,7 +164,7 @@ SHAPES = {
 }
 
 
-def isa_cases():
+def isa_cases(oracle=exact_oracle):
     dtypes = [np.dtype(np.float16)]
     try:
         import ml_dtypes
@@ -175,19 +176,21 @@ def isa_cases():
     for dt in dtypes:
         for name, (lead, hkv, nq, nk, d, dv) in SHAPES.items():
             q, k, v = make_qkv(rng, lead, nq, nk, d, dv=dv, hkv=hkv, dtype=dt)
-            cases.append(attention_case(f"{dt.name}-{name}", q, k, v))
-            cases.append(attention_case(f"{dt.name}-{name}-causal", q, k, v, causal=True))
+            cases.append(attention_case(f"{dt.name}-{name}", q, k, v, oracle=oracle))
+            cases.append(attention_case(f"{dt.name}-{name}-causal", q, k, v, causal=True,
+                                        oracle=oracle))
             h = lead[1]
-            cases.append(attention_case(f"{dt.name}-{name}-variants", q, k, v,
+            cases.append(attention_case(f"{dt.name}-{name}-variants", q, k, v, oracle=oracle,
                                         window=(100, 0), causal=True, softcap=3.0,
                                         alibi_slopes=np.linspace(0.01, 0.1, h),
                                         kv_lengths=np.full(lead[0], nk - 7)))
         q, k, v = make_qkv(rng, (2, 4), 70, 90, 16, hkv=2, dtype=dt)
         q, k, v = relayout(q, "transposed"), relayout(k, "negative"), relayout(v, "strided")
         mask = make_mask(rng, "add32", (2, 1, 70, 90), p_visible=0.7)
-        cases.append(attention_case(f"{dt.name}-strided-mask", q, k, v, mask=mask))
+        cases.append(attention_case(f"{dt.name}-strided-mask", q, k, v, mask=mask,
+                                    oracle=oracle))
     # random 16-bit problems with any variants
-    cases += random_variant_cases(1601, 30, prefix="random-", dtypes=dtypes)
+    cases += random_variant_cases(1601, 30, prefix="random-", dtypes=dtypes, oracle=oracle)
     return cases
 
 

@@ -17,12 +17,16 @@ import fastattn
 from support import (ISA_COMBOS, AttentionRefs, IsaCase, assert_result, check_attention,
                       check_isa_path, check_weights, make_mask, make_qkv, path_qkv,
                       random_variant_cases, plan_kernel)
+from support.matrix import exact_oracle
 from fastattn import reference
 
 
-def by_slicing(lengths):
+def by_slicing(lengths, per_batch=None):
     """A reference function (reference.attention's signature) that runs
-    each batch on its keys sliced to kv_lengths[b], with no kv_lengths."""
+    each batch on its keys sliced to kv_lengths[b], with no kv_lengths,
+    through ``per_batch`` (default reference.attention)."""
+    one = reference.attention if per_batch is None else per_batch
+
     def fn(q, k, v, *, mask=None, alibi_slopes=None, return_lse=False, **kw):
         nb = q.shape[0]
         if mask is not None:
@@ -33,13 +37,15 @@ def by_slicing(lengths):
             sl = alibi_slopes
             if sl is not None and np.ndim(sl) == 2:
                 sl = np.asarray(sl)[b]
-            o, lse = reference.attention(
+            o, lse = one(
                 q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], return_lse=True,
                 mask=None if mask is None else mask[b:b + 1, ..., :n], alibi_slopes=sl, **kw)
             outs.append(o)
             lses.append(lse)
         out, lse = np.concatenate(outs), np.concatenate(lses)
         return (out, lse) if return_lse else out
+
+    fn.rounds_p = getattr(per_batch, "rounds_p", False)
     return fn
 
 
@@ -181,7 +187,7 @@ def test_kv_lengths_with_weights(rng):
 # every ISA path, 1 and 2 threads
 # ---------------------------------------------------------------------------
 
-def lengths_case(name, q, k, v, lens, **kw):
+def lengths_case(name, q, k, v, lens, oracle=exact_oracle, **kw):
     cache = {}
 
     def run():
@@ -189,13 +195,13 @@ def lengths_case(name, q, k, v, lens, **kw):
 
     def check(res):
         if "refs" not in cache:
-            cache["refs"] = AttentionRefs(q, k, v, fn=by_slicing(lens), **kw)
+            cache["refs"] = AttentionRefs(q, k, v, fn=by_slicing(lens, oracle(q.dtype)), **kw)
         cache["refs"].check(*res)
 
     return IsaCase(name, run, check, plan=lambda: plan_kernel(q, k, v, kv_lengths=lens, **kw))
 
 
-def isa_cases():
+def isa_cases(oracle=exact_oracle):
     rng = np.random.default_rng(303)
     cases = []
     for path in ("decode", "decode_split", "tile", "tile_split"):
@@ -211,14 +217,16 @@ def isa_cases():
         for opt, kw in [("plain", {}), ("causal", dict(causal=True)),
                         ("local", dict(causal=True, window=(100, 0))),
                         ("alibi_softcap", dict(alibi_slopes=slopes, softcap=2.0))]:
-            cases.append(lengths_case(f"{path}-{opt}", q, k, v, lens, **kw))
+            cases.append(lengths_case(f"{path}-{opt}", q, k, v, lens, oracle=oracle, **kw))
         short = np.array([1, 5] if b == 2 else [9])
-        cases.append(lengths_case(f"{path}-short", q, k, v, short, causal=True))
+        cases.append(lengths_case(f"{path}-short", q, k, v, short, causal=True,
+                                  oracle=oracle))
     q, k, v = make_qkv(rng, (3, 2), 80, 200, 16, dtype=np.float64)
     cases.append(lengths_case("f64_tile", q, k, v, np.array([200, 0, 77]), causal=True,
                               alibi_slopes=[0.2, 0.7]))
     # random problems with kv_lengths and any other variants
-    cases += random_variant_cases(1301, 30, prefix="random-", force=("kv_lengths",))
+    cases += random_variant_cases(1301, 30, prefix="random-", force=("kv_lengths",),
+                                  oracle=oracle)
     return cases
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import fastattn
-from support import (ISA_COMBOS, AttentionRefs, IsaCase, check_isa_path, half_dtypes,
-                      to64_any, plan_kernel_varlen)
-from fastattn import reference
+from support import (ISA_COMBOS, IsaCase, VarlenRefs, check_isa_path, half_dtypes,
+                     plan_kernel_varlen)
+from support.matrix import exact_oracle
 
 
 def pack(rng, lq, lk, h=4, hkv=2, d=8, dv=None, dtype=np.float32):
@@ -28,43 +28,6 @@ def pack(rng, lq, lk, h=4, hkv=2, d=8, dv=None, dtype=np.float32):
     k = rng.standard_normal((ck[-1], hkv, d)).astype(dtype)
     v = rng.standard_normal((ck[-1], hkv, dv)).astype(dtype)
     return q, k, v, cq, ck
-
-
-def varlen_s_max(q, k, cq, ck, scale=None):
-    """max |scale * q.k| over the (query, key) pairs of each sequence."""
-    q64, k64 = to64_any(q), to64_any(k)
-    h, hkv, d = q.shape[1], k.shape[1], q.shape[2]
-    scale = (1 / np.sqrt(d) if d else 1.0) if scale is None else scale
-    best = 0.0
-    for b in range(len(cq) - 1):
-        qs = q64[cq[b]:cq[b + 1]].transpose(1, 0, 2)
-        ks = np.repeat(k64[ck[b]:ck[b + 1]].transpose(1, 0, 2), h // hkv, axis=0)
-        if qs.shape[1] and ks.shape[1]:
-            with np.errstate(invalid="ignore"):
-                s = np.abs(qs @ ks.transpose(0, 2, 1))
-            s = s[np.isfinite(s)]
-            if s.size:
-                best = max(best, abs(scale) * float(s.max()))
-    return best
-
-
-class VarlenRefs:
-    """Float64 / naive references of one varlen problem; check(out, lse)."""
-
-    def __init__(self, q, k, v, cq, ck, **kw):
-        def fn(q, k, v, *, mask=None, return_lse=False, **kw):
-            assert mask is None
-            o, lse = reference.attention_varlen(q, k, v, cq, ck, return_lse=True, **kw)
-            o = o.transpose(1, 0, 2)       # (H, total_q, Dv): rows like the lse's
-            return (o, lse) if return_lse else o
-
-        nk = int(np.diff(ck).max()) if len(ck) > 1 else 0
-        kernel = plan_kernel_varlen(q, k, v, cq, ck, **kw)
-        self.refs = AttentionRefs(q, k, v, fn=fn, nk=nk, kernel=kernel,
-                                  s_max=varlen_s_max(q, k, cq, ck, kw.get("scale")), **kw)
-
-    def check(self, out, lse=None):
-        self.refs.check(out.transpose(1, 0, 2), lse)
 
 
 def check_varlen(q, k, v, cq, ck, **kw):
@@ -245,7 +208,7 @@ def test_varlen_no_sequences_and_no_rows(rng):
 # every ISA path, 1 and 2 threads
 # ---------------------------------------------------------------------------
 
-def varlen_case(name, q, k, v, cq, ck, kw=None, **kws):
+def varlen_case(name, q, k, v, cq, ck, kw=None, oracle=exact_oracle, **kws):
     kw = dict(kw or {}, **kws)
     cache = {}
 
@@ -254,13 +217,13 @@ def varlen_case(name, q, k, v, cq, ck, kw=None, **kws):
 
     def check(res):
         if "refs" not in cache:
-            cache["refs"] = VarlenRefs(q, k, v, cq, ck, **kw)
+            cache["refs"] = VarlenRefs(q, k, v, cq, ck, per_sequence=oracle(q.dtype), **kw)
         cache["refs"].check(*res)
 
     return IsaCase(name, run, check, plan=lambda: plan_kernel_varlen(q, k, v, cq, ck, **kw))
 
 
-def isa_cases():
+def isa_cases(oracle=exact_oracle):
     rng = np.random.default_rng(404)
     cases = []
     configs = {
@@ -278,12 +241,13 @@ def isa_cases():
                         ("local", dict(causal=True, window=(50, 0))),
                         ("alibi_bh_softcap", dict(alibi_slopes=rng.uniform(0, 0.3, (nb, h)),
                                                   softcap=2.5))]:
-            cases.append(varlen_case(f"{name}-{opt}", q, k, v, cq, ck, **kw))
+            cases.append(varlen_case(f"{name}-{opt}", q, k, v, cq, ck, oracle=oracle, **kw))
     q, k, v, cq, ck = pack(rng, [33, 0, 100], [50, 20, 90], dtype=np.float64)
-    cases.append(varlen_case("f64", q, k, v, cq, ck, causal=True, window=(10, 10)))
+    cases.append(varlen_case("f64", q, k, v, cq, ck, causal=True, window=(10, 10),
+                             oracle=oracle))
     # random packed batches with any options
     for i in range(20):
-        cases.append(varlen_case(f"random-{i}", *random_varlen(rng)))
+        cases.append(varlen_case(f"random-{i}", *random_varlen(rng), oracle=oracle))
     return cases
 
 

@@ -21,6 +21,7 @@ from support import (ISA_COMBOS, AttentionRefs, IsaCase, _finite_abs_max, assert
                       assert_matches_half, check_isa_path, check_weights, half_dtypes,
                       make_mask, make_qkv, max_abs_score, path_qkv, random_variant_problem,
                       to32, to64, to64_any, plan_kernel)
+from support.matrix import exact_oracle
 from fastattn import reference
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
@@ -307,28 +308,29 @@ def test_merge_weighs_by_lse():
 # every ISA path, 1 and 2 threads
 # ---------------------------------------------------------------------------
 
-def weights_case(name, q, k, v, **kw):
+def weights_case(name, q, k, v, oracle=exact_oracle, **kw):
     def run():
         return fastattn.attention(q, k, v, return_lse=True, return_weights=True, **kw)
 
     def check(res):
         out, lse, w = res
         check_weights(w, q, k, **kw)
-        AttentionRefs(q, k, v, **kw).check(out, lse)
+        AttentionRefs(q, k, v, fn=oracle(q.dtype), **kw).check(out, lse)
 
     # the plan of the output pass (the weights pass never rounds P)
     return IsaCase(name, run, check, plan=lambda: plan_kernel(q, k, v, **kw))
 
 
-def merge_case(name, q, k, v, sizes, **kw):
+def merge_case(name, q, k, v, sizes, oracle=exact_oracle, **kw):
     def run():
         outs, lses = split_results(q, k, v, sizes, **kw)
         return fastattn.merge(outs, lses, return_lse=True)
 
-    return IsaCase(name, run, lambda res: AttentionRefs(q, k, v, **kw).check(*res))
+    return IsaCase(name, run,
+                   lambda res: AttentionRefs(q, k, v, fn=oracle(q.dtype), **kw).check(*res))
 
 
-def isa_cases():
+def isa_cases(oracle=exact_oracle):
     rng = np.random.default_rng(707)
     cases = []
     for path in ("decode", "decode_split", "tile", "tile_split"):
@@ -347,7 +349,7 @@ def isa_cases():
     rng = np.random.default_rng(1701)
     for i in range(20):
         q, k, v, kw = random_variant_problem(rng)
-        cases.append(weights_case(f"random-{i}", q, k, v, **kw))
+        cases.append(weights_case(f"random-{i}", q, k, v, oracle=oracle, **kw))
     return cases
 
 
