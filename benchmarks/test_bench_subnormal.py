@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
-from fastattn._bench import cpu_model
+from fastattn._bench import cpu_model, time_calls
 import pytest
 
 import fastattn
@@ -80,20 +79,14 @@ def _interleaved_ratios(calls: Dict[str, Callable[[], Any]],
     variant; and min time(variant) / min time(normal)).  On a loaded machine
     a preempted call distorts single pairs; the ratio of minimums is the
     steadier figure there."""
-    ratios: Dict[str, List[float]] = {v: [] for v in calls if v != "normal"}
-    times: Dict[str, List[float]] = {v: [] for v in calls}
-    for _ in range(pairs):
-        for variant in ratios:
-            t0 = time.perf_counter()
-            calls["normal"]()
-            t1 = time.perf_counter()
-            calls[variant]()
-            t2 = time.perf_counter()
-            ratios[variant].append((t2 - t1) / (t1 - t0))
-            times["normal"].append(t1 - t0)
-            times[variant].append(t2 - t1)
-    return {v: (statistics.median(r), min(times[v]) / min(times["normal"]))
-            for v, r in ratios.items()}
+    out = {}
+    for variant in calls:
+        if variant == "normal":
+            continue
+        t = time_calls({"normal": calls["normal"], variant: calls[variant]}, pairs, warmup=0)
+        ratios = [b / a for a, b in zip(t["normal"], t[variant])]
+        out[variant] = (statistics.median(ratios), min(t[variant]) / min(t["normal"]))
+    return out
 
 
 @pytest.mark.parametrize("isa", _core.isa_available())
