@@ -308,10 +308,9 @@ def isa_cases(oracle=exact_oracle):
     q, k, v = make_qkv(rng, (1, 4), 1, 1200, 16, hkv=1)
     cases.append(attention_case("decode_split_softcap_mask", q, k, v, softcap=0.3, mask=mask))
     # random problems with ALiBi / a soft cap and any other variants
-    cases += random_variant_cases(1201, 15, prefix="random-alibi-", force=("alibi",),
-                                  oracle=oracle)
-    cases += random_variant_cases(1202, 15, prefix="random-softcap-", force=("softcap",),
-                                  oracle=oracle)
+    for seed, variant in ((1201, "alibi"), (1202, "softcap")):
+        cases += random_variant_cases(seed, 15, prefix=f"random-{variant}-", force=(variant,),
+                                      oracle=oracle)
     return cases
 
 
