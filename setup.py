@@ -23,13 +23,19 @@ Environment:
   FASTATTN_DEBUG=1         -O1 -g, for debugging and sanitizers
   FASTATTN_EXTRA_CFLAGS    extra flags for every C file (e.g. sanitizers)
   FASTATTN_EXTRA_LDFLAGS   extra link flags
+  FASTATTN_BUILD_CACHE=DIR reuse objects compiled before into DIR (see
+                           ObjectCache: CI builds the same sources several
+                           times, from different copies of the tree)
 """
 import glob
+import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -74,6 +80,54 @@ def _warn(message):
 
 def _c_string(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ObjectCache:
+    """Objects keyed by what determines them: the compiler's version, its
+    arguments less paths (include folders, source, output) and the
+    preprocessed source (without line markers, so the copy of the tree it
+    was compiled from does not matter).  The kernel files take minutes to
+    optimize and seconds to preprocess.  A hit copies the object; a new
+    object is stored by rename, so concurrent builds sharing DIR are safe.
+    The C test scripts in tools/ use the same rule (tools/lib.sh)."""
+
+    def __init__(self, folder, compiler):
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+        self.compiler = compiler
+        self.compile = compiler._compile
+        cc = compiler.compiler_so[0]
+        self.version = subprocess.run([cc, "--version"], capture_output=True,
+                                      text=True).stdout
+
+    def _key(self, src, args):
+        kept = [a for a in args if not a.startswith("-I") and a != "-c"]
+        pre = subprocess.run(kept + ["-E", "-P", src] +
+                             [a for a in args if a.startswith("-I")],
+                             capture_output=True, check=True).stdout
+        h = hashlib.sha256()
+        for part in [self.version] + kept:
+            h.update(part.encode() + b"\0")
+        h.update(pre)
+        return h.hexdigest()
+
+    def __call__(self, obj, src, ext, cc_args, extra_postargs, pp_opts):
+        args = list(self.compiler.compiler_so) + list(cc_args) + list(extra_postargs)
+        try:
+            key = self._key(src, args)
+        except (OSError, subprocess.CalledProcessError):
+            return self.compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+        stored = os.path.join(self.folder, key + ".o")
+        if os.path.exists(stored):
+            os.makedirs(os.path.dirname(obj) or ".", exist_ok=True)
+            shutil.copyfile(stored, obj)
+            print(f"fastattn: {src}: reused {stored}", flush=True)
+            return None
+        self.compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+        tmp = f"{stored}.{os.getpid()}.{threading.get_ident()}"
+        shutil.copyfile(obj, tmp)
+        os.replace(tmp, stored)
+        return None
 
 
 class BuildExt(build_ext):
@@ -174,6 +228,9 @@ class BuildExt(build_ext):
         base = self._base_flags()
         openmp = self._openmp_flags()
         isas = self._amx_fp16_asm(self._usable_isa_flags(kernel_isas(target)))
+        cache = os.environ.get("FASTATTN_BUILD_CACHE", "")
+        if cache:   # after the probes: a failed probe is never stored
+            self.compiler._compile = ObjectCache(os.path.abspath(cache), self.compiler)
         headers = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True) + [ISA_TABLE]
         # Contraction into FMA is wanted in the kernels (it is both faster
         # and more accurate); the driver does no floating-point math.
