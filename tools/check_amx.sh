@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build and run the AMX tests: csrc/amx/test_amx.c (the tile emulation, the
-# runtime gate and the GEMM micro-kernel) and csrc/test/test_matrix.c (the
+# runtime gate and the tile GEMM of matrix.h) and csrc/test/test_matrix.c (the
 # matrix-unit attention kernels through the C core), twice -- an
 # optimized build with -Wall -Wextra -Werror, then an AddressSanitizer +
 # UndefinedBehaviorSanitizer build.  The real-instruction file is compiled
@@ -15,7 +15,7 @@ CC="${CC:-gcc}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 arch="$("$CC" -dumpmachine)"
-src=(csrc/amx/test_amx.c csrc/amx/amx_emu.c csrc/amx/amx_gate.c csrc/amx/amx_gemm_emu.c)
+src=(csrc/amx/test_amx.c csrc/amx/amx_emu.c csrc/amx/amx_gate.c)
 # A row's flags that this compiler accepts (as setup.py: without -mamx-tile
 # -mamx-bf16 only the stubs and an empty table of kernel_amx.c remain).
 # shellcheck source=tools/lib.sh
@@ -40,8 +40,7 @@ build_and_run() {  # NAME FLAGS...
 # The matrix-unit kernel family through the whole C core (csrc/test/
 # test_matrix.c): every kernel file of csrc/isa_flags.txt for this target
 # with its own flags, the driver, the registry and the gate.
-core_flags=(-std=gnu11 -fno-math-errno -ffp-contract=fast -Wall -Wextra -Werror
-            -Wno-unused-function -Wno-missing-field-initializers)
+core_flags=("${C_CORE_FLAGS[@]}")
 matrix_build_and_run() {  # NAME FLAGS...
   local name="$1"; shift
   kernel_objects "$out" "$name" "${core_flags[@]}" "$@"

@@ -9,12 +9,13 @@ RUN="${RUN:-}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 arch="$("$CC" -dumpmachine)"
-flags="-std=gnu11 -O2 -fno-math-errno -ffp-contract=fast -Wall -Wno-unused-function"
-compile() { "$CC" $flags "$@"; }
 # shellcheck source=tools/lib.sh
 source tools/lib.sh
-# shellcheck disable=SC2086
-kernel_objects "$out" core $flags
+# The flags of tools/check_amx.sh's optimized build: the kernel objects are
+# the same (reused under FASTATTN_BUILD_CACHE).
+flags=("${C_CORE_FLAGS[@]}" -O2)
+compile() { "$CC" "${flags[@]}" "$@"; }
+kernel_objects "$out" core "${flags[@]}"
 compile csrc/test/test_core.c csrc/attention.c csrc/dispatch.c csrc/amx/amx_gate.c \
     csrc/amx/amx_emu.c "${KERNEL_OBJS[@]}" -Icsrc -o "$out/test_core" -lm
 echo "== $arch"
