@@ -13,8 +13,6 @@
 #   PYTHON=python3.12 tools/build_wheels.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
 OUT="$ROOT/wheelhouse"
 setup_workdir build-wheels "${WORK_DIR:-}"
 
@@ -43,10 +41,14 @@ if [[ -n "$bad" ]]; then
     echo "$bad" >&2
     exit 1
 fi
-for need in fastattn/py.typed fastattn/__init__.py; do
-    "$TPY" -m zipfile -l "$wheel" | awk '{print $1}' | grep -qx "$need" \
-        || { echo "FAIL: $need missing from the wheel" >&2; exit 1; }
+# Every module and marker of the package (the tests run from the wheel
+# import only some of them).
+mapfile -t needed < <(cd "$ROOT/src" && find fastattn -name '*.py' -o -name '*.pyi' -o -name py.typed | sort)
+listed="$("$TPY" -m zipfile -l "$wheel" | awk '{print $1}')"
+for need in "${needed[@]}"; do
+    grep -qx "$need" <<< "$listed" || { echo "FAIL: $need missing from the wheel" >&2; exit 1; }
 done
+echo "all ${#needed[@]} modules and markers of src/fastattn are in the wheel"
 
 echo "== auditwheel repair"
 "$WORK/tools/bin/auditwheel" show "$wheel"

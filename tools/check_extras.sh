@@ -17,8 +17,6 @@
 #       (where the default index has no CPU build of torch)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
 TORCH_REQ="torch==2.13.0"
 setup_workdir check-extras "${WORK_DIR:-}"
 

@@ -21,8 +21,6 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastattn-no-openmp.XXXXXX")"
 cleanup() {
     if [[ -n "${KEEP:-}" ]]; then

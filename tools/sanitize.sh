@@ -40,9 +40,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-cd "$(dirname "$0")/.."
-ROOT="$(pwd)"
-PYTHON="${PYTHON:-python3}"
+cd "$ROOT"
 CC="${CC:-gcc}"
 
 setup_workdir sanitize "${FASTATTN_SANITIZE_DIR:-}"
@@ -135,12 +133,4 @@ done
 n=$(grep -cE "$pattern" "$OUT" || true)
 reports=$((reports + n))
 
-passed=$(grep -oE '[0-9]+ passed' "$OUT" | tail -1 | grep -oE '[0-9]+' || echo 0)
-failed=$(grep -oE '[0-9]+ (failed|errors?)' "$OUT" | tail -1 | grep -oE '[0-9]+' || echo 0)
-elapsed=$((SECONDS - start))
-if [[ $test_status -eq 0 && $reports -eq 0 ]]; then
-    echo "sanitizers: ${passed} passed, 0 reports (${elapsed} s)"
-    exit 0
-fi
-echo "sanitizers: ${passed} passed, ${failed} failed, ${reports} reports, pytest exit ${test_status} (${elapsed} s)"
-exit 1
+finish_run sanitizers "$test_status" "$reports" reports

@@ -9,10 +9,11 @@
 #   FASTATTN_VALGRIND_DIR=/tmp/vg FASTATTN_VALGRIND_REUSE=1 tools/valgrind.sh
 #                                          # rerun with the build (and tests) of a previous run
 #
-# fastattn is built with FASTATTN_DEBUG=1 (-O1 -g, no sanitizer) in a
-# virtual environment of its own, from a copy of the sources (without
-# build/, compiled modules or generated C); the working tree is not
-# modified.  Then
+# fastattn is built as users get it (-O3, with Python's -g: the reports name
+# source lines), so memcheck checks the code that ships; under CI's object
+# cache that build is the readme step's, reused.  It goes into a virtual
+# environment of its own, from a copy of the sources (without build/,
+# compiled modules or generated C); the working tree is not modified.  Then
 #
 #   valgrind --tool=memcheck --error-exitcode=99 --leak-check=full
 #            --errors-for-leak-kinds=definite python -m pytest <selection>
@@ -36,9 +37,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-cd "$(dirname "$0")/.."
-ROOT="$(pwd)"
-PYTHON="${PYTHON:-python3}"
+cd "$ROOT"
 
 # The selection: about 60 fast tests covering plain, causal (all three
 # alignments), boolean / additive masks and their broadcasting, GQA / MQA,
@@ -134,8 +133,8 @@ setup_workdir valgrind "${FASTATTN_VALGRIND_DIR:-}"
 
 start=$SECONDS
 if prepare_build_dir "${FASTATTN_VALGRIND_REUSE:-}"; then
-    echo "== building with FASTATTN_DEBUG=1 (-O1 -g)"
-    FASTATTN_DEBUG=1 "$VPY" -m pip install --no-cache-dir --quiet "$WORK/src[test]"
+    echo "== building (release flags)"
+    "$VPY" -m pip install --no-cache-dir --quiet "$WORK/src[test]"
 fi
 
 if [[ $# -eq 0 ]]; then set -- "${SELECTION[@]}"; fi
@@ -182,12 +181,4 @@ if [[ ${#logs[@]} -eq 0 ]]; then
     errors=$((errors + 1))
 fi
 
-passed=$(grep -oE '[0-9]+ passed' "$OUT" | tail -1 | grep -oE '[0-9]+' || echo 0)
-failed=$(grep -oE '[0-9]+ (failed|errors?)' "$OUT" | tail -1 | grep -oE '[0-9]+' || echo 0)
-elapsed=$((SECONDS - start))
-if [[ $status -eq 0 && $errors -eq 0 ]]; then
-    echo "valgrind: ${passed} passed, 0 errors (${elapsed} s)"
-    exit 0
-fi
-echo "valgrind: ${passed} passed, ${failed} failed, ${errors} errors, exit ${status} (${elapsed} s)"
-exit 1
+finish_run valgrind "$status" "$errors" errors
