@@ -139,8 +139,8 @@ static int64_t fa_clamp_add(int64_t a, int64_t b, int64_t lo, int64_t hi)
 }
 
 /* Fill the tile whose first virtual row is vr0 for (b, hkv). */
-static void fa_fill_tile(const fa_params *p, int64_t b, int64_t hkv,
-                         int64_t vr0, int64_t tile_rows, int64_t nvr, fa_tile *t)
+static void fa_fill_item(const fa_params *p, int64_t b, int64_t hkv,
+                         int64_t vr0, int64_t tile_rows, int64_t nvr, fa_work_item *t)
 {
     const size_t es = fa_store_size(p);
     const size_t les = fa_compute_size(p);
@@ -222,7 +222,7 @@ static void fa_store(const fa_params *p, void *dst, int64_t idx, double x)
     }
 }
 
-static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part,
+static void fa_merge_tile(const fa_params *p, const fa_work_item *t, const char *part,
                           int64_t nsplit, size_t split_stride)
 {
     const int64_t dv = p->dv;
@@ -269,7 +269,7 @@ static void fa_merge_tile(const fa_params *p, const fa_tile *t, const char *part
 typedef struct {
     const fa_params *p;   /* the caller's params */
     fa_params pp;         /* the params a split item's kernel sees */
-    fa_tile_fn kernel;
+    fa_kernel_fn kernel;
     const fa_kernels *tiles; /* matrix family: its tiles_begin / tiles_end */
     int64_t tile_rows, tasks, nsplit, chunk;
     int64_t *task_start;  /* batch + 1 offsets: first task of each batch */
@@ -306,7 +306,7 @@ static int64_t fa_panels_in(const fa_params *p, int64_t b)
 
 /* Tile of a task: last tiles first, since with causal masking they are the
  * heaviest, which balances the dynamic schedule. */
-static void fa_task_tile(const fa_work *pl, int64_t task, fa_tile *tile)
+static void fa_task_item(const fa_work *pl, int64_t task, fa_work_item *tile)
 {
     const fa_params *p = pl->p;
     const int64_t b = fa_batch_of(pl->task_start, p->batch, task);
@@ -314,7 +314,7 @@ static void fa_task_tile(const fa_work *pl, int64_t task, fa_tile *tile)
     const int64_t rel = task - pl->task_start[b];
     const int64_t hkv = rel / tiles;
     const int64_t ti = tiles - 1 - rel % tiles;
-    fa_fill_tile(p, b, hkv, ti * pl->tile_rows, pl->tile_rows,
+    fa_fill_item(p, b, hkv, ti * pl->tile_rows, pl->tile_rows,
                  p->h_q / p->h_kv * fa_nq(p, b), tile);
     if (pl->packed)
         tile->packed = pl->packed + (size_t)(pl->pack_start[b] + hkv * fa_panels_in(p, b)) *
@@ -327,16 +327,16 @@ static void fa_pack_item(const fa_work *pl, int64_t item)
     const fa_params *p = pl->p;
     const int64_t b = fa_batch_of(pl->pack_start, p->batch, item);
     const int64_t panels = fa_panels_in(p, b), rel = item - pl->pack_start[b];
-    fa_tile t; /* no rows: only the kv head's pointers and key count */
-    fa_fill_tile(p, b, rel / panels, 0, 1, 0, &t);
+    fa_work_item t; /* no rows: only the kv head's pointers and key count */
+    fa_fill_item(p, b, rel / panels, 0, 1, 0, &t);
     pl->tiles->pack[p->dtype](p, &t, rel % panels, pl->packed + (size_t)item * pl->panel_elems);
 }
 
-static void fa_run_item(const fa_work *pl, int64_t item, fa_tile *tile, void *scratch)
+static void fa_run_item(const fa_work *pl, int64_t item, fa_work_item *tile, void *scratch)
 {
     const fa_params *p = pl->p;
     const int64_t task = item / pl->nsplit, split = item % pl->nsplit;
-    fa_task_tile(pl, task, tile);
+    fa_task_item(pl, task, tile);
     if (pl->nsplit == 1) {
         pl->kernel(p, tile, scratch);
         return;
@@ -354,9 +354,9 @@ static void fa_run_item(const fa_work *pl, int64_t item, fa_tile *tile, void *sc
     pl->kernel(&pl->pp, tile, scratch);
 }
 
-static void fa_merge_task(const fa_work *pl, int64_t task, fa_tile *tile)
+static void fa_merge_task(const fa_work *pl, int64_t task, fa_work_item *tile)
 {
-    fa_task_tile(pl, task, tile);
+    fa_task_item(pl, task, tile);
     fa_merge_tile(pl->p, tile, pl->part + (size_t)task * pl->nsplit * pl->split_stride,
                   pl->nsplit, pl->split_stride);
 }
@@ -391,7 +391,7 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
         /* Serial: no OpenMP construct at all (cheaper for small calls, and
          * safe in a child process forked after the pool started). */
         void *scratch = aligned_alloc(FA_ALIGN, scratch_bytes);
-        fa_tile tile;
+        fa_work_item tile;
         if (!scratch) {
             status = FA_ERR_NOMEM;
         } else {
@@ -416,7 +416,7 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
 #pragma omp parallel num_threads(nthreads)
         {
             void *scratch = aligned_alloc(FA_ALIGN, scratch_bytes);
-            fa_tile tile;
+            fa_work_item tile;
             const fa_fp_state fp = FA_FP_SAVE();
             if (flush) FA_FP_FLUSH(fp);
             if (!scratch) {

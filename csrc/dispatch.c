@@ -142,7 +142,7 @@ static unsigned long long fa_xgetbv0(void)
 
 static unsigned fa_probe_cpu(void)
 {
-    unsigned int a, b, c, d;
+    unsigned int a = 0, b = 0, c = 0, d = 0;
     unsigned f = 0;
     /* vendor "AuthenticAMD": ebx "Auth" */
     if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u) f |= FA_CPU_AMD;
@@ -202,7 +202,9 @@ int fa_bf16_tile_policy(void)
 
 const char *fa_bf16_tile_name(int policy)
 {
-    return policy == FA_BF16_TILE_PAIRS ? "pairs" : policy == FA_BF16_TILE_WIDEN ? "widen" : "unknown";
+    return policy == FA_BF16_TILE_PAIRS   ? "pairs"
+           : policy == FA_BF16_TILE_WIDEN ? "widen"
+                                          : "unknown";
 }
 
 #if FA_X86
@@ -298,7 +300,7 @@ static const fa_isa_row *fa_serving_row(fa_family family, fa_dtype dtype)
     return row ? row : path;
 }
 
-fa_tile_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source)
+fa_kernel_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source)
 {
     const fa_isa_row *row = fa_serving_row(family, dtype);
     if (source) *source = row->name;

@@ -7,7 +7,7 @@
 
 /* The kernel of a family for dtype on the current ISA path; *source (if
  * not NULL) receives the name of the registry row that provides it. */
-fa_tile_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source);
+fa_kernel_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source);
 /* Whether the matrix family runs dtype on the current path: a kernel is
  * there and, for the real tiles, the gate allows them (this asks the
  * kernel's permission on first use).  *table (if not NULL) receives the

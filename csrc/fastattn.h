@@ -3,8 +3,23 @@
  *
  * Plain C11, no Python headers: the core can be driven and tested from C.
  * Callers describe one attention problem in an fa_params struct and call
- * fa_attention().  The core trusts its params: validation (shapes, dtypes,
- * aliasing) is the job of the binding layer.
+ * fa_attention().  Validation is the job of the binding layer: the core
+ * trusts that pointers, strides and extents describe valid memory, that
+ * outputs do not alias inputs, that dtype, mask_kind and precision are
+ * enum values and that masks, offsets and scales hold what this header
+ * says.  The planner (fa_plan, which fa_attention runs first) keeps only
+ * the checks it needs to make a plan at all, or that no binding could
+ * make in advance:
+ *   FA_ERR_PARAMS  a negative size or batch length (from q_start, k_start,
+ *                  k_len), h_kv == 0 or h_q % h_kv != 0 (the head group
+ *                  is a division), FA_I8KV without k_scale or v_scale, a
+ *                  weights pass without weights or lse, and the matrix
+ *                  units refused after the plan (the path was changed by
+ *                  fa_set_isa in between);
+ *   FA_ERR_NOMEM   a head dim above 2^32, or buffer sizes that
+ *                  would overflow (stride-0 views bound nothing by
+ *                  memory), as well as a failed allocation.
+ * Each costs O(batch) at most, and keeps the size arithmetic from wrapping.
  *
  * Shapes follow PyTorch's scaled_dot_product_attention:
  *   q   (B, H,   Nq, D)        out (B, H, Nq, Dv)

@@ -1,6 +1,8 @@
 /*
- * amx_gemm_real.c: the GEMM micro-kernel and the TDPBF16PS probe on the
- * real tiles.  Compiled with -mamx-tile -mamx-bf16 where the compiler has
+ * amx_gemm_real.c: the TDPBF16PS probe, and the matrix kernel's tile GEMM
+ * (tile_gemm.h) as an entry point for amx/test_amx.c, on the real tiles
+ * (declared in amx_gemm.h).  Compiled into kernel_amx.c, or alone by
+ * tools/check_amx.sh, with -mamx-tile -mamx-bf16 where the compiler has
  * them (gcc >= 11); without them only stubs remain.  Nothing here runs
  * unless fa_amx_available() said yes.
  */
@@ -11,18 +13,27 @@
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define FA_AMX_REAL 1
-#include "amx_gemm_body.h"
+#include "amx_tileops.h"
+#define FA_TILE_GEMM fa_amx_gemm_bf16_real
+#define FA_TILE_GEMM_DP FA_TILE_DPBF16PS
+#include "tile_gemm.h"
 
 int fa_amx_real_compiled(void) { return 1; }
+
+int fa_amx_gemm_bf16_amx(int m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                         const uint16_t *packed_b, float *c, int64_t ldc)
+{
+    fa_tile_gemm_config();
+    fa_amx_gemm_bf16_real(m, n, k, a, lda, packed_b, c, ldc);
+    FA_TILE_RELEASE();
+    return 0;
+}
 
 double fa_amx_tdpbf16ps_probe(int64_t iters)
 {
     if (!fa_amx_available() || iters <= 0) return -1;
     static _Alignas(64) uint16_t src[16 * 32]; /* zeros: no subnormal, no NaN */
-    fa_amx_tilecfg cfg;
-    fa_amx_cfg_init(&cfg);
-    for (int t = 0; t < 8; t++) fa_amx_cfg_tile(&cfg, t, 16, 64);
-    FA_TILE_CONFIG(&cfg);
+    fa_tile_gemm_config();
     FA_TILE_ZERO(0);
     FA_TILE_ZERO(1);
     FA_TILE_ZERO(2);
@@ -48,11 +59,10 @@ double fa_amx_tdpbf16ps_probe(int64_t iters)
 #else
 int fa_amx_real_compiled(void) { return 0; }
 
-int fa_amx_gemm_bf16_amx(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
-                         const uint16_t *packed_b, float *c, int64_t ldc, int accumulate)
+int fa_amx_gemm_bf16_amx(int m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                         const uint16_t *packed_b, float *c, int64_t ldc)
 {
     (void)m, (void)n, (void)k, (void)a, (void)lda, (void)packed_b, (void)c, (void)ldc;
-    (void)accumulate;
     return -1;
 }
 

@@ -49,7 +49,6 @@
  * reg = c, rm = a and VEX.vvvv = b (as binutils 2.40 encodes
  * "tdpfp16ps %tmm<b>, %tmm<a>, %tmm<c>").  Only called where the gate
  * reported AMX-FP16 (fa_matrix_usable). */
-#define FA_TILE_HAS_FP16 1
 #define FA_TILE_DPFP16PS(c, a, b) FA_TILE_DPFP16PS_(c, a, b) /* c, a, b expanded */
 #ifdef FA_AS_TDPFP16PS
 #define FA_TILE_DPFP16PS_(c, a, b) \
@@ -79,7 +78,6 @@ static inline void fa_amx_emu_check(int status)
     fa_amx_emu_check(fa_amx_emu_stored(t, base, (size_t)(stride)))
 #define FA_TILE_ZERO(t) fa_amx_emu_check(fa_amx_emu_zero(t))
 #define FA_TILE_DPBF16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpbf16ps(c, a, b))
-#define FA_TILE_HAS_FP16 1
 #define FA_TILE_DPFP16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpfp16ps(c, a, b))
 #endif
 

@@ -1,7 +1,8 @@
 /*
- * test_amx.c: tests of the AMX tile emulation, the gate and the GEMM
- * micro-kernel (run by tools/check_amx.sh).  Exit status 0 when every
- * check passed.
+ * test_amx.c: tests of the AMX tile emulation, the gate, and the tile GEMM
+ * and packed-B index map of the matrix kernel (tile_gemm.h, the code
+ * matrix.h runs), on the emulation and on the real tiles (run by
+ * tools/check_amx.sh).  Exit status 0 when every check passed.
  *
  * The real-instruction tests (GEMM and single TDPBF16PS against the
  * emulation, the throughput probe) run only where fa_amx_available() says
@@ -259,19 +260,23 @@ static void test_dp_instruction(int bf16)
     fa_amx_emu_release();
 }
 
-/* ---- the GEMM micro-kernel --------------------------------------------- */
+/* ---- the tile GEMM of the matrix kernel (tile_gemm.h) -------------------- */
 
-static void model_gemm(int m, int n, int k, const uint16_t *a, const uint16_t *b, float *c,
-                       int accumulate)
+/* The attention kernel's GEMM on the emulation, as matrix.h instantiates
+ * it (kernel_amx_emu.c), and its packed-B index map. */
+#define FA_TILE_GEMM gemm_bf16_emu
+#define FA_TILE_GEMM_DP FA_TILE_DPBF16PS
+#include "tile_gemm.h"
+
+static void model_gemm(int m, int n, int k, const uint16_t *a, const uint16_t *b, float *c)
 {
     float *af = malloc(sizeof(float) * 32), *bf = malloc(sizeof(float) * 32 * (size_t)n);
+    for (int i = 0; i < m * n; i++) c[i] = 0;
     for (int kb = 0; kb < k; kb += 32) {
         for (int kk = 0; kk < 32; kk++)
             for (int j = 0; j < n; j++) bf[kk * n + j] = fa_amx_bf16_to_f32(b[(kb + kk) * n + j]);
         for (int i = 0; i < m; i++) {
             for (int kk = 0; kk < 32; kk++) af[kk] = fa_amx_bf16_to_f32(a[i * k + kb + kk]);
-            if (kb == 0 && !accumulate)
-                for (int j = 0; j < n; j++) c[i * n + j] = 0;
             /* one TDPBF16PS per 32 k, as the kernel issues them */
             model_dp(1, n, 16, af, bf, c + i * n);
         }
@@ -285,16 +290,53 @@ static void fill_bf16(uint16_t *x, size_t count, double scale)
     for (size_t i = 0; i < count; i++) x[i] = to_bf16((float)(uniform() * scale));
 }
 
-/* bf16 operands of an M x N x K product (fill_bf16 at the given scales), and room
- * for B packed pair-interleaved. */
+/* B (k x n, row-major; k, n multiples of 32) packed through the kernel's
+ * index map. */
+static void pack_b(int k, int n, const uint16_t *b, uint16_t *packed)
+{
+    for (int row = 0; row < k; row++)
+        for (int col = 0; col < n; col++)
+            packed[fa_mx_b_index(k / 32, row, col)] = b[row * n + col];
+}
+
+/* bf16 operands of an M x N x K product (fill_bf16 at the given scales),
+ * and B packed. */
 static void gemm_operands(int M, int N, int K, double scale_a, double scale_b,
                           uint16_t **a, uint16_t **b, uint16_t **bp)
 {
     *a = malloc(sizeof(uint16_t) * M * K);
     *b = malloc(sizeof(uint16_t) * K * N);
-    *bp = malloc(sizeof(uint16_t) * fa_amx_packed_b_size(K, N));
+    *bp = malloc(sizeof(uint16_t) * K * N);
     fill_bf16(*a, M * K, scale_a);
     fill_bf16(*b, K * N, scale_b);
+}
+
+/* The GEMM on the emulation, with its configuration. */
+static void gemm_emu(int m, int n, int k, const uint16_t *a, const uint16_t *bp, float *c)
+{
+    fa_tile_gemm_config();
+    gemm_bf16_emu(m, n, k, a, k, bp, c, n);
+    FA_TILE_RELEASE();
+}
+
+/* The index map is a bijection onto the packed panels, and each 1 KB tile
+ * holds 16 pair rows of 16 columns. */
+static void test_b_index(void)
+{
+    enum { KB = 3, PANELS = 4 };
+    static unsigned char hit[KB * PANELS * 512];
+    memset(hit, 0, sizeof hit);
+    int ok = 1;
+    for (int row = 0; row < KB * 32; row++)
+        for (int col = 0; col < PANELS * 16; col++) {
+            const size_t i = fa_mx_b_index(KB, row, col);
+            ok &= i < sizeof hit && !hit[i];
+            if (i < sizeof hit) hit[i] = 1;
+            /* tile (panel, row / 32), pair row (row % 32) / 2, column col % 16 */
+            ok &= i / 512 == (size_t)((col / 16) * KB + row / 32) &&
+                  i % 512 == (size_t)((row % 32 / 2) * 32 + col % 16 * 2 + row % 2);
+        }
+    CHECK(ok, "b index: one slot per element, in the tile product's layout");
 }
 
 static void test_gemm(void)
@@ -304,54 +346,49 @@ static void test_gemm(void)
     gemm_operands(M, N, K, 3.0, 1.0, &a, &b, &bp);
     float *c = malloc(sizeof(float) * M * N), *cm = malloc(sizeof(float) * M * N);
     a[5] = 0x0003; /* a subnormal bf16: read as zero */
-    fa_amx_pack_b(K, N, b, N, bp);
+    pack_b(K, N, b, bp);
 
-    for (int accumulate = 0; accumulate < 2; accumulate++) {
-        for (int i = 0; i < M * N; i++) c[i] = cm[i] = accumulate ? (float)uniform() : 123.0f;
-        CHECK(fa_amx_gemm_bf16_emu(M, N, K, a, K, bp, c, N, accumulate) == 0, "gemm runs");
-        CHECK(fa_amx_emu_fault() == NULL, "gemm without faults");
-        model_gemm(M, N, K, a, b, cm, accumulate);
-        int same = 1;
-        for (int i = 0; i < M * N; i++) same &= bits(c[i]) == bits(cm[i]);
-        CHECK(same, "gemm (accumulate=%d) == scalar model, bitwise", accumulate);
-        if (accumulate) continue;
-        /* float64: every product exact, K additions in float32 */
-        double maxerr = 0, maxbound = 0;
-        int within = 1;
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) {
-                double ref = 0, mag = 0;
-                for (int kk = 0; kk < K; kk++) {
-                    double x = fa_amx_bf16_to_f32(a[i * K + kk]);
-                    if (fabs(x) < 0x1p-126) x = 0; /* DAZ */
-                    const double y = fa_amx_bf16_to_f32(b[kk * N + j]);
-                    ref += x * y, mag += fabs(x * y);
-                }
-                const double err = fabs(c[i * N + j] - ref);
-                /* 16 chained roundings per instruction, 2 more, then one
-                 * per 32 k into C */
-                const double bound = (16 + 2 + K / 32) * 0x1p-24 * mag;
-                within &= err <= bound;
-                if (err > maxerr) maxerr = err;
-                if (bound > maxbound) maxbound = bound;
+    for (int i = 0; i < M * N; i++) c[i] = 123.0f; /* overwritten, not added to */
+    gemm_emu(M, N, K, a, bp, c);
+    CHECK(fa_amx_emu_fault() == NULL, "gemm without faults");
+    model_gemm(M, N, K, a, b, cm);
+    int same = 1;
+    for (int i = 0; i < M * N; i++) same &= bits(c[i]) == bits(cm[i]);
+    CHECK(same, "gemm == scalar model, bitwise");
+    /* float64: every product exact, K additions in float32 */
+    double maxerr = 0, maxbound = 0;
+    int within = 1;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double ref = 0, mag = 0;
+            for (int kk = 0; kk < K; kk++) {
+                double x = fa_amx_bf16_to_f32(a[i * K + kk]);
+                if (fabs(x) < 0x1p-126) x = 0; /* DAZ */
+                const double y = fa_amx_bf16_to_f32(b[kk * N + j]);
+                ref += x * y, mag += fabs(x * y);
             }
-        CHECK(within && maxerr > 0, "gemm vs float64: max error %g, bound %g", maxerr, maxbound);
-    }
+            const double err = fabs(c[i * N + j] - ref);
+            /* 16 chained roundings per instruction, 2 more, then one per
+             * 32 k into C */
+            const double bound = (16 + 2 + K / 32) * 0x1p-24 * mag;
+            within &= err <= bound;
+            if (err > maxerr) maxerr = err;
+            if (bound > maxbound) maxbound = bound;
+        }
+    CHECK(within && maxerr > 0, "gemm vs float64: max error %g, bound %g", maxerr, maxbound);
     /* the kernel must not depend on the host's DAZ/FTZ (it runs inside
      * calls that set them) */
 #if defined(__x86_64__)
     {
         const unsigned csr = _mm_getcsr();
         float *c2 = malloc(sizeof(float) * M * N);
-        fa_amx_gemm_bf16_emu(M, N, K, a, K, bp, c, N, 0);
         _mm_setcsr(csr | 0x8040u);
-        fa_amx_gemm_bf16_emu(M, N, K, a, K, bp, c2, N, 0);
+        gemm_emu(M, N, K, a, bp, c2);
         _mm_setcsr(csr);
         CHECK(memcmp(c, c2, sizeof(float) * M * N) == 0, "gemm under host DAZ|FTZ: same bits");
         free(c2);
     }
 #endif
-    CHECK(fa_amx_gemm_bf16_emu(48, N, K, a, K, bp, c, N, 0) < 0, "M not a multiple of 32 refused");
     free(a), free(b), free(bp), free(c), free(cm);
 }
 
@@ -476,9 +513,9 @@ static void test_real(void)
     gemm_operands(M, N, K, 2.0, 2.0, &a, &b, &bp);
     float *ce = malloc(sizeof(float) * M * N), *cr = malloc(sizeof(float) * M * N);
     a[3] = 0x0005, b[7] = 0x8004; /* subnormal inputs */
-    fa_amx_pack_b(K, N, b, N, bp);
-    fa_amx_gemm_bf16_emu(M, N, K, a, K, bp, ce, N, 0);
-    CHECK(fa_amx_gemm_bf16_amx(M, N, K, a, K, bp, cr, N, 0) == 0, "real gemm runs");
+    pack_b(K, N, b, bp);
+    gemm_emu(M, N, K, a, bp, ce);
+    CHECK(fa_amx_gemm_bf16_amx(M, N, K, a, K, bp, cr, N) == 0, "real gemm runs");
     int same = 0;
     double maxrel = 0;
     for (int i = 0; i < M * N; i++) {
@@ -531,6 +568,7 @@ int main(void)
     test_config();
     test_dp_instruction(1);
     test_dp_instruction(0);
+    test_b_index();
     test_gemm();
     test_faults();
     test_gate_decisions();

@@ -1,12 +1,13 @@
 /*
  * kernel.h: the interface between the driver (attention.c) and the per-ISA
- * tile kernels (kernel_body.h compiled once per instruction set).
+ * kernels (kernel_body.h compiled once per instruction set).
  *
- * A tile is up to FA_BQ query rows that share one kv head.  The driver
- * resolves every row to its own pointers (q row, out row, lse slot, mask
- * row) and its query index, so the kernel never needs to know about batch,
- * head or grouped-query layout: the same kernel serves plain, GQA-grouped
- * and split-KV work.
+ * Every kernel family receives the same work item (fa_work_item): up to
+ * FA_BQ query rows that share one kv head (a row tile of the plan).  The
+ * driver resolves every row to its own pointers (q row, out row, lse slot,
+ * mask row) and its query index, so the kernel never needs to know about
+ * batch, head or grouped-query layout: the same kernel serves plain,
+ * GQA-grouped and split-KV work.
  */
 #ifndef FA_KERNEL_H
 #define FA_KERNEL_H
@@ -46,12 +47,14 @@ typedef struct {
     const uint16_t *packed;         /* matrix family: this kv head's K and V,
                                        packed once per call, panel by panel */
     int64_t n_keys;                 /* matrix family: keys of the kv head */
-} fa_tile;
+} fa_work_item;
 
-typedef void (*fa_tile_fn)(const fa_params *p, const fa_tile *t, void *scratch);
+/* A kernel of any family: attention (or weights) of work item t. */
+typedef void (*fa_kernel_fn)(const fa_params *p, const fa_work_item *t, void *scratch);
 /* Matrix family: pack key panel `panel` of the kv head of t (t->k, t->v,
  * t->n_keys) into dst (layout: scratch.h, fa_matrix_panel). */
-typedef void (*fa_pack_fn)(const fa_params *p, const fa_tile *t, int64_t panel, uint16_t *dst);
+typedef void (*fa_pack_fn)(const fa_params *p, const fa_work_item *t, int64_t panel,
+                           uint16_t *dst);
 typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
 /* Columns of a packed linear-layer weight panel (kernels/linear.h): the
  * same on every ISA, so one packed weight serves every path. */
@@ -74,7 +77,7 @@ typedef void (*fa_vec_f64_fn)(const double *x, double *y, int64_t n);
  * "not provided here" (a refining registry row, such as the AVX512-BF16
  * one, provides only what it does better). */
 typedef struct {
-    fa_tile_fn kernel[FA_FAMILY_COUNT][FA_DTYPE_COUNT];
+    fa_kernel_fn kernel[FA_FAMILY_COUNT][FA_DTYPE_COUNT];
     fa_vec_f32_fn exp2_f32, tanh_f32;
     fa_vec_f64_fn exp2_f64, tanh_f64;
     fa_linear_f32_fn linear_f32;        /* the row-invariant float32 GEMM */

@@ -27,8 +27,12 @@
  *   vec.h     the vector vocabulary (loads, stores, tails, exp2, tanh, ...)
  *   score.h   the score pipeline every layout shares: epilogue (soft cap,
  *             ALiBi, mask, band), online-softmax steps, row finish
+ *   micro.h   the register-blocked Q.K^T and P.V micro-kernels
+ *   tile_pack.h  the tile kernel's operands: Q packed, K and V widened,
+ *             the mask read
  *   tile.h    the tile kernel (vectors along the queries) and the weights
- *             pass
+ *             pass, with tile_stair.h (the blocks on the causal diagonal)
+ *   rows_dot.h   the few-row kernel's dot products and P.V sums
  *   rows.h    the few-row (decode) kernel (vectors along d and the keys)
  *   probes.h  exp2/tanh array functions and the FMA probe (not on the
  *             attention path)
@@ -62,7 +66,10 @@
 #include "score.h"
 #ifndef FA_MATRIX_ONLY
 #include "quant.h"
+#include "micro.h"
+#include "tile_pack.h"
 #include "tile.h"
+#include "rows_dot.h"
 #include "rows.h"
 #if !FA_KV_I8
 #include "probes.h"

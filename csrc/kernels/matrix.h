@@ -16,9 +16,11 @@
  *    reused by every 32-row block of the tile, and the softmax runs once
  *    per panel, not per 32 keys (small key blocks leave the matrix unit
  *    idle through the softmax round trip).
- *  - K and V are packed into the pair-interleaved layout that TDPBF16PS
- *    reads (row kp of a B tile holds elements 2kp and 2kp+1 of 16 columns),
- *    from any strides, once per call (fa_matrix_pack_, run by the driver
+ *  - The products run on the one tile GEMM (amx/tile_gemm.h), and K and V
+ *    are packed by one packer (fa_mx_pack_b_) through its index map into
+ *    the pair-interleaved layout that TDPBF16PS reads (row kp of a B tile
+ *    holds elements 2kp and 2kp+1 of 16 columns), from any strides, once
+ *    per call (fa_matrix_pack_, run by the driver
  *    before the tiles): every query tile and every head of a GQA group then
  *    reads the same packed panels, and packing costs O(keys x d) per kv
  *    head instead of per 64 query rows.  Panels start at multiples of
@@ -91,46 +93,13 @@ FA_INLINE VT FA_FN(fa_mx_round_)(VT x, uint16_t *dst)
 #endif
 }
 
-/* C[mpad x n] (float32, ldc) = A[mpad x depth] (16-bit, lda) . B, B packed
- * as n / 16 column panels of depth / 32 tiles; mpad, n, depth multiples of
- * 32.  The 2 x 2 block of accumulators stays in tiles 0-3 over the depth. */
-static void FA_FN(fa_mx_gemm_)(int mpad, int64_t n, int64_t depth, const uint16_t *a,
-                               int64_t lda, const uint16_t *b, float *c, int64_t ldc)
-{
-    const int64_t kblocks = depth / 32;
-    const size_t as = (size_t)lda * 2, cs = (size_t)ldc * 4;
-    for (int64_t j = 0; j < n; j += 32) {
-        const uint16_t *b0 = b + (size_t)(j / 16) * (size_t)kblocks * 512;
-        const uint16_t *b1 = b0 + (size_t)kblocks * 512;
-        for (int i = 0; i < mpad; i += 32) {
-            const uint16_t *a0 = a + (size_t)i * (size_t)lda, *a1 = a0 + 16 * (size_t)lda;
-            float *c0 = c + (size_t)i * (size_t)ldc + j, *c1 = c0 + 16 * (size_t)ldc;
-            FA_TILE_ZERO(0);
-            FA_TILE_ZERO(1);
-            FA_TILE_ZERO(2);
-            FA_TILE_ZERO(3);
-            FA_TILE_GEMM_2X2(FA_MX_DP, a0, a1, as, b0, b1, kblocks);
-            FA_TILE_STORE(0, c0, cs);
-            FA_TILE_STORE(1, c0 + 16, cs);
-            FA_TILE_STORE(2, c1, cs);
-            FA_TILE_STORE(3, c1 + 16, cs);
-        }
-    }
-}
-
-/* Element (row, col) of a B operand packed for fa_mx_gemm_ with kblocks
- * tiles per 16-column panel: `row` is the depth index. */
-#ifndef FA_MX_B_INDEX
-#define FA_MX_B_INDEX
-static inline size_t fa_mx_b_index(int64_t kblocks, int64_t row, int64_t col)
-{
-    return (size_t)((col / 16) * kblocks + row / 32) * 512 + (size_t)((row & 31) >> 1) * 32 +
-           (size_t)(col % 16) * 2 + (size_t)(row & 1);
-}
-#endif
+/* The tile GEMM (fa_mx_gemm_) and the packed-B index map (fa_mx_b_index). */
+#define FA_TILE_GEMM FA_FN(fa_mx_gemm_)
+#define FA_TILE_GEMM_DP FA_MX_DP
+#include "../amx/tile_gemm.h"
 
 /* Q rows as the A operand: [q] or [qh|qh|ql], zero rows up to mpad. */
-static void FA_FN(fa_mx_pack_q_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w)
+static void FA_FN(fa_mx_pack_q_)(const fa_params *p, const fa_work_item *t, const FA_FN(fa_mx_) *w)
 {
     const int64_t dp = w->dpad, lda = w->nseg * dp;
     for (int r = 0; r < w->mpad; r++) {
@@ -193,6 +162,31 @@ static int64_t FA_FN(fa_mx_pack_v_fast_)(const fa_params *p, const FA_S *v, int 
 }
 #endif
 
+/* The one packer of K and V: nb keys of src (rows sn apart, elements sc
+ * apart), elements [x0, nx) of each, into the B operand at dst (zeroed by
+ * the caller) through the index map fa_mx_b_index(kblocks, depth, column).
+ * keys_deep = 0 (K, for Q.K^T): depth = the element,
+ * column = the key; keys_deep = 1 (V, for P.V): depth = the key, column =
+ * the element.  With three segments (bf16x3) segment g lies g * seg_depth
+ * deeper and holds lo where g == lo_seg, hi elsewhere. */
+FA_INLINE void FA_FN(fa_mx_pack_b_)(const FA_S *src, int64_t sn, int64_t sc, int nb,
+                                    int64_t x0, int64_t nx, const int keys_deep, int nseg,
+                                    int64_t seg_depth, int lo_seg, int64_t kblocks,
+                                    uint16_t *dst)
+{
+    for (int n = 0; n < nb; n++) {
+        const FA_S *row = src + n * sn;
+        for (int64_t x = x0; x < nx; x++) {
+            uint16_t lo;
+            const uint16_t hi = FA_FN(fa_mx_op_)(row[x * sc], &lo);
+            const int64_t depth = keys_deep ? n : x, col = keys_deep ? x : n;
+            dst[fa_mx_b_index(kblocks, depth, col)] = hi;
+            for (int g = 1; g < nseg; g++)
+                dst[fa_mx_b_index(kblocks, g * seg_depth + depth, col)] = g == lo_seg ? lo : hi;
+        }
+    }
+}
+
 /* Keys [j0, j0 + nb) as the B operand of Q.K^T (depth d, columns keys):
  * [k] or [kh|kl|kh], zero past nb (up to nbp) and past d. */
 static void FA_FN(fa_mx_pack_k_)(const fa_params *p, const FA_FN(fa_mx_) *w, const FA_S *k,
@@ -204,18 +198,7 @@ static void FA_FN(fa_mx_pack_k_)(const fa_params *p, const FA_FN(fa_mx_) *w, con
 #if FA_S_KIND != 0
     if (p->k_sd == 1) c0 = FA_FN(fa_mx_pack_k_fast_)(p, w, k, nb, nbp, kp);
 #endif
-    for (int n = 0; n < nb; n++) {
-        const FA_S *kr = k + n * p->k_sn;
-        for (int64_t c = c0; c < p->d; c++) {
-            uint16_t lo;
-            const uint16_t hi = FA_FN(fa_mx_op_)(kr[c * p->k_sd], &lo);
-            kp[fa_mx_b_index(kblocks, c, n)] = hi;
-            if (w->nseg == 3) {
-                kp[fa_mx_b_index(kblocks, dp + c, n)] = lo;
-                kp[fa_mx_b_index(kblocks, 2 * dp + c, n)] = hi;
-            }
-        }
-    }
+    FA_FN(fa_mx_pack_b_)(k, p->k_sn, p->k_sd, nb, c0, p->d, 0, w->nseg, dp, 1, kblocks, kp);
 }
 
 /* Values [j0, j0 + nb) as the B operand of P.V (depth keys, columns dv):
@@ -229,18 +212,7 @@ static void FA_FN(fa_mx_pack_v_)(const fa_params *p, const FA_FN(fa_mx_) *w, con
 #if FA_S_KIND != 0
     if (p->v_sd == 1) e0 = FA_FN(fa_mx_pack_v_fast_)(p, v, nb, nbp, vp);
 #endif
-    for (int n = 0; n < nb; n++) {
-        const FA_S *vr = v + n * p->v_sn;
-        for (int64_t e = e0; e < p->dv; e++) {
-            uint16_t lo;
-            const uint16_t hi = FA_FN(fa_mx_op_)(vr[e * p->v_sd], &lo);
-            vp[fa_mx_b_index(kblocks, n, e)] = hi;
-            if (w->nseg == 3) {
-                vp[fa_mx_b_index(kblocks, nbp + n, e)] = hi;
-                vp[fa_mx_b_index(kblocks, 2 * nbp + n, e)] = lo;
-            }
-        }
-    }
+    FA_FN(fa_mx_pack_b_)(v, p->v_sn, p->v_sd, nb, e0, p->dv, 1, w->nseg, nbp, 2, kblocks, vp);
 }
 
 /* Scale and score epilogue of one row's nb scores s (vectors along the
@@ -268,7 +240,7 @@ FA_INLINE VT FA_FN(fa_mx_epi_row_)(float *s, int nb, int vlo, int vhi, VT scale,
 }
 
 /* The row's data for the epilogue, relative to key j0 of a panel of nb. */
-FA_INLINE FA_FN(fa_rowv_) FA_FN(fa_mx_rowv_)(const fa_tile *t, int r, int64_t j0, int nb)
+FA_INLINE FA_FN(fa_rowv_) FA_FN(fa_mx_rowv_)(const fa_work_item *t, int r, int64_t j0, int nb)
 {
     FA_FN(fa_rowv_) row;
     int64_t lo = t->jlo[r] - j0, hi = t->jhi[r] - j0;
@@ -284,7 +256,7 @@ FA_INLINE FA_FN(fa_rowv_) FA_FN(fa_mx_rowv_)(const fa_tile *t, int r, int64_t j0
 /* Row r of a panel: scores through the epilogue, the online-softmax step,
  * P rounded into the A operand ([p] or [ph|pl|ph]) with the row sum of the
  * rounded values, and the row's rescale factor. */
-static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w,
+static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_work_item *t, const FA_FN(fa_mx_) *w,
                               const FA_FN(fa_epi_) *e, int r, int64_t j0, int nb, int nbp,
                               int vlo, int vhi)
 {
@@ -330,7 +302,7 @@ static void FA_FN(fa_mx_row_)(const fa_params *p, const fa_tile *t, const FA_FN(
 /* One key panel [j0, j0 + nb) (keys [vlo, vhi) of it in the tile's range),
  * packed in kp and vp: S = Q.K^T on the tiles, the rows' softmax,
  * O = O * alpha + P.V with P.V on the tiles. */
-static void FA_FN(fa_mx_panel_)(const fa_params *p, const fa_tile *t, const FA_FN(fa_mx_) *w,
+static void FA_FN(fa_mx_panel_)(const fa_params *p, const fa_work_item *t, const FA_FN(fa_mx_) *w,
                                 const FA_FN(fa_epi_) *e, int64_t j0, int nb, int vlo, int vhi,
                                 const uint16_t *kp, const uint16_t *vp)
 {
@@ -361,7 +333,7 @@ static FA_FN(fa_mx_) FA_FN(fa_mx_dims_)(const fa_params *p)
 
 /* Key panel `panel` of the kv head of t, packed into dst (run by the
  * driver once per call, before the tiles). */
-static void FA_FN(fa_matrix_pack_)(const fa_params *p, const fa_tile *t, int64_t panel,
+static void FA_FN(fa_matrix_pack_)(const fa_params *p, const fa_work_item *t, int64_t panel,
                                    uint16_t *dst)
 {
     const FA_FN(fa_mx_) w = FA_FN(fa_mx_dims_)(p);
@@ -374,7 +346,7 @@ static void FA_FN(fa_matrix_pack_)(const fa_params *p, const fa_tile *t, int64_t
 }
 
 /* Carve the scratch, pack Q and clear the row state. */
-static FA_FN(fa_mx_) FA_FN(fa_mx_setup_)(const fa_params *p, const fa_tile *t, void *scratch)
+static FA_FN(fa_mx_) FA_FN(fa_mx_setup_)(const fa_params *p, const fa_work_item *t, void *scratch)
 {
     FA_FN(fa_mx_) w = FA_FN(fa_mx_dims_)(p);
     float *base = (float *)scratch;
@@ -403,7 +375,7 @@ static FA_FN(fa_mx_) FA_FN(fa_mx_setup_)(const fa_params *p, const fa_tile *t, v
  * (inside each row's band), panel by panel from the packed K and V,
  * written normalized through the shared row finish.  The tile
  * configuration is already loaded. */
-static void FA_FN(fa_matrix_)(const fa_params *p, const fa_tile *t, void *scratch)
+static void FA_FN(fa_matrix_)(const fa_params *p, const fa_work_item *t, void *scratch)
 {
     const FA_FN(fa_mx_) w = FA_FN(fa_mx_setup_)(p, t, scratch);
     const fa_matrix_panel L = fa_matrix_panel_layout(p->d, p->dv, w.nseg);

@@ -2,13 +2,14 @@
  * matrix_instantiate.h: compile the matrix-unit kernel (matrix.h, with the
  * vector vocabulary and score pipeline it shares) once per storage type,
  * and define the kernel table fa_kernels_<isa> of a matrix-unit file.
- * Included by kernel_amx.c and kernel_amx_emu.c after they have defined
- * FA_ISA_NAME, FA_VBYTES and included amx_tileops.h.
+ * Included by kernel_amx.c and kernel_amx_emu.c after they have included
+ * amx_tileops.h and avx512_hooks.h and defined FA_ISA_NAME.
  *
  * The table holds only the matrix family: float32 (the reduced-precision
- * modes of fa_params.precision), bfloat16, and float16 where the tile
- * vocabulary has TDPFP16PS.  Every other family falls back to the vector
- * path the registry row names (dispatch.c).
+ * modes of fa_params.precision), bfloat16, and float16 (both tile
+ * vocabularies have TDPFP16PS; on the real tiles dispatch.c runs it only
+ * where the gate reported AMX-FP16).  Every other family falls back to the
+ * vector path the registry row names (dispatch.c).
  */
 #include "../half.h"
 #include "scratch.h"
@@ -19,10 +20,8 @@
 
 #define FA_MX_KIND 0 /* float32 (the reduced precisions) */
 #include "matrix_type.h"
-#ifdef FA_TILE_HAS_FP16
-#define FA_MX_KIND 1 /* float16 */
+#define FA_MX_KIND 1 /* float16 (TDPFP16PS; dispatched only with AMX-FP16) */
 #include "matrix_type.h"
-#endif
 #define FA_MX_KIND 2 /* bfloat16 */
 #include "matrix_type.h"
 
@@ -33,35 +32,21 @@
 #define FA_MX_NAME_(f, isa) f##_##isa
 #define FA_MX_NAME(f, isa) FA_MX_NAME_(f, isa)
 
-/* One configuration for every product of the kernel: 8 tiles of 16 rows x
- * 64 bytes, loaded once per thread per call and released after. */
-static void FA_MX_NAME(fa_tiles_begin, FA_ISA_NAME)(void)
-{
-    fa_amx_tilecfg cfg;
-    fa_amx_cfg_init(&cfg);
-    for (int t = 0; t < 8; t++) fa_amx_cfg_tile(&cfg, t, 16, 64);
-    FA_TILE_CONFIG(&cfg);
-}
+/* One configuration for every product of the kernel (the tile GEMM's),
+ * loaded once per thread per call and released after. */
+static void FA_MX_NAME(fa_tiles_begin, FA_ISA_NAME)(void) { fa_tile_gemm_config(); }
 
 static void FA_MX_NAME(fa_tiles_end, FA_ISA_NAME)(void) { FA_TILE_RELEASE(); }
 
-#ifdef FA_TILE_HAS_FP16
-#define FA_MX_F16 FA_MX_NAME(fa_matrix_f16, FA_ISA_NAME)
-#define FA_MX_PACK_F16 FA_MX_NAME(fa_matrix_pack_f16, FA_ISA_NAME)
-#else
-#define FA_MX_F16 NULL
-#define FA_MX_PACK_F16 NULL
-#endif
 const fa_kernels FA_MX_NAME(fa_kernels, FA_ISA_NAME) = {
     .kernel = {[FA_FAMILY_MATRIX] = {[FA_F32] = FA_MX_NAME(fa_matrix_f32, FA_ISA_NAME),
-                                     [FA_F16] = FA_MX_F16,
+                                     [FA_F16] = FA_MX_NAME(fa_matrix_f16, FA_ISA_NAME),
                                      [FA_BF16] = FA_MX_NAME(fa_matrix_bf16, FA_ISA_NAME)}},
     .tiles_begin = FA_MX_NAME(fa_tiles_begin, FA_ISA_NAME),
     .tiles_end = FA_MX_NAME(fa_tiles_end, FA_ISA_NAME),
-    .pack = {[FA_F32] = FA_MX_NAME(fa_matrix_pack_f32, FA_ISA_NAME), [FA_F16] = FA_MX_PACK_F16,
+    .pack = {[FA_F32] = FA_MX_NAME(fa_matrix_pack_f32, FA_ISA_NAME),
+             [FA_F16] = FA_MX_NAME(fa_matrix_pack_f16, FA_ISA_NAME),
              [FA_BF16] = FA_MX_NAME(fa_matrix_pack_bf16, FA_ISA_NAME)},
 };
-#undef FA_MX_F16
-#undef FA_MX_PACK_F16
 #undef FA_MX_NAME
 #undef FA_MX_NAME_

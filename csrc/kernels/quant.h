@@ -51,7 +51,7 @@ FA_INLINE VT FA_FN(fa_load_i8_)(const int8_t *x)
 /* Dequantize nb int8 rows j0 .. j0 + nb - 1 of n elements (row stride sn,
  * column stride sd) into dst (rows of n contiguous floats): keys by their
  * channel scales (is_key), values by their token scales. */
-static void FA_FN(fa_dequant_rows_)(const fa_params *p, const fa_tile *t, const int8_t *base,
+static void FA_FN(fa_dequant_rows_)(const fa_params *p, const fa_work_item *t, const int8_t *base,
                                     int64_t j0, int64_t sn, int64_t sd, int nb, int64_t n,
                                     FA_T *restrict dst, int is_key)
 {

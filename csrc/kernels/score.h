@@ -169,7 +169,7 @@ FA_INLINE FA_T FA_FN(fa_row_inv_)(FA_T l) { return l == 0 ? (FA_T)0 : (FA_T)1 / 
  * acc_stride] is the row's accumulator; columns before `from` were already
  * written by the caller's vector path (ignored for an empty row).
  */
-FA_INLINE void FA_FN(fa_row_finish_)(const fa_params *p, const fa_tile *t, int r,
+FA_INLINE void FA_FN(fa_row_finish_)(const fa_params *p, const fa_work_item *t, int r,
                                      FA_T row_max, FA_T row_sum, const FA_T *acc,
                                      int64_t acc_stride, int64_t from)
 {
@@ -196,7 +196,7 @@ typedef struct {
 } FA_FN(fa_range_);
 
 /* The keys a tile visits: [k_lo, k_hi) cut to the union of its rows' bands. */
-FA_INLINE FA_FN(fa_range_) FA_FN(fa_tile_range_)(const fa_tile *t)
+FA_INLINE FA_FN(fa_range_) FA_FN(fa_tile_range_)(const fa_work_item *t)
 {
     FA_FN(fa_range_) g;
     int64_t lo_min = INT64_MAX, hi_max = INT64_MIN;
@@ -219,7 +219,7 @@ FA_INLINE FA_FN(fa_range_) FA_FN(fa_tile_range_)(const fa_tile *t)
 }
 
 /* Does any row's band meet keys [j0, j0 + nb)? */
-FA_INLINE int FA_FN(fa_band_meets_)(const fa_tile *t, int64_t j0, int nb)
+FA_INLINE int FA_FN(fa_band_meets_)(const fa_work_item *t, int64_t j0, int nb)
 {
     for (int r = 0; r < t->rows; r++)
         if (t->jlo[r] < j0 + nb && t->jhi[r] > j0 && t->jlo[r] < t->jhi[r]) return 1;

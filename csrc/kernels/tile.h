@@ -1,6 +1,7 @@
 /*
  * tile.h: the tile kernel (vectors along the QUERIES) and the weights pass
- * that shares its score path.
+ * that shares its score path: the block steps (scores, epilogue, online
+ * softmax, the rows' finish) and the two drivers, fa_tile_ and fa_weights_.
  *
  * Q is packed transposed once per tile (qt[d][row], pre-multiplied by the
  * scale); the scores tile is st[key][row] and the output accumulator
@@ -11,284 +12,13 @@
  * softmax is purely vertical: one lane = one query row, so the running
  * max, sum and rescale factor need no horizontal reductions.
  *
- * Register blocking (from kernel_<isa>.c): FA_QK_IB x FA_QK_JB query
- * vectors x keys for Q.K^T, FA_PV_IB x FA_PV_EB query vectors x value
- * columns for P.V.
+ * The parts it stands on, included before it by kernel_body.h:
+ *   micro.h       the register-blocked Q.K^T and P.V micro-kernels
+ *   tile_pack.h   Q packed for the tile, 16-bit K and V widened, the mask
+ *                 read, a key block as the micro-kernels read it
+ * and, included below before the drivers, tile_stair.h (the blocks on the
+ * causal diagonal).
  */
-
-#if defined(FA_BF16DP) && FA_S_KIND == 2
-/* bfloat16 pairs (the AVX512-BF16 variant): Q^T is packed as raw,
- * unscaled bfloat16 pairs along d, one 32-bit word per lane, and each key
- * is read as the same pairs, broadcast: vdpbf16ps adds both products of a
- * pair (exact, in float32) to the lane's float32 sum, so one instruction
- * does the work of two FMAs and K is never widened.  The scale is applied
- * to the finished sums. */
-#define FA_QK_PAIRS 1
-FA_INLINE VT FA_FN(fa_qk_pair_)(VT acc, VT q, const FA_T *kword)
-{
-    int32_t u;
-    __builtin_memcpy(&u, kword, sizeof u);
-    return (VT)_mm512_dpbf16_ps((__m512)acc, (__m512bh)q, (__m512bh)_mm512_set1_epi32(u));
-}
-#else
-#define FA_QK_PAIRS 0
-#endif
-
-/*
- * Q.K^T micro-kernel: scores of ib query vectors against jb keys, summed
- * over all d, accumulated in ib*jb vector registers.  Per d: ib vector loads
- * of the packed Q^T and jb scalar broadcasts of K (an FMA with a memory
- * broadcast operand on AVX-512).  ib, jb, k_sd and pairs are compile-time
- * constants after inlining, so the loops unroll into registers.  With
- * pairs (see FA_QK_PAIRS), qt, k, k_sn and d count 32-bit bfloat16 pairs
- * and the sums are multiplied by sc.
- */
-FA_INLINE void FA_FN(fa_qk_micro_)(const int ib, const int jb, const int pairs,
-                                   const FA_T *restrict qt,
-                                   const FA_T *restrict k, int64_t k_sn,
-                                   const int64_t k_sd, int64_t d, FA_T sc,
-                                   FA_T *restrict st, FA_T *restrict bmax)
-{
-    VT acc[FA_QK_IB][FA_QK_JB];
-#pragma GCC unroll 16
-    for (int i = 0; i < ib; i++)
-#pragma GCC unroll 16
-        for (int j = 0; j < jb; j++) acc[i][j] = VSPLAT(0);
-    const FA_T *krow[FA_QK_JB];
-#pragma GCC unroll 16
-    for (int j = 0; j < jb; j++) krow[j] = k + j * k_sn;
-    for (int64_t c = 0; c < d; c++) {
-        VT qv[FA_QK_IB];
-#pragma GCC unroll 16
-        for (int i = 0; i < ib; i++) qv[i] = VLOAD(qt + c * FA_BQ + i * VL);
-#pragma GCC unroll 16
-        for (int j = 0; j < jb; j++) {
-#if FA_QK_PAIRS
-            if (pairs) {
-#pragma GCC unroll 16
-                for (int i = 0; i < ib; i++)
-                    acc[i][j] = FA_FN(fa_qk_pair_)(acc[i][j], qv[i], krow[j] + c);
-                continue;
-            }
-#endif
-            const FA_T kv = krow[j][c * k_sd];
-#pragma GCC unroll 16
-            for (int i = 0; i < ib; i++) acc[i][j] += qv[i] * kv;
-        }
-    }
-#pragma GCC unroll 16
-    for (int j = 0; j < jb; j++)
-#pragma GCC unroll 16
-        for (int i = 0; i < ib; i++) {
-            if (pairs) acc[i][j] *= VSPLAT(sc);
-            VSTORE(st + j * FA_BQ + i * VL, acc[i][j]);
-        }
-    /* The block's row max, while the scores are still in registers. */
-#pragma GCC unroll 16
-    for (int i = 0; i < ib; i++) {
-        VT mx = VLOAD(bmax + i * VL);
-#pragma GCC unroll 16
-        for (int j = 0; j < jb; j++) mx = FA_FN(fa_vmax_)(acc[i][j], mx);
-        VSTORE(bmax + i * VL, mx);
-    }
-}
-
-/* The part [x, n) of a row of micro-tiles that does not fill a block of
- * `full`, as CALL(4), CALL(2), CALL(1) at x (x advances). */
-#define FA_REST_421(full, x, n, CALL)            \
-    do {                                         \
-        if ((full) > 4 && (n) - (x) >= 4) {      \
-            CALL(4);                             \
-            (x) += 4;                            \
-        }                                        \
-        if ((full) > 2 && (n) - (x) >= 2) {      \
-            CALL(2);                             \
-            (x) += 2;                            \
-        }                                        \
-        if ((n) - (x) >= 1) CALL(1);             \
-    } while (0)
-
-/*
- * The keys of a row of micro-tiles that do not fill FA_QK_JB, in calls of
- * 4, 2 and 1 keys.  A one-key call has only ib independent FMA chains:
- * with two FMA ports of latency 4 (Intel) it needs 8 to keep both busy,
- * so 64 keys as 10 x 6 + 4 x 1 ran the last 4 at half rate.  The order
- * of the sum over d of each score is the same in every call.
- */
-FA_INLINE void FA_FN(fa_qk_rest_)(const int ib, const int pairs, int j, int nb,
-                                  const FA_T *qt, const FA_T *k, int64_t k_sn,
-                                  const int64_t k_sd, int64_t d, FA_T sc, FA_T *st,
-                                  FA_T *bmax)
-{
-#define FA_QK_CALL(jb)                                                                \
-    FA_FN(fa_qk_micro_)(ib, jb, pairs, qt, k + j * k_sn, k_sn, k_sd, d, sc, st + j * FA_BQ, \
-                        bmax)
-    FA_REST_421(FA_QK_JB, j, nb, FA_QK_CALL);
-#undef FA_QK_CALL
-}
-
-/* Scores of nv query vectors against nb keys starting at k. */
-FA_INLINE void FA_FN(fa_qk_tile_)(int nv, int nb, const int pairs, const FA_T *qt,
-                                  const FA_T *k, int64_t k_sn, const int64_t k_sd,
-                                  int64_t d, FA_T sc, FA_T *st, FA_T *bmax)
-{
-    int iv = 0;
-    for (; iv + FA_QK_IB <= nv; iv += FA_QK_IB) {
-        int j = 0;
-        for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
-            FA_FN(fa_qk_micro_)(FA_QK_IB, FA_QK_JB, pairs, qt + iv * VL, k + j * k_sn, k_sn,
-                                k_sd, d, sc, st + j * FA_BQ + iv * VL, bmax + iv * VL);
-        FA_FN(fa_qk_rest_)(FA_QK_IB, pairs, j, nb, qt + iv * VL, k, k_sn, k_sd, d, sc,
-                           st + iv * VL, bmax + iv * VL);
-    }
-    for (; iv < nv; iv++) {
-        int j = 0;
-        for (; j + FA_QK_JB <= nb; j += FA_QK_JB)
-            FA_FN(fa_qk_micro_)(1, FA_QK_JB, pairs, qt + iv * VL, k + j * k_sn, k_sn, k_sd, d,
-                                sc, st + j * FA_BQ + iv * VL, bmax + iv * VL);
-        FA_FN(fa_qk_rest_)(1, pairs, j, nb, qt + iv * VL, k, k_sn, k_sd, d, sc, st + iv * VL,
-                           bmax + iv * VL);
-    }
-}
-
-/*
- * P.V micro-kernel: ot[col][rows] = ot * alpha + sum_j p[j][rows] * v[j][col]
- * for ib query vectors and eb value columns.  The block's sum starts from
- * zero and is added to the rescaled running accumulator at the end
- * (blocked summation): the rounding error then grows with
- * FA_BK + Nk / FA_BK instead of Nk, at the cost of one FMA per block.
- */
-FA_INLINE void FA_FN(fa_pv_micro_)(const int ib, const int eb,
-                                   const FA_T *restrict pt,
-                                   const FA_T *restrict v, int64_t v_sn,
-                                   const int64_t v_sd, int nb,
-                                   const FA_T *restrict alpha,
-                                   FA_T *restrict ot)
-{
-    VT acc[FA_PV_IB][FA_PV_EB];
-#pragma GCC unroll 16
-    for (int i = 0; i < ib; i++)
-#pragma GCC unroll 16
-        for (int e = 0; e < eb; e++) acc[i][e] = VSPLAT(0);
-    for (int j = 0; j < nb; j++) {
-        VT pv[FA_PV_IB];
-#pragma GCC unroll 16
-        for (int i = 0; i < ib; i++) pv[i] = VLOAD(pt + j * FA_BQ + i * VL);
-        const FA_T *vrow = v + j * v_sn;
-#pragma GCC unroll 16
-        for (int e = 0; e < eb; e++) {
-            const FA_T vv = vrow[e * v_sd];
-#pragma GCC unroll 16
-            for (int i = 0; i < ib; i++) acc[i][e] += pv[i] * vv;
-        }
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < ib; i++) {
-        const VT a = VLOAD(alpha + i * VL);
-#pragma GCC unroll 16
-        for (int e = 0; e < eb; e++)
-            VSTORE(ot + e * FA_BQ + i * VL, VLOAD(ot + e * FA_BQ + i * VL) * a + acc[i][e]);
-    }
-}
-
-/* The value columns e.. that do not fill FA_PV_EB, in calls of 4, 2 and
- * 1 columns (as fa_qk_rest_, for the same reason). */
-FA_INLINE void FA_FN(fa_pv_rest_)(const int ib, int64_t e, int64_t dv, const FA_T *pt,
-                                  const FA_T *v, int64_t v_sn, const int64_t v_sd, int nb,
-                                  const FA_T *alpha, FA_T *ot)
-{
-#define FA_PV_CALL(eb) \
-    FA_FN(fa_pv_micro_)(ib, eb, pt, v + e * v_sd, v_sn, v_sd, nb, alpha, ot + e * FA_BQ)
-    FA_REST_421(FA_PV_EB, e, dv, FA_PV_CALL);
-#undef FA_PV_CALL
-}
-
-FA_INLINE void FA_FN(fa_pv_tile_)(int nv, int nb, const FA_T *pt,
-                                  const FA_T *v, int64_t v_sn,
-                                  const int64_t v_sd, int64_t dv,
-                                  const FA_T *alpha, FA_T *ot)
-{
-    int iv = 0;
-    for (; iv + FA_PV_IB <= nv; iv += FA_PV_IB) {
-        int64_t e = 0;
-        for (; e + FA_PV_EB <= dv; e += FA_PV_EB)
-            FA_FN(fa_pv_micro_)(FA_PV_IB, FA_PV_EB, pt + iv * VL,
-                                v + e * v_sd, v_sn, v_sd, nb, alpha + iv * VL,
-                                ot + e * FA_BQ + iv * VL);
-        FA_FN(fa_pv_rest_)(FA_PV_IB, e, dv, pt + iv * VL, v, v_sn, v_sd, nb, alpha + iv * VL,
-                           ot + iv * VL);
-    }
-    for (; iv < nv; iv++) {
-        int64_t e = 0;
-        for (; e + FA_PV_EB <= dv; e += FA_PV_EB)
-            FA_FN(fa_pv_micro_)(1, FA_PV_EB, pt + iv * VL, v + e * v_sd,
-                                v_sn, v_sd, nb, alpha + iv * VL,
-                                ot + e * FA_BQ + iv * VL);
-        FA_FN(fa_pv_rest_)(1, e, dv, pt + iv * VL, v, v_sn, v_sd, nb, alpha + iv * VL,
-                           ot + iv * VL);
-    }
-}
-
-/* Pack Q^T for the tile: qt[k][r] = q_row[r][k] * c, rows >= rows and up to
- * `lanes` zero.  Unit column stride: VL x VL blocks through the transpose;
- * otherwise, and for the d tail, element by element. */
-FA_INLINE void FA_FN(fa_pack_q_)(const fa_tile *t, int64_t d, int64_t q_sd, FA_T c,
-                                 int lanes, FA_T *restrict qt)
-{
-    const int rows = t->rows;
-    int64_t k0 = 0;
-    if (VL > 1 && q_sd == 1) {
-        for (; k0 + VL <= d; k0 += VL)
-            for (int r0 = 0; r0 < lanes; r0 += VL) {
-                VT x[VL];
-#pragma GCC unroll 16
-                for (int i = 0; i < VL; i++)
-                    x[i] = r0 + i < rows ? FA_FN(fa_loads_)((const FA_S *)t->q_row[r0 + i] + k0)
-                                         : VSPLAT(0);
-                FA_FN(fa_transpose_)(x);
-#pragma GCC unroll 16
-                for (int i = 0; i < VL; i++) VSTORE(qt + (k0 + i) * FA_BQ + r0, x[i] * c);
-            }
-    }
-    for (int r = 0; r < rows; r++) {
-        const FA_S *q = (const FA_S *)t->q_row[r];
-        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = FA_FN(fa_s2t_)(q[k * q_sd]) * c;
-    }
-    for (int r = rows; r < lanes; r++)
-        for (int64_t k = k0; k < d; k++) qt[k * FA_BQ + r] = 0;
-}
-
-#if FA_S_KIND != 0
-/* Widen nb stored rows of n elements (row stride sn, column stride sd)
- * into dst, rows of n contiguous compute-type elements. */
-static void FA_FN(fa_widen_rows_)(const FA_S *src, int64_t sn, int64_t sd, int nb,
-                                  int64_t n, FA_T *restrict dst)
-{
-    for (int j = 0; j < nb; j++) {
-        const FA_S *s = src + j * sn;
-        FA_T *o = dst + j * n;
-        int64_t c = 0;
-        if (sd == 1)
-            for (; c + VL <= n; c += VL) FA_FN(fa_storeu_)(o + c, FA_FN(fa_loads_)(s + c));
-        for (; c < n; c++) o[c] = FA_FN(fa_s2t_)(s[c * sd]);
-    }
-}
-#endif
-
-/* Read the mask for the tile's rows x keys [j0, j0 + nb) into mt[key][row]
- * (see fa_mask_terms_); padded lanes see everything, which keeps their
- * arithmetic finite.  Returns nonzero if any entry is visible, so the
- * caller can skip a block that is masked for every row. */
-static int FA_FN(fa_load_mask_)(const fa_params *p, const fa_tile *t,
-                                int64_t j0, int nb, FA_T *mt)
-{
-    int any = 0;
-    for (int r = 0; r < t->rows; r++)
-        any |= FA_FN(fa_mask_terms_)(p->mask_kind, t->mask_row[r], p->m_sk, j0, nb, mt + r, FA_BQ);
-    for (int r = t->rows; r < FA_BQ; r++)
-        for (int j = 0; j < nb; j++) mt[j * FA_BQ + r] = 0;
-    return any;
-}
 
 /* Scratch of a tile (carved by fa_tile_scratch_layout), the packed Q and
  * the ALiBi slopes of its lanes. */
@@ -303,23 +33,7 @@ typedef struct {
     int nbv[FA_BQ / VL];
 } FA_FN(fa_scr_);
 
-#if FA_QK_PAIRS
-/* Pack Q^T as raw bfloat16 pairs: word c of lane r holds q[r][2c] (low
- * half) and q[r][2c + 1]; lanes >= rows are zero. */
-static void FA_FN(fa_pack_q_pairs_)(const fa_tile *t, int64_t d, int64_t q_sd, int lanes,
-                                    FA_T *restrict qt)
-{
-    for (int r = 0; r < lanes; r++) {
-        const FA_S *q = r < t->rows ? (const FA_S *)t->q_row[r] : NULL;
-        for (int64_t c = 0; c < d / 2; c++) {
-            const uint32_t word = q ? (uint32_t)q[2 * c * q_sd] | (uint32_t)q[(2 * c + 1) * q_sd] << 16 : 0;
-            __builtin_memcpy(qt + c * FA_BQ + r, &word, sizeof word);
-        }
-    }
-}
-#endif
-
-FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile *t,
+FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_work_item *t,
                                                void *scratch)
 {
     FA_FN(fa_scr_) w;
@@ -358,7 +72,7 @@ FA_INLINE FA_FN(fa_scr_) FA_FN(fa_tile_setup_)(const fa_params *p, const fa_tile
 
 /* Each lane's diagonal and band relative to key j0 of a block of nb keys
  * (padded lanes see the whole block). */
-FA_INLINE void FA_FN(fa_tile_rows_at_)(const fa_tile *t, const FA_FN(fa_scr_) *w,
+FA_INLINE void FA_FN(fa_tile_rows_at_)(const fa_work_item *t, const FA_FN(fa_scr_) *w,
                                        const FA_FN(fa_epi_) *e, int64_t j0, int nb)
 {
     if (e->alibi)
@@ -371,31 +85,6 @@ FA_INLINE void FA_FN(fa_tile_rows_at_)(const fa_tile *t, const FA_FN(fa_scr_) *w
             w->lo[r] = (FA_T)lo;
             w->hi[r] = (FA_T)hi;
         }
-}
-
-/*
- * A block on the causal diagonal: every key past row r's band end is
- * masked for row r, and with rows in query order the band ends grow with
- * the row.  Query vector i (lanes i*VL ...) then needs only the block's
- * first nbv[i] keys, the largest band end of its rows, and nbv grows with
- * i.  Scores, softmax and P.V skip the rest, which would be exp(-inf) = 0
- * times V (about 3/8 of a 64 x 64 diagonal block with 16 lanes).  Fills
- * w->nbv and returns 1 where that holds and saves something; rows past
- * t->rows and rows that see no key need nothing.
- */
-FA_INLINE int FA_FN(fa_stair_)(const fa_tile *t, FA_FN(fa_scr_) *w, int64_t j0, int nb)
-{
-    int prev = 0, saved = 0;
-    for (int i = 0; i < w->nv; i++) {
-        int64_t need = 0;
-        for (int r = i * VL; r < (i + 1) * VL && r < t->rows; r++)
-            if (t->jlo[r] < t->jhi[r] && t->jhi[r] - j0 > need) need = t->jhi[r] - j0;
-        const int n = need > nb ? nb : (int)need;
-        if (n < prev) return 0; /* not a staircase */
-        w->nbv[i] = prev = n;
-        saved |= n < nb;
-    }
-    return saved;
 }
 
 /* The score epilogue over a block st[key][row] of nb keys (of each query
@@ -430,7 +119,7 @@ FA_INLINE void FA_FN(fa_tile_epilogue_)(const FA_FN(fa_scr_) *w, const FA_FN(fa_
  * scores); 1 means ALiBi or masking changed scores and the caller must
  * take the max again.
  */
-FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
+FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_work_item *t,
                                       const FA_FN(fa_scr_) *w, FA_FN(fa_epi_) *e,
                                       int64_t j0, int nb, const FA_T *kb, int64_t k_sn,
                                       int64_t k_sd, int band, const int *nbv)
@@ -471,39 +160,10 @@ FA_INLINE int FA_FN(fa_block_scores_)(const fa_params *p, const fa_tile *t,
     return e->alibi | e->masked | e->band;
 }
 
-/* The key block's rows as compute-type pointers (widened for 16-bit;
- * int8 ones dequantized, see quant.h). */
-#if FA_KV_I8
-#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, key, out_ptr, out_sn, out_sd)            \
-    do {                                                                           \
-        FA_FN(fa_dequant_rows_)(p, t, base, j0, sn, sd, nb, n, buf, key);            \
-        out_ptr = (buf);                                                           \
-        out_sn = (n);                                                              \
-        out_sd = 1;                                                                \
-    } while (0)
-#elif FA_S_KIND != 0
-#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, key, out_ptr, out_sn, out_sd) \
-    do {                                                                 \
-        FA_FN(fa_widen_rows_)((base) + (j0) * (sn), sn, sd, nb, n, buf); \
-        out_ptr = (buf);                                                 \
-        out_sn = (n);                                                    \
-        out_sd = 1;                                                      \
-    } while (0)
-#else
-#define FA_BLOCK(base, j0, sn, sd, nb, n, buf, key, out_ptr, out_sn, out_sd) \
-    do {                                                                 \
-        (void)(n);                                                       \
-        (void)(nb);                                                      \
-        out_ptr = (base) + (j0) * (sn);                                  \
-        out_sn = (sn);                                                   \
-        out_sd = (sd);                                                   \
-    } while (0)
-#endif
-
 /* The key block at j0 as fa_block_scores_ reads it: the raw bfloat16
  * pairs (strides in 32-bit words) for the pair path, else compute-type
  * rows. */
-FA_INLINE const FA_T *FA_FN(fa_key_block_)(const fa_params *p, const fa_tile *t,
+FA_INLINE const FA_T *FA_FN(fa_key_block_)(const fa_params *p, const fa_work_item *t,
                                            const FA_FN(fa_scr_) *w, int64_t j0, int nb,
                                            int64_t *k_sn, int64_t *k_sd)
 {
@@ -578,36 +238,10 @@ FA_INLINE void FA_FN(fa_tile_softmax_)(const FA_FN(fa_scr_) *w, int nb, int resc
 }
 #undef FA_SOFTMAX_NV
 
-/* O = O * alpha + P.V for a staircase block: P.V runs per key segment
- * [nbv[i - 1], nbv[i]) over query vectors i..; alpha is applied in the
- * first segment (which holds every vector that takes part), and a vector
- * that takes part in none is only rescaled. */
-FA_INLINE void FA_FN(fa_stair_pv_)(const FA_FN(fa_scr_) *w, const FA_T *vb, int64_t v_sn,
-                                   int64_t v_sd, int64_t dv)
-{
-    const int nv = w->nv;
-    FA_T ones[FA_BQ] __attribute__((aligned(64)));
-    for (int r = 0; r < FA_BQ; r++) ones[r] = 1;
-    int first = -1;
-    for (int i = 0, j = 0; i < nv; i++) {
-        const int n = w->nbv[i] - j;
-        if (n <= 0) continue;
-        FA_FN(fa_pv_tile_)(nv - i, n, w->st + j * FA_BQ + i * VL, vb + j * v_sn, v_sn, v_sd,
-                           dv, (first < 0 ? w->alpha : ones) + i * VL, w->ot + i * VL);
-        if (first < 0) first = i;
-        j = w->nbv[i];
-    }
-    for (int i = 0; i < (first < 0 ? nv : first); i++) {
-        const VT a = VLOAD(w->alpha + i * VL);
-        for (int64_t c = 0; c < dv; c++)
-            VSTORE(w->ot + c * FA_BQ + i * VL, VLOAD(w->ot + c * FA_BQ + i * VL) * a);
-    }
-}
-
 /* Write the tile's rows: unit column stride in VL x VL blocks through the
  * transpose, then the row finish for the rest (and for rows that saw no
  * key, which must be exact zeros). */
-FA_INLINE void FA_FN(fa_tile_finish_)(const fa_params *p, const fa_tile *t,
+FA_INLINE void FA_FN(fa_tile_finish_)(const fa_params *p, const fa_work_item *t,
                                       const FA_FN(fa_scr_) *w)
 {
     const int rows = t->rows;
@@ -636,25 +270,12 @@ FA_INLINE void FA_FN(fa_tile_finish_)(const fa_params *p, const fa_tile *t,
         FA_FN(fa_row_finish_)(p, t, r, w->row_max[r], w->row_sum[r], w->ot + r, FA_BQ, e0);
 }
 
-/* One key block on the causal diagonal (fa_stair_ said so): scores,
- * softmax and P.V over each query vector's own keys.  Kept out of line, so
- * that the hot path of fa_tile_ compiles as it would without it. */
-static __attribute__((noinline)) void FA_FN(fa_stair_block_)(
-    const fa_params *p, const fa_tile *t, FA_FN(fa_scr_) *w, FA_FN(fa_epi_) *e, int64_t j0,
-    int nb, const FA_T *kb, int64_t k_sn, int64_t k_sd)
-{
-    const int rescan = FA_FN(fa_block_scores_)(p, t, w, e, j0, nb, kb, k_sn, k_sd, 1, w->nbv);
-    FA_FN(fa_tile_softmax_)(w, nb, rescan, w->nbv);
-    const FA_T *vb;
-    int64_t v_sn, v_sd;
-    FA_BLOCK((const FA_KV *)t->v, j0, p->v_sn, p->v_sd, nb, p->dv, w->vc, 0, vb, v_sn, v_sd);
-    FA_FN(fa_stair_pv_)(w, vb, v_sn, v_sd, p->dv);
-}
+#include "tile_stair.h"
 
 /* The tile: online softmax attention of t->rows query rows over keys
  * [t->k_lo, t->k_hi) (and inside each row's band), written normalized to
  * t->o_row and t->lse_row. */
-static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
+static void FA_FN(fa_tile_)(const fa_params *p, const fa_work_item *t, void *scratch)
 {
     const int64_t dv = p->dv;
     const FA_T ninf = -(FA_T)__builtin_inf();
@@ -706,7 +327,7 @@ static void FA_FN(fa_tile_)(const fa_params *p, const fa_tile *t, void *scratch)
 /* The weights pass: exp(score - lse) for every visited (row, key), through
  * the same score pipeline as fa_tile_, so the weights are the probabilities
  * the attention used.  lse_row is read; rows with lse -inf are left alone. */
-static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scratch)
+static void FA_FN(fa_weights_)(const fa_params *p, const fa_work_item *t, void *scratch)
 {
     const int rows = t->rows;
     const FA_T ninf = -(FA_T)__builtin_inf();
@@ -751,4 +372,3 @@ static void FA_FN(fa_weights_)(const fa_params *p, const fa_tile *t, void *scrat
         }
 }
 #undef FA_BLOCK
-#undef FA_REST_421

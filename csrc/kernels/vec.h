@@ -152,7 +152,7 @@ FA_INLINE VT FA_FN(fa_vmax_)(VT a, VT b)
  * x below about -126.5 (including -inf) gives exactly 0, and the tiny
  * values in between never matter next to a row sum >= 1.  The clamp is a
  * lane max whose NaN operand wins, so NaN in gives NaN out.  Measured error
- * against a float64 exp2: see tests/test_exp.py and the README.
+ * against a float64 exp2: see tests/core/test_exp.py and the README.
  */
 FA_INLINE VT FA_FN(fa_exp2_)(VT x)
 {
