@@ -387,7 +387,7 @@ static const char *fa_amx_perm_text(int perm)
     }
 }
 
-void fa_amx_status(fa_amx_info *info)
+void fa_amx_status(fa_amx_info *info, int request)
 {
     fa_amx_facts f;
     fa_amx_read_facts(&f);
@@ -398,11 +398,32 @@ void fa_amx_status(fa_amx_info *info)
     info->amx_fp16 = (f.leaf7_1_eax >> 21) & 1;
     info->os_enabled = f.osxsave && (f.xcr0 & (3ull << 17)) == (3ull << 17);
     info->compiled = FA_X86 && fa_amx_real_compiled();
-    info->available = info->compiled && fa_amx_available();
-    info->reason = info->compiled ? fa_amx_reason()
-                   : FA_X86       ? "not compiled (the compiler has no AMX flags)"
-                                  : "not compiled for this architecture";
-    info->permission = fa_amx_perm_text(fa_amx_permission());
+    if (!info->compiled) {
+        info->reason = FA_X86 ? "not compiled (the compiler has no AMX flags)"
+                              : "not compiled for this architecture";
+        info->permission = fa_amx_perm_text(-1);
+        return;
+    }
+    if (request || fa_amx_gate_ran()) {
+        info->available = fa_amx_available();
+        info->reason = fa_amx_reason();
+        info->permission = fa_amx_perm_text(fa_amx_permission());
+        return;
+    }
+    /* a report only: the permission as the process holds it, not asked */
+    const char *why;
+    if (!fa_amx_cpu_ok(&f, &why)) {
+        info->reason = why;
+        info->permission = fa_amx_perm_text(-1);
+    } else if (fa_amx_permission_held() == FA_AMX_PERM_GRANTED) {
+        info->available = fa_amx_decide(&f, FA_AMX_PERM_GRANTED, &why);
+        info->reason = why;
+        info->permission = "granted (held by the process)";
+    } else {
+        info->reason = "undecided: the tile permission is requested by the first "
+                       "matrix-unit call";
+        info->permission = "not requested yet";
+    }
 }
 
 double fa_amx_peak(int64_t iters)

@@ -277,20 +277,25 @@ int fa_set_isa(fa_isa isa);
 const char *fa_isa_name(fa_isa isa);
 
 /* The matrix units (Intel AMX) of this machine, and whether the "amx" path
- * may use them.  Filling it runs the gate (cpuid, XCR0, then, only where
- * those allow, the kernel's tile-data permission, requested once per
- * process); it never executes a tile instruction. */
+ * may use them.  With request, filling it runs the gate (cpuid, XCR0, then,
+ * only where those allow, the kernel's tile-data permission, requested once
+ * per process), as the first matrix-unit call does.  Without it, it only
+ * reports: until the gate has run, the permission is read (never asked
+ * for) and, when the process does not hold it yet, available is 0 with a
+ * reason that says so.  It never executes a tile instruction. */
 typedef struct {
     int available;          /* the matrix family runs on the real tiles */
     const char *reason;     /* "available", or why not (static sentence) */
     int amx_tile, amx_bf16, amx_int8, amx_fp16; /* cpuid leaf 7 bits */
     int os_enabled;         /* XCR0 bits 17 and 18 (tile config and data) */
     const char *permission; /* "granted", "not requested" (CPU or OS lack
-                               the tiles), or why the kernel refused */
+                               the tiles), "not requested yet", "granted
+                               (held by the process)" (the report without
+                               request), or why the kernel refused */
     int compiled;           /* this build has the real-tile kernels */
 } fa_amx_info;
 
-void fa_amx_status(fa_amx_info *info);
+void fa_amx_status(fa_amx_info *info, int request);
 
 /* TDPBF16PS peak of the calling thread in GFLOP/s: iters rounds of four
  * independent 16 x 16 x 32 tile products (16384 FLOP each) on tiles

@@ -100,13 +100,21 @@ void fa_amx_read_facts(fa_amx_facts *f)
 #endif
 }
 
-fa_amx_perm fa_amx_request_permission(void)
+int fa_amx_permission_held(void)
 {
 #if FA_AMX_LINUX
     uint64_t perm = 0;
     if (syscall(SYS_arch_prctl, FA_ARCH_GET_XCOMP_PERM, &perm) == 0 &&
         (perm & (1ull << FA_XFEATURE_XTILEDATA)))
         return FA_AMX_PERM_GRANTED;
+#endif
+    return -1;
+}
+
+fa_amx_perm fa_amx_request_permission(void)
+{
+#if FA_AMX_LINUX
+    if (fa_amx_permission_held() == FA_AMX_PERM_GRANTED) return FA_AMX_PERM_GRANTED;
     if (syscall(SYS_arch_prctl, FA_ARCH_REQ_XCOMP_PERM, FA_XFEATURE_XTILEDATA) == 0)
         return FA_AMX_PERM_GRANTED;
     switch (errno) {
@@ -162,6 +170,8 @@ const char *fa_amx_reason(void)
     fa_amx_compute();
     return atomic_load_explicit(&fa_amx_why, memory_order_acquire);
 }
+
+int fa_amx_gate_ran(void) { return atomic_load_explicit(&fa_amx_state, memory_order_acquire) != 0; }
 
 int fa_amx_permission(void)
 {

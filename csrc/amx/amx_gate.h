@@ -80,5 +80,10 @@ int fa_amx_fp16_available(void);
  * was never made because the CPU or OS lacks the tiles; computes the
  * process-wide answer first if needed. */
 int fa_amx_permission(void);
+/* Whether the process-wide answer has been computed (the gate has run). */
+int fa_amx_gate_ran(void);
+/* The permission as the process holds it now, read without asking for it
+ * (ARCH_GET_XCOMP_PERM): FA_AMX_PERM_GRANTED, or -1 when not held. */
+int fa_amx_permission_held(void);
 
 #endif /* FA_AMX_GATE_H */

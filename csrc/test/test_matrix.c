@@ -318,7 +318,7 @@ static uint16_t *mx_run_saved(const mx_case *c, mx_data *x, fa_isa isa, size_t *
 static int mx_real_vs_emu(const mx_case *c)
 {
     fa_amx_info st;
-    fa_amx_status(&st);
+    fa_amx_status(&st, 1);
     if (!fa_isa_supported(FA_ISA_AMX) || !st.available) {
         printf("real tiles vs emulation, %s: SKIPPED (%s)\n", c->name, st.reason);
         return 0;
@@ -385,7 +385,7 @@ static int mx_sigaltstack_test(const mx_case *c)
         stack_t ss = {.ss_sp = small, .ss_size = sizeof small, .ss_flags = 0}, now;
         if (sigaltstack(&ss, NULL) != 0) _exit(2);
         fa_amx_info st;
-        fa_amx_status(&st);
+        fa_amx_status(&st, 1);
         printf("  small sigaltstack: AMX %s (%s; permission %s)\n",
                st.available ? "available" : "off", st.reason, st.permission);
         mx_data x;

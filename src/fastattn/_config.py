@@ -140,13 +140,18 @@ def isa_override() -> Optional[str]:
 def matrix_unit() -> Dict[str, Any]:
     """The matrix unit (Intel AMX): whether the matrix kernels run on it
     and why not, its CPUID flags, and the path the matrix kernels use in
-    this process (the tiles, their emulation, or none)."""
-    status = dict(_core.amx_status())
+    this process (the tiles, their emulation, or none).  A report only: it
+    never asks the kernel for the tile permission (the first matrix-unit
+    call does), so before that call a CPU with AMX reports the tiles as
+    undecided."""
+    status = dict(_core.amx_status(request=False))
     isa = _core.get_isa()
     if isa == "amx_emu":
         used = "the tile emulation (forced by FASTATTN_ISA=amx_emu)"
     elif isa == "amx" and status["available"]:
         used = "the AMX tiles"
+    elif isa == "amx" and status["permission"] == "not requested yet":
+        used = "the AMX tiles once the first matrix-unit call is granted the permission"
     elif isa == "amx":
         used = "none: the amx path runs like avx512 (the tiles are refused)"
     else:
@@ -263,9 +268,8 @@ def show_config(mode: str = "stdout", file: Optional[TextIO] = None) -> Optional
     too); each ISA path, whether it is compiled, available on this CPU and
     chosen, with the reason any path is off; the matrix unit (Intel AMX):
     available or why not, its CPU flags, what runs the matrix kernels and
-    the ``FASTATTN_ISA`` override (reading it runs the AMX gate, which on a
-    CPU with AMX asks the kernel for the tile permission, as the first
-    matrix-unit call would); OpenMP or serial, and the
+    the ``FASTATTN_ISA`` override (a report only: the tile permission is
+    read, never requested; the first matrix-unit call requests it); OpenMP or serial, and the
     runtime library loaded; the thread count and where it came from; any
     environment variable whose invalid value was ignored (under the ISA
     paths and the threads; possible only in the ``fastattn`` command, where

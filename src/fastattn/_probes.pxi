@@ -95,24 +95,29 @@ cdef extern from "fastattn.h" nogil:
         int os_enabled
         const char *permission
         int compiled
-    void fa_amx_status(fa_amx_info *info)
+    void fa_amx_status(fa_amx_info *info, int request)
     double fa_amx_peak(int64_t iters)
 
 
-def amx_status():
+def amx_status(bint request=True):
     """The AMX matrix units of this machine and whether fastattn uses them.
 
-    Runs the gate once per process (cpuid, XCR0, then, only where both
-    allow, the kernel's tile-data permission); never executes a tile
-    instruction.  Returns a dict: ``available`` (bool: the "amx" path's
-    matrix kernels may run), ``reason`` ("available" or why not),
-    ``amx_tile``, ``amx_bf16``, ``amx_int8``, ``amx_fp16`` (cpuid bits),
-    ``os_enabled`` (XCR0 tile state), ``permission`` ("granted",
-    "not requested", or why the kernel refused) and ``compiled`` (this build
-    has the real-tile kernels)."""
+    With ``request`` (the default), runs the gate once per process (cpuid,
+    XCR0, then, only where both allow, the kernel's tile-data permission),
+    as the first matrix-unit call would.  With ``request=False`` it only
+    reports: until the gate has run, the permission is read, never asked
+    for, and while the process does not hold it ``available`` is False
+    with a reason that says so.  Never executes a tile instruction.
+    Returns a dict: ``available`` (bool: the "amx" path's matrix kernels
+    may run), ``reason`` ("available" or why not), ``amx_tile``,
+    ``amx_bf16``, ``amx_int8``, ``amx_fp16`` (cpuid bits), ``os_enabled``
+    (XCR0 tile state), ``permission`` ("granted", "not requested", "not
+    requested yet", "granted (held by the process)", or why the kernel
+    refused) and ``compiled`` (this build has the real-tile kernels)."""
     cdef fa_amx_info info
+    cdef int req = 1 if request else 0
     with nogil:
-        fa_amx_status(&info)
+        fa_amx_status(&info, req)
     return {
         "available": bool(info.available),
         "reason": info.reason.decode(),

@@ -330,6 +330,32 @@ def test_fastattn_isa_amx_where_the_tiles_are_missing():
         assert r.returncode != 0 and "FASTATTN_ISA" in r.stderr and "amx" in r.stderr
 
 
+def test_the_reports_never_request_the_tile_permission():
+    # fastattn info, info() and show_config only read the permission: in a
+    # fresh process that made no call, the gate has still not run after
+    # them, and the report without request agrees with the gate's answer
+    # wherever no request is needed to give it
+    import json
+    r = _run("""
+        import json, fastattn
+        from fastattn import _core
+        fastattn.info(); fastattn.show_config("dicts")
+        before = _core.amx_status(request=False)
+        after = _core.amx_status()
+        print(json.dumps([before, after]))
+    """, FASTATTN_ISA="")
+    assert r.returncode == 0, r.stderr
+    before, after = json.loads(r.stdout)
+    if not after["compiled"] or after["permission"] in ("not requested",
+                                                        "not available (not Linux)"):
+        # no request was due: CPU or OS lack the tiles, or no real build
+        assert before == after
+    else:
+        # a CPU with AMX: the reports left the permission to the call
+        assert before["permission"] in ("not requested yet", "granted (held by the process)")
+        assert not before["available"] or before["permission"].startswith("granted")
+
+
 def test_default_never_picks_the_emulation():
     assert _core.get_isa() != "amx_emu" or os.environ.get("FASTATTN_ISA") == "amx_emu"
 
