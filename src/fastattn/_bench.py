@@ -126,6 +126,19 @@ class BenchCase(NamedTuple):
         """Bytes of K and V (float32) that one call reads."""
         return 2 * self.B * self.kv_heads * self.Nk * self.D * _F32
 
+    @property
+    def moved_bytes(self) -> int:
+        """Bytes one call must move at the least: K and V read, Q read and
+        the output written (float32), each once."""
+        return self.kv_bytes + 2 * self.B * self.H * self.Nq * self.D * _F32
+
+    def memory_bound(self, peak_flops: float, bandwidth: float) -> bool:
+        """Whether the case sits below the machine's balance point (the
+        roofline): fewer FLOPs per byte moved than ``peak_flops`` (FLOP/s)
+        per ``bandwidth`` (B/s) allows, so memory, not the FMA units, bounds
+        it (single-token decode does, at about one FLOP per byte)."""
+        return self.flops * bandwidth < peak_flops * self.moved_bytes
+
     def _shape_words(self) -> Tuple[str, ...]:
         n = (f"N{self.Nq}",) if self.Nq == self.Nk else (f"Nq{self.Nq}", f"Nk{self.Nk}")
         if self.Nq == 1:

@@ -228,7 +228,8 @@ def _time_reference(cases: Sequence[BenchCase], results: Sequence["np.ndarray[An
     return timed
 
 
-def _bench_header(repeat: int, threads: int, peak: float, reference: bool) -> str:
+def _bench_header(repeat: int, threads: int, peak: float, bandwidth: float,
+                  reference: bool) -> str:
     import numpy as np
 
     import fastattn
@@ -247,18 +248,24 @@ def _bench_header(repeat: int, threads: int, peak: float, reference: bool) -> st
         f"  numpy={np.__version__}  dtype=float32  repeat={repeat} (median)"
         f"\ncpu: {cpu_model()}  ({os.cpu_count()} CPUs); {blas}"
         f"\nmeasured FMA peak: {peak:.1f} GFLOP/s per core ({peak * threads:.1f} for {threads})"
+        f"\nmeasured read bandwidth: {bandwidth:.1f} GB/s with {threads} thread(s)"
     )
 
 
-_BENCH_HEADERS = ["case", "B", "H", "Hkv", "Nq", "Nk", "D", "causal",
-                  "fastattn ms", "GFLOP/s", "% peak", "numpy ms", "speed-up", "max|err|"]
+_BENCH_HEADERS = ["case", "B", "H", "Hkv", "Nq", "Nk", "D", "causal", "fastattn ms",
+                  "GFLOP/s", "% peak", "GB/s", "% bw", "numpy ms", "speed-up", "max|err|"]
 
 _BENCH_NOTES = (
     "\nGFLOP/s: 4*B*H*Nq*Nk*D, counting only the visible (query, key) pairs\n"
-    "for causal (about half when Nq == Nk).  % peak: of the measured FMA peak\n"
-    "of all threads in use.  fastattn is timed on every shape first and the\n"
-    "reference afterwards, so the reference's BLAS threads, which keep spinning\n"
-    "for a while after each call, never compete with fastattn's timed runs."
+    "for causal (about half when Nq == Nk).  GB/s: the bytes a call must move\n"
+    "(K, V and Q read, the output written, float32, once each) per second.\n"
+    "A row is bounded by the FMA units or by memory, whichever its FLOPs per\n"
+    "byte put first against the two measurements above (the roofline), and\n"
+    "gives its percentage of that bound: % peak of the FMA peak of all threads\n"
+    "in use, % bw of the read bandwidth (decode rows).  fastattn is timed on\n"
+    "every shape first and the reference afterwards, so the reference's BLAS\n"
+    "threads, which keep spinning for a while after each call, never compete\n"
+    "with fastattn's timed runs."
 )
 _REFERENCE_NOTES = (
     "numpy: the NumPy reference on the same float32 inputs.  max|err|: fastattn\n"
@@ -267,21 +274,31 @@ _REFERENCE_NOTES = (
 
 
 def _bench_row(case: BenchCase, t_fast: float, ref: Optional[Tuple[float, float]],
-               peak_all: float) -> List[str]:
+               peak_all: float, bandwidth: float) -> List[str]:
+    """One table row; ``peak_all`` in GFLOP/s (all threads), ``bandwidth`` in
+    GB/s (as measured at the thread count in use)."""
     gflops = case.flops / t_fast / 1e9 if t_fast > 0 else float("inf")
+    gbs = case.moved_bytes / t_fast / 1e9 if t_fast > 0 else float("inf")
     t_ref, err = (None, None) if ref is None else ref
     speedup = "-" if t_ref is None or t_fast <= 0 else f"{t_ref / t_fast:.1f}x"
+    if case.memory_bound(peak_all, bandwidth):
+        pct_peak, pct_bw = "-", f"{100 * gbs / bandwidth:.0f}%"
+    else:
+        pct_peak, pct_bw = f"{100 * gflops / peak_all:.0f}%", "-"
     return [
         case.label or case.name, str(case.B), str(case.H), str(case.kv_heads), str(case.Nq),
         str(case.Nk), str(case.D), "yes" if case.causal else "no",
-        format_ms(t_fast), f"{gflops:.1f}", f"{100 * gflops / peak_all:.0f}%",
+        format_ms(t_fast), f"{gflops:.1f}", pct_peak, f"{gbs:.1f}", pct_bw,
         format_ms(t_ref), speedup, "-" if err is None else f"{err:.1e}",
     ]
 
 
 def run_bench(cases: Sequence[BenchCase], repeat: int, reference: bool = True,
-              out: Optional[TextIO] = None) -> int:
+              out: Optional[TextIO] = None, bandwidth: Optional[float] = None) -> int:
     """Time fastattn (and the NumPy reference) on ``cases``; print a table.
+
+    ``bandwidth`` (GB/s) is measured by ``_core.read_bandwidth()`` at the
+    thread count in use unless given.
 
     fastattn runs on every case first, the reference after an idle pause
     and with its BLAS held to fastattn's thread count (when threadpoolctl is
@@ -294,7 +311,8 @@ def run_bench(cases: Sequence[BenchCase], repeat: int, reference: bool = True,
     out = sys.stdout if out is None else out
     threads = fastattn.get_num_threads()
     peak = float(_core.fma_peak())  # one core, float32, the ISA path in use
-    print(_bench_header(repeat, threads, peak, reference), file=out)
+    bandwidth = float(_core.read_bandwidth()) if bandwidth is None else bandwidth
+    print(_bench_header(repeat, threads, peak, bandwidth, reference), file=out)
     out.flush()
 
     fast = _time_fastattn(cases, repeat)
@@ -302,7 +320,7 @@ def run_bench(cases: Sequence[BenchCase], repeat: int, reference: bool = True,
     if reference:
         time.sleep(SETTLE_SECONDS)
         refs = list(_time_reference(cases, [res for _, res in fast], repeat, threads))
-    rows = [_bench_row(case, t, ref, peak * threads)
+    rows = [_bench_row(case, t, ref, peak * threads, bandwidth)
             for case, (t, _), ref in zip(cases, fast, refs)]
     print(_format_table(_BENCH_HEADERS, rows), file=out)
     print(_BENCH_NOTES, file=out)

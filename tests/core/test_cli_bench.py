@@ -80,7 +80,7 @@ def test_run_bench_prints_a_row_per_case_with_the_error(monkeypatch):
     cases = [_bench.BenchCase(1, 2, 33, 33, 16, label="tiny"),
              _bench.BenchCase(2, 4, 1, 70, 8, causal=True, Hkv=2, label="tiny decode")]
     out = io.StringIO()
-    assert cli.run_bench(cases, repeat=1, out=out) == 0
+    assert cli.run_bench(cases, repeat=1, out=out, bandwidth=10.0) == 0
     lines = out.getvalue().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("case "))
     assert lines[header].split()[-1] == "max|err|"
@@ -94,10 +94,28 @@ def test_run_bench_prints_a_row_per_case_with_the_error(monkeypatch):
             causal=case.causal)).max()))
 
 
+def test_rows_give_the_percentage_of_their_roofline_bound():
+    # a machine of 100 GFLOP/s and 10 GB/s balances at 10 FLOP per byte:
+    # prefill (about 128 FLOP per byte) is bound by the FMA units, decode
+    # (about 0.5) by memory
+    prefill = _bench.BenchCase(1, 8, 512, 512, 64)
+    decode = _bench.BenchCase(1, 32, 1, 4096, 128, Hkv=8)
+    assert decode.moved_bytes == 2 * 8 * 4096 * 128 * 4 + 2 * 32 * 128 * 4
+    assert not prefill.memory_bound(100.0, 10.0) and decode.memory_bound(100.0, 10.0)
+    assert prefill.memory_bound(100.0, 0.5)  # a slow enough memory bounds prefill too
+    t = 0.004
+    cells = dict(zip(cli._BENCH_HEADERS, cli._bench_row(decode, t, None, 100.0, 10.0)))
+    gbs = decode.moved_bytes / t / 1e9
+    assert (cells["GB/s"], cells["% bw"], cells["% peak"]) == (f"{gbs:.1f}", f"{10 * gbs:.0f}%", "-")
+    cells = dict(zip(cli._BENCH_HEADERS, cli._bench_row(prefill, t, None, 100.0, 10.0)))
+    gflops = prefill.flops / t / 1e9
+    assert (cells["GFLOP/s"], cells["% peak"], cells["% bw"]) == (f"{gflops:.1f}", f"{gflops:.0f}%", "-")
+
+
 def test_run_bench_without_reference():
     out = io.StringIO()
     cli.run_bench([_bench.BenchCase(1, 1, 16, 16, 8, label="tiny")], repeat=1,
-                  reference=False, out=out)
+                  reference=False, out=out, bandwidth=10.0)
     row = next(line for line in out.getvalue().splitlines() if line.startswith("tiny"))
     assert row.split()[-3:] == ["-", "-", "-"]
     assert "numpy: the NumPy reference" not in out.getvalue()
