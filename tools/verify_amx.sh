@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# One command that verifies the matrix-unit (AMX) kernels on the machine it
+# runs on, and prints one block to paste into docs/amx.md:
+#
+#   1. the C checks (tools/check_amx.sh): the tile emulation, the gate, the
+#      tile GEMM and the matrix kernels through the C core, plain and under
+#      ASan + UBSan; where the gate allows the tiles, the real tiles against
+#      float64 and against the emulation, with the count of bit-equal
+#      results;
+#   2. the first-use self-test of the real tiles (reported as not built
+#      until the package has one);
+#   3. the Python suite's core and variant tests on the amx path, at 1 and at
+#      2 threads;
+#   4. the TDPBF16PS peak probe (fastattn._core.amx_peak());
+#   5. the side-by-side table against torch's bfloat16 SDPA and its float32
+#      SDPA with fp32_precision="bf16" (benchmarks/test_bench_amx.py; only
+#      where torch is installed).
+#
+# Steps 3-5 need the tiles.  On a CPU (or OS) without them the block says
+# why, and the script exits 0 after step 1.  It exits non-zero when a check
+# fails.
+#
+# The Python steps use $PYTHON (default: python3 on PATH) when it imports
+# fastattn; otherwise the package is installed with its test extra into a
+# fresh virtual environment first.  .ci/run's amx step runs this script in
+# its package lane, where the README's venv is active, so every CI machine
+# with AMX verifies the real tiles.
+#   tools/verify_amx.sh
+#   VERIFY_AMX_SIZES="1024 2048" tools/verify_amx.sh   # fewer table sizes
+set -uo pipefail
+# shellcheck source=tools/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT" || exit 1
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastattn-verify-amx.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+BLOCK="$WORK/block"
+FAILED=0
+note() { echo "$*" >> "$BLOCK"; }
+
+note "AMX verification, $(date -u +%F)"
+note "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1); kernel $(uname -r); $(${CC:-gcc} --version | head -1)"
+note "- fastattn: commit $(git rev-parse --short HEAD 2>/dev/null || echo '(not a checkout)')"
+
+echo "== 1. C checks (tools/check_amx.sh)"
+if bash tools/check_amx.sh 2>&1 | tee "$WORK/c.log"; then
+    note "- C checks: passed"
+else
+    note "- C checks: FAILED (tools/check_amx.sh)"
+    FAILED=1
+fi
+# the real-tile lines of the C tests (bit-equal counts, or why they did not run)
+grep -E "^real |^real AMX|^  real |real tiles" "$WORK/c.log" | sort -u | sed 's/^ */  - /' >> "$BLOCK"
+
+echo "== Python: fastattn for the remaining steps"
+if ! "$PYTHON" -c "import fastattn" 2>/dev/null; then
+    "$PYTHON" -m venv "$WORK/venv" || exit 1
+    PYTHON="$WORK/venv/bin/python"
+    "$PYTHON" -m pip install --quiet ".[test]" || exit 1
+fi
+"$PYTHON" - > "$WORK/gate" <<'EOF'
+from fastattn import _core
+s = _core.amx_status()  # runs the gate, as the first matrix-unit call would
+flags = [k for k in ("amx_tile", "amx_bf16", "amx_fp16", "amx_int8") if s[k]]
+print(int(bool(s["available"])))
+print(f"- gate: {'tiles available' if s['available'] else 'no tiles: ' + s['reason']}; "
+      f"CPU flags: {', '.join(flags) or 'none'}; permission: {s['permission']}")
+EOF
+TILES="$(head -1 "$WORK/gate")"
+sed -n '2p' "$WORK/gate" >> "$BLOCK"
+
+if [[ "$TILES" != 1 ]]; then
+    note "- self-test, suite on the amx path, TDPBF16PS peak, side-by-side table: not run (no tiles here)"
+else
+    echo "== 2. first-use self-test"
+    if "$PYTHON" -c "from fastattn import _core; _core.amx_self_test" 2>/dev/null; then
+        "$PYTHON" -c "from fastattn import _core; print('- self-test:', _core.amx_self_test())" \
+            >> "$BLOCK" || { note "- self-test: FAILED"; FAILED=1; }
+    else
+        note "- self-test: not built in this version"
+    fi
+    for threads in 1 2; do
+        echo "== 3. the suite on the amx path, $threads thread(s)"
+        FASTATTN_ISA=amx FASTATTN_NUM_THREADS=$threads "$PYTHON" -m pytest -q -p no:randomly \
+            tests/core tests/variants 2>&1 | tee "$WORK/suite$threads.log"
+        status=${PIPESTATUS[0]}
+        summary="$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$WORK/suite$threads.log" | tail -1)"
+        note "- suite (tests/core, tests/variants) on amx, $threads thread(s): ${summary//=/}"
+        [[ $status -eq 0 ]] || FAILED=1
+    done
+    echo "== 4. TDPBF16PS peak"
+    "$PYTHON" -c "from fastattn import _core; print(f'- TDPBF16PS peak: {_core.amx_peak():.0f} GFLOP/s on one core')" \
+        >> "$BLOCK" || { note "- TDPBF16PS peak: FAILED"; FAILED=1; }
+    echo "== 5. side by side with torch"
+    if "$PYTHON" -c "import torch" 2>/dev/null; then
+        # shellcheck disable=SC2086
+        FASTATTN_ISA=amx "$PYTHON" benchmarks/test_bench_amx.py \
+            --sizes ${VERIFY_AMX_SIZES:-1024 2048 4096} > "$WORK/table" 2>&1 \
+            || { note "- side-by-side table: FAILED"; FAILED=1; }
+        note ""
+        cat "$WORK/table" >> "$BLOCK"
+    else
+        note "- side-by-side table: not run (torch is not installed: pip install torch==2.13.0)"
+    fi
+fi
+
+echo
+echo "---- paste into docs/amx.md ----"
+cat "$BLOCK"
+echo "---- end ----"
+exit "$FAILED"
