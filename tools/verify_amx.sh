@@ -95,8 +95,8 @@ else
     if "$PYTHON" -c "import torch" 2>/dev/null; then
         # shellcheck disable=SC2086
         FASTATTN_ISA=amx "$PYTHON" benchmarks/test_bench_amx.py \
-            --sizes ${VERIFY_AMX_SIZES:-1024 2048 4096} > "$WORK/table" 2>&1 \
-            || { note "- side-by-side table: FAILED"; FAILED=1; }
+            --sizes ${VERIFY_AMX_SIZES:-1024 2048 4096} > "$WORK/table" 2> "$WORK/table.err" \
+            || { note "- side-by-side table: FAILED"; cat "$WORK/table.err"; FAILED=1; }
         note ""
         cat "$WORK/table" >> "$BLOCK"
     else
