@@ -7,8 +7,8 @@
 #      ASan + UBSan; where the gate allows the tiles, the real tiles against
 #      float64 and against the emulation, with the count of bit-equal
 #      results;
-#   2. the first-use self-test of the real tiles (reported as not built
-#      until the package has one);
+#   2. the first-use self-test of the real tiles (the block says it is not
+#      built yet);
 #   3. the Python suite's core and variant tests on the amx path, at 1 and at
 #      2 threads;
 #   4. the TDPBF16PS peak probe (fastattn._core.amx_peak());
@@ -58,7 +58,7 @@ if ! "$PYTHON" -c "import fastattn" 2>/dev/null; then
     PYTHON="$WORK/venv/bin/python"
     "$PYTHON" -m pip install --quiet ".[test]" || exit 1
 fi
-"$PYTHON" - > "$WORK/gate" <<'EOF'
+"$PYTHON" - > "$WORK/gate" <<'EOF' || { note "- gate: FAILED (fastattn._core.amx_status())"; FAILED=1; }
 from fastattn import _core
 s = _core.amx_status()  # runs the gate, as the first matrix-unit call would
 flags = [k for k in ("amx_tile", "amx_bf16", "amx_fp16", "amx_int8") if s[k]]
@@ -72,13 +72,7 @@ sed -n '2p' "$WORK/gate" >> "$BLOCK"
 if [[ "$TILES" != 1 ]]; then
     note "- self-test, suite on the amx path, TDPBF16PS peak, side-by-side table: not run (no tiles here)"
 else
-    echo "== 2. first-use self-test"
-    if "$PYTHON" -c "from fastattn import _core; _core.amx_self_test" 2>/dev/null; then
-        "$PYTHON" -c "from fastattn import _core; print('- self-test:', _core.amx_self_test())" \
-            >> "$BLOCK" || { note "- self-test: FAILED"; FAILED=1; }
-    else
-        note "- self-test: not built in this version"
-    fi
+    note "- self-test: not built in this version"
     for threads in 1 2; do
         echo "== 3. the suite on the amx path, $threads thread(s)"
         FASTATTN_ISA=amx FASTATTN_NUM_THREADS=$threads "$PYTHON" -m pytest -q -p no:randomly \

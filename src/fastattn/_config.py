@@ -269,8 +269,8 @@ def show_config(mode: str = "stdout", file: Optional[TextIO] = None) -> Optional
     chosen, with the reason any path is off; the matrix unit (Intel AMX):
     available or why not, its CPU flags, what runs the matrix kernels and
     the ``FASTATTN_ISA`` override (a report only: the tile permission is
-    read, never requested; the first matrix-unit call requests it); OpenMP or serial, and the
-    runtime library loaded; the thread count and where it came from; any
+    read, never requested; the first matrix-unit call requests it); OpenMP
+    or serial, and the runtime library loaded; the thread count and where it came from; any
     environment variable whose invalid value was ignored (under the ISA
     paths and the threads; possible only in the ``fastattn`` command, where
     ``import fastattn`` does not raise for it); and, when threadpoolctl is
