@@ -266,7 +266,8 @@ extensions = [
     Extension(
         "fastattn._core",
         sources=["src/fastattn/_core.pyx", f"{CSRC}/attention.c", f"{CSRC}/dispatch.c",
-                 f"{CSRC}/amx/amx_gate.c", f"{CSRC}/amx/amx_emu.c"],
+                 f"{CSRC}/amx/amx_gate.c", f"{CSRC}/amx/amx_emu.c",
+                 f"{CSRC}/amx/tile_canary.c"],
         include_dirs=[CSRC, np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                        ("NPY_TARGET_VERSION", NPY_TARGET)],

@@ -40,6 +40,7 @@
 #include "dispatch.h"
 #include "fpenv.h"
 #include "amx/amx_gate.h"
+#include "amx/tile_canary.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define FA_X86 1
@@ -309,12 +310,15 @@ fa_kernel_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source)
 
 int fa_matrix_usable(fa_dtype dtype, const fa_kernels **table)
 {
+    if (fa_canary_matrix_off()) return 0; /* the self-test's reference */
     const fa_isa_row *row = fa_serving_row(FA_FAMILY_MATRIX, dtype);
     if (!row->kernels || !row->kernels->kernel[FA_FAMILY_MATRIX][dtype]) return 0;
     /* the real tiles: the kernel's permission, requested here, once */
     if (row->features & FA_CPU_AMX && !fa_amx_available()) return 0;
     /* float16 on the real tiles: TDPFP16PS needs AMX-FP16 as well */
     if (row->features & FA_CPU_AMX && dtype == FA_F16 && !fa_amx_fp16_available()) return 0;
+    /* and they have passed the self-test (run here on first use) */
+    if (row->features & FA_CPU_AMX && !fa_tile_canary_ok()) return 0;
     if (table) *table = row->kernels;
     return 1;
 }
@@ -387,6 +391,27 @@ static const char *fa_amx_perm_text(int perm)
     }
 }
 
+/* The self-test's part of the status, once the gate allows the tiles:
+ * with request it runs (if it has not), and a failure turns them off. */
+static void fa_amx_self_test_status(fa_amx_info *info, int request)
+{
+    if (request) fa_tile_canary_ok();
+    fa_self_test_info st;
+    fa_tile_self_test_status(&st);
+    if (st.state == FA_SELF_TEST_NOT_RUN) {
+        info->self_test = "not run yet: the first matrix-unit call runs it";
+        info->available = 0;
+        info->reason = "undecided: the tiles run once they pass the self-test of the first "
+                       "matrix-unit call";
+        return;
+    }
+    info->self_test = st.report;
+    if (st.state == FA_SELF_TEST_FAILED) {
+        info->available = 0;
+        info->reason = fa_tile_canary_failure();
+    }
+}
+
 void fa_amx_status(fa_amx_info *info, int request)
 {
     fa_amx_facts f;
@@ -398,6 +423,7 @@ void fa_amx_status(fa_amx_info *info, int request)
     info->amx_fp16 = (f.leaf7_1_eax >> 21) & 1;
     info->os_enabled = f.osxsave && (f.xcr0 & (3ull << 17)) == (3ull << 17);
     info->compiled = FA_X86 && fa_amx_real_compiled();
+    info->self_test = "not needed: no tiles to test";
     if (!info->compiled) {
         info->reason = FA_X86 ? "not compiled (the compiler has no AMX flags)"
                               : "not compiled for this architecture";
@@ -408,6 +434,7 @@ void fa_amx_status(fa_amx_info *info, int request)
         info->available = fa_amx_available();
         info->reason = fa_amx_reason();
         info->permission = fa_amx_perm_text(fa_amx_permission());
+        if (info->available) fa_amx_self_test_status(info, request);
         return;
     }
     /* a report only: the permission as the process holds it, not asked */
@@ -419,17 +446,19 @@ void fa_amx_status(fa_amx_info *info, int request)
         info->available = fa_amx_decide(&f, FA_AMX_PERM_GRANTED, &why);
         info->reason = why;
         info->permission = "granted (held by the process)";
+        if (info->available) fa_amx_self_test_status(info, 0);
     } else {
         info->reason = "undecided: the tile permission is requested by the first "
                        "matrix-unit call";
         info->permission = "not requested yet";
+        info->self_test = "not run yet: the first matrix-unit call runs it";
     }
 }
 
 double fa_amx_peak(int64_t iters)
 {
 #if FA_X86
-    if (!fa_amx_available()) return -1;
+    if (!fa_amx_available() || !fa_tile_canary_ok()) return -1;
     return fa_amx_tdpbf16ps_probe(iters);
 #else
     (void)iters;

@@ -293,9 +293,62 @@ typedef struct {
                                (held by the process)" (the report without
                                request), or why the kernel refused */
     int compiled;           /* this build has the real-tile kernels */
+    const char *self_test;  /* the self-test: "not run yet", "not needed"
+                               (no tiles to test), or its report */
 } fa_amx_info;
 
 void fa_amx_status(fa_amx_info *info, int request);
+
+/* The self-test of the real tiles (docs/amx.md, "The self-test").  Before
+ * the first call of a process that would run the real tiles (a plan that
+ * wants the matrix family on the "amx" path, fa_amx_status with request,
+ * fa_amx_peak), the matrix kernels run once on small fixed inputs in a
+ * forked child, and their results are held to the matrix-precision rule
+ * against the vector path.  If the child faults, hangs (10 s) or
+ * mismatches, the matrix unit is off for the process: every call runs on
+ * the vector path, and fa_amx_status reports why.  Taken once per process
+ * (concurrent first callers wait for the one canary; a child forked
+ * meanwhile starts undecided); nothing runs before first use. */
+typedef enum {
+    FA_SELF_TEST_NOT_RUN = 0,
+    FA_SELF_TEST_PASSED = 1,
+    FA_SELF_TEST_FAILED = 2
+} fa_self_test_state;
+
+/* What the test hooks inject into the canary's child, before or after its
+ * first case (FASTATTN_SELF_TEST_INJECT names them for the decision). */
+typedef enum {
+    FA_INJECT_NONE = 0,
+    FA_INJECT_MISMATCH = 1, /* one output value moved by 0.5 */
+    FA_INJECT_SIGILL = 2,   /* an undefined instruction (ud2) */
+    FA_INJECT_SIGSEGV = 3,  /* a store to address 0 */
+    FA_INJECT_SIGBUS = 4,   /* raise(SIGBUS) */
+    FA_INJECT_HANG = 5,     /* waits forever */
+    FA_INJECT_COUNT = 6
+} fa_inject;
+
+typedef struct {
+    int state;          /* fa_self_test_state of the process's decision */
+    const char *report; /* "" before it; then what passed, or which kernel
+                           and case failed and how (stable from then on) */
+    double ms;          /* what it cost: fork, child, reference and checks */
+} fa_self_test_info;
+
+void fa_tile_self_test_status(fa_self_test_info *info);
+/* Test hook: run a canary now with subject's kernels (FA_ISA_AMX, the real
+ * tiles; FA_ISA_AMX_EMU, the emulation; a vector path: the harness alone)
+ * and the injection, waiting at most timeout_s for the child; the
+ * process's decision is untouched.  Returns FA_OK when it passed, else
+ * nonzero with report (cap bytes) saying why; FA_ERR_PARAMS without
+ * running for a subject this CPU cannot run. */
+int fa_tile_self_test_run(int subject, int inject, double timeout_s, char *report, size_t cap,
+                          double *ms);
+/* Test hook: take the process's decision now with this canary, unless it
+ * was taken; returns the fa_self_test_state, or -1 without running for a
+ * subject this CPU cannot run. */
+int fa_tile_self_test_decide(int subject, int inject, double timeout_s);
+/* 1 exactly once after the decision failed (for one warning), else 0. */
+int fa_tile_self_test_news(void);
 
 /* TDPBF16PS peak of the calling thread in GFLOP/s: iters rounds of four
  * independent 16 x 16 x 32 tile products (16384 FLOP each) on tiles

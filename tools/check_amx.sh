@@ -46,7 +46,7 @@ matrix_build_and_run() {  # NAME FLAGS...
   kernel_objects "$out" "$name" "${core_flags[@]}" "$@"
   echo "== matrix kernels, $name ($arch)"
   "$CC" "${core_flags[@]}" "$@" -fopenmp csrc/test/test_matrix.c csrc/attention.c \
-    csrc/dispatch.c csrc/amx/amx_gate.c csrc/amx/amx_emu.c "${KERNEL_OBJS[@]}" -Icsrc \
+    csrc/dispatch.c csrc/amx/amx_gate.c csrc/amx/amx_emu.c csrc/amx/tile_canary.c "${KERNEL_OBJS[@]}" -Icsrc \
     -o "$out/test_matrix_$name" -lm
   "$out/test_matrix_$name"
 }

@@ -17,6 +17,6 @@ flags=("${C_CORE_FLAGS[@]}" -O2)
 compile() { "$CC" "${flags[@]}" "$@"; }
 kernel_objects "$out" core "${flags[@]}"
 compile csrc/test/test_core.c csrc/attention.c csrc/dispatch.c csrc/amx/amx_gate.c \
-    csrc/amx/amx_emu.c "${KERNEL_OBJS[@]}" -Icsrc -o "$out/test_core" -lm
+    csrc/amx/amx_emu.c csrc/amx/tile_canary.c "${KERNEL_OBJS[@]}" -Icsrc -o "$out/test_core" -lm
 echo "== $arch"
 $RUN "$out/test_core"

@@ -121,6 +121,62 @@ static int check_names(void)
     return bad;
 }
 
+/* The self-test of the tiles (amx/tile_canary.c): a canary that passes,
+ * and every injected failure, each contained in the canary's child.  The
+ * subject is the tile emulation where this CPU runs it, otherwise the
+ * current vector path (the harness alone: fork, wait, checks, reports). */
+static int check_self_test(void)
+{
+    int bad = 0;
+    const int subject = fa_isa_supported(FA_ISA_AMX_EMU) ? FA_ISA_AMX_EMU : (int)fa_get_isa();
+    static const struct {
+        int inject;
+        const char *expect; /* in the report */
+    } cases[] = {
+        {FA_INJECT_NONE, "passed: "},
+        {FA_INJECT_MISMATCH, "the output differs from the vector path's by 0.5"},
+        {FA_INJECT_SIGILL, "killed by signal 4 (SIGILL)"},
+        {FA_INJECT_SIGSEGV, "killed by signal 11 (SIGSEGV)"},
+        {FA_INJECT_SIGBUS, "(SIGBUS)"},
+        {FA_INJECT_HANG, "no result within 0.5 s (the child process was killed)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char report[1024];
+        double ms = -1;
+        const int rc = fa_tile_self_test_run(subject, cases[i].inject, 0.5, report, sizeof report, &ms);
+        const int ok = (rc == FA_OK) == (cases[i].inject == FA_INJECT_NONE) &&
+                       strstr(report, cases[i].expect) != NULL &&
+                       (cases[i].inject == FA_INJECT_NONE ||
+                        strstr(report, "the bfloat16 kernel on the causal (bottom-right) case"));
+        printf("self-test on %s, injection %d: %s (%.1f ms): %s\n", fa_isa_name((fa_isa)subject),
+               cases[i].inject, ok ? "ok" : "FAIL", ms, report);
+        bad += !ok;
+    }
+    /* refused without running: the real tiles where the CPU lacks them */
+    char report[256];
+    if (!fa_isa_supported(FA_ISA_AMX) &&
+        fa_tile_self_test_run(FA_ISA_AMX, FA_INJECT_NONE, 1, report, sizeof report, NULL) != FA_ERR_PARAMS) {
+        printf("FAIL self-test on absent tiles did not refuse\n");
+        bad++;
+    }
+    /* the process's decision: taken once, reported, announced once */
+    fa_self_test_info st;
+    fa_tile_self_test_status(&st);
+    const int before = st.state;
+    const int d1 = fa_tile_self_test_decide(subject, FA_INJECT_MISMATCH, 5);
+    const int d2 = fa_tile_self_test_decide(subject, FA_INJECT_NONE, 5);
+    fa_tile_self_test_status(&st);
+    const int n1 = fa_tile_self_test_news(), n2 = fa_tile_self_test_news();
+    if (before != FA_SELF_TEST_NOT_RUN || d1 != FA_SELF_TEST_FAILED || d2 != FA_SELF_TEST_FAILED ||
+        st.state != FA_SELF_TEST_FAILED || !strstr(st.report, "differs") || n1 != 1 || n2 != 0) {
+        printf("FAIL self-test decision: before %d, %d then %d, state %d, news %d %d: %s\n",
+               before, d1, d2, st.state, n1, n2, st.report);
+        bad++;
+    }
+    printf("self-test: %s\n", bad ? "FAIL" : "ok");
+    return bad;
+}
+
 int main(void)
 {
     int bad = check_names();
@@ -129,6 +185,7 @@ int main(void)
     bad += run_case(1, 1500, 128, 128, 0); /* decode kernel + split keys */
     bad += run_case(3, 700, 17, 9, 1);
     bad += run_case(70, 70, 80, 80, 0);
+    bad += check_self_test(); /* last: it takes the process's decision */
     printf(bad ? "%d FAILED\n" : "all ok\n", bad);
     return bad != 0;
 }

@@ -348,6 +348,37 @@ static int mx_real_vs_emu(const mx_case *c)
     return bad;
 }
 
+/* The self-test (amx/tile_canary.c) on the emulation: it passes, and an
+ * injected mismatch and fault fail it.  On the real tiles (where the gate
+ * allows them) the process's own decision must pass: a failure there is a
+ * defect of the tile code, not a reason to skip. */
+static int mx_self_test(void)
+{
+    static const int injects[] = {FA_INJECT_NONE, FA_INJECT_MISMATCH, FA_INJECT_SIGILL};
+    int bad = 0;
+    for (int i = 0; i < 3; i++) {
+        char report[1024];
+        double ms = 0;
+        const int rc = fa_tile_self_test_run(FA_ISA_AMX_EMU, injects[i], 10, report, sizeof report, &ms);
+        const int ok = (rc == FA_OK) == (injects[i] == FA_INJECT_NONE);
+        printf("self-test on amx_emu, injection %d: %s (%.1f ms): %s\n", injects[i],
+               ok ? "ok" : "FAIL", ms, report);
+        bad |= !ok;
+    }
+    fa_amx_info st;
+    fa_amx_status(&st, 1); /* runs the gate, then the process's self-test */
+    fa_self_test_info self;
+    fa_tile_self_test_status(&self);
+    if (self.state == FA_SELF_TEST_NOT_RUN) {
+        printf("self-test on the real tiles: SKIPPED (%s)\n", st.reason);
+        return bad;
+    }
+    const int ok = self.state == FA_SELF_TEST_PASSED && st.available;
+    printf("self-test on the real tiles: %s (%.1f ms): %s\n", ok ? "ok" : "FAIL", self.ms,
+           self.report);
+    return bad | !ok;
+}
+
 /* A child forked after the parent ran the matrix path on two threads gets
  * the same bits (it runs serially: OpenMP's pool does not survive fork). */
 static int mx_fork_test(const mx_case *c)
@@ -452,6 +483,7 @@ int main(void)
             bad |= mx_case_run(c, 2.0, 2e-3);
     }
     bad |= mx_fork_test(&mx_cases[9]);
+    bad |= mx_self_test();
     bad |= mx_real_vs_emu(&mx_cases[1]);
     bad |= mx_real_vs_emu(&mx_cases[12]); /* float16: TDPFP16PS */
     printf(bad ? "test_matrix: FAILED\n" : "test_matrix: all passed\n");
