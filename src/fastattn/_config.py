@@ -145,13 +145,17 @@ def matrix_unit() -> Dict[str, Any]:
     call does), so before that call a CPU with AMX reports the tiles as
     undecided."""
     status = dict(_core.amx_status(request=False))
+    self_test = _core.tile_self_test_status()
     isa = _core.get_isa()
     if isa == "amx_emu":
         used = "the tile emulation (forced by FASTATTN_ISA=amx_emu)"
     elif isa == "amx" and status["available"]:
         used = "the AMX tiles"
-    elif isa == "amx" and status["permission"] == "not requested yet":
-        used = "the AMX tiles once the first matrix-unit call is granted the permission"
+    elif isa == "amx" and self_test["state"] == "failed":
+        used = "none: the amx path runs like avx512 (the tiles failed their self-test)"
+    elif isa == "amx" and status["reason"].startswith("undecided"):
+        used = ("the AMX tiles once the first matrix-unit call is granted the permission "
+                "and they pass the self-test")
     elif isa == "amx":
         used = "none: the amx path runs like avx512 (the tiles are refused)"
     else:
@@ -160,6 +164,8 @@ def matrix_unit() -> Dict[str, Any]:
             "flags": [label for key, label in _AMX_FLAGS if status.get(key)],
             "os_enabled": bool(status.get("os_enabled")),
             "permission": status.get("permission"), "compiled": bool(status.get("compiled")),
+            "self_test": status["self_test"] if self_test["state"] == "not run" else (
+                f"{self_test['state']} in {self_test['ms']:.1f} ms: {self_test['report']}"),
             "matrix_kernels": used, "isa_override": isa_override()}
 
 
@@ -257,6 +263,7 @@ def _format_matrix_unit(mu: Dict[str, Any]) -> List[str]:
     return ["Matrix unit (Intel AMX):", f"  {state}",
             f"  CPU flags: {flags}; OS tile state: {'on' if mu['os_enabled'] else 'off'}; "
             f"permission: {mu['permission']}",
+            f"  self-test: {mu['self_test']}",
             f"  matrix kernels: {mu['matrix_kernels']}",
             f"  FASTATTN_ISA: {mu['isa_override'] or 'not set'}"]
 
@@ -267,7 +274,8 @@ def show_config(mode: str = "stdout", file: Optional[TextIO] = None) -> Optional
     The report gives the version; the compiler and its flags (per ISA kernel
     too); each ISA path, whether it is compiled, available on this CPU and
     chosen, with the reason any path is off; the matrix unit (Intel AMX):
-    available or why not, its CPU flags, what runs the matrix kernels and
+    available or why not, its CPU flags, its self-test (not run yet, or
+    passed, or which kernel and case failed and how), what runs the matrix kernels and
     the ``FASTATTN_ISA`` override (a report only: the tile permission is
     read, never requested; the first matrix-unit call requests it); OpenMP
     or serial, and the runtime library loaded; the thread count and where it came from; any

@@ -62,6 +62,7 @@ cdef extern from "fastattn.h" nogil:
         int bf16_tile
     int FA_OK
     int FA_ERR_NOMEM
+    int FA_ERR_PARAMS
     int64_t FA_UNBOUNDED_LO
     int64_t FA_UNBOUNDED_HI
     int fa_attention(const fa_params *p) noexcept

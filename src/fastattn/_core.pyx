@@ -493,7 +493,13 @@ cdef _Call _prepare(q, k, v, mask, causal, scale, out, return_lse, window, alibi
     return c
 
 
+cdef extern from "fastattn.h" nogil:
+    int fa_tile_self_test_news()
+
+
 cdef _check_status(int status):
+    if fa_tile_self_test_news():
+        _warn_self_test()
     if status == FA_ERR_NOMEM:
         raise MemoryError("fastattn: could not allocate the kernel's scratch buffers")
     elif status != FA_OK:
@@ -516,6 +522,16 @@ cdef _run_weights(_Call c):
     with nogil:
         status = fa_attention_weights(&c.p)
     _check_status(status)
+
+
+def _warn_self_test():
+    """The one RuntimeWarning after the tiles failed their self-test."""
+    import warnings
+    from fastattn import _checks
+    warnings.warn(f"the AMX tiles failed their self-test, so the matrix unit is off for this "
+                  f"process and every call runs on the vector path: "
+                  f"{tile_self_test_status()['report']} (fastattn.show_config() reports it)",
+                  RuntimeWarning, stacklevel=_checks.stacklevel())
 
 
 # ---------------------------------------------------------------- entry points

@@ -95,8 +95,17 @@ cdef extern from "fastattn.h" nogil:
         int os_enabled
         const char *permission
         int compiled
+        const char *self_test
     void fa_amx_status(fa_amx_info *info, int request)
     double fa_amx_peak(int64_t iters)
+    ctypedef struct fa_self_test_info:
+        int state
+        const char *report
+        double ms
+    void fa_tile_self_test_status(fa_self_test_info *info)
+    int fa_tile_self_test_run(int subject, int inject, double timeout_s, char *report,
+                              size_t cap, double *ms)
+    int fa_tile_self_test_decide(int subject, int inject, double timeout_s)
 
 
 def amx_status(bint request=True):
@@ -113,7 +122,10 @@ def amx_status(bint request=True):
     ``amx_bf16``, ``amx_int8``, ``amx_fp16`` (cpuid bits), ``os_enabled``
     (XCR0 tile state), ``permission`` ("granted", "not requested", "not
     requested yet", "granted (held by the process)", or why the kernel
-    refused) and ``compiled`` (this build has the real-tile kernels)."""
+    refused), ``compiled`` (this build has the real-tile kernels) and
+    ``self_test`` (the tiles' self-test: not run yet, not needed, or its
+    report; with ``request`` it runs where the gate allows the tiles, and
+    a failure makes ``available`` False with the failure as ``reason``)."""
     cdef fa_amx_info info
     cdef int req = 1 if request else 0
     with nogil:
@@ -128,7 +140,71 @@ def amx_status(bint request=True):
         "os_enabled": bool(info.os_enabled),
         "permission": info.permission.decode(),
         "compiled": bool(info.compiled),
+        "self_test": info.self_test.decode(),
     }
+
+
+# the self-test's states (fa_self_test_state) and injections (fa_inject)
+_SELF_TEST_STATES = ("not run", "passed", "failed")
+_INJECTIONS = ("none", "mismatch", "sigill", "sigsegv", "sigbus", "hang")
+
+
+def tile_self_test_status():
+    """The process's self-test of the AMX tiles: a dict with ``state``
+    ("not run", "passed" or "failed"), ``report`` (what passed, or which
+    kernel and case failed and how) and ``ms`` (what it cost)."""
+    cdef fa_self_test_info info
+    fa_tile_self_test_status(&info)
+    return {"state": _SELF_TEST_STATES[info.state], "report": info.report.decode(),
+            "ms": info.ms}
+
+
+cdef int _self_test_args(str subject, str inject, double timeout, int *isa) except -1:
+    if subject not in _ISA_BY_NAME:
+        raise ValueError(f"subject must be one of {sorted(_ISA_BY_NAME)}, got {subject!r}")
+    if inject not in _INJECTIONS:
+        raise ValueError(f"inject must be one of {list(_INJECTIONS)}, got {inject!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    isa[0] = _ISA_BY_NAME[subject]
+    if not fa_isa_supported(<fa_isa>isa[0]):
+        raise ValueError(f"subject {subject!r} does not run on this CPU")
+    return _INJECTIONS.index(inject)
+
+
+def tile_self_test(str subject, str inject="none", double timeout=10.0):
+    """Test hook: run one canary of the tiles' self-test now, in a forked
+    child, with the kernels of path ``subject`` ("amx": the real tiles;
+    "amx_emu": their emulation; a vector path: the harness alone) and a
+    fault injected into the child (``inject``: "none", "mismatch",
+    "sigill", "sigsegv", "sigbus" or "hang"), waiting at most ``timeout``
+    seconds.  The process's own decision is untouched.  Returns a dict:
+    ``passed``, ``report`` and ``ms``."""
+    cdef int isa = 0
+    cdef int code = _self_test_args(subject, inject, timeout, &isa)
+    cdef char report[1024]
+    cdef double ms = 0
+    cdef int rc
+    with nogil:
+        rc = fa_tile_self_test_run(isa, code, timeout, report, sizeof(report), &ms)
+    if rc == FA_ERR_PARAMS:
+        raise ValueError(f"subject {subject!r} does not run here: {amx_status()['reason']}")
+    return {"passed": rc == FA_OK, "report": report.decode(), "ms": ms}
+
+
+def tile_self_test_decide(str subject, str inject="none", double timeout=10.0):
+    """Test hook: take the process's self-test decision now with this
+    canary (arguments as in :func:`tile_self_test`), unless it was taken.
+    A failure turns the matrix unit off for the process, as on first use;
+    the next call of the core warns once.  Returns the state."""
+    cdef int isa = 0
+    cdef int code = _self_test_args(subject, inject, timeout, &isa)
+    cdef int st
+    with nogil:
+        st = fa_tile_self_test_decide(isa, code, timeout)
+    if st < 0:
+        raise ValueError(f"subject {subject!r} does not run here: {amx_status()['reason']}")
+    return _SELF_TEST_STATES[st]
 
 
 def amx_peak(double seconds=0.2):

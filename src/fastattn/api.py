@@ -192,6 +192,9 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
         (``"highest"`` where a reduced mode falls back), None for other
         dtypes; ``precision_requested``: the keyword as given, and
         ``precision_note``: why the two differ (None when they agree);
+        ``matrix_note``: for a call that asks for 16-bit products, why it
+        does not run on the matrix unit when the AMX tiles failed their
+        self-test (which kernel and case, and how), else None;
         ``isa``: the ISA path in use; ``kernel_isa``: the registry entry
         whose kernel runs (the path, or a refinement such as
         ``"avx512bf16"``); ``q_block`` and ``k_block``: query rows per work
@@ -218,7 +221,24 @@ def explain(q: Any, k: Any, v: Any, **options: Any) -> Dict[str, Any]:
     plan = dict(_core.plan(q, k, v, precision=code, **options))
     plan["precision_requested"] = requested
     plan["precision_note"] = _precision_note(plan, requested)
+    plan["matrix_note"] = _matrix_note(plan, q, requested)
     return plan
+
+
+def _matrix_note(plan: Dict[str, Any], q: Any, requested: str) -> Optional[str]:
+    """Why a call that asks for 16-bit products (16-bit inputs, or a
+    reduced ``precision``) does not run on the matrix kernels because the
+    tiles failed their self-test: the failure; else None."""
+    if plan["kernel"] == "matrix":
+        return None
+    dtype = getattr(q, "dtype", None)
+    wanted = requested != "highest" or getattr(dtype, "itemsize", 0) == 2 and \
+        getattr(dtype, "kind", "") != "i"
+    test = _core.tile_self_test_status()
+    if not wanted or test["state"] != "failed":
+        return None
+    return (f"the matrix unit is off for this process: the AMX tiles failed their self-test "
+            f"({test['report']})")
 
 
 def _options() -> Tuple[str, ...]:

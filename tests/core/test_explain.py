@@ -19,7 +19,7 @@ from support.child import child_env
 
 KEYS = {"kernel", "isa", "kernel_isa", "q_block", "k_block", "tasks", "key_splits",
         "split_keys", "work_items", "threads", "scratch_bytes", "precision",
-        "precision_requested", "precision_note", "bf16_tile"}
+        "precision_requested", "precision_note", "matrix_note", "bf16_tile"}
 
 # path: (kernel family, whether the keys are split among work items)
 PATHS = {
