@@ -7,8 +7,9 @@
 #      ASan + UBSan; where the gate allows the tiles, the real tiles against
 #      float64 and against the emulation, with the count of bit-equal
 #      results;
-#   2. the first-use self-test of the real tiles (the block says it is not
-#      built yet);
+#   2. the first-use self-test of the real tiles: the process's decision
+#      (which must pass) and its cost, then canaries on the real tiles with an
+#      injected mismatch and an injected SIGILL (which must fail, contained);
 #   3. the Python suite's core and variant tests on the amx path, at 1 and at
 #      2 threads;
 #   4. the TDPBF16PS peak probe (fastattn._core.amx_peak());
@@ -16,7 +17,7 @@
 #      SDPA with fp32_precision="bf16" (benchmarks/test_bench_amx.py; only
 #      where torch is installed).
 #
-# Steps 3-5 need the tiles.  On a CPU (or OS) without them the block says
+# Steps 2-5 need the tiles.  On a CPU (or OS) without them the block says
 # why, and the script exits 0 after step 1.  It exits non-zero when a check
 # fails.
 #
@@ -60,19 +61,39 @@ if ! "$PYTHON" -c "import fastattn" 2>/dev/null; then
 fi
 "$PYTHON" - > "$WORK/gate" <<'EOF' || { note "- gate: FAILED (fastattn._core.amx_status())"; FAILED=1; }
 from fastattn import _core
-s = _core.amx_status()  # runs the gate, as the first matrix-unit call would
+s = _core.amx_status()  # runs the gate and the self-test, as the first matrix-unit call would
 flags = [k for k in ("amx_tile", "amx_bf16", "amx_fp16", "amx_int8") if s[k]]
-print(int(bool(s["available"])))
+t = _core.tile_self_test_status()
+print(int(bool(s["available"])), t["state"].replace(" ", "_"))
 print(f"- gate: {'tiles available' if s['available'] else 'no tiles: ' + s['reason']}; "
       f"CPU flags: {', '.join(flags) or 'none'}; permission: {s['permission']}")
 EOF
-TILES="$(head -1 "$WORK/gate")"
+read -r TILES SELF_TEST < <(head -1 "$WORK/gate")
 sed -n '2p' "$WORK/gate" >> "$BLOCK"
 
+if [[ "${SELF_TEST:-not_run}" != not_run ]]; then
+    echo "== 2. the self-test of the real tiles"
+    "$PYTHON" - >> "$BLOCK" <<'EOF' || { note "- self-test: FAILED"; FAILED=1; }
+import sys
+from fastattn import _core
+_core.amx_status()  # the process's decision, on first use
+t = _core.tile_self_test_status()
+print(f"- self-test (first use): {t['state']} in {t['ms']:.1f} ms: {t['report']}")
+bad = t["state"] != "passed"
+if not bad:
+    for inject in ("mismatch", "sigill"):
+        r = _core.tile_self_test("amx", inject, timeout=10.0)
+        print(f"  - injected {inject}: {'FAILED as it must' if not r['passed'] else 'PASSED (wrong)'}"
+              f" ({r['ms']:.1f} ms): {r['report']}")
+        bad |= r["passed"]
+sys.exit(1 if bad else 0)
+EOF
+fi
+
 if [[ "$TILES" != 1 ]]; then
-    note "- self-test, suite on the amx path, TDPBF16PS peak, side-by-side table: not run (no tiles here)"
+    note "- suite on the amx path, TDPBF16PS peak, side-by-side table: not run (no tiles here)"
+    [[ "${SELF_TEST:-not_run}" == failed ]] && FAILED=1
 else
-    note "- self-test: not built in this version"
     for threads in 1 2; do
         echo "== 3. the suite on the amx path, $threads thread(s)"
         FASTATTN_ISA=amx FASTATTN_NUM_THREADS=$threads "$PYTHON" -m pytest -q -p no:randomly \
