@@ -321,7 +321,7 @@ typedef enum {
     FA_INJECT_NONE = 0,
     FA_INJECT_MISMATCH = 1, /* one output value moved by 0.5 */
     FA_INJECT_SIGILL = 2,   /* an undefined instruction (ud2) */
-    FA_INJECT_SIGSEGV = 3,  /* a store to address 0 */
+    FA_INJECT_SIGSEGV = 3,  /* a store to a page without access */
     FA_INJECT_SIGBUS = 4,   /* raise(SIGBUS) */
     FA_INJECT_HANG = 5,     /* waits forever */
     FA_INJECT_COUNT = 6

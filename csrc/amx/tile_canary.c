@@ -341,7 +341,11 @@ static void fa_canary_child(fa_canary_shared *sh, const fa_canary_inputs *in, in
                 raise(SIGILL);
 #endif
             }
-            if (inject == FA_INJECT_SIGSEGV) *(volatile int *)(uintptr_t)(sh->started - 1) = 1;
+            if (inject == FA_INJECT_SIGSEGV) { /* a store to a page without access */
+                void *page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                if (page != MAP_FAILED) *(volatile int *)page = 1;
+                raise(SIGSEGV);
+            }
             if (inject == FA_INJECT_SIGBUS) raise(SIGBUS);
             if (inject == FA_INJECT_HANG)
                 for (;;) pause();
