@@ -324,7 +324,8 @@ typedef enum {
     FA_INJECT_SIGSEGV = 3,  /* a store to a page without access */
     FA_INJECT_SIGBUS = 4,   /* raise(SIGBUS) */
     FA_INJECT_HANG = 5,     /* waits forever */
-    FA_INJECT_COUNT = 6
+    FA_INJECT_NAN = 6,      /* one output value made NaN */
+    FA_INJECT_COUNT = 7
 } fa_inject;
 
 typedef struct {

@@ -135,6 +135,7 @@ static int check_self_test(void)
     } cases[] = {
         {FA_INJECT_NONE, "passed: "},
         {FA_INJECT_MISMATCH, "the output differs from the vector path's by 0.5"},
+        {FA_INJECT_NAN, "the output differs from the vector path's by nan"},
         {FA_INJECT_SIGILL, "killed by signal 4 (SIGILL)"},
         {FA_INJECT_SIGSEGV, "killed by signal 11 (SIGSEGV)"},
         {FA_INJECT_SIGBUS, "(SIGBUS)"},

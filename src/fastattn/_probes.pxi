@@ -146,7 +146,7 @@ def amx_status(bint request=True):
 
 # the self-test's states (fa_self_test_state) and injections (fa_inject)
 _SELF_TEST_STATES = ("not run", "passed", "failed")
-_INJECTIONS = ("none", "mismatch", "sigill", "sigsegv", "sigbus", "hang")
+_INJECTIONS = ("none", "mismatch", "sigill", "sigsegv", "sigbus", "hang", "nan")
 
 
 def tile_self_test_status():
@@ -177,7 +177,7 @@ def tile_self_test(str subject, str inject="none", double timeout=10.0):
     child, with the kernels of path ``subject`` ("amx": the real tiles;
     "amx_emu": their emulation; a vector path: the harness alone) and a
     fault injected into the child (``inject``: "none", "mismatch",
-    "sigill", "sigsegv", "sigbus" or "hang"), waiting at most ``timeout``
+    "nan", "sigill", "sigsegv", "sigbus" or "hang"), waiting at most ``timeout``
     seconds.  The process's own decision is untouched.  Returns a dict:
     ``passed``, ``report`` and ``ms``."""
     cdef int isa = 0

@@ -50,6 +50,7 @@ def test_a_canary_passes(subject):
 @pytest.mark.parametrize("subject", SUBJECTS)
 @pytest.mark.parametrize("inject, expect", [
     pytest.param("mismatch", "the output differs from the vector path's by 0.5", id="mismatch"),
+    pytest.param("nan", "the output differs from the vector path's by nan", id="nan"),
     pytest.param("sigill", "killed by signal 4 (SIGILL)", id="sigill"),
     pytest.param("sigsegv", "killed by signal 11 (SIGSEGV)", id="sigsegv"),
     pytest.param("sigbus", "(SIGBUS)", id="sigbus"),
