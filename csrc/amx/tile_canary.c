@@ -453,15 +453,21 @@ static int fa_canary_check(const fa_canary_shared *sh, fa_canary_inputs *in, int
     return 0;
 }
 
+/* The test hooks' arguments: a subject this CPU runs (the real tiles only
+ * where the gate allows them), a known injection, a positive timeout. */
+static int fa_canary_args_ok(int subject, int inject, double timeout_s)
+{
+    return inject >= 0 && inject < FA_INJECT_COUNT && timeout_s > 0 &&
+           fa_isa_supported((fa_isa)subject) && (subject != FA_ISA_AMX || fa_amx_available());
+}
+
 int fa_tile_self_test_run(int subject, int inject, double timeout_s, char *report, size_t cap,
                           double *ms)
 {
     const double t0 = fa_now();
     if (ms) *ms = 0;
     if (report && cap) report[0] = 0;
-    if (inject < 0 || inject >= FA_INJECT_COUNT || !(timeout_s > 0) || !report || cap < 2 ||
-        !fa_isa_supported((fa_isa)subject) || (subject == FA_ISA_AMX && !fa_amx_available()))
-        return FA_ERR_PARAMS;
+    if (!fa_canary_args_ok(subject, inject, timeout_s) || !report || cap < 2) return FA_ERR_PARAMS;
 #if FA_CANARY_FORK
     fa_canary_inputs *in = (fa_canary_inputs *)malloc(sizeof *in);
     double *plain = (double *)malloc(sizeof(double) * 2 * FA_CANARY_VARIANTS * (CN_O + CN_L));
@@ -650,10 +656,7 @@ int fa_tile_canary_ok(void)
 
 int fa_tile_self_test_decide(int subject, int inject, double timeout_s)
 {
-    if (fa_canary_role) return -1;
-    if (inject < 0 || inject >= FA_INJECT_COUNT || !(timeout_s > 0) ||
-        !fa_isa_supported((fa_isa)subject) || (subject == FA_ISA_AMX && !fa_amx_available()))
-        return -1;
+    if (fa_canary_role || !fa_canary_args_ok(subject, inject, timeout_s)) return -1;
     pthread_mutex_lock(&fa_canary_lock);
     int st = atomic_load_explicit(&fa_canary_state, memory_order_acquire);
     if (!st) st = fa_canary_decide_locked(subject, inject, timeout_s);
