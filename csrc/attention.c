@@ -180,16 +180,17 @@ static void fa_fill_item(const fa_params *p, int64_t b, int64_t hkv,
         t->pos[r] = i + nk - nq;
         t->slope[r] = p->alibi ? p->alibi[b * p->a_sb + h * p->a_sh] : 0.0;
     }
-    const size_t kes = p->dtype == FA_I8KV ? 1 : es; /* int8 keys and values */
-    t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh + k0 * p->k_sn) * kes;
-    t->v = (const char *)p->v + (size_t)(b * p->v_sb + hkv * p->v_sh + k0 * p->v_sn) * kes;
-    t->k_scale = p->k_scale ? p->k_scale + b * p->ks_sb + hkv * p->ks_sh : NULL;
-    t->v_scale = p->v_scale ? p->v_scale + b * p->vs_sb + hkv * p->vs_sh + k0 * p->vs_sn : NULL;
     t->k_lo = 0;
     t->k_hi = nk;
     t->out_compute = 0;
     t->packed = NULL;
     t->n_keys = nk;
+    if (p->block_table) return; /* paged: the pointers are per page */
+    const size_t kes = p->dtype == FA_I8KV ? 1 : es; /* int8 keys and values */
+    t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh + k0 * p->k_sn) * kes;
+    t->v = (const char *)p->v + (size_t)(b * p->v_sb + hkv * p->v_sh + k0 * p->v_sn) * kes;
+    t->k_scale = p->k_scale ? p->k_scale + b * p->ks_sb + hkv * p->ks_sh : NULL;
+    t->v_scale = p->v_scale ? p->v_scale + b * p->vs_sb + hkv * p->vs_sh + k0 * p->vs_sn : NULL;
 }
 
 /* Split-KV: when there are fewer than FA_SPLIT_TASKS tiles, the keys are
@@ -280,6 +281,8 @@ typedef struct {
     size_t panel_elems;
     char *part;           /* split partials, or NULL */
     size_t split_stride;
+    const struct fa_paged *paged; /* paged keys and values, or NULL */
+    size_t kernel_scratch; /* bytes of the scratch the kernel uses */
 } fa_work;
 
 static int64_t fa_tiles_in(const fa_params *p, int64_t b, int64_t q_block);
@@ -332,8 +335,15 @@ static void fa_pack_item(const fa_work *pl, int64_t item)
     pl->tiles->pack[p->dtype](p, &t, rel % panels, pl->packed + (size_t)item * pl->panel_elems);
 }
 
+static void fa_paged_item(const fa_work *pl, int64_t item, fa_work_item *tile, char *scratch);
+static void fa_paged_merge(const fa_work *pl, int64_t task, fa_work_item *tile, char *scratch);
+
 static void fa_run_item(const fa_work *pl, int64_t item, fa_work_item *tile, void *scratch)
 {
+    if (pl->paged) {
+        fa_paged_item(pl, item, tile, (char *)scratch);
+        return;
+    }
     const fa_params *p = pl->p;
     const int64_t task = item / pl->nsplit, split = item % pl->nsplit;
     fa_task_item(pl, task, tile);
@@ -354,8 +364,12 @@ static void fa_run_item(const fa_work *pl, int64_t item, fa_work_item *tile, voi
     pl->kernel(&pl->pp, tile, scratch);
 }
 
-static void fa_merge_task(const fa_work *pl, int64_t task, fa_work_item *tile)
+static void fa_merge_task(const fa_work *pl, int64_t task, fa_work_item *tile, void *scratch)
 {
+    if (pl->paged) {
+        fa_paged_merge(pl, task, tile, (char *)scratch);
+        return;
+    }
     fa_task_item(pl, task, tile);
     fa_merge_tile(pl->p, tile, pl->part + (size_t)task * pl->nsplit * pl->split_stride,
                   pl->nsplit, pl->split_stride);
@@ -403,7 +417,7 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
             for (int64_t item = 0; item < items; item++) fa_run_item(pl, item, &tile, scratch);
             if (pl->tiles) pl->tiles->tiles_end();
             if (pl->nsplit > 1)
-                for (int64_t task = 0; task < pl->tasks; task++) fa_merge_task(pl, task, &tile);
+                for (int64_t task = 0; task < pl->tasks; task++) fa_merge_task(pl, task, &tile, scratch);
             if (flush) FA_FP_RESTORE(fp);
             free(scratch);
         }
@@ -437,7 +451,7 @@ static int fa_run_plan(fa_work *pl, const fa_plan_info *info)
             if (pl->nsplit > 1) {
 #pragma omp for schedule(static)
                 for (int64_t task = 0; task < pl->tasks; task++)
-                    if (scratch) fa_merge_task(pl, task, &tile);
+                    if (scratch) fa_merge_task(pl, task, &tile, scratch);
             }
             if (flush) FA_FP_RESTORE(fp);
             free(scratch);
@@ -467,6 +481,8 @@ static int fa_matrix_wanted(const fa_params *p)
            (p->precision == FA_PRECISION_BF16 || p->precision == FA_PRECISION_BF16X3);
 }
 
+static int fa_plan_paged(const fa_params *p, fa_plan_info *info);
+
 /* The plan of fa_attention (weights = 0) or fa_attention_weights: the
  * kernel family, ISA, blocks, key splits, threads and scratch.  Every
  * choice the driver makes is made here. */
@@ -488,6 +504,12 @@ static int fa_plan_make(const fa_params *p, int weights, fa_plan_info *info)
      * their O(d) scratch anyway, and the size arithmetic below must not
      * wrap around: refuse them as out of memory. */
     if (p->d > FA_MAX_HEAD_DIM || p->dv > FA_MAX_HEAD_DIM) return FA_ERR_NOMEM;
+    if (p->block_table) {
+        if (weights) return FA_ERR_PARAMS;
+        const int status = fa_plan_paged(p, info);
+        if (status != FA_OK) return status;
+        goto kernel;
+    }
 
     const int64_t group = p->h_q / p->h_kv;
     int64_t max_nvr = 0, max_nk = 0;
@@ -582,12 +604,311 @@ static int fa_matrix_pack_alloc(fa_work *pl, const fa_plan_info *info)
     return pl->packed ? FA_OK : FA_ERR_NOMEM;
 }
 
+/* ---------------------------------------------------------------- paged */
+
+/* Paged keys and values (fa_params.block_table).  The work of batch b is
+ * its row tiles (a few-row tile of FA_ROWS_MAX rows where all its query
+ * rows of a kv head fit, as in decode, else tiles of FA_BQ rows: one call
+ * serves decode and prefill chunks each with its own kernel), and each
+ * tile's keys are cut into splits of FA_PAGED_SPLIT_KEYS keys (whole
+ * pages) run as separate items.  Inside an item every page is one kernel
+ * call on that page alone (its rows' bands, ALiBi diagonal and scales
+ * moved to the page), and the page's normalized partial result is folded
+ * into a running one by its lse, in double precision.  Splits of one tile
+ * are merged the same way after all items.  The cuts are at fixed key
+ * positions, so a row's result depends neither on where its pages lie,
+ * nor on the thread count, nor on the other sequences of the batch. */
+#define FA_PAGED_SPLIT_KEYS 2048
+
+typedef struct fa_paged {
+    int64_t split_pages;  /* pages per split */
+    int64_t *item_start;  /* batch + 1: first item of each batch */
+    int64_t *merge_start; /* batch + 1: first merge of each batch (its
+                             tiles, when it has more than one split) */
+    size_t *part_start;   /* batch: byte offset of its split partials */
+    fa_kernel_fn rows_kernel, tile_kernel;
+} fa_paged;
+
+/* One batch's shape of work. */
+typedef struct {
+    int64_t nk, nvr;      /* keys, and query rows of a kv head (all heads) */
+    int64_t q_block;      /* rows per tile */
+    int64_t head_tiles;   /* tiles per kv head */
+    int64_t tiles;        /* tiles of all kv heads */
+    int64_t pages, splits;
+} fa_paged_batch;
+
+static fa_paged_batch fa_paged_shape(const fa_params *p, int64_t b, int64_t split_pages)
+{
+    fa_paged_batch s;
+    s.nk = fa_nk(p, b);
+    s.nvr = p->h_q / p->h_kv * fa_nq(p, b);
+    s.q_block = s.nvr <= FA_ROWS_MAX && p->k_sd == 1 && p->v_sd == 1 ? FA_ROWS_MAX : FA_BQ;
+    s.head_tiles = (s.nvr + s.q_block - 1) / s.q_block;
+    s.tiles = p->h_kv * s.head_tiles;
+    s.pages = (s.nk + p->page_size - 1) / p->page_size;
+    s.splits = s.pages > split_pages ? (s.pages + split_pages - 1) / split_pages : 1;
+    return s;
+}
+
+static int64_t fa_paged_split_pages(const fa_params *p)
+{
+    return p->page_size >= FA_PAGED_SPLIT_KEYS ? 1 : FA_PAGED_SPLIT_KEYS / p->page_size;
+}
+
+/* The fold of partial results, per row: [max lse, weight sum, NaN seen,
+ * weighted output (dv)], in double. */
+static size_t fa_fold_bytes(const fa_params *p)
+{
+    const size_t part = (size_t)FA_BQ * (size_t)(p->dv + 1) * fa_compute_size(p);
+    const size_t fold = (size_t)FA_BQ * (size_t)(p->dv + 3) * sizeof(double);
+    return (part + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN + fold;
+}
+
+static void fa_fold_init(double *f, int rows, int64_t dv)
+{
+    for (int r = 0; r < rows; r++) {
+        double *fr = f + r * (dv + 3);
+        fr[0] = -__builtin_inf();
+        for (int64_t e = 1; e < dv + 3; e++) fr[e] = 0;
+    }
+}
+
+/* Fold rows x (dv + 1) normalized partials (output, then lse; compute
+ * type) into f. */
+static void fa_fold_add(const fa_params *p, double *f, int rows, const char *part)
+{
+    const int64_t dv = p->dv;
+    const size_t row_bytes = (size_t)(dv + 1) * fa_compute_size(p);
+    for (int r = 0; r < rows; r++) {
+        double *fr = f + r * (dv + 3), *acc = fr + 3;
+        const char *row = part + (size_t)r * row_bytes;
+        const double l = fa_part(p, row, dv);
+        if (l != l) {
+            fr[2] = 1;
+            continue;
+        }
+        if (l == -__builtin_inf()) continue; /* saw no key */
+        if (l > fr[0]) {
+            const double c = fr[0] == -__builtin_inf() ? 0.0 : __builtin_exp(fr[0] - l);
+            fr[1] *= c;
+            for (int64_t e = 0; e < dv; e++) acc[e] *= c;
+            fr[0] = l;
+        }
+        const double w = __builtin_exp(l - fr[0]);
+        fr[1] += w;
+        for (int64_t e = 0; e < dv; e++) acc[e] += w * fa_part(p, row, e);
+    }
+}
+
+/* Write the folded rows: to t's output and lse rows (final), or as
+ * normalized partials in the compute type to part (a split's result). */
+static void fa_fold_store(const fa_params *p, const double *f, const fa_work_item *t, char *part)
+{
+    const int64_t dv = p->dv;
+    const size_t cs = fa_compute_size(p);
+    for (int r = 0; r < t->rows; r++) {
+        const double *fr = f + r * (dv + 3), *acc = fr + 3;
+        const int nan = fr[2] != 0, none = !nan && !(fr[1] > 0);
+        const double lse = nan ? __builtin_nan("") : none ? -__builtin_inf()
+                                                          : fr[0] + __builtin_log(fr[1]);
+        char *row = part ? part + (size_t)r * (size_t)(dv + 1) * cs : NULL;
+        for (int64_t e = 0; e < dv; e++) {
+            const double x = nan ? __builtin_nan("") : none ? 0.0 : acc[e] / fr[1];
+            if (!row) fa_store(p, t->o_row[r], e * p->o_sd, x);
+            else if (cs == sizeof(double)) ((double *)row)[e] = x;
+            else ((float *)row)[e] = (float)x;
+        }
+        void *ls = row ? (void *)(row + (size_t)dv * cs) : t->lse_row[r];
+        if (!ls) continue;
+        if (cs == sizeof(double)) *(double *)ls = lse;
+        else *(float *)ls = (float)lse;
+    }
+}
+
+/* The tile of task `task` of batch b. */
+static void fa_paged_tile(const fa_params *p, int64_t b, const fa_paged_batch *s, int64_t task,
+                          fa_work_item *tile)
+{
+    const int64_t hkv = task / s->head_tiles;
+    const int64_t ti = s->head_tiles - 1 - task % s->head_tiles; /* heaviest first */
+    fa_fill_item(p, b, hkv, ti * s->q_block, s->q_block, s->nvr, tile);
+}
+
+/* Run one item: the pages of one split of one tile, folded. */
+static void fa_paged_item(const fa_work *pl, int64_t item, fa_work_item *tile, char *scratch)
+{
+    const fa_params *p = pl->p;
+    const fa_paged *pg = pl->paged;
+    const int64_t b = fa_batch_of(pg->item_start, p->batch, item);
+    const fa_paged_batch s = fa_paged_shape(p, b, pg->split_pages);
+    const int64_t rel = item - pg->item_start[b];
+    const int64_t task = rel / s.splits, split = rel % s.splits;
+    const int64_t hkv = task / s.head_tiles;
+    fa_paged_tile(p, b, &s, task, tile);
+    const int rows = tile->rows;
+    const int64_t dv = p->dv, ps = p->page_size;
+    const size_t cs = fa_compute_size(p);
+    const size_t kes = p->dtype == FA_I8KV ? 1 : fa_store_size(p);
+    char *part = scratch + pl->kernel_scratch;
+    double *fold = (double *)(part + ((size_t)FA_BQ * (size_t)(dv + 1) * cs + FA_ALIGN - 1) /
+                                         FA_ALIGN * FA_ALIGN);
+    fa_fold_init(fold, rows, dv);
+
+    /* the keys any row of the tile sees */
+    int64_t jmin = INT64_MAX, jmax = INT64_MIN;
+    for (int r = 0; r < rows; r++)
+        if (tile->jlo[r] < tile->jhi[r]) {
+            if (tile->jlo[r] < jmin) jmin = tile->jlo[r];
+            if (tile->jhi[r] > jmax) jmax = tile->jhi[r];
+        }
+    fa_work_item pt; /* one page's item */
+    pt.rows = rows;
+    pt.out_compute = 1;
+    pt.packed = NULL;
+    for (int r = 0; r < rows; r++) {
+        pt.q_row[r] = tile->q_row[r];
+        pt.mask_row[r] = NULL;
+        pt.w_row[r] = NULL;
+        pt.slope[r] = tile->slope[r];
+        pt.o_row[r] = part + (size_t)r * (size_t)(dv + 1) * cs;
+        pt.lse_row[r] = part + ((size_t)r * (size_t)(dv + 1) + (size_t)dv) * cs;
+    }
+    const int64_t g1 = (split + 1) * pg->split_pages < s.pages ? (split + 1) * pg->split_pages
+                                                                : s.pages;
+    for (int64_t g = split * pg->split_pages; g < g1; g++) {
+        const int64_t k0 = g * ps, kl = s.nk - k0 < ps ? s.nk - k0 : ps;
+        if (k0 >= jmax || k0 + kl <= jmin) continue; /* no row sees this page */
+        const int64_t page = p->block_table[b * p->bt_sb + g];
+        for (int r = 0; r < rows; r++) {
+            int64_t lo = tile->jlo[r] - k0, hi = tile->jhi[r] - k0;
+            lo = lo < 0 ? 0 : lo > kl ? kl : lo;
+            hi = hi < lo ? lo : hi > kl ? kl : hi;
+            pt.jlo[r] = lo;
+            pt.jhi[r] = hi;
+            pt.pos[r] = tile->pos[r] - k0;
+        }
+        pt.k = (const char *)p->k + (size_t)(page * p->k_sb + hkv * p->k_sh) * kes;
+        pt.v = (const char *)p->v + (size_t)(page * p->v_sb + hkv * p->v_sh) * kes;
+        pt.k_scale = p->k_scale ? p->k_scale + page * p->ks_sb + hkv * p->ks_sh : NULL;
+        pt.v_scale = p->v_scale ? p->v_scale + page * p->vs_sb + hkv * p->vs_sh : NULL;
+        pt.k_lo = 0;
+        pt.k_hi = kl;
+        pt.n_keys = kl;
+        (s.q_block == FA_ROWS_MAX ? pg->rows_kernel : pg->tile_kernel)(&pl->pp, &pt, scratch);
+        fa_fold_add(p, fold, rows, part);
+    }
+    if (s.splits == 1) {
+        fa_fold_store(p, fold, tile, NULL);
+    } else {
+        const size_t slot = (size_t)s.q_block * (size_t)(dv + 1) * cs;
+        fa_fold_store(p, fold, tile, pl->part + pg->part_start[b] + (size_t)rel * slot);
+    }
+}
+
+/* Merge the splits of one tile (merge index m of all batches). */
+static void fa_paged_merge(const fa_work *pl, int64_t m, fa_work_item *tile, char *scratch)
+{
+    const fa_params *p = pl->p;
+    const fa_paged *pg = pl->paged;
+    const int64_t b = fa_batch_of(pg->merge_start, p->batch, m);
+    const fa_paged_batch s = fa_paged_shape(p, b, pg->split_pages);
+    const int64_t task = m - pg->merge_start[b];
+    const size_t cs = fa_compute_size(p);
+    const size_t slot = (size_t)s.q_block * (size_t)(p->dv + 1) * cs;
+    fa_paged_tile(p, b, &s, task, tile);
+    double *fold = (double *)(scratch + pl->kernel_scratch +
+                              ((size_t)FA_BQ * (size_t)(p->dv + 1) * cs + FA_ALIGN - 1) /
+                                  FA_ALIGN * FA_ALIGN);
+    fa_fold_init(fold, tile->rows, p->dv);
+    for (int64_t sp = 0; sp < s.splits; sp++)
+        fa_fold_add(p, fold, tile->rows,
+                    pl->part + pg->part_start[b] + (size_t)(task * s.splits + sp) * slot);
+    fa_fold_store(p, fold, tile, NULL);
+}
+
+/* The plan of a paged call. */
+static int fa_plan_paged(const fa_params *p, fa_plan_info *info)
+{
+    if (p->page_size < 1 || !p->k_len || !p->q_start || p->mask_kind != FA_MASK_NONE)
+        return FA_ERR_PARAMS;
+    const int64_t sp = fa_paged_split_pages(p);
+    int all_rows = 1;
+    for (int64_t b = 0; b < p->batch; b++) {
+        const fa_paged_batch s = fa_paged_shape(p, b, sp);
+        if (s.nk < 0 || s.nvr < 0) return FA_ERR_PARAMS;
+        if (s.nvr == 0) continue;
+        all_rows &= s.q_block == FA_ROWS_MAX;
+        info->tasks += s.tiles;
+        info->items += s.tiles * s.splits;
+        if (s.splits > info->key_splits) info->key_splits = s.splits;
+        info->work += (double)p->h_q * fa_nq(p, b) * s.nk * (p->d + p->dv);
+    }
+    info->family = all_rows ? FA_FAMILY_ROWS : FA_FAMILY_TILE;
+    info->q_block = all_rows ? FA_ROWS_MAX : FA_BQ;
+    info->k_block = p->page_size;
+    info->split_keys = sp * p->page_size;
+    info->scratch_bytes = fa_scratch_size(p->d, p->dv, fa_compute_size(p),
+                                          p->dtype == FA_F16 || p->dtype == FA_BF16 ||
+                                              p->dtype == FA_I8KV) +
+                          fa_fold_bytes(p);
+    info->threads = fa_call_threads(p);
+    if (info->work < 4.0e5 || info->items < 2) info->threads = 1;
+    if (info->threads > info->items) info->threads = (int)(info->items > 0 ? info->items : 1);
+    return FA_OK;
+}
+
+/* Run a paged call (its plan made). */
+static int fa_execute_paged(const fa_params *p, const fa_plan_info *info)
+{
+    fa_work pl;
+    memset(&pl, 0, sizeof pl);
+    fa_paged pg;
+    memset(&pg, 0, sizeof pg);
+    pl.p = p;
+    pl.pp = *p;
+    pl.pp.o_sd = 1; /* the kernels write page partials, row after row */
+    pl.paged = &pg;
+    pl.kernel_scratch = info->scratch_bytes - fa_fold_bytes(p);
+    pg.split_pages = fa_paged_split_pages(p);
+    pg.rows_kernel = fa_dispatch(FA_FAMILY_ROWS, p->dtype, NULL);
+    pg.tile_kernel = fa_dispatch(FA_FAMILY_TILE, p->dtype, NULL);
+    pg.item_start = (int64_t *)malloc((size_t)(p->batch + 1) * sizeof(int64_t));
+    pg.merge_start = (int64_t *)malloc((size_t)(p->batch + 1) * sizeof(int64_t));
+    pg.part_start = (size_t *)malloc((size_t)(p->batch + 1) * sizeof(size_t));
+    int status = FA_OK;
+    if (!pg.item_start || !pg.merge_start || !pg.part_start) status = FA_ERR_NOMEM;
+    if (status == FA_OK) {
+        const size_t cs = fa_compute_size(p);
+        size_t bytes = 0;
+        pg.item_start[0] = pg.merge_start[0] = 0;
+        for (int64_t b = 0; b < p->batch; b++) {
+            const fa_paged_batch s = fa_paged_shape(p, b, pg.split_pages);
+            const int64_t tiles = s.nvr ? s.tiles : 0;
+            pg.item_start[b + 1] = pg.item_start[b] + tiles * s.splits;
+            pg.merge_start[b + 1] = pg.merge_start[b] + (s.splits > 1 ? tiles : 0);
+            pg.part_start[b] = bytes;
+            if (s.splits > 1) bytes += (size_t)(tiles * s.splits * s.q_block) * (size_t)(p->dv + 1) * cs;
+        }
+        pl.tasks = pg.merge_start[p->batch];
+        pl.nsplit = pl.tasks > 0 ? 2 : 1; /* (fa_run_plan merges when > 1) */
+        if (bytes && !(pl.part = (char *)malloc(bytes))) status = FA_ERR_NOMEM;
+    }
+    if (status == FA_OK) status = fa_run_plan(&pl, info);
+    free(pl.part);
+    free(pg.item_start);
+    free(pg.merge_start);
+    free(pg.part_start);
+    return status;
+}
+
 /* Run the plan of p: the work decomposition and buffers it asks for. */
 static int fa_execute(const fa_params *p, int weights)
 {
     fa_plan_info info;
     int status = fa_plan_make(p, weights, &info);
     if (status != FA_OK || info.items == 0) return status;
+    if (p->block_table) return fa_execute_paged(p, &info);
     fa_work pl;
     pl.p = p;
     pl.pp = *p;
@@ -595,6 +916,8 @@ static int fa_execute(const fa_params *p, int weights)
     pl.tiles = NULL;
     pl.packed = NULL;
     pl.pack_start = NULL;
+    pl.paged = NULL;
+    pl.kernel_scratch = info.scratch_bytes;
     /* the matrix kernel and its tile functions from one table: the path may
      * have been changed (fa_set_isa) since the plan */
     if (info.family == FA_FAMILY_MATRIX) {

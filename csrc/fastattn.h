@@ -173,6 +173,23 @@ typedef struct {
     int64_t ks_sb, ks_sh, ks_sd;
     const float *v_scale;
     int64_t vs_sb, vs_sh, vs_sn;
+
+    /* Paged keys and values (NULL: k and v are addressed as above).  The
+     * keys of batch b live in pages of page_size rows: key j is row
+     * j % page_size of page block_table[b * bt_sb + j / page_size], and
+     * kv head h of page g starts at k + g * k_sb + h * k_sh (k_sb, v_sb,
+     * ks_sb and vs_sb are then strides between pages; FA_I8KV keeps one
+     * key scale per channel of each kv head of each page, and one value
+     * scale per row).  Batch b has k_len[b] keys (required; n_k bounds
+     * them) and the queries q_start gives (required).  The core trusts the
+     * first ceil(k_len[b] / page_size) entries of every row to name pages
+     * of the pool; no other entry is read.  The call runs each page as a
+     * key block of its own, merged by lse in a fixed order, so results
+     * do not depend on where the pages lie.  No mask (mask_kind NONE), no
+     * weights pass, and the vector kernels only (precision is ignored). */
+    const int32_t *block_table;
+    int64_t bt_sb;
+    int64_t page_size;
 } fa_params;
 
 #define FA_UNBOUNDED_LO INT64_MIN

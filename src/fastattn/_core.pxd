@@ -1,6 +1,6 @@
 # The C API of the fastattn core (csrc/fastattn.h, csrc/dispatch.h), as
 # Cython sees it.  Declarations only: the binding is _core.pyx.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "fastattn.h" nogil:
     ctypedef enum fa_dtype:
@@ -50,6 +50,9 @@ cdef extern from "fastattn.h" nogil:
         int64_t ks_sb, ks_sh, ks_sd
         const float *v_scale
         int64_t vs_sb, vs_sh, vs_sn
+        const int32_t *block_table
+        int64_t bt_sb
+        int64_t page_size
     ctypedef struct fa_plan_info:
         int family
         int isa

@@ -16,7 +16,7 @@ _probes.pxi.  The C declarations are in _core.pxd.
 """
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.math cimport sqrt, isfinite
 from libc.string cimport memset
 
@@ -208,6 +208,7 @@ cdef class _Call:
     cdef int64_t vd[4]
     cdef cnp.ndarray q, k, v, mask, out, lse, slopes, lens, cuq, cuk, weights
     cdef cnp.ndarray ks, vs  # int8 k and v: their scales (_quant.pxi)
+    cdef cnp.ndarray bt  # paged keys and values: the block table (_paged.pxi)
     cdef object user_out
     cdef bint copy_back
 
@@ -712,3 +713,4 @@ def build_info():
 include "_probes.pxi"
 include "_quant.pxi"
 include "_linear.pxi"
+include "_paged.pxi"

@@ -18,7 +18,8 @@ from numpy.typing import ArrayLike, NDArray
 from . import _checks, _core
 from ._threads import call_threads
 
-__all__ = ["attention", "attention_varlen", "attention_weights", "explain", "merge"]
+__all__ = ["attention", "attention_varlen", "attention_paged", "attention_weights", "explain",
+           "merge"]
 
 _AS_NUMPY = _checks.AS_NUMPY
 
@@ -463,3 +464,100 @@ def merge(outs: Sequence[NDArray[Any]], lses: Sequence[NDArray[Any]], *,
         mlse = np.where(empty, -np.inf, top + np.log(np.where(empty, 1.0, total)))
     mlse[nan] = np.nan
     return merged, mlse.astype(np.asarray(lses[0]).dtype)
+
+
+@_checks.entry(_checks.AS_NUMPY)
+def attention_paged(q: NDArray[Any], cache: Any, cu_seqlens_q: ArrayLike,
+                    seq_ids: Optional[ArrayLike] = None, *,
+                    seq_lens: Optional[ArrayLike] = None,
+                    causal: Union[bool, str] = False, scale: Optional[float] = None,
+                    window: Optional[Tuple[int, int]] = None,
+                    alibi_slopes: Optional[ArrayLike] = None, softcap: Optional[float] = None,
+                    out: Optional[NDArray[Any]] = None, return_lse: bool = False,
+                    num_threads: Optional[int] = None, precision: str = "highest") -> Any:
+    """Attention of a packed batch of queries, each sequence against its
+    own keys and values in a :class:`fastattn.PagedKVCache`, in one call.
+
+    Every sequence may bring one query (decode), a chunk of its prompt
+    (chunked prefill, its keys appended to the cache first) or none; the
+    pages are read where they lie.
+
+    Parameters
+    ----------
+    q : ndarray, shape (total_q, H, D)
+        The queries of every sequence, end to end; H a multiple of the
+        cache's kv heads.  float32 for an int8 cache, else the cache's dtype.
+    cache : PagedKVCache
+    cu_seqlens_q : int array, shape (B + 1,)
+        Sequence b owns query rows ``cu_seqlens_q[b] : cu_seqlens_q[b + 1]``.
+    seq_ids : int array of shape (B,), or None
+        The cache's sequences, in the order of the queries; None: every
+        open sequence, in id order.
+    seq_lens : int array of shape (B,), or None
+        Keys each sequence attends to, its first ``seq_lens[b]`` rows
+        (at most what it holds); default all it holds.  The queries are
+        its last positions (bottom-right alignment), as with
+        :meth:`fastattn.KVCache.attend`.
+    causal, scale, window, alibi_slopes, softcap
+        As in :func:`attention_varlen`, per sequence.  No ``mask``.
+    out : ndarray or None, shape (total_q, H, Dv)
+    return_lse : bool
+        Also return the lse, shape ``(H, total_q)``.
+    num_threads : int or None
+        Threads for this call alone.
+    precision : {"highest", "bf16", "bf16x3"}
+        Checked as in :func:`attention`; paged calls run on the vector
+        kernels, so a reduced mode computes at "highest" (a
+        ``RuntimeWarning`` once per process says so).
+
+    Returns
+    -------
+    out : ndarray, shape (total_q, H, Dv); and lse if ``return_lse``
+    """
+    from .paged import PagedKVCache
+    if not isinstance(cache, PagedKVCache):
+        raise TypeError(f"cache must be a fastattn.PagedKVCache, got {type(cache).__name__}")
+    code = _checks.precision(precision, q)
+    if _checks.ndarray("q", q).ndim != 3:
+        raise ValueError(f"q must be 3-D (total_q, heads, head dim); got shape {q.shape}")
+    if cache.k_scale is None:
+        _checks.same_dtype("q", q, cache.dtype, "the cache holds")
+    ids = cache.seq_ids(seq_ids)
+    cq = _checks.offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0])
+    if cq.size != ids.size + 1:
+        raise ValueError(f"cu_seqlens_q has {cq.size - 1} sequences but seq_ids has "
+                         f"{ids.size}")
+    held = cache.lengths[ids]
+    lens = held if seq_lens is None else _checks.counts("seq_lens", seq_lens, ids.size,
+                                                         int(held.max()) if held.size else 0)
+    if seq_lens is not None and (lens > held).any():
+        b = int(np.argmax(lens - held))
+        raise ValueError(f"seq_lens[{b}] = {int(lens[b])} but sequence {int(ids[b])} holds "
+                         f"{int(held[b])} rows")
+    oshape = (q.shape[0], q.shape[1], cache.v_pages.shape[3])
+    if out is None:
+        out = np.empty(oshape, dtype=q.dtype)
+    elif not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
+    elif out.shape != oshape:
+        raise ValueError(f"out has shape {out.shape}; expected {oshape} (total_q, H, Dv)")
+    res = _core.attention_paged(
+        q.transpose(1, 0, 2)[None], cache.k_pages, cache.v_pages, cache.block_table[ids],
+        cq, lens, causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes,
+        softcap=softcap, out=out.transpose(1, 0, 2)[None], return_lse=return_lse,
+        num_threads=call_threads(num_threads), k_scale=cache.k_scale, v_scale=cache.v_scale)
+    if code and q.dtype == np.float32:
+        _warn_paged_precision(precision)
+    if return_lse:
+        return out, res[1][0]
+    return out
+
+
+def _warn_paged_precision(requested: str) -> None:
+    with _warned_lock:
+        if ("paged",) in _warned:
+            return
+        _warned.add(("paged",))
+    warnings.warn(f"precision={requested!r} falls back to 'highest': paged attention runs "
+                  "on the float32 vector kernels", RuntimeWarning,
+                  stacklevel=_checks.stacklevel())
