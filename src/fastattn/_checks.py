@@ -133,6 +133,21 @@ def offsets(name: str, cu: object, total: int) -> NDArray[np.int64]:
     return a
 
 
+def lengths(name: str, a: object, batch: int) -> NDArray[np.int64]:
+    """Per-sequence lengths as int64, shape ``(batch,)``, each >= 0."""
+    c = np.asarray(a)
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"{name} has dtype {c.dtype}; expected integers")
+    if c.shape != (batch,):
+        raise ValueError(f"{name} has shape {c.shape}; expected ({batch},), one per sequence")
+    if c.dtype.kind == "u" and c.size and c.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} has an entry larger than int64")
+    wide = c.astype(np.int64)
+    if (wide < 0).any():
+        raise ValueError(f"{name} has a negative entry {int(wide.min())}")
+    return wide
+
+
 def counts(name: str, a: object, batch: int, most: int) -> NDArray[np.int64]:
     """Per-row counts as int64, shape ``(batch,)``, each in ``[0, most]``."""
     c = np.asarray(a)

@@ -528,8 +528,7 @@ def attention_paged(q: NDArray[Any], cache: Any, cu_seqlens_q: ArrayLike,
         raise ValueError(f"cu_seqlens_q has {cq.size - 1} sequences but seq_ids has "
                          f"{ids.size}")
     held = cache.lengths[ids]
-    lens = held if seq_lens is None else _checks.counts("seq_lens", seq_lens, ids.size,
-                                                         int(held.max()) if held.size else 0)
+    lens = held if seq_lens is None else _checks.lengths("seq_lens", seq_lens, ids.size)
     if seq_lens is not None and (lens > held).any():
         b = int(np.argmax(lens - held))
         raise ValueError(f"seq_lens[{b}] = {int(lens[b])} but sequence {int(ids[b])} holds "
