@@ -675,29 +675,41 @@ static void fa_fold_init(double *f, int rows, int64_t dv)
 }
 
 /* Fold rows x (dv + 1) normalized partials (output, then lse; compute
- * type) into f. */
+ * type) into f.  (Typed loops: this runs once per page and row.) */
+static void fa_fold_row(double *fr, const float *o32, const double *o64, double l, int64_t dv)
+{
+    double *acc = fr + 3;
+    if (l != l) {
+        fr[2] = 1;
+        return;
+    }
+    if (l == -__builtin_inf()) return; /* saw no key */
+    if (l > fr[0]) {
+        const double c = fr[0] == -__builtin_inf() ? 0.0 : __builtin_exp(fr[0] - l);
+        fr[1] *= c;
+        for (int64_t e = 0; e < dv; e++) acc[e] *= c;
+        fr[0] = l;
+    }
+    const double w = __builtin_exp(l - fr[0]);
+    fr[1] += w;
+    if (o32)
+        for (int64_t e = 0; e < dv; e++) acc[e] += w * (double)o32[e];
+    else
+        for (int64_t e = 0; e < dv; e++) acc[e] += w * o64[e];
+}
+
 static void fa_fold_add(const fa_params *p, double *f, int rows, const char *part)
 {
     const int64_t dv = p->dv;
-    const size_t row_bytes = (size_t)(dv + 1) * fa_compute_size(p);
     for (int r = 0; r < rows; r++) {
-        double *fr = f + r * (dv + 3), *acc = fr + 3;
-        const char *row = part + (size_t)r * row_bytes;
-        const double l = fa_part(p, row, dv);
-        if (l != l) {
-            fr[2] = 1;
-            continue;
+        double *fr = f + r * (dv + 3);
+        if (p->dtype == FA_F64) {
+            const double *row = (const double *)part + (size_t)r * (size_t)(dv + 1);
+            fa_fold_row(fr, NULL, row, row[dv], dv);
+        } else {
+            const float *row = (const float *)part + (size_t)r * (size_t)(dv + 1);
+            fa_fold_row(fr, row, NULL, (double)row[dv], dv);
         }
-        if (l == -__builtin_inf()) continue; /* saw no key */
-        if (l > fr[0]) {
-            const double c = fr[0] == -__builtin_inf() ? 0.0 : __builtin_exp(fr[0] - l);
-            fr[1] *= c;
-            for (int64_t e = 0; e < dv; e++) acc[e] *= c;
-            fr[0] = l;
-        }
-        const double w = __builtin_exp(l - fr[0]);
-        fr[1] += w;
-        for (int64_t e = 0; e < dv; e++) acc[e] += w * fa_part(p, row, e);
     }
 }
 

@@ -10,6 +10,26 @@ _Real = Union[int, float, np.integer[Any], np.floating[Any]]
 _Window = Union[Tuple[int, int], List[int], None]
 _Ints = Optional[npt.ArrayLike]
 
+def attention_paged(
+    q: _Array,
+    k_pages: _Array,
+    v_pages: _Array,
+    block_table: _Array,
+    cu_seqlens_q: npt.ArrayLike,
+    seq_lens: npt.ArrayLike,
+    *,
+    causal: _Causal = ...,
+    scale: Optional[_Real] = ...,
+    out: Optional[_Array] = ...,
+    return_lse: Union[bool, np.bool_] = ...,
+    window: _Window = ...,
+    alibi_slopes: Optional[npt.ArrayLike] = ...,
+    softcap: Optional[_Real] = ...,
+    num_threads: int = ...,
+    k_scale: Optional[_Array] = ...,
+    v_scale: Optional[_Array] = ...,
+) -> Any: ...
+
 def attention(
     q: _Array,
     k: _Array,
