@@ -23,6 +23,19 @@ object):
   1, Nk)`` key mask read through a stride-0 broadcast, with the band as
   above;
 - anything else is passed to the kernel as the mask it is.
+
+Continuous batching (``model.generate_batch``, ``ContinuousBatchingManager``)
+accepts only "sdpa", "paged|eager" and flash implementations, and a custom
+name with "flash" in it is taken for a hub kernel.  So it runs on fastattn
+inside ``with continuous_batching():``, which puts a dispatcher under the
+name "sdpa" (``AttentionInterface.register``, public API) for the block and
+restores transformers' own afterwards.  The dispatcher recognizes the calls
+of continuous batching: the keys and values of all sequences end to end,
+``cu_seq_lens_q`` / ``cu_seq_lens_k`` among the keyword arguments, and the
+dense block-diagonal mask (each sequence causal, bottom-right, with the
+layer's sliding window) checked entry by entry once per forward pass.  It
+runs them as ``attention_varlen``, linear in the number of sequences instead
+of O(queries x all keys); any other call goes to transformers' SDPA.
 """
 # Only the API is public here: the imports are bound to private names.
 from __future__ import annotations as _annotations
@@ -42,7 +55,8 @@ if _TYPE_CHECKING:      # the names of the annotations (strings at run time)
 
     import torch
 
-__all__ = ["register", "attention_forward", "plan_mask", "NAME"]
+__all__ = ["register", "attention_forward", "plan_mask", "NAME", "continuous_batching",
+           "varlen_plan"]
 
 NAME = "fastattn"
 
@@ -272,3 +286,149 @@ def _with_keys(keys: torch.Tensor, band: str | None, n_q: int,
     else:
         opts.update(folded)
     return opts
+
+
+# ---------------------------------------------------------------- continuous batching
+
+def varlen_plan(mask: torch.Tensor | None, n_q: int, n_k: int, kwargs: dict[str, Any],
+                sliding_window: int | None) -> dict[str, Any] | None:
+    """``attention_varlen`` options (``cu_seqlens_q``, ``cu_seqlens_k``,
+    ``window``) for a call of transformers' continuous batching: q and k of
+    batch 1 holding every sequence end to end, the offsets in ``kwargs``
+    (``cu_seq_lens_q``, ``cu_seq_lens_k``), and ``mask`` exactly the
+    block-diagonal mask of those sequences, each causal with its queries on
+    its last keys (and the sliding window).  None when any of it does not
+    hold.  The mask is checked once per mask object (every layer of a
+    forward pass gets the same one)."""
+    cq, ck = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if mask is None or not isinstance(cq, _torch.Tensor) or not isinstance(ck, _torch.Tensor):
+        return None
+    if (cq.dim() != 1 or ck.shape != cq.shape or cq.numel() < 2 or cq.is_floating_point()
+            or ck.is_floating_point() or mask.dim() != 4 or tuple(mask.shape) != (1, 1, n_q, n_k)):
+        return None
+    cu_q = cq.to("cpu", _torch.int64)
+    cu_k = ck.to("cpu", _torch.int64)
+    if int(cu_q[0]) != 0 or int(cu_k[0]) != 0 or int(cu_q[-1]) != n_q or int(cu_k[-1]) != n_k:
+        return None
+    version = 0 if mask.is_inference() else mask._version
+    key = ("varlen", version, tuple(mask.shape), mask.stride(), mask.data_ptr(), sliding_window,
+           tuple(cu_q.tolist()), tuple(cu_k.tolist()))
+    plan = _cache.get(mask, key)
+    if plan is None:
+        plan = _match_block_diagonal(mask, cu_q, cu_k, sliding_window) or {"none": True}
+        _cache.put(mask, key, plan)
+    return None if "none" in plan else plan
+
+
+def _match_block_diagonal(mask: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                          sliding_window: int | None) -> dict[str, Any] | None:
+    lq, lk = cu_q.diff(), cu_k.diff()
+    if bool((lq < 0).any()) or bool((lk < lq).any()):
+        return None
+    allowed = _allowed_any(mask[0, 0])
+    if allowed is None:
+        return None
+    # row r of sequence b (query i) sees keys ck[b] + [lo, i + lk - lq] of its own
+    seq = _torch.repeat_interleave(_torch.arange(lq.numel()), lq)
+    i = _torch.arange(int(cu_q[-1])) - cu_q[:-1][seq]
+    diag = i + (lk - lq)[seq]
+    hi = cu_k[:-1][seq] + diag + 1
+    lo = cu_k[:-1][seq]
+    window = None
+    if sliding_window:
+        window = (int(sliding_window) - 1, 0)
+        lo = _torch.maximum(lo, hi - int(sliding_window))
+    j = _torch.arange(allowed.shape[1])[None, :]
+    if not _torch.equal(allowed, (j >= lo[:, None]) & (j < hi[:, None])):
+        return None
+    return {"cu_seqlens_q": cu_q.numpy(), "cu_seqlens_k": cu_k.numpy(), "window": window}
+
+
+def _allowed_any(mask: torch.Tensor) -> torch.Tensor | None:
+    """A 2-D mask's allowed entries as bool: bool as it is, float when every
+    entry is 0 or "minus infinity"; else None."""
+    if mask.dtype == _torch.bool:
+        return mask
+    zero = mask == 0
+    if not bool((zero | (mask <= _torch.finfo(mask.dtype).min / 2)).all()):
+        return None
+    return zero
+
+
+def _varlen_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor, plan: dict[str, Any], scaling: float | None,
+                    softcap: float | None) -> torch.Tensor:
+    """The packed sequences of a continuous-batching call, as
+    ``attention_varlen``: out (1, Nq, H, Dv)."""
+    import fastattn
+
+    _, h, n_q, _ = query.shape
+    out = _torch.empty((1, n_q, h, value.shape[3]), dtype=query.dtype)
+    q = _fatorch._operand(query[0].transpose(0, 1), "query")
+    k = _fatorch._operand(key[0].transpose(0, 1), "key")
+    v = _fatorch._operand(value[0].transpose(0, 1), "value")
+    fastattn.attention_varlen(q, k, v, plan["cu_seqlens_q"], plan["cu_seqlens_k"], causal=True,
+                              window=plan["window"], scale=scaling, softcap=softcap,
+                              out=_fatorch.as_numpy(out[0]))
+    return out
+
+
+class _Dispatcher:
+    """What ``continuous_batching`` puts under "sdpa": continuous-batching
+    calls to fastattn, every other call to the function it replaced."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.varlen_calls = 0
+        self.other_calls = 0
+
+    def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                 value: torch.Tensor, attention_mask: torch.Tensor | None,
+                 dropout: float = 0.0, scaling: float | None = None,
+                 **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        plan = None
+        if (not dropout and query.shape[0] == 1 and not query.requires_grad
+                and not any(kwargs.get(n) is not None for n in _UNSUPPORTED)
+                and not _wants_weights(module, kwargs) and query.is_cpu):
+            plan = varlen_plan(attention_mask, query.shape[2], key.shape[2], kwargs,
+                               kwargs.get("sliding_window"))
+        if plan is None:
+            self.other_calls += 1
+            result: tuple[torch.Tensor, torch.Tensor | None] = self.original(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                **kwargs)
+            return result
+        self.varlen_calls += 1
+        return _varlen_forward(module, query, key, value, plan, scaling,
+                               kwargs.get("softcap")), None
+
+
+class continuous_batching:
+    """``with continuous_batching() as cb:`` runs transformers' continuous
+    batching (on a model with ``attn_implementation="sdpa"``) on fastattn:
+    see the module docstring.  ``cb.varlen_calls`` counts the attention
+    calls fastattn ran, ``cb.other_calls`` those it left to SDPA.  Not reentrant; the registry is process-wide, so
+    other threads' SDPA calls see the dispatcher too (it sends them to SDPA
+    unless they are continuous-batching calls)."""
+
+    def __enter__(self) -> "continuous_batching":
+        from transformers import AttentionInterface
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        self._previous = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        self._dispatcher = _Dispatcher(self._previous)
+        AttentionInterface.register("sdpa", self._dispatcher)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register("sdpa", self._previous)
+
+    @property
+    def varlen_calls(self) -> int:
+        return self._dispatcher.varlen_calls
+
+    @property
+    def other_calls(self) -> int:
+        return self._dispatcher.other_calls
