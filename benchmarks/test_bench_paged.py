@@ -24,18 +24,25 @@ same thread count.  Targets (issue "Many sequences at once"): decode of 32
 sequences with 1k-8k histories in bfloat16 pages at >= 85% of the read
 bandwidth, within 5% of the contiguous cache, >= 5x torch_mask.
 
+``--generate`` times transformers' ``generate_batch`` end to end (16 ragged
+prompts on a random Llama-style model, float32) with "sdpa" against the
+same inside ``fastattn.integrations.transformers.continuous_batching()``,
+and the share of each run's time spent in attention (the target: faster
+than "sdpa").
+
 Run with ``python -m pytest benchmarks/test_bench_paged.py`` (pytest-benchmark,
 figures in ``extra_info``), or as a script for the table::
 
     python benchmarks/test_bench_paged.py [--rounds 9] [--threads 1 2]
         [--cases decode-32] [--page-sizes 16 32 64 128 256] [--no-torch]
+    python benchmarks/test_bench_paged.py --generate [--rounds 3] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -226,6 +233,85 @@ def test_paged_step(benchmark, name, threads):
                        rounds=3, warmup_rounds=1)
 
 
+def generate_batch_times(threads: int, rounds: int, new_tokens: int = 32,
+                         seed: int = 0) -> Dict[str, Any]:
+    """generate_batch of 16 ragged prompts with "sdpa" and on fastattn:
+    medians of alternating runs, and the attention share of each."""
+    import time
+
+    import torch
+    import transformers
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from fastattn.integrations.transformers import continuous_batching
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(threads)
+    fastattn.set_num_threads(threads)
+    cfg = transformers.LlamaConfig(vocab_size=2000, hidden_size=512, intermediate_size=1408,
+                                   num_hidden_layers=4, num_attention_heads=8,
+                                   num_key_value_heads=2, max_position_embeddings=4096)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(64, 1025, (16,), generator=g).tolist()
+    prompts = [torch.randint(1, 2000, (n,), generator=g).tolist() for n in lengths]
+    gen = transformers.GenerationConfig(max_new_tokens=new_tokens, do_sample=False,
+                                        eos_token_id=-1)
+    cbc = transformers.ContinuousBatchingConfig(
+        num_blocks=sum(-(-(n + new_tokens) // 256) for n in lengths) + 16, page_size=256,
+        max_batch_tokens=2048)
+    spent = [0.0]
+
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return run
+
+    def once(on_fastattn: bool) -> Tuple[float, float, Any]:
+        from transformers import AttentionInterface
+        original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        spent[0] = 0.0
+        t = time.perf_counter()
+        if on_fastattn:
+            with continuous_batching():
+                AttentionInterface.register("sdpa", timed(ALL_ATTENTION_FUNCTIONS["sdpa"]))
+                out = model.generate_batch(inputs=prompts, generation_config=gen,
+                                           continuous_batching_config=cbc)
+        else:
+            AttentionInterface.register("sdpa", timed(original))
+            try:
+                out = model.generate_batch(inputs=prompts, generation_config=gen,
+                                           continuous_batching_config=cbc)
+            finally:
+                AttentionInterface.register("sdpa", original)
+        return time.perf_counter() - t, spent[0], out
+
+    res: Dict[str, List[Tuple[float, float]]] = {"sdpa": [], "fastattn": []}
+    tokens: Dict[str, Any] = {}
+    with torch.inference_mode():
+        once(False)                                     # warm-up
+        for r in range(rounds):
+            for name in (["sdpa", "fastattn"] if r % 2 == 0 else ["fastattn", "sdpa"]):
+                total, attn, out = once(name == "fastattn")
+                res[name].append((total, attn))
+                tokens[name] = {k: v.generated_tokens for k, v in out.items()}
+    row: Dict[str, Any] = {"threads": threads, "prompts": lengths, "new_tokens": new_tokens,
+                           "same_tokens": tokens["sdpa"] == tokens["fastattn"],
+                           "cpu": cpu_model(), "isa": _core.get_isa()}
+    for name, runs in res.items():
+        total = statistics.median(t for t, _ in runs)
+        attn = statistics.median(a for _, a in runs)
+        row[f"{name}_s"], row[f"{name}_attention_s"] = total, attn
+        row[f"{name}_attention_share"] = attn / total
+    row["speedup"] = row["sdpa_s"] / row["fastattn_s"]
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=9)
@@ -234,7 +320,19 @@ def main() -> None:
     ap.add_argument("--page-sizes", type=int, nargs="+", default=[0])
     ap.add_argument("--dtype", choices=["bfloat16", "float32", "int8"], default="bfloat16")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--generate", action="store_true",
+                    help="time transformers' generate_batch instead")
     args = ap.parse_args()
+    if args.generate:
+        for th in args.threads:
+            r = generate_batch_times(th, args.rounds)
+            print(f"CPU: {r['cpu']}  threads {th}  generate_batch, 16 prompts "
+                  f"{min(r['prompts'])}-{max(r['prompts'])} tokens, {r['new_tokens']} new: "
+                  f"sdpa {r['sdpa_s']:.2f} s (attention {100 * r['sdpa_attention_share']:.0f}%)  "
+                  f"fastattn {r['fastattn_s']:.2f} s (attention "
+                  f"{100 * r['fastattn_attention_share']:.0f}%)  speedup {r['speedup']:.2f}x  "
+                  f"same tokens: {r['same_tokens']}", flush=True)
+        return
     dtype = {"bfloat16": BF16, "float32": np.float32, "int8": "int8"}[args.dtype]
     torch = import_torch(not args.no_torch)
     print(f"CPU: {cpu_model()}   ISA: {_core.get_isa()}   rounds: {args.rounds} "

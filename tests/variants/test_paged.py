@@ -105,7 +105,7 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("page_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("page_size", [16, 32, 64, 128, 256])
 @pytest.mark.parametrize("opt", list(OPTIONS))
 @pytest.mark.parametrize("seqs", list(SEQS))
 def test_paged_matches_the_reference(rng, seqs, opt, page_size):
