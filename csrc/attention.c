@@ -185,6 +185,7 @@ static void fa_fill_item(const fa_params *p, int64_t b, int64_t hkv,
     t->out_compute = 0;
     t->packed = NULL;
     t->n_keys = nk;
+    t->pages = NULL;
     if (p->block_table) return; /* paged: the pointers are per page */
     const size_t kes = p->dtype == FA_I8KV ? 1 : es; /* int8 keys and values */
     t->k = (const char *)p->k + (size_t)(b * p->k_sb + hkv * p->k_sh + k0 * p->k_sn) * kes;
@@ -611,14 +612,16 @@ static int fa_matrix_pack_alloc(fa_work *pl, const fa_plan_info *info)
  * rows of a kv head fit, as in decode, else tiles of FA_BQ rows: one call
  * serves decode and prefill chunks each with its own kernel), and each
  * tile's keys are cut into splits of FA_PAGED_SPLIT_KEYS keys (whole
- * pages) run as separate items.  Inside an item every page is one kernel
+ * pages) run as separate items and merged by their lse.  The few-row
+ * kernel walks the pages of a split itself (work item pages), one key
+ * block at a time, when the pages hold whole blocks and the keys are not
+ * int8 (whose key scales are per page); otherwise every page is one kernel
  * call on that page alone (its rows' bands, ALiBi diagonal and scales
- * moved to the page), and the page's normalized partial result is folded
- * into a running one by its lse, in double precision.  Splits of one tile
- * are merged the same way after all items.  The cuts are at fixed key
- * positions, so a row's result depends neither on where its pages lie,
- * nor on the thread count, nor on the other sequences of the batch. */
-#define FA_PAGED_SPLIT_KEYS 2048
+ * moved to the page), its normalized partial folded into a running one by
+ * its lse, in double precision.  Every cut is at a fixed key position, so a
+ * row's result depends neither on where its pages lie, nor on the thread
+ * count, nor on the other sequences of the batch. */
+#define FA_PAGED_SPLIT_KEYS 4096
 
 typedef struct fa_paged {
     int64_t split_pages;  /* pages per split */
@@ -747,6 +750,50 @@ static void fa_paged_tile(const fa_params *p, int64_t b, const fa_paged_batch *s
     fa_fill_item(p, b, hkv, ti * s->q_block, s->q_block, s->nvr, tile);
 }
 
+/* A few-row item whose pages the kernel walks itself (pages of whole key
+ * blocks; not int8, whose key scales are per page): one kernel call for
+ * pages [g0, g1) of the split, written as the final result when the tile
+ * has one split, else as the split's partial. */
+static void fa_paged_walk(const fa_work *pl, int64_t b, const fa_paged_batch *s, int64_t rel,
+                          int64_t g0, int64_t g1, int64_t hkv, const fa_work_item *tile,
+                          fa_work_item *pt, char *scratch)
+{
+    const fa_params *p = pl->p;
+    const size_t kes = fa_store_size(p), cs = fa_compute_size(p);
+    const int64_t k0 = g0 * p->page_size;
+    const int64_t kl = (s->nk < g1 * p->page_size ? s->nk : g1 * p->page_size) - k0;
+    for (int r = 0; r < tile->rows; r++) {
+        int64_t lo = tile->jlo[r] - k0, hi = tile->jhi[r] - k0;
+        lo = lo < 0 ? 0 : lo > kl ? kl : lo;
+        hi = hi < lo ? lo : hi > kl ? kl : hi;
+        pt->jlo[r] = lo;
+        pt->jhi[r] = hi;
+        pt->pos[r] = tile->pos[r] - k0;
+    }
+    pt->k = (const char *)p->k + (size_t)(hkv * p->k_sh) * kes;
+    pt->v = (const char *)p->v + (size_t)(hkv * p->v_sh) * kes;
+    pt->pages = p->block_table + b * p->bt_sb + g0;
+    pt->k_scale = pt->v_scale = NULL;
+    pt->k_lo = 0;
+    pt->k_hi = pt->n_keys = kl;
+    if (s->splits == 1) { /* the result itself, as the unpaged kernel writes it */
+        for (int r = 0; r < tile->rows; r++) {
+            pt->o_row[r] = tile->o_row[r];
+            pt->lse_row[r] = tile->lse_row[r];
+        }
+        pt->out_compute = 0;
+        pl->paged->rows_kernel(p, pt, scratch);
+        return;
+    }
+    char *part = pl->part + pl->paged->part_start[b] +
+                 (size_t)rel * (size_t)s->q_block * (size_t)(p->dv + 1) * cs;
+    for (int r = 0; r < tile->rows; r++) {
+        pt->o_row[r] = part + (size_t)r * (size_t)(p->dv + 1) * cs;
+        pt->lse_row[r] = part + ((size_t)r * (size_t)(p->dv + 1) + (size_t)p->dv) * cs;
+    }
+    pl->paged->rows_kernel(&pl->pp, pt, scratch);
+}
+
 /* Run one item: the pages of one split of one tile, folded. */
 static void fa_paged_item(const fa_work *pl, int64_t item, fa_work_item *tile, char *scratch)
 {
@@ -778,6 +825,7 @@ static void fa_paged_item(const fa_work *pl, int64_t item, fa_work_item *tile, c
     pt.rows = rows;
     pt.out_compute = 1;
     pt.packed = NULL;
+    pt.pages = NULL;
     for (int r = 0; r < rows; r++) {
         pt.q_row[r] = tile->q_row[r];
         pt.mask_row[r] = NULL;
@@ -788,6 +836,10 @@ static void fa_paged_item(const fa_work *pl, int64_t item, fa_work_item *tile, c
     }
     const int64_t g1 = (split + 1) * pg->split_pages < s.pages ? (split + 1) * pg->split_pages
                                                                 : s.pages;
+    if (s.q_block == FA_ROWS_MAX && p->dtype != FA_I8KV && ps % FA_BK == 0) {
+        fa_paged_walk(pl, b, &s, rel, split * pg->split_pages, g1, hkv, tile, &pt, scratch);
+        return;
+    }
     for (int64_t g = split * pg->split_pages; g < g1; g++) {
         const int64_t k0 = g * ps, kl = s.nk - k0 < ps ? s.nk - k0 : ps;
         if (k0 >= jmax || k0 + kl <= jmin) continue; /* no row sees this page */

@@ -47,6 +47,11 @@ typedef struct {
     const uint16_t *packed;         /* matrix family: this kv head's K and V,
                                        packed once per call, panel by panel */
     int64_t n_keys;                 /* matrix family: keys of the kv head */
+    const int32_t *pages;           /* few-row family, paged calls: the page
+                                       of keys [i * page_size, (i + 1) *
+                                       page_size) is pages[i], k and v the
+                                       kv head's rows in page 0 of the pool;
+                                       NULL: keys are linear from k and v */
 } fa_work_item;
 
 /* A kernel of any family: attention (or weights) of work item t. */

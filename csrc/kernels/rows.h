@@ -15,20 +15,32 @@
  * block steps (scores, epilogue, softmax, the grouped rows) and the driver.
  */
 
-/* Prefetch into L2 the key and value rows of key index j + FA_BK (the next
- * block), when it exists (never with j_end = 0).  A decode call streams K and V from memory once;
- * on one core the hardware prefetchers alone keep too few lines in flight
- * while a block is computed, and memory time and compute time add up.  One
- * row of each per key, spread over the dot products, overlaps them. */
-FA_INLINE void FA_FN(fa_prefetch_next_)(const fa_params *p, const FA_KV *k, const FA_KV *v,
-                                        int64_t j, int64_t j_end)
+/* Prefetch into L2 row j of the next key block (kn, vn: its first key and
+ * value row; kn NULL when there is none or this caller does not prefetch).
+ * A decode call streams K and V from memory once; on one core the hardware
+ * prefetchers alone keep too few lines in flight while a block is
+ * computed, and memory time and compute time add up.  One row of each per
+ * key, spread over the dot products, overlaps them. */
+FA_INLINE void FA_FN(fa_prefetch_next_)(const fa_params *p, const FA_KV *kn, const FA_KV *vn,
+                                        int64_t j, int64_t nn)
 {
-    const int64_t ahead = FA_BK;
-    if (j + ahead >= j_end) return;
-    const char *kr = (const char *)(k + (j + ahead) * p->k_sn);
-    const char *vr = (const char *)(v + (j + ahead) * p->v_sn);
+    if (!kn || j >= nn) return;
+    const char *kr = (const char *)(kn + j * p->k_sn);
+    const char *vr = (const char *)(vn + j * p->v_sn);
     for (int64_t c = 0; c < p->d * (int64_t)sizeof(FA_KV); c += 64) __builtin_prefetch(kr + c, 0, 2);
     for (int64_t c = 0; c < p->dv * (int64_t)sizeof(FA_KV); c += 64) __builtin_prefetch(vr + c, 0, 2);
+}
+
+/* Row j of K (or V: base, page stride sb, row stride sn) of a work item:
+ * linear from base, or for a paged item (t->pages) row j % page_size of
+ * page t->pages[j / page_size].  Taken once per key block; a block never
+ * straddles two pages (page sizes are multiples of FA_BK, blocks start at
+ * multiples of FA_BK). */
+FA_INLINE const FA_KV *FA_FN(fa_row_at_)(const fa_params *p, const fa_work_item *t,
+                                         const FA_KV *base, int64_t sb, int64_t sn, int64_t j)
+{
+    if (!t->pages) return base + j * sn;
+    return base + (int64_t)t->pages[j / p->page_size] * sb + (j % p->page_size) * sn;
 }
 
 /* The score epilogue over one row's nb scores s (vectors along the keys),
@@ -83,22 +95,22 @@ FA_INLINE void FA_FN(fa_rows_epi_)(const fa_params *p, const fa_work_item *t, in
 
 /* Scores of one row for keys [j0, j0 + nb): the dot products, then the
  * score epilogue along the keys (the row's band inside the block is
- * [lo, hi)).  mt receives the row's mask terms.  The next block is
- * prefetched up to key pf_end (0: not by this row). */
+ * [lo, hi)).  mt receives the row's mask terms.  The next block (kn, vn,
+ * its nn rows) is prefetched; kn is NULL when not by this row. */
 FA_INLINE void FA_FN(fa_rows_scores_)(const fa_params *p, const fa_work_item *t, int r,
                                       FA_FN(fa_epi_) *e, const FA_T *q, const FA_KV *kb,
                                       int64_t j0, int nb, int64_t lo, int64_t hi,
-                                      FA_T *restrict s, FA_T *restrict mt, int64_t pf_end)
+                                      FA_T *restrict s, FA_T *restrict mt, const FA_KV *kn,
+                                      const FA_KV *vn, int64_t nn)
 {
     const int64_t k_sn = p->k_sn, d = p->d;
     int j = 0;
-    const FA_KV *k = (const FA_KV *)t->k, *v = (const FA_KV *)t->v;
     for (; j + 4 <= nb; j += 4) {
-        for (int u = 0; u < 4; u++) FA_FN(fa_prefetch_next_)(p, k, v, j0 + j + u, pf_end);
+        for (int u = 0; u < 4; u++) FA_FN(fa_prefetch_next_)(p, kn, vn, j + u, nn);
         FA_FN(fa_dot4_)(q, kb + j * k_sn, k_sn, d, s + j);
     }
     for (; j < nb; j++) {
-        FA_FN(fa_prefetch_next_)(p, k, v, j0 + j, pf_end);
+        FA_FN(fa_prefetch_next_)(p, kn, vn, j, nn);
         s[j] = FA_FN(fa_dot1_)(q, kb + j * k_sn, d);
     }
     FA_FN(fa_rows_epi_)(p, t, r, e, j0, nb, lo, hi, s, mt);
@@ -252,11 +264,12 @@ FA_INLINE void FA_FN(fa_rows_group_block_)(const fa_params *p, const fa_work_ite
                                            FA_FN(fa_epi_) *e, const FA_T *qs, int64_t dpad,
                                            const FA_KV *kb, const FA_KV *vb, int64_t j0, int nb,
                                            FA_T *sc, FA_T *mt, FA_T *row_max, FA_T *row_sum,
-                                           FA_T *acc, int64_t dvpad, int64_t pf_end)
+                                           FA_T *acc, int64_t dvpad, const FA_KV *kn,
+                                           const FA_KV *vn, int64_t nn)
 {
     FA_T alpha[FA_ROWS_MAX];
     for (int j = 0; j < nb; j++) {
-        FA_FN(fa_prefetch_next_)(p, (const FA_KV *)t->k, (const FA_KV *)t->v, j0 + j, pf_end);
+        FA_FN(fa_prefetch_next_)(p, kn, vn, j, nn);
         FA_FN(fa_dot_group_)(qs, dpad, kb + j * p->k_sn, p->d, sc + j);
     }
     for (int r = 0; r < FA_ROWS_MAX; r++) {
@@ -326,11 +339,21 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_work_item *t, void *scr
     const int64_t k_sn = p->k_sn, v_sn = p->v_sn;
     FA_FN(fa_epi_) e = FA_FN(fa_epi_init_)(p);
 
-    for (int64_t j0 = g.j_start; j0 < g.j_end; j0 += FA_BK) {
+    /* a paged item's blocks start at multiples of FA_BK, so that none
+     * straddles two pages (keys before the bands are masked as usual) */
+    const int64_t j_first = t->pages && g.j_start < g.j_end ? g.j_start - g.j_start % FA_BK
+                                                            : g.j_start;
+    for (int64_t j0 = j_first; j0 < g.j_end; j0 += FA_BK) {
         const int nb = (int)(g.j_end - j0 < FA_BK ? g.j_end - j0 : FA_BK);
+        const FA_KV *kb = FA_FN(fa_row_at_)(p, t, kbase, p->k_sb, k_sn, j0);
+        const FA_KV *vb = FA_FN(fa_row_at_)(p, t, vbase, p->v_sb, v_sn, j0);
+        /* the next block, prefetched while this one is computed */
+        const int64_t jn = j0 + FA_BK, nn = g.j_end - jn < FA_BK ? g.j_end - jn : FA_BK;
+        const FA_KV *kn = nn > 0 ? FA_FN(fa_row_at_)(p, t, kbase, p->k_sb, k_sn, jn) : NULL;
+        const FA_KV *vn = nn > 0 ? FA_FN(fa_row_at_)(p, t, vbase, p->v_sb, v_sn, jn) : NULL;
         if (grouped && FA_FN(fa_rows_all_see_)(t, j0, nb)) {
-            FA_FN(fa_rows_group_block_)(p, t, &e, qs, dpad, kbase + j0 * k_sn, vbase + j0 * v_sn,
-                                        j0, nb, sc, mt, row_max, row_sum, acc, dvpad, g.j_end);
+            FA_FN(fa_rows_group_block_)(p, t, &e, qs, dpad, kb, vb, j0, nb, sc, mt, row_max,
+                                        row_sum, acc, dvpad, kn, vn, nn);
             continue;
         }
         for (int r = 0; r < rows; r++) {
@@ -340,19 +363,19 @@ static void FA_FN(fa_rows_)(const fa_params *p, const fa_work_item *t, void *scr
             if (hi > nb) hi = nb;
             if (hi <= lo) continue; /* nothing visible here: no change */
             FA_T *s = sc + r * FA_BK;
-            FA_FN(fa_rows_scores_)(p, t, r, &e, qs + r * dpad, kbase + j0 * k_sn, j0, nb, lo, hi,
-                                   s, mt, r == 0 ? g.j_end : 0);
+            FA_FN(fa_rows_scores_)(p, t, r, &e, qs + r * dpad, kb, j0, nb, lo, hi, s, mt,
+                                   r == 0 ? kn : NULL, vn, nn);
             const FA_T a = FA_FN(fa_rows_softmax_)(s, nb, row_max + r, row_sum + r);
 #if FA_KV_I8
             /* p_j * v_scale_j, in the mask terms' buffer (free again) */
             FA_FN(fa_v_scaled_)(p, t, j0, nb, s, mt);
 #if defined(FA_I8DP)
-            FA_FN(fa_pv_vnni_)(mt, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+            FA_FN(fa_pv_vnni_)(mt, vb, v_sn, nb, dv, a, acc + r * dvpad);
 #else
-            FA_FN(fa_pv_rows_)(mt, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+            FA_FN(fa_pv_rows_)(mt, vb, v_sn, nb, dv, a, acc + r * dvpad);
 #endif
 #else
-            FA_FN(fa_pv_rows_)(s, vbase + j0 * v_sn, v_sn, nb, dv, a, acc + r * dvpad);
+            FA_FN(fa_pv_rows_)(s, vb, v_sn, nb, dv, a, acc + r * dvpad);
 #endif
         }
     }

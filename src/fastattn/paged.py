@@ -12,13 +12,11 @@ from .kvcache import _quantize, _scales
 
 __all__ = ["PagedKVCache", "DEFAULT_PAGE_SIZE"]
 
-# Rows per page.  Every page is one kernel call of its own (its partial
-# result folded by lse), so a page should hold several kernel blocks of 64
-# keys.  Measured (benchmarks/test_bench_paged.py, decode of 32 sequences
-# with 1k-8k bfloat16 histories, one thread, AMD EPYC Zen 3, AVX2): pages
-# of 64, 128 and 256 rows ran at 0.70x, 0.85x and 0.88x the speed of the
-# contiguous cache; 256 it is, and the last, partly filled page of a
-# sequence wastes at most 255 rows.
+# Rows per page.  Decode walks the pages inside one kernel call (its speed
+# hardly depends on the page size: 64 to 256 rows measured alike), while a
+# prefill chunk or an int8 page runs one kernel call per page, which wants
+# pages of several key blocks of 64.  The last, partly filled page of a
+# sequence wastes at most page_size - 1 rows.
 DEFAULT_PAGE_SIZE = 256
 # Page sizes are multiples of this (whole vectors of keys in every kernel).
 PAGE_QUANTUM = 16

@@ -130,9 +130,27 @@ def test_paged_mqa_gqa_and_value_dim(rng):
 
 
 def test_paged_long_histories_split_and_merge(rng):
-    # 2100 and 4500 keys in pages of 16: several splits of 2048 keys each,
-    # hundreds of pages folded
-    check_paged(rng, [1, 2, 1], [2100, 4500, 3], h=2, hkv=1, d=8, causal=True)
+    # 4200 and 9000 keys: several splits of 4096 keys each; in pages of 16
+    # hundreds of pages folded, in pages of 64 walked by the kernel
+    for page_size in (16, 64):
+        check_paged(rng, [1, 2, 1], [4200, 9000, 3], h=2, hkv=1, d=8, causal=True,
+                    page_size=page_size)
+
+
+def test_decode_equals_the_contiguous_cache_bitwise(rng):
+    # walked pages, one split per sequence, 16 tiles: the contiguous call
+    # runs the same kernel on the same keys in the same order
+    lk = [300, 1, 77, 1000]
+    cache, ids, k, v, ck = scattered_cache(rng, lk, 4, 32, 32, 64, np.float32)
+    q, cq = queries(rng, [1, 1, 1, 1], 8, 32, np.float32)
+    paged = fastattn.attention_paged(q, cache, cq, ids, causal=True)
+    contig = fastattn.KVCache(4, 4, max(lk), 32)
+    contig.append(np.stack([np.pad(k[ck[b]:ck[b + 1]], ((0, max(lk) - lk[b]), (0, 0), (0, 0)))
+                            .transpose(1, 0, 2) for b in range(4)]),
+                  np.stack([np.pad(v[ck[b]:ck[b + 1]], ((0, max(lk) - lk[b]), (0, 0), (0, 0)))
+                            .transpose(1, 0, 2) for b in range(4)]), lengths=lk)
+    want = contig.attend(q[:, :, None, :].copy(), causal=True)[:, :, 0, :]
+    np.testing.assert_array_equal(paged, want)
 
 
 def test_rows_that_see_no_key_are_zero_with_lse_minus_inf(rng):
@@ -153,12 +171,13 @@ def test_nan_stays_in_its_sequence(rng):
     assert np.isnan(out[0, :, 5]).all() and np.isfinite(np.delete(out, 5, axis=2)).all()
 
 
-def test_results_depend_on_nothing_but_the_sequence(rng):
+@pytest.mark.parametrize("page_size", [32, 64])      # pages folded one by one; walked
+def test_results_depend_on_nothing_but_the_sequence(rng, page_size):
     """Bitwise: where the pages lie, the thread count, and the other
     sequences of the call change nothing."""
-    lq, lk = [1, 7, 1], [3000, 70, 130]
-    c1, ids1, *_ = scattered_cache(np.random.default_rng(5), lk, 2, 16, 16, 32, np.float32)
-    c2, ids2, *_ = scattered_cache(np.random.default_rng(5), lk, 2, 16, 16, 32, np.float32)
+    lq, lk = [1, 7, 1], [5000, 70, 130]
+    c1, ids1, *_ = scattered_cache(np.random.default_rng(5), lk, 2, 16, 16, page_size, np.float32)
+    c2, ids2, *_ = scattered_cache(np.random.default_rng(5), lk, 2, 16, 16, page_size, np.float32)
     # the same rows, pages moved: reverse every page of the second pool
     perm = np.arange(c2.num_pages)[::-1]
     inv = np.argsort(perm)
@@ -395,7 +414,7 @@ def isa_cases():
                    causal=True),
         paged_case("mixed", rng, [1, 40, 1, 0], [130, 90, 2, 5], h=4, hkv=2, d=16,
                    page_size=16, causal=True, window=(50, 0)),
-        paged_case("split", rng, [1, 3], [2500, 60], h=2, hkv=2, d=16, page_size=32,
+        paged_case("split", rng, [1, 3], [4500, 60], h=2, hkv=2, d=16, page_size=64,
                    causal=True, alibi_slopes=[0.01, 0.02], softcap=4.0),
         paged_case("int8", rng, [1, 6], [200, 70], h=4, hkv=2, d=16, page_size=32,
                    kdtype="int8", causal=True),
