@@ -540,8 +540,10 @@ def attention_paged(q: NDArray[Any], cache: Any, cu_seqlens_q: ArrayLike,
         raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
     elif out.shape != oshape:
         raise ValueError(f"out has shape {out.shape}; expected {oshape} (total_q, H, Dv)")
+    # only the columns the call reads: the table may be as wide as the pool
+    width = max(-(-int(lens.max()) // cache.page_size), 1) if lens.size else 1
     res = _core.attention_paged(
-        q.transpose(1, 0, 2)[None], cache.k_pages, cache.v_pages, cache.block_table[ids],
+        q.transpose(1, 0, 2)[None], cache.k_pages, cache.v_pages, cache.block_table[ids, :width],
         cq, lens, causal=causal, scale=scale, window=window, alibi_slopes=alibi_slopes,
         softcap=softcap, out=out.transpose(1, 0, 2)[None], return_lse=return_lse,
         num_threads=call_threads(num_threads), k_scale=cache.k_scale, v_scale=cache.v_scale)
