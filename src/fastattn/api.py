@@ -382,13 +382,7 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
                          f"{ck.size - 1}")
     max_q = int(np.diff(cq).max()) if cq.size > 1 else 0
     max_k = int(np.diff(ck).max()) if ck.size > 1 else 0
-    oshape = (q.shape[0], q.shape[1], v.shape[2])
-    if out is None:
-        out = np.empty(oshape, dtype=q.dtype)
-    elif not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
-    elif out.shape != oshape:
-        raise ValueError(f"out has shape {out.shape}; expected {oshape} (total_q, H, Dv)")
+    out = _packed_out(out, (q.shape[0], q.shape[1], v.shape[2]), q.dtype)
     # (total, H, D) viewed as (1, H, total, D): the core walks rows by the
     # offsets, with no copy
     def view(a: NDArray[Any]) -> NDArray[Any]:
@@ -405,6 +399,19 @@ def attention_varlen(q: NDArray[Any], k: NDArray[Any], v: NDArray[Any],
         _warn_fallback(precision, view(q), view(k), view(v), options)
     if return_lse:
         return out, res[1][0]
+    return out
+
+
+def _packed_out(out: Optional[NDArray[Any]], oshape: Tuple[int, int, int],
+                dtype: Any) -> NDArray[Any]:
+    """The (total_q, H, Dv) output of a packed call: a new array, or the
+    caller's, checked (the binding checks its dtype and memory)."""
+    if out is None:
+        return np.empty(oshape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
+    if out.shape != oshape:
+        raise ValueError(f"out has shape {out.shape}; expected {oshape} (total_q, H, Dv)")
     return out
 
 
@@ -533,13 +540,7 @@ def attention_paged(q: NDArray[Any], cache: Any, cu_seqlens_q: ArrayLike,
         b = int(np.argmax(lens - held))
         raise ValueError(f"seq_lens[{b}] = {int(lens[b])} but sequence {int(ids[b])} holds "
                          f"{int(held[b])} rows")
-    oshape = (q.shape[0], q.shape[1], cache.v_pages.shape[3])
-    if out is None:
-        out = np.empty(oshape, dtype=q.dtype)
-    elif not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
-    elif out.shape != oshape:
-        raise ValueError(f"out has shape {out.shape}; expected {oshape} (total_q, H, Dv)")
+    out = _packed_out(out, (q.shape[0], q.shape[1], cache.v_pages.shape[3]), q.dtype)
     # only the columns the call reads: the table may be as wide as the pool
     width = max(-(-int(lens.max()) // cache.page_size), 1) if lens.size else 1
     res = _core.attention_paged(
