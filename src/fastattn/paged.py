@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _checks
-from .kvcache import _quantize, _scales
+from .kvcache import _key_scales, _quantize, _scales
 
 __all__ = ["PagedKVCache", "DEFAULT_PAGE_SIZE"]
 
@@ -275,7 +275,8 @@ class PagedKVCache:
                     ks, requant = _scales(np.abs(kb).max(axis=1)), None
                 else:
                     g = int(self.block_table[s, j])
-                    ks, requant = _page_key_scales(self.k_scale[g], self.k_pages[g, :, :r0], kb)
+                    ks, requant = _key_scales(self.k_scale[g], self.k_pages[g, :, :r0], kb,
+                                              first=False)
                 pieces.append((s, j, r0, m, ks, requant, _quantize(kb, ks[:, None, :])))
                 o += m
                 lo += m
@@ -299,17 +300,4 @@ class PagedKVCache:
         """:func:`fastattn.attention_paged` on this cache."""
         from .api import attention_paged
         return attention_paged(q, self, cu_seqlens_q, seq_ids, **options)
-
-
-def _page_key_scales(old: NDArray[np.float32], stored: NDArray[np.int8],
-                     new: NDArray[np.float64]) -> Tuple[NDArray[np.float32], Any]:
-    """A page's channel scales (Hkv, D) after adding ``new`` (Hkv, m, D)
-    rows to its ``stored`` ones, and those re-quantized if a scale grew."""
-    need = _scales(np.abs(new).max(axis=1))
-    grow = need > old
-    if not grow.any():
-        return old.copy(), None
-    scale = np.where(grow, np.maximum(need, 2 * old), old).astype(np.float32)
-    requant = _quantize(stored.astype(np.float64) * old[:, None, :], scale[:, None, :])
-    return scale, requant
 
