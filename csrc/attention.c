@@ -90,6 +90,24 @@ static int fa_call_threads(const fa_params *p)
 #endif
 }
 
+/* Threads for a call of another driver (the linear layers, dispatch.c):
+ * requested if > 0, else the setting above; 1 in a child forked after the
+ * pool started.  A count above 1 marks the pool as started. */
+int fa_threads_for_call(int requested)
+{
+#ifdef _OPENMP
+    if (fa_serial_only) return 1;
+    const int n = requested > 0 ? requested : fa_get_num_threads();
+#if !defined(_WIN32)
+    if (n > 1) fa_pool_started = 1;
+#endif
+    return n;
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
 int fa_has_openmp(void)
 {
 #ifdef _OPENMP

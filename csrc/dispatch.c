@@ -38,6 +38,9 @@
 #include "fastattn.h"
 #include "kernels/kernel.h"
 #include "dispatch.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "fpenv.h"
 #include "amx/amx_gate.h"
 #include "amx/tile_canary.h"
@@ -349,21 +352,74 @@ void fa_exp2_f64(const double *x, double *y, int64_t n) { fa_current_table()->ex
 void fa_tanh_f32(const float *x, float *y, int64_t n) { fa_current_table()->tanh_f32(x, y, n); }
 void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_current_table()->tanh_f64(x, y, n); }
 
-int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float *packed,
-                  int64_t n, const float *bias, float *y, int64_t ldy)
+/* One thread's share of a linear call: the panels [p0, p1). */
+static int fa_linear_part(const fa_kernels *kt, fa_linear_args a, int64_t p0, int64_t p1)
 {
+    if (p0 >= p1) return 0;
     float *scratch = aligned_alloc(FA_ALIGN, FA_LIN_SCRATCH * sizeof(float));
     if (!scratch) return -1;
+    a.p0 = p0;
+    a.p1 = p1;
+    kt->linear_f32(&a, scratch);
+    free(scratch);
+    return 0;
+}
+
+int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float *packed,
+                  int64_t n, const float *bias, const float *residual, int64_t ldr, int act,
+                  float *y, int64_t ldy, int num_threads)
+{
+    const fa_kernels *kt = fa_current_table();
+    const int64_t panels = (n + FA_LIN_NR - 1) / FA_LIN_NR;
+    const fa_linear_args a = {.x = x, .m = m, .k = k, .ldx = ldx, .packed = packed, .n = n,
+                              .p0 = 0, .p1 = panels, .bias = bias, .residual = residual,
+                              .ldr = ldr, .y = y, .ldy = ldy, .act = act};
+    /* threads over the output panels: every element is computed by the same
+     * operations whichever thread runs its panel.  Below about 2 MFLOP a
+     * thread the fork and join cost more than they save. */
+    int nt = fa_threads_for_call(num_threads);
+    const int64_t work = m * k * FA_LIN_NR; /* multiply-adds of one panel */
+    if (nt > panels) nt = (int)panels;
+    while (nt > 1 && work * (panels / nt) < (1 << 20)) nt--;
     /* subnormals flushed for the call, as attention does (fpenv.h): one
      * subnormal activation would otherwise cost a microcode assist per
      * operation, and the result would depend on the caller's control bits */
     const int flush = fa_flush_subnormals();
+    int status = 0;
+    if (nt <= 1) {
+        const fa_fp_state fp = FA_FP_SAVE();
+        if (flush) FA_FP_FLUSH(fp);
+        status = fa_linear_part(kt, a, 0, panels);
+        if (flush) FA_FP_RESTORE(fp);
+    }
+#ifdef _OPENMP
+    else {
+#pragma omp parallel num_threads(nt)
+        {
+            const fa_fp_state fp = FA_FP_SAVE();
+            if (flush) FA_FP_FLUSH(fp);
+            const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+            const int64_t p0 = panels * t / tn, p1 = panels * (t + 1) / tn;
+            if (fa_linear_part(kt, a, p0, p1) != 0) {
+#pragma omp atomic write
+                status = -1;
+            }
+            if (flush) FA_FP_RESTORE(fp);
+        }
+    }
+#endif
+    return status;
+}
+
+void fa_layer_norm_f32(const float *x, int64_t ldx, const float *residual, int64_t ldr,
+                       int64_t m, int64_t n, const float *g, const float *b, float eps,
+                       float *y, int64_t ldy)
+{
+    const int flush = fa_flush_subnormals();
     const fa_fp_state fp = FA_FP_SAVE();
     if (flush) FA_FP_FLUSH(fp);
-    fa_current_table()->linear_f32(x, m, k, ldx, packed, n, bias, y, ldy, scratch);
+    fa_current_table()->layer_norm_f32(x, ldx, residual, ldr, m, n, g, b, eps, y, ldy);
     if (flush) FA_FP_RESTORE(fp);
-    free(scratch);
-    return 0;
 }
 
 double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes)

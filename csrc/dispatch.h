@@ -24,12 +24,27 @@ void fa_exp2_f64(const double *x, double *y, int64_t n);
 void fa_tanh_f32(const float *x, float *y, int64_t n);
 void fa_tanh_f64(const double *x, double *y, int64_t n);
 
-/* y (m x n, row stride ldy) = x (m x k, row stride ldx) W + bias on the
- * current ISA path, W packed in panels of FA_LIN_NR columns
- * (kernels/linear.h); bias may be NULL.  Single-threaded.  Returns 0, or
- * -1 when its scratch cannot be allocated. */
+/* y (m x n, row stride ldy) = act(x (m x k, row stride ldx) W + bias)
+ * + residual on the current ISA path, W packed in panels of FA_LIN_NR
+ * columns (kernels/linear.h); bias and residual (rows ldr apart) may be
+ * NULL; act is an FA_ACT_ value (kernels/kernel.h).  num_threads threads
+ * over the output panels (0: the setting of fa_set_num_threads).  y must
+ * overlap neither x nor residual (y holds partial sums between K blocks).
+ * Returns 0, or -1 when a scratch
+ * cannot be allocated. */
 int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float *packed,
-                  int64_t n, const float *bias, float *y, int64_t ldy);
+                  int64_t n, const float *bias, const float *residual, int64_t ldr, int act,
+                  float *y, int64_t ldy, int num_threads);
+
+/* y = LayerNorm(x + residual) * g + b over m rows of n (kernels/linear.h),
+ * float32 statistics; residual may be NULL; y may be x or residual.
+ * Single-threaded. */
+void fa_layer_norm_f32(const float *x, int64_t ldx, const float *residual, int64_t ldr,
+                       int64_t m, int64_t n, const float *g, const float *b, float eps,
+                       float *y, int64_t ldy);
+
+/* Threads for a call of a driver other than attention's (attention.c). */
+int fa_threads_for_call(int requested);
 
 /* Run the FMA peak probe of an ISA path (iters x 12 vector FMAs);
  * *lanes receives its float32 vector length. */

@@ -70,10 +70,30 @@ typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
 #define FA_LIN_KC 256
 #define FA_LIN_MC 128
 #define FA_LIN_SCRATCH ((FA_LIN_MC + 12) * FA_LIN_KC)
-/* y (m x n) = x (m x k) W + bias over a packed W (kernels/linear.h). */
-typedef void (*fa_linear_f32_fn)(const float *x, int64_t m, int64_t k, int64_t ldx,
-                                 const float *packed, int64_t n, const float *bias, float *y,
-                                 int64_t ldy, float *scratch);
+/* The activations of the linear layer's epilogue (kernels/linear.h);
+ * the numbers are the binding's too (_core.pxd). */
+enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3, FA_ACT_SILU = 4 };
+/* One linear-layer call: y (m x n) = act(x (m x k) W + bias) + residual
+ * over a packed W (kernels/linear.h), for the output panels [p0, p1).
+ * bias and residual may be NULL. */
+typedef struct {
+    const float *x;
+    int64_t m, k, ldx;
+    const float *packed;
+    int64_t n, p0, p1;
+    const float *bias;
+    const float *residual;
+    int64_t ldr;
+    float *y;
+    int64_t ldy;
+    int act;
+} fa_linear_args;
+typedef void (*fa_linear_f32_fn)(const fa_linear_args *a, float *scratch);
+/* y = LayerNorm(x + residual) * g + b over rows of n (kernels/linear.h);
+ * residual may be NULL, y may be x or residual. */
+typedef void (*fa_layer_norm_f32_fn)(const float *x, int64_t ldx, const float *residual,
+                                     int64_t ldr, int64_t m, int64_t n, const float *g,
+                                     const float *b, float eps, float *y, int64_t ldy);
 typedef void (*fa_vec_f64_fn)(const double *x, double *y, int64_t n);
 
 /* Everything one kernel_<isa>.c provides, defined by kernel_instantiate.h
@@ -86,6 +106,7 @@ typedef struct {
     fa_vec_f32_fn exp2_f32, tanh_f32;
     fa_vec_f64_fn exp2_f64, tanh_f64;
     fa_linear_f32_fn linear_f32;        /* the row-invariant float32 GEMM */
+    fa_layer_norm_f32_fn layer_norm_f32; /* residual add + LayerNorm, by rows */
     double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */
     int (*lanes)(void);                 /* float32 lanes of a vector */
     /* Matrix family only: load the tile configuration on the calling

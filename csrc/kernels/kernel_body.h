@@ -36,7 +36,8 @@
  *   rows.h    the few-row (decode) kernel (vectors along d and the keys)
  *   probes.h  exp2/tanh array functions and the FMA probe (not on the
  *             attention path)
- *   linear.h  the row-invariant float32 GEMM of the linear layers
+ *   epilogue.h  bias -> activation -> residual on a linear layer's finished sums
+ *   linear.h  the row-invariant float32 GEMM of the linear layers, LayerNorm
  * The scratch each kernel carves is laid out in scratch.h, which the
  * driver sizes from.
  *
@@ -74,6 +75,7 @@
 #if !FA_KV_I8
 #include "probes.h"
 #endif
+#include "epilogue.h" /* float32 only */
 #include "linear.h"  /* float32 only */
 #else
 #include "matrix.h" /* the matrix-unit files (matrix_instantiate.h) */

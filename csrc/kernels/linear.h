@@ -1,6 +1,7 @@
 /*
- * linear.h: y = x W + b in float32 over a packed W, compiled once per ISA
- * (float32 only) by kernel_body.h.
+ * linear.h: y = act(x W + b) + residual in float32 over a packed W, and the
+ * residual add + LayerNorm, compiled once per ISA (float32 only) by
+ * kernel_body.h.
  *
  * Why a GEMM of our own next to the BLAS: a row's result must not depend
  * on the other rows of the call.  Optimized BLAS libraries choose their
@@ -47,10 +48,19 @@
 
 /* One register block: FA_LIN_MR packed rows (a[kk * MR + i]) times the
  * kc x 16 slice w of a panel.  The rows < rows and columns < cols of y
- * receive the sum (first: y = sum, else y += sum; last: + bias). */
+ * receive the sum (first: y = sum, else y += sum); after the last K block
+ * (ep != NULL) the epilogue (epilogue.h) runs on the finished sums, with
+ * ep's bias, activation and residual (its pointers at this block's first
+ * column, the residual's rows ldr apart). */
+typedef struct {
+    const float *bias, *residual;
+    int64_t ldr;
+    int act;
+} FA_FN(fa_lin_ep_);
+
 FA_INLINE void FA_FN(fa_linear_block_)(const float *a, const float *w, int64_t kc, float *y,
                                         int64_t ldy, int rows, int cols, int first,
-                                        const float *bias)
+                                        const FA_FN(fa_lin_ep_) *ep)
 {
     VT acc[FA_LIN_MR][FA_LIN_NV];
     for (int i = 0; i < FA_LIN_MR; i++)
@@ -66,19 +76,20 @@ FA_INLINE void FA_FN(fa_linear_block_)(const float *a, const float *w, int64_t k
     for (int i = 0; i < rows; i++) {
         float *yi = y + i * ldy;
         for (int v = 0; v < FA_LIN_NV; v++) {
+            const int n = cols - v * VL < VL ? cols - v * VL : VL; /* the last panel's tail */
+            if (n <= 0) break;
             VT r = acc[i][v];
-            if (cols == FA_LIN_NR) {
-                if (!first) r += FA_FN(fa_loadu_)(yi + v * VL);
-                if (bias) r += FA_FN(fa_loadu_)(bias + v * VL);
+            if (!first)
+                r += n == VL ? FA_FN(fa_loadu_)(yi + v * VL)
+                             : FA_FN(fa_load_tail_)(yi + v * VL, n, 0);
+            if (ep)
+                FA_FN(fa_epilogue_)(r, n, ep->bias ? ep->bias + v * VL : NULL, ep->act,
+                                    ep->residual ? ep->residual + i * ep->ldr + v * VL : NULL,
+                                    yi + v * VL);
+            else if (n == VL)
                 FA_FN(fa_storeu_)(yi + v * VL, r);
-            } else { /* the last panel: touch only its n - 16p real columns */
-                for (int l = 0; l < VL && v * VL + l < cols; l++) {
-                    float e = r[l];
-                    if (!first) e = yi[v * VL + l] + e;
-                    if (bias) e += bias[v * VL + l];
-                    yi[v * VL + l] = e;
-                }
-            }
+            else
+                FA_FN(fa_store_tail_)(yi + v * VL, n, r);
         }
     }
 }
@@ -101,18 +112,28 @@ static void FA_FN(fa_linear_pack_)(const float *x, int64_t ldx, int64_t m, int64
     }
 }
 
-/* y (m x n, row stride ldy) = x (m x k, row stride ldx) W + bias, W packed
- * as above (ceil(n / 16) panels of k x 16); bias may be NULL; scratch holds
- * FA_LIN_SCRATCH floats (FA_LIN_MC rows rounded up to FA_LIN_MR, times
- * FA_LIN_KC). */
-static void FA_FN(fa_linear_)(const float *x, int64_t m, int64_t k, int64_t ldx,
-                              const float *packed, int64_t n, const float *bias, float *y,
-                              int64_t ldy, float *scratch)
+/* The epilogue with no products (k == 0): y = act(bias or 0) + residual. */
+static void FA_FN(fa_linear_k0_)(const fa_linear_args *A)
 {
-    const int64_t panels = (n + FA_LIN_NR - 1) / FA_LIN_NR;
-    if (k == 0) { /* no products: y = bias (or 0) */
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) y[i * ldy + j] = bias ? bias[j] : 0.0f;
+    const int64_t c0 = A->p0 * FA_LIN_NR, c1 = A->p1 * FA_LIN_NR < A->n ? A->p1 * FA_LIN_NR : A->n;
+    for (int64_t i = 0; i < A->m; i++)
+        for (int64_t c = c0; c < c1; c += VL) {
+            const int n = c1 - c < VL ? (int)(c1 - c) : VL;
+            FA_FN(fa_epilogue_)(VSPLAT(0), n, A->bias ? A->bias + c : NULL, A->act,
+                                A->residual ? A->residual + i * A->ldr + c : NULL,
+                                A->y + i * A->ldy + c);
+        }
+}
+
+/* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
+ * fa_linear_args), W packed as above (ceil(n / 16) panels of k x 16);
+ * scratch holds FA_LIN_SCRATCH floats (FA_LIN_MC rows rounded up to
+ * FA_LIN_MR, times FA_LIN_KC). */
+static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
+{
+    const int64_t k = A->k, n = A->n, m = A->m, ldx = A->ldx, ldy = A->ldy;
+    if (k == 0) {
+        FA_FN(fa_linear_k0_)(A);
         return;
     }
     for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC) {
@@ -120,17 +141,71 @@ static void FA_FN(fa_linear_)(const float *x, int64_t m, int64_t k, int64_t ldx,
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;
-            FA_FN(fa_linear_pack_)(x + r0 * ldx + k0, ldx, rows, kc, scratch);
-            for (int64_t p = 0; p < panels; p++) {
+            FA_FN(fa_linear_pack_)(A->x + r0 * ldx + k0, ldx, rows, kc, scratch);
+            for (int64_t p = A->p0; p < A->p1; p++) {
                 const int64_t c0 = p * FA_LIN_NR;
                 const int cols = (int)(n - c0 < FA_LIN_NR ? n - c0 : FA_LIN_NR);
-                const float *w = packed + (p * k + k0) * FA_LIN_NR;
+                const float *w = A->packed + (p * k + k0) * FA_LIN_NR;
                 for (int64_t g = 0; g < rows; g += FA_LIN_MR) {
                     const int gr = (int)(rows - g < FA_LIN_MR ? rows - g : FA_LIN_MR);
-                    FA_FN(fa_linear_block_)(scratch + g * kc, w, kc, y + (r0 + g) * ldy + c0,
-                                            ldy, gr, cols, first,
-                                            last && bias ? bias + c0 : NULL);
+                    const FA_FN(fa_lin_ep_) ep = {
+                        A->bias ? A->bias + c0 : NULL,
+                        A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL, A->ldr,
+                        A->act};
+                    FA_FN(fa_linear_block_)(scratch + g * kc, w, kc, A->y + (r0 + g) * ldy + c0,
+                                            ldy, gr, cols, first, last ? &ep : NULL);
                 }
+            }
+        }
+    }
+}
+
+/*
+ * LayerNorm of the rows of x + residual (residual may be NULL), in float32
+ * statistics: the row is summed into VL lane sums (then across the lanes),
+ * its mean taken, and the variance computed from the centred values (two
+ * passes over a row that stays in L1: no cancellation of E[x^2] - E[x]^2).
+ * y = (v - mean) / sqrt(var + eps) * g + b.  y may be x or residual (each
+ * element is read before it is written).  Per row only: a row's result does
+ * not depend on the others.
+ */
+static void FA_FN(fa_layer_norm_)(const float *x, int64_t ldx, const float *residual,
+                                  int64_t ldr, int64_t m, int64_t n, const float *g,
+                                  const float *b, float eps, float *y, int64_t ldy)
+{
+    for (int64_t i = 0; i < m; i++) {
+        const float *xi = x + i * ldx, *ri = residual ? residual + i * ldr : NULL;
+        float *yi = y + i * ldy;
+        VT sum = VSPLAT(0);
+        for (int64_t c = 0; c < n; c += VL) {
+            const int t = n - c < VL ? (int)(n - c) : VL;
+            VT v = t == VL ? FA_FN(fa_loadu_)(xi + c) : FA_FN(fa_load_tail_)(xi + c, t, 0);
+            if (ri) v += t == VL ? FA_FN(fa_loadu_)(ri + c) : FA_FN(fa_load_tail_)(ri + c, t, 0);
+            if (t == VL) FA_FN(fa_storeu_)(yi + c, v);
+            else FA_FN(fa_store_tail_)(yi + c, t, v);
+            sum += v;
+        }
+        const float mean_s = FA_FN(fa_hsum_)(sum) / (float)n;
+        const VT mean = VSPLAT(mean_s);
+        VT sq = VSPLAT(0);
+        for (int64_t c = 0; c < n; c += VL) {
+            const int t = n - c < VL ? (int)(n - c) : VL;
+            /* a tail's missing lanes are filled with the mean: they add 0 */
+            const VT d = (t == VL ? FA_FN(fa_loadu_)(yi + c)
+                                  : FA_FN(fa_load_tail_)(yi + c, t, mean_s)) - mean;
+            sq += d * d;
+        }
+        const VT sd = VSPLAT(__builtin_sqrtf(FA_FN(fa_hsum_)(sq) / (float)n + eps));
+        for (int64_t c = 0; c < n; c += VL) {
+            const int t = n - c < VL ? (int)(n - c) : VL;
+            if (t == VL) {
+                const VT d = FA_FN(fa_loadu_)(yi + c) - mean;
+                FA_FN(fa_storeu_)(yi + c, d / sd * FA_FN(fa_loadu_)(g + c) + FA_FN(fa_loadu_)(b + c));
+            } else {
+                const VT d = FA_FN(fa_load_tail_)(yi + c, t, 0) - mean;
+                FA_FN(fa_store_tail_)(yi + c, t,
+                                      d / sd * FA_FN(fa_load_tail_)(g + c, t, 0)
+                                          + FA_FN(fa_load_tail_)(b + c, t, 0));
             }
         }
     }

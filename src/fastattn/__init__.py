@@ -24,10 +24,10 @@ from .api import attention, attention_paged, attention_varlen, attention_weights
 from .kvcache import KVCache
 from .paged import PagedKVCache
 from .layer import MultiHeadAttention
-from .linear import PackedLinear, linear, pack_linear
+from .linear import PackedLinear, layer_norm, linear, pack_linear
 from . import plot  # matplotlib is imported only when a plot is drawn
 
-__all__ = ["attention", "linear", "pack_linear", "PackedLinear", "attention_varlen", "attention_paged", "attention_weights", "explain", "merge", "KVCache",
+__all__ = ["attention", "linear", "layer_norm", "pack_linear", "PackedLinear", "attention_varlen", "attention_paged", "attention_weights", "explain", "merge", "KVCache",
            "PagedKVCache",
            "MultiHeadAttention", "plot", "reference", "info", "show_config",
            "set_num_threads", "get_num_threads", "__version__"]

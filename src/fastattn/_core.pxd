@@ -92,6 +92,10 @@ cdef extern from "dispatch.h" nogil:
     void fa_tanh_f64(const double *x, double *y, int64_t n) noexcept
     double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes) noexcept
     int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float *packed,
-                      int64_t n, const float *bias, float *y, int64_t ldy) noexcept
+                      int64_t n, const float *bias, const float *residual, int64_t ldr,
+                      int act, float *y, int64_t ldy, int num_threads) noexcept
+    void fa_layer_norm_f32(const float *x, int64_t ldx, const float *residual, int64_t ldr,
+                           int64_t m, int64_t n, const float *g, const float *b, float eps,
+                           float *y, int64_t ldy) noexcept
     double fa_read_probe(const float *x, int64_t n) noexcept
     int fa_bf16_dot_product() noexcept

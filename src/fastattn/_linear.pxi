@@ -21,17 +21,44 @@ cdef int64_t _row_stride(cnp.ndarray a, str name) except -1:
     return a.strides[0] // 4 if a.shape[0] > 1 else a.shape[1]
 
 
-def linear_f32(x, packed, bias, out):
-    """``out[:] = x @ W + bias`` with W (k x n) packed by rows of panels:
-    ``packed`` is float32 C-contiguous of shape (ceil(n / 16), k, 16), n is
-    ``out.shape[1]``; ``bias`` is None or float32 contiguous (n,).  Every
-    output element is one multiply-add chain over k in order, so a row's
-    result does not depend on the other rows.  Runs on the calling thread
-    with the GIL released."""
-    cdef cnp.ndarray xa = x, pa = packed, oa = out, ba
+# the epilogue's activations, by name (FA_ACT_* of csrc/kernels/kernel.h)
+LINEAR_ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+
+
+cdef const float *_vector_f32(object a, str name, int64_t n) except? NULL:
+    """Data of a C-contiguous aligned float32 vector of length n."""
+    cdef cnp.ndarray va = a
+    if (va.dtype != np.float32 or cnp.PyArray_NDIM(va) != 1 or not va.flags.c_contiguous
+            or not va.flags.aligned or va.shape[0] != n):
+        raise ValueError(f"{name} must be C-contiguous float32 of shape ({n},)")
+    return <const float *>cnp.PyArray_DATA(va)
+
+
+cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    """Whether the memory spans of two arrays (lowest to highest element)
+    intersect."""
+    return a.size != 0 and b.size != 0 and np.may_share_memory(a, b)
+
+
+def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_threads=1):
+    """``out[:] = act(x @ W + bias) + residual`` with W (k x n) packed by
+    rows of panels: ``packed`` is float32 C-contiguous of shape
+    (ceil(n / 16), k, 16), n is ``out.shape[1]``; ``bias`` is None or
+    float32 contiguous (n,); ``residual`` None or (m, n) float32 with unit
+    column stride, not overlapping ``out``; ``activation`` a key of
+    LINEAR_ACTIVATIONS.  Every output element is the same chain of
+    operations whatever the other rows, panels or threads, so a row's
+    result does not depend on them.  ``num_threads`` threads over the
+    output panels (0: the setting of set_num_threads), GIL released."""
+    cdef cnp.ndarray xa = x, pa = packed, oa = out, ra
     cdef int64_t m = xa.shape[0] if cnp.PyArray_NDIM(xa) == 2 else -1
-    cdef int64_t k, n, ldx, ldy
+    cdef int64_t k, n, ldx, ldy, ldr = 0
     cdef const float *bp = NULL
+    cdef const float *rp = NULL
+    cdef int act
+    if activation not in LINEAR_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {list(LINEAR_ACTIVATIONS)}, got {activation!r}")
+    act = LINEAR_ACTIVATIONS[activation]
     ldx = _row_stride(xa, "x")
     ldy = _row_stride(oa, "out")
     k, n = xa.shape[1], oa.shape[1]
@@ -42,20 +69,65 @@ def linear_f32(x, packed, bias, out):
         raise ValueError(f"packed must be C-contiguous float32 of shape "
                          f"({(n + LINEAR_PANEL - 1) // LINEAR_PANEL}, {k}, {LINEAR_PANEL})")
     if bias is not None:
-        ba = bias
-        if (ba.dtype != np.float32 or not ba.flags.c_contiguous or not ba.flags.aligned
-                or tuple(bias.shape) != (n,)):
-            raise ValueError(f"bias must be C-contiguous float32 of shape ({n},)")
-        bp = <const float *>cnp.PyArray_DATA(ba)
+        bp = _vector_f32(bias, "bias", n)
+    if residual is not None:
+        ra = residual
+        ldr = _row_stride(ra, "residual")
+        if ra.shape[0] != m or ra.shape[1] != n:
+            raise ValueError(f"residual must have shape ({m}, {n}), got {tuple(residual.shape)}")
+        if _overlap(ra, oa):
+            raise ValueError("residual must not overlap out")
+        rp = <const float *>cnp.PyArray_DATA(ra)
     if not oa.flags.writeable:
         raise ValueError("out is read-only")
+    if _overlap(xa, oa):
+        raise ValueError("out must not overlap x")
     if m == 0 or n == 0:
         return out
     cdef int rc
     with nogil:
         rc = fa_linear_f32(<const float *>cnp.PyArray_DATA(xa), m, k, ldx,
-                      <const float *>cnp.PyArray_DATA(pa), n, bp,
-                      <float *>cnp.PyArray_DATA(oa), ldy)
+                           <const float *>cnp.PyArray_DATA(pa), n, bp, rp, ldr, act,
+                           <float *>cnp.PyArray_DATA(oa), ldy, num_threads)
     if rc != 0:
         raise MemoryError("linear_f32: no memory for the packing scratch")
+    return out
+
+
+def layer_norm_f32(x, weight, bias, double eps, out, residual=None):
+    """``out[:] = LayerNorm(x + residual) * weight + bias`` over the rows of
+    2-D float32 arrays with unit column stride (float32 statistics);
+    ``residual`` None or like x; out may be x or residual but must not
+    partly overlap them.  GIL released."""
+    cdef cnp.ndarray xa = x, oa = out, ra
+    cdef int64_t m, n, ldx, ldy, ldr = 0
+    cdef const float *rp = NULL
+    cdef const float *gp
+    cdef const float *bp
+    ldx = _row_stride(xa, "x")
+    ldy = _row_stride(oa, "out")
+    m, n = xa.shape[0], xa.shape[1]
+    if oa.shape[0] != m or oa.shape[1] != n:
+        raise ValueError(f"out must have shape ({m}, {n}), got {tuple(out.shape)}")
+    gp = _vector_f32(weight, "weight", n)
+    bp = _vector_f32(bias, "bias", n)
+    if not oa.flags.writeable:
+        raise ValueError("out is read-only")
+    if _overlap(xa, oa) and not (cnp.PyArray_DATA(xa) == cnp.PyArray_DATA(oa) and ldx == ldy):
+        raise ValueError("out must be x itself or not overlap it")
+    if residual is not None:
+        ra = residual
+        ldr = _row_stride(ra, "residual")
+        if ra.shape[0] != m or ra.shape[1] != n:
+            raise ValueError(f"residual must have shape ({m}, {n}), got {tuple(residual.shape)}")
+        if _overlap(ra, oa) and not (cnp.PyArray_DATA(ra) == cnp.PyArray_DATA(oa) and ldr == ldy):
+            raise ValueError("out must be residual itself or not overlap it")
+        rp = <const float *>cnp.PyArray_DATA(ra)
+    if not (eps >= 0 and eps < float("inf")):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if m == 0 or n == 0:
+        return out
+    with nogil:
+        fa_layer_norm_f32(<const float *>cnp.PyArray_DATA(xa), ldx, rp, ldr, m, n, gp, bp,
+                          <float>eps, <float *>cnp.PyArray_DATA(oa), ldy)
     return out

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from . import _checks
 from . import _core
 
-__all__ = ["PackedLinear", "pack_linear", "linear"]
+__all__ = ["ACTIVATIONS", "PackedLinear", "pack_linear", "linear", "layer_norm"]
 
 _PANEL: int = int(_core.LINEAR_PANEL)
 _DTYPES = ("float32",)
@@ -133,9 +133,15 @@ def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> Pac
     return PackedLinear(packed, b, int(n), int(k))
 
 
-def linear(x: Any, packed: PackedLinear, *, out: Optional[NDArray[Any]] = None
-           ) -> NDArray[np.float32]:
-    """``x @ W.T + b`` for a :class:`PackedLinear` made by :func:`pack_linear`.
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+
+
+def linear(x: Any, packed: PackedLinear, *, activation: Optional[str] = None,
+           residual: Any = None, out: Optional[NDArray[Any]] = None,
+           num_threads: Optional[int] = None) -> NDArray[np.float32]:
+    """``act(x @ W.T + b) + residual`` for a :class:`PackedLinear` made by
+    :func:`pack_linear`, with the bias, activation and residual applied to
+    each finished block of sums while it is still in registers.
 
     Parameters
     ----------
@@ -143,20 +149,37 @@ def linear(x: Any, packed: PackedLinear, *, out: Optional[NDArray[Any]] = None
         Any leading dims and any strides (a layout that cannot be viewed as
         aligned rows of adjacent elements is copied first).
     packed : PackedLinear
+    activation : {None, "gelu", "gelu_tanh", "relu", "silu"}
+        ``"gelu"`` is the erf form (``x * Phi(x)``), ``"gelu_tanh"`` the tanh
+        approximation, ``"silu"`` ``x * sigmoid(x)``.  Their accuracy is in
+        docs/numerics.md.
+    residual : numpy.ndarray or None
+        float32, of the output's shape; added after the activation.  It may
+        be ``out`` itself (then it is read before ``out`` is written).
     out : numpy.ndarray or None
-        float32 of shape ``x.shape[:-1] + (out_features,)``, with adjacent
-        elements in its last dim; written and returned.
+        float32 of shape ``x.shape[:-1] + (out_features,)``; written and
+        returned.  It must not overlap ``x``.
+    num_threads : int or None
+        Threads over blocks of output columns (default: the setting of
+        :func:`fastattn.set_num_threads`).  The result does not depend on it.
 
     Returns
     -------
     numpy.ndarray, float32, (..., out_features)
 
     A row's result depends on that row alone, bitwise (see the module
-    docstring).  Runs on the calling thread with the GIL released.
+    docstring): not on the other rows, their number, its position, or the
+    thread count.  NaN or inf in a row of ``x`` reaches that row only.
+    The GIL is released during the computation.
     """
     if not isinstance(packed, PackedLinear):
         raise TypeError(f"packed must be a fastattn.PackedLinear (from pack_linear), got "
                         f"{type(packed).__name__}")
+    if activation is not None and (not isinstance(activation, str)
+                                   or activation not in ACTIVATIONS):
+        raise ValueError(f"activation must be None or one of {list(ACTIVATIONS)}, got "
+                         f"{activation!r}")
+    nt = _threads(num_threads)
     xa = _checks.ndarray("x", x)
     if xa.dtype != np.float32:
         raise TypeError(f"x has dtype {xa.dtype}; expected float32")
@@ -168,31 +191,135 @@ def linear(x: Any, packed: PackedLinear, *, out: Optional[NDArray[Any]] = None
     if out is None:
         res = np.empty(shape, dtype=np.float32)
     else:
-        res = _checks.ndarray("out", out)
-        if res.dtype != np.float32:
-            raise TypeError(f"out has dtype {res.dtype}; expected float32")
-        if res.shape != shape:
-            raise ValueError(f"out must have shape {shape}, got {res.shape}")
-        if not res.flags.writeable:
-            raise ValueError("out is read-only")
+        res = _out_array("out", out, shape)
         if np.shares_memory(res, xa):
             raise ValueError("out must not overlap x")
+    ra: Optional[NDArray[np.float32]] = None
+    if residual is not None:
+        ra = _checks.ndarray("residual", residual)
+        if ra.dtype != np.float32:
+            raise TypeError(f"residual has dtype {ra.dtype}; expected float32")
+        if ra.shape != shape:
+            raise ValueError(f"residual must have the output's shape {shape}, got {ra.shape}")
     if res.size == 0:
-        return res
-    if xa.size == 0:  # in_features == 0: no products, the bias alone
-        res[...] = 0 if packed._bias is None else packed._bias
         return res
     x2 = _rows_view(xa)
     if x2 is None:
         x2 = np.require(xa, requirements=["C", "A"]).reshape(-1, packed.in_features)
+    r2: Optional[NDArray[np.float32]] = None
+    if ra is not None:
+        # out holds partial sums between K blocks: a residual that shares
+        # its memory is read from a copy
+        r2 = None if np.may_share_memory(ra, res) else _rows_view(ra)
+        if r2 is None:
+            r2 = np.array(ra, dtype=np.float32, order="C").reshape(-1, packed.out_features)
     y2 = _rows_view(res)
     if y2 is None:  # out's rows cannot be viewed in place: compute, then copy
         tmp = np.empty((x2.shape[0], packed.out_features), dtype=np.float32)
-        _core.linear_f32(x2, packed._packed, packed._bias, tmp)
+        _core.linear_f32(x2, packed._packed, packed._bias, tmp, r2, activation, nt)
         res[...] = tmp.reshape(shape)
     else:
-        _core.linear_f32(x2, packed._packed, packed._bias, y2)
+        _core.linear_f32(x2, packed._packed, packed._bias, y2, r2, activation, nt)
     return res
+
+
+def layer_norm(x: Any, weight: Any, bias: Any, eps: float = 1e-5, *, residual: Any = None,
+               out: Optional[NDArray[Any]] = None) -> NDArray[np.float32]:
+    """``LayerNorm(x + residual) * weight + bias`` over the last axis, in
+    one pass over memory per row, with float32 statistics.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, float32, (..., n)
+    weight, bias : array_like, (n,)
+        Converted to float32.
+    eps : float
+        Added to the variance (finite, >= 0).
+    residual : numpy.ndarray or None
+        float32 of x's shape, added to x first (the post-LN transformer
+        block: ``LayerNorm(h + sublayer(h))``).
+    out : numpy.ndarray or None
+        float32 of x's shape; it may be ``x`` or ``residual`` itself
+        (in place), but must not partly overlap either.
+
+    Returns
+    -------
+    numpy.ndarray, float32, x's shape
+
+    The mean and variance are float32 sums over the row (the variance from
+    the centred values, not ``E[x^2] - E[x]^2``).  Each row depends on
+    itself alone.  The GIL is released during the computation.
+    """
+    xa = _checks.ndarray("x", x)
+    if xa.dtype != np.float32:
+        raise TypeError(f"x has dtype {xa.dtype}; expected float32")
+    if xa.ndim < 1:
+        raise ValueError(f"x must have at least 1 dimension, got shape {xa.shape}")
+    n = xa.shape[-1]
+    g = np.ascontiguousarray(_float_array("weight", weight), dtype=np.float32)
+    b = np.ascontiguousarray(_float_array("bias", bias), dtype=np.float32)
+    for name, v in (("weight", g), ("bias", b)):
+        if v.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) to match x's last dim, got "
+                             f"{v.shape}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if not (0 <= float(eps) < float("inf")):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    ra: Optional[NDArray[np.float32]] = None
+    if residual is not None:
+        ra = _checks.ndarray("residual", residual)
+        if ra.dtype != np.float32:
+            raise TypeError(f"residual has dtype {ra.dtype}; expected float32")
+        if ra.shape != xa.shape:
+            raise ValueError(f"residual must have x's shape {xa.shape}, got {ra.shape}")
+    res = np.empty(xa.shape, dtype=np.float32) if out is None else \
+        _out_array("out", out, xa.shape)
+    for name, a in (("x", xa), ("residual", ra)):
+        if a is not None and out is not None and np.shares_memory(res, a) and not _same(res, a):
+            raise ValueError(f"out must be {name} itself or not overlap it")
+    if res.size == 0:
+        return res
+    x2 = _rows_view(xa)
+    y2 = _rows_view(res)
+    r2 = None if ra is None else _rows_view(ra)
+    if x2 is None or y2 is None or (ra is not None and r2 is None):
+        # a layout that cannot be viewed as rows: compute on copies
+        xc = np.ascontiguousarray(xa).reshape(-1, n)
+        rc = None if ra is None else np.ascontiguousarray(ra).reshape(-1, n)
+        tmp = np.empty(xc.shape, dtype=np.float32)
+        _core.layer_norm_f32(xc, g, b, float(eps), tmp, rc)
+        res[...] = tmp.reshape(xa.shape)
+    else:
+        _core.layer_norm_f32(x2, g, b, float(eps), y2, r2)
+    return res
+
+
+def _same(a: NDArray[Any], b: NDArray[Any]) -> bool:
+    """Whether two arrays are views of exactly the same elements."""
+    return bool(a.shape == b.shape and a.strides == b.strides
+                and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def _out_array(name: str, out: Any, shape: Tuple[int, ...]) -> NDArray[np.float32]:
+    res = _checks.ndarray(name, out)
+    if res.dtype != np.float32:
+        raise TypeError(f"{name} has dtype {res.dtype}; expected float32")
+    if res.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {res.shape}")
+    if not res.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return res
+
+
+def _threads(num_threads: Any) -> int:
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return int(min(num_threads, 1 << 16))
 
 
 def _float_array(name: str, a: Any) -> NDArray[np.float32]:

@@ -23,8 +23,14 @@ size or on the thread count.  Three things would break that:
   Short sentences (up to the core's few-row bound, ``_few_rows()``) are
   therefore sent in calls that hold only sentences of the same length, so
   the choice is a function of the sentence alone.
-* Reductions.  LayerNorm reduces along rows of fixed-shape blocks and pooling
-  adds each sentence's own rows in order, so no sum mixes sentences.
+* Reductions.  LayerNorm (:func:`fastattn.layer_norm`) reduces each row on
+  its own and pooling adds each sentence's own rows in order, so no sum
+  mixes sentences.
+
+The bias, GELU and residual of each product run in its epilogue
+(``fastattn.linear(..., activation="gelu", residual=...)``), and the
+residual add before a LayerNorm is the product's, so the feed-forward block
+makes one pass over its activations instead of five.
 
 The thread count changes who computes a batch, never how: see
 :class:`fastattn.models.SentenceEncoder`.
@@ -41,15 +47,12 @@ import numpy.typing as npt
 
 from .. import attention_varlen as _attention_varlen
 from .. import explain as _explain
-from ..linear import PackedLinear, linear, pack_linear
+from ..linear import PackedLinear, layer_norm, linear, pack_linear
 
 __all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel", "gelu_erf"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-# rows of one GELU slice
-_GELU_ROWS = 32
 
 # Abramowitz & Stegun 7.1.26: erfc(z) ~ t (a1 + t (a2 + ...)) exp(-z^2) with
 # t = 1 / (1 + p z), z >= 0, absolute error below 1.5e-7 (about 1 float32 ulp
@@ -183,20 +186,11 @@ class BertWeights:
                    ln_b=get("embeddings.LayerNorm.bias", (h,)), layers=layers)
 
 
-def _layer_norm_(x: F32, g: F32, b: F32, eps: float) -> None:
-    """LayerNorm over the last axis of a (rows, H) block, in place."""
-    mu = x.mean(axis=1, keepdims=True)
-    x -= mu
-    var = np.square(x).mean(axis=1, keepdims=True)
-    var += np.float32(eps)
-    np.sqrt(var, out=var)
-    x /= var
-    x *= g
-    x += b
-
-
 def gelu_erf(x: F32, scratch: Tuple[F32, F32, F32]) -> None:
-    """GELU with the erf, ``x * Phi(x)``, in place on a float32 array.
+    """GELU with the erf, ``x * Phi(x)``, in place on a float32 array, in
+    NumPy.  (The encoder no longer uses it: its GELU runs in the product's
+    epilogue, ``fastattn.linear(..., activation="gelu")``, which is also
+    accurate in the negative tail, where this form loses its digits.)
 
     Phi(x) = 1 - erfc(|x|/sqrt2)/2 for x >= 0 and erfc(|x|/sqrt2)/2 below,
     i.e. ``0.5 + copysign(0.5 - erfc/2, x)``; erfc by Abramowitz & Stegun
@@ -299,8 +293,7 @@ class BertModel:
         pos = np.arange(n, dtype=np.int64) - np.repeat(cu[:-1], lens)
         np.add(w.word[tok], w.token_type[0], out=x[:n])
         x[:n] += w.position[pos]
-        for s in range(0, n_pad, r):
-            _layer_norm_(x[s:s + r], w.ln_g, w.ln_b, cfg.layer_norm_eps)
+        layer_norm(x, w.ln_g, w.ln_b, cfg.layer_norm_eps, out=x)
         groups = _attention_groups(lens)
         for layer, packed in zip(w.layers, self._packed):
             self._layer(x, n, cu, groups, layer, packed)
@@ -326,25 +319,16 @@ class BertModel:
         ctx2 = ctx.reshape(n_pad, h)
         att = np.empty((r, h), dtype=np.float32)
         ff = np.empty((r, cfg.intermediate_size), dtype=np.float32)
-        # GELU runs on slices that stay in L1/L2 (measured: about 30% faster
-        # than whole blocks)
-        g = min(r, _GELU_ROWS)
-        sh = (g, cfg.intermediate_size)
-        scratch = (np.empty(sh, np.float32), np.empty(sh, np.float32),
-                   np.empty(sh, np.float32))
         eps = cfg.layer_norm_eps
+        # the bias, GELU and residual ride in the products' epilogues; the
+        # LayerNorms run in place on rows that are still in cache
         for s in range(0, n_pad, r):
             blk = x[s:s + r]
-            linear(ctx2[s:s + r], p_out, out=att)
-            att += blk
-            _layer_norm_(att, lw.ln1_g, lw.ln1_b, eps)
-            linear(att, p_ff1, out=ff)
-            for i in range(0, r, g):
-                m = min(g, r - i)
-                gelu_erf(ff[i:i + m], (scratch[0][:m], scratch[1][:m], scratch[2][:m]))
-            linear(ff, p_ff2, out=blk)
-            blk += att
-            _layer_norm_(blk, lw.ln2_g, lw.ln2_b, eps)
+            linear(ctx2[s:s + r], p_out, residual=blk, out=att)
+            layer_norm(att, lw.ln1_g, lw.ln1_b, eps, out=att)
+            linear(att, p_ff1, activation="gelu", out=ff)
+            linear(ff, p_ff2, residual=att, out=blk)
+            layer_norm(blk, lw.ln2_g, lw.ln2_b, eps, out=blk)
 
     def mean_pooled(self, ids: Sequence[npt.NDArray[np.integer[Any]]],
                     normalize: bool = True) -> F32:
