@@ -365,13 +365,13 @@ static int fa_linear_part(const fa_kernels *kt, fa_linear_args a, int64_t p0, in
     return 0;
 }
 
-int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const float *packed,
-                  int64_t n, const float *bias, const float *residual, int64_t ldr, int act,
+int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void *packed,
+                  int wtype, int64_t n, const float *bias, const float *residual, int64_t ldr, int act,
                   float *y, int64_t ldy, int num_threads)
 {
     const fa_kernels *kt = fa_current_table();
     const int64_t panels = (n + FA_LIN_NR - 1) / FA_LIN_NR;
-    const fa_linear_args a = {.x = x, .m = m, .k = k, .ldx = ldx, .packed = packed, .n = n,
+    const fa_linear_args a = {.x = x, .m = m, .k = k, .ldx = ldx, .packed = packed, .wtype = wtype, .n = n,
                               .p0 = 0, .p1 = panels, .bias = bias, .residual = residual,
                               .ldr = ldr, .y = y, .ldy = ldy, .act = act};
     /* threads over the output panels: every element is computed by the same

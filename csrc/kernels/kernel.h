@@ -76,10 +76,12 @@ enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3, 
 /* One linear-layer call: y (m x n) = act(x (m x k) W + bias) + residual
  * over a packed W (kernels/linear.h), for the output panels [p0, p1).
  * bias and residual may be NULL. */
+enum { FA_LIN_F32 = 0, FA_LIN_BF16 = 1 }; /* the packed weight's type */
 typedef struct {
     const float *x;
     int64_t m, k, ldx;
-    const float *packed;
+    const void *packed; /* wtype: float32 panels, or bfloat16 pairs */
+    int wtype;
     int64_t n, p0, p1;
     const float *bias;
     const float *residual;

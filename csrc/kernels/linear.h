@@ -46,33 +46,22 @@
 #define FA_LIN_SPLAT(p) VSPLAT(*(p))
 #endif
 
-/* One register block: FA_LIN_MR packed rows (a[kk * MR + i]) times the
- * kc x 16 slice w of a panel.  The rows < rows and columns < cols of y
- * receive the sum (first: y = sum, else y += sum); after the last K block
- * (ep != NULL) the epilogue (epilogue.h) runs on the finished sums, with
- * ep's bias, activation and residual (its pointers at this block's first
- * column, the residual's rows ldr apart). */
+/* The epilogue's operands for one register block. */
 typedef struct {
     const float *bias, *residual;
     int64_t ldr;
     int act;
 } FA_FN(fa_lin_ep_);
 
-FA_INLINE void FA_FN(fa_linear_block_)(const float *a, const float *w, int64_t kc, float *y,
-                                        int64_t ldy, int rows, int cols, int first,
+/* A register block's sums to y: the rows < rows and columns < cols of y
+ * receive them (first: y = sum, else y += sum); after the last K block
+ * (ep != NULL) the epilogue (epilogue.h) runs on the finished sums, with
+ * ep's bias, activation and residual (its pointers at the block's first
+ * column, the residual's rows ldr apart). */
+FA_INLINE void FA_FN(fa_linear_store_)(VT acc[FA_LIN_MR][FA_LIN_NV], float *y, int64_t ldy,
+                                        int rows, int cols, int first,
                                         const FA_FN(fa_lin_ep_) *ep)
 {
-    VT acc[FA_LIN_MR][FA_LIN_NV];
-    for (int i = 0; i < FA_LIN_MR; i++)
-        for (int v = 0; v < FA_LIN_NV; v++) acc[i][v] = VSPLAT(0);
-    for (int64_t kk = 0; kk < kc; kk++) {
-        VT b[FA_LIN_NV];
-        for (int v = 0; v < FA_LIN_NV; v++) b[v] = FA_FN(fa_loadu_)(w + kk * FA_LIN_NR + v * VL);
-        for (int i = 0; i < FA_LIN_MR; i++) {
-            const VT s = FA_LIN_SPLAT(a + kk * FA_LIN_MR + i);
-            for (int v = 0; v < FA_LIN_NV; v++) acc[i][v] += s * b[v];
-        }
-    }
     for (int i = 0; i < rows; i++) {
         float *yi = y + i * ldy;
         for (int v = 0; v < FA_LIN_NV; v++) {
@@ -94,22 +83,78 @@ FA_INLINE void FA_FN(fa_linear_block_)(const float *a, const float *w, int64_t k
     }
 }
 
-/* Pack rows [0, m) x columns [0, kc) of x into groups of FA_LIN_MR rows,
- * interleaved by k; the last group is padded with zero rows. */
-static void FA_FN(fa_linear_pack_)(const float *x, int64_t ldx, int64_t m, int64_t kc,
-                                   float *dst)
+/* One register block: FA_LIN_MR packed rows (a[kk * MR + i]) times the
+ * kc x 16 float32 slice w of a panel, stored by fa_linear_store_. */
+FA_INLINE void FA_FN(fa_linear_block_)(const float *a, const float *w, int64_t kc, float *y,
+                                        int64_t ldy, int rows, int cols, int first,
+                                        const FA_FN(fa_lin_ep_) *ep)
 {
-    for (int64_t g = 0; g < m; g += FA_LIN_MR) {
-        float *d = dst + g * kc;
+    VT acc[FA_LIN_MR][FA_LIN_NV];
+    for (int i = 0; i < FA_LIN_MR; i++)
+        for (int v = 0; v < FA_LIN_NV; v++) acc[i][v] = VSPLAT(0);
+    for (int64_t kk = 0; kk < kc; kk++) {
+        VT b[FA_LIN_NV];
+        for (int v = 0; v < FA_LIN_NV; v++) b[v] = FA_FN(fa_loadu_)(w + kk * FA_LIN_NR + v * VL);
         for (int i = 0; i < FA_LIN_MR; i++) {
-            if (g + i < m) {
-                const float *src = x + (g + i) * ldx;
-                for (int64_t kk = 0; kk < kc; kk++) d[kk * FA_LIN_MR + i] = src[kk];
-            } else {
-                for (int64_t kk = 0; kk < kc; kk++) d[kk * FA_LIN_MR + i] = 0.0f;
-            }
+            const VT s = FA_LIN_SPLAT(a + kk * FA_LIN_MR + i);
+            for (int v = 0; v < FA_LIN_NV; v++) acc[i][v] += s * b[v];
         }
     }
+    FA_FN(fa_linear_store_)(acc, y, ldy, rows, cols, first, ep);
+}
+
+/* Pack rows [0, m) x columns [0, kc) of x into groups of FA_LIN_MR rows,
+ * interleaved by k, with kp >= kc k rows (those past kc are zero: the pad
+ * of an odd K block of bfloat16 pairs); the last group is padded with zero
+ * rows.  bf16: each value is rounded to bfloat16 (to nearest even; NaN
+ * stays NaN), the one rounding of x in the bfloat16 products. */
+static void FA_FN(fa_linear_pack_)(const float *x, int64_t ldx, int64_t m, int64_t kc,
+                                   int64_t kp, int bf16, float *dst)
+{
+    for (int64_t g = 0; g < m; g += FA_LIN_MR) {
+        float *d = dst + g * kp;
+        for (int i = 0; i < FA_LIN_MR; i++) {
+            int64_t kk = 0;
+            if (g + i < m) {
+                const float *src = x + (g + i) * ldx;
+                if (bf16)
+                    for (; kk < kc; kk++)
+                        d[kk * FA_LIN_MR + i] = fa_bf16_to_f32(fa_f32_to_bf16(src[kk]));
+                else
+                    for (; kk < kc; kk++) d[kk * FA_LIN_MR + i] = src[kk];
+            }
+            for (; kk < kp; kk++) d[kk * FA_LIN_MR + i] = 0.0f;
+        }
+    }
+}
+
+/* The bfloat16 twin of fa_linear_block_: w is a panel's slice of kp / 2
+ * pairs, each 16 32-bit words (word c holds column c's weights for k = 2j
+ * in its low half and 2j + 1 in its high half, the VDPBF16PS layout).  A
+ * bfloat16 is the top half of a float32, so the widening is a shift (even
+ * k) or a mask (odd k), and the sum runs over k in order, as in float32. */
+FA_INLINE void FA_FN(fa_linear_block_bf16_)(const float *a, const uint16_t *w, int64_t kp,
+                                             float *y, int64_t ldy, int rows, int cols,
+                                             int first, const FA_FN(fa_lin_ep_) *ep)
+{
+    VT acc[FA_LIN_MR][FA_LIN_NV];
+    for (int i = 0; i < FA_LIN_MR; i++)
+        for (int v = 0; v < FA_LIN_NV; v++) acc[i][v] = VSPLAT(0);
+    for (int64_t kk = 0; kk < kp; kk++) {
+        /* k = kk: even k in the words' low halves, odd k in the high */
+        const uint16_t *wk = w + (kk & ~(int64_t)1) * FA_LIN_NR;
+        VT b[FA_LIN_NV];
+        for (int v = 0; v < FA_LIN_NV; v++) {
+            VU raw;
+            __builtin_memcpy(&raw, wk + 2 * v * VL, sizeof raw);
+            b[v] = (VT)((kk & 1) ? raw >> 16 << 16 : raw << 16);
+        }
+        for (int i = 0; i < FA_LIN_MR; i++) {
+            const VT s = FA_LIN_SPLAT(a + kk * FA_LIN_MR + i);
+            for (int v = 0; v < FA_LIN_NV; v++) acc[i][v] += s * b[v];
+        }
+    }
+    FA_FN(fa_linear_store_)(acc, y, ldy, rows, cols, first, ep);
 }
 
 /* The epilogue with no products (k == 0): y = act(bias or 0) + residual. */
@@ -126,34 +171,44 @@ static void FA_FN(fa_linear_k0_)(const fa_linear_args *A)
 }
 
 /* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
- * fa_linear_args), W packed as above (ceil(n / 16) panels of k x 16);
+ * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
+ * float32, or (FA_LIN_BF16) of ceil(k / 2) x 16 bfloat16 pairs;
  * scratch holds FA_LIN_SCRATCH floats (FA_LIN_MC rows rounded up to
  * FA_LIN_MR, times FA_LIN_KC). */
 static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
 {
     const int64_t k = A->k, n = A->n, m = A->m, ldx = A->ldx, ldy = A->ldy;
+    const int bf16 = A->wtype == FA_LIN_BF16;
+    const int64_t k_pad = bf16 ? (k + 1) & ~(int64_t)1 : k; /* k rows of a packed panel */
     if (k == 0) {
         FA_FN(fa_linear_k0_)(A);
         return;
     }
     for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC) {
         const int64_t kc = k - k0 < FA_LIN_KC ? k - k0 : FA_LIN_KC;
+        const int64_t kp = bf16 ? (kc + 1) & ~(int64_t)1 : kc; /* FA_LIN_KC is even */
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;
-            FA_FN(fa_linear_pack_)(A->x + r0 * ldx + k0, ldx, rows, kc, scratch);
+            FA_FN(fa_linear_pack_)(A->x + r0 * ldx + k0, ldx, rows, kc, kp, bf16, scratch);
             for (int64_t p = A->p0; p < A->p1; p++) {
                 const int64_t c0 = p * FA_LIN_NR;
                 const int cols = (int)(n - c0 < FA_LIN_NR ? n - c0 : FA_LIN_NR);
-                const float *w = A->packed + (p * k + k0) * FA_LIN_NR;
+                const int64_t w_off = (p * k_pad + k0) * FA_LIN_NR;
                 for (int64_t g = 0; g < rows; g += FA_LIN_MR) {
                     const int gr = (int)(rows - g < FA_LIN_MR ? rows - g : FA_LIN_MR);
                     const FA_FN(fa_lin_ep_) ep = {
                         A->bias ? A->bias + c0 : NULL,
                         A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL, A->ldr,
                         A->act};
-                    FA_FN(fa_linear_block_)(scratch + g * kc, w, kc, A->y + (r0 + g) * ldy + c0,
-                                            ldy, gr, cols, first, last ? &ep : NULL);
+                    float *y = A->y + (r0 + g) * ldy + c0;
+                    if (bf16)
+                        FA_FN(fa_linear_block_bf16_)(scratch + g * kp,
+                                                     (const uint16_t *)A->packed + w_off, kp, y,
+                                                     ldy, gr, cols, first, last ? &ep : NULL);
+                    else
+                        FA_FN(fa_linear_block_)(scratch + g * kp, (const float *)A->packed + w_off,
+                                                kc, y, ldy, gr, cols, first, last ? &ep : NULL);
                 }
             }
         }

@@ -43,7 +43,9 @@ cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
 def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_threads=1):
     """``out[:] = act(x @ W + bias) + residual`` with W (k x n) packed by
     rows of panels: ``packed`` is float32 C-contiguous of shape
-    (ceil(n / 16), k, 16), n is ``out.shape[1]``; ``bias`` is None or
+    (ceil(n / 16), k, 16), or uint16 (bfloat16 bits) of shape
+    (ceil(n / 16), ceil(k / 2), 16, 2) (x is then rounded to bfloat16 once),
+    n is ``out.shape[1]``; ``bias`` is None or
     float32 contiguous (n,); ``residual`` None or (m, n) float32 with unit
     column stride, not overlapping ``out``; ``activation`` a key of
     LINEAR_ACTIVATIONS.  Every output element is the same chain of
@@ -64,10 +66,18 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
     k, n = xa.shape[1], oa.shape[1]
     if oa.shape[0] != m:
         raise ValueError(f"out has {oa.shape[0]} rows but x has {m}")
-    if (pa.dtype != np.float32 or not pa.flags.c_contiguous or not pa.flags.aligned
-            or tuple(packed.shape) != ((n + LINEAR_PANEL - 1) // LINEAR_PANEL, k, LINEAR_PANEL)):
-        raise ValueError(f"packed must be C-contiguous float32 of shape "
-                         f"({(n + LINEAR_PANEL - 1) // LINEAR_PANEL}, {k}, {LINEAR_PANEL})")
+    cdef int64_t panels = (n + LINEAR_PANEL - 1) // LINEAR_PANEL
+    cdef int wtype
+    if pa.dtype == np.float32:
+        wtype = 0
+        want = (panels, k, LINEAR_PANEL)
+    elif pa.dtype == np.uint16:
+        wtype = 1
+        want = (panels, (k + 1) // 2, LINEAR_PANEL, 2)
+    else:
+        raise TypeError(f"packed must be float32 or uint16 (bfloat16 pairs), got {pa.dtype}")
+    if not pa.flags.c_contiguous or not pa.flags.aligned or tuple(packed.shape) != want:
+        raise ValueError(f"packed must be C-contiguous {pa.dtype} of shape {want}")
     if bias is not None:
         bp = _vector_f32(bias, "bias", n)
     if residual is not None:
@@ -87,7 +97,7 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
     cdef int rc
     with nogil:
         rc = fa_linear_f32(<const float *>cnp.PyArray_DATA(xa), m, k, ldx,
-                           <const float *>cnp.PyArray_DATA(pa), n, bp, rp, ldr, act,
+                           <const void *>cnp.PyArray_DATA(pa), wtype, n, bp, rp, ldr, act,
                            <float *>cnp.PyArray_DATA(oa), ldy, num_threads)
     if rc != 0:
         raise MemoryError("linear_f32: no memory for the packing scratch")

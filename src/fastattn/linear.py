@@ -9,7 +9,11 @@ on how a batch was cut.  Optimized BLAS libraries do not promise that: they
 pick kernels and edge code by the shape of a call and by a row's position
 in it.  The models build their bitwise batch invariance on this.
 
-Only float32 is implemented so far.
+The products run in float32, or in bfloat16 (``pack_linear(...,
+dtype="bfloat16")``: the weight and x rounded once each, products summed
+in float32); the bias, an activation and a residual are applied to the
+finished sums (``linear(..., activation=, residual=)``), and
+:func:`layer_norm` adds a residual and normalizes rows in one pass.
 """
 
 from __future__ import annotations
@@ -25,23 +29,26 @@ from . import _core
 __all__ = ["ACTIVATIONS", "PackedLinear", "pack_linear", "linear", "layer_norm"]
 
 _PANEL: int = int(_core.LINEAR_PANEL)
-_DTYPES = ("float32",)
+_DTYPES = ("float32", "bfloat16")
 
 
 class PackedLinear:
     """A weight (and bias) packed for :func:`linear`; made by
     :func:`pack_linear`.  Immutable; pickles by value (the weight is
-    unpacked and packed again on load)."""
+    unpacked and packed again on load, so another CPU gets its own
+    layout)."""
 
-    __slots__ = ("_packed", "_bias", "_out", "_in")
+    __slots__ = ("_packed", "_bias", "_out", "_in", "_dtype", "_isa")
 
-    _packed: NDArray[np.float32]
+    _packed: NDArray[Any]
     _bias: Optional[NDArray[np.float32]]
     _out: int
     _in: int
+    _dtype: str
+    _isa: str
 
-    def __init__(self, packed: NDArray[np.float32], bias: Optional[NDArray[np.float32]],
-                 out_features: int, in_features: int) -> None:
+    def __init__(self, packed: NDArray[Any], bias: Optional[NDArray[np.float32]],
+                 out_features: int, in_features: int, dtype: str = "float32") -> None:
         packed.flags.writeable = False
         if bias is not None:
             bias.flags.writeable = False
@@ -49,14 +56,23 @@ class PackedLinear:
         object.__setattr__(self, "_bias", bias)
         object.__setattr__(self, "_out", out_features)
         object.__setattr__(self, "_in", in_features)
+        object.__setattr__(self, "_dtype", dtype)
+        object.__setattr__(self, "_isa", str(_core.get_isa()))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("PackedLinear is immutable")
 
     @property
     def dtype(self) -> str:
-        """The arithmetic of the products: ``"float32"``."""
-        return "float32"
+        """The arithmetic of the products: ``"float32"``, or ``"bfloat16"``
+        (weights and x rounded to bfloat16, products summed in float32)."""
+        return self._dtype
+
+    @property
+    def isa(self) -> str:
+        """The ISA path that was current when the weight was packed (the
+        layout serves every path of this build)."""
+        return self._isa
 
     @property
     def in_features(self) -> int:
@@ -81,9 +97,13 @@ class PackedLinear:
         return int(self._packed.nbytes + (0 if self._bias is None else self._bias.nbytes))
 
     def weight(self) -> NDArray[np.float32]:
-        """The weight, ``(out_features, in_features)``, unpacked (a new array)."""
-        w = self._packed.transpose(0, 2, 1).reshape(self._packed.shape[0] * _PANEL,
-                                                    self._in)[:self._out]
+        """The weight, ``(out_features, in_features)``, unpacked (a new
+        float32 array; for bfloat16, the rounded values)."""
+        p = self._packed
+        if self._dtype == "bfloat16":  # (panels, k/2, 16, 2) pairs -> (panels, k, 16)
+            bits = p.transpose(0, 1, 3, 2).reshape(p.shape[0], -1, _PANEL)[:, :self._in]
+            p = (bits.astype(np.uint32) << 16).view(np.float32)
+        w = p.transpose(0, 2, 1).reshape(p.shape[0] * _PANEL, self._in)[:self._out]
         return np.ascontiguousarray(w)
 
     def bias(self) -> Optional[NDArray[np.float32]]:
@@ -91,11 +111,16 @@ class PackedLinear:
         return None if self._bias is None else self._bias.copy()
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (pack_linear, (self.weight(), self.bias()))
+        return (_unpickle, (self.weight(), self.bias(), self._dtype))
 
     def __repr__(self) -> str:
         return (f"PackedLinear(out_features={self._out}, in_features={self._in}, "
-                f"dtype='float32', bias={self.has_bias}, nbytes={self.nbytes})")
+                f"dtype={self._dtype!r}, bias={self.has_bias}, nbytes={self.nbytes})")
+
+
+def _unpickle(weight: NDArray[np.float32], bias: Optional[NDArray[np.float32]],
+              dtype: str) -> PackedLinear:
+    return pack_linear(weight, bias, dtype=dtype)
 
 
 def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> PackedLinear:
@@ -105,10 +130,14 @@ def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> Pac
     ----------
     weight : array_like, (out_features, in_features)
         In PyTorch's orientation (``y = x @ weight.T + bias``); any real
-        floating dtype, converted to float32.
+        floating dtype (bfloat16 from ml_dtypes too), converted to float32.
+        Every value must be finite.
     bias : array_like (out_features,) or None
-    dtype : {"float32"}
-        The arithmetic of the products.  Only float32 is implemented.
+        Kept in float32 whatever ``dtype``; finite.
+    dtype : {"float32", "bfloat16"}
+        The arithmetic of the products.  ``"bfloat16"`` rounds the weight to
+        bfloat16 once here (half the bytes) and x once per call, and sums
+        the exact products in float32 (error model: docs/numerics.md).
 
     Returns
     -------
@@ -119,6 +148,8 @@ def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> Pac
     w = _float_array("weight", weight)
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError("weight has non-finite values (NaN or infinity)")
     n, k = w.shape
     b: Optional[NDArray[np.float32]] = None
     if bias is not None:
@@ -126,11 +157,33 @@ def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> Pac
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},) to match weight's out_features, "
                              f"got {b.shape}")
+        if not np.isfinite(b).all():
+            raise ValueError("bias has non-finite values (NaN or infinity)")
     panels = -(-n // _PANEL)
-    padded = np.zeros((panels * _PANEL, k), dtype=np.float32)
-    padded[:n] = w
-    packed = np.ascontiguousarray(padded.reshape(panels, _PANEL, k).transpose(0, 2, 1))
-    return PackedLinear(packed, b, int(n), int(k))
+    if dtype == "float32":
+        padded = np.zeros((panels * _PANEL, k), dtype=np.float32)
+        padded[:n] = w
+        packed = _aligned_empty((panels, k, _PANEL), np.float32)
+        packed[...] = padded.reshape(panels, _PANEL, k).transpose(0, 2, 1)
+        return PackedLinear(packed, b, int(n), int(k))
+    bits = _bf16_bits(w)
+    if ((bits & 0x7FFF) == 0x7F80).any():
+        raise ValueError("weight has values beyond bfloat16's range (about 3.39e38)")
+    kp = -(-k // 2)
+    padded16 = np.zeros((panels * _PANEL, 2 * kp), dtype=np.uint16)
+    padded16[:n, :k] = bits
+    # (panels, 16, kp, 2) -> (panels, kp, 16, 2): column c's pair j at [j, c]
+    packed16 = _aligned_empty((panels, kp, _PANEL, 2), np.uint16)
+    packed16[...] = padded16.reshape(panels, _PANEL, kp, 2).transpose(0, 2, 1, 3)
+    return PackedLinear(packed16, b, int(n), int(k), "bfloat16")
+
+
+def _bf16_bits(a: NDArray[np.float32]) -> NDArray[np.uint16]:
+    """float32 (finite) rounded to the nearest bfloat16, ties to even: the bits."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    bits: NDArray[np.uint16] = ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))
+                                >> 16).astype(np.uint16)
+    return bits
 
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
@@ -181,8 +234,10 @@ def linear(x: Any, packed: PackedLinear, *, activation: Optional[str] = None,
                          f"{activation!r}")
     nt = _threads(num_threads)
     xa = _checks.ndarray("x", x)
+    if xa.dtype != np.float32 and xa.dtype.name != "bfloat16":
+        raise TypeError(f"x has dtype {xa.dtype}; expected float32 or bfloat16")
     if xa.dtype != np.float32:
-        raise TypeError(f"x has dtype {xa.dtype}; expected float32")
+        return _linear_bf16_io(xa, packed, activation, residual, out, num_threads)
     if xa.ndim < 1 or xa.shape[-1] != packed.in_features:
         raise ValueError(f"x must have shape (..., {packed.in_features}) to match the "
                          f"layer's in_features, got {xa.shape}")
@@ -220,6 +275,37 @@ def linear(x: Any, packed: PackedLinear, *, activation: Optional[str] = None,
         res[...] = tmp.reshape(shape)
     else:
         _core.linear_f32(x2, packed._packed, packed._bias, y2, r2, activation, nt)
+    return res
+
+
+def _linear_bf16_io(xa: NDArray[Any], packed: PackedLinear, activation: Optional[str],
+                    residual: Any, out: Optional[NDArray[Any]],
+                    num_threads: Optional[int]) -> NDArray[Any]:
+    """:func:`linear` for bfloat16 x: widened to float32 (exact), computed,
+    and the result rounded once to bfloat16; residual and out are then
+    bfloat16 too."""
+    shape = xa.shape[:-1] + (packed.out_features,)
+    rf: Optional[NDArray[np.float32]] = None
+    if residual is not None:
+        ra = _checks.ndarray("residual", residual)
+        if ra.dtype != xa.dtype:
+            raise TypeError(f"residual has dtype {ra.dtype}; expected x's, {xa.dtype}")
+        rf = ra.astype(np.float32)
+    if out is not None:
+        res = _checks.ndarray("out", out)
+        if res.dtype != xa.dtype:
+            raise TypeError(f"out has dtype {res.dtype}; expected x's, {xa.dtype}")
+        if res.shape != shape:
+            raise ValueError(f"out must have shape {shape}, got {res.shape}")
+        if not res.flags.writeable:
+            raise ValueError("out is read-only")
+        if np.shares_memory(res, xa):
+            raise ValueError("out must not overlap x")
+    yf = linear(xa.astype(np.float32), packed, activation=activation, residual=rf,
+                num_threads=num_threads)
+    if out is None:
+        return yf.astype(xa.dtype)
+    res[...] = yf
     return res
 
 
@@ -320,6 +406,17 @@ def _threads(num_threads: Any) -> int:
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     return int(min(num_threads, 1 << 16))
+
+
+def _aligned_empty(shape: Tuple[int, ...], dtype: Any, align: int = 64) -> NDArray[Any]:
+    """A C-contiguous array whose data starts on an ``align``-byte boundary,
+    so that each 64-byte row of a packed panel lies in one cache line
+    (NumPy's allocations are only 16-byte aligned)."""
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + align, dtype=np.uint8)
+    off = (-raw.ctypes.data) % align
+    out: NDArray[Any] = raw[off:off + size].view(dtype).reshape(shape)
+    return out
 
 
 def _float_array(name: str, a: Any) -> NDArray[np.float32]:

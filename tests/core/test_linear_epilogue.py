@@ -244,3 +244,67 @@ def test_layer_norm_bad_arguments(call, exc, words):
 
 def test_exported():
     assert {"linear", "layer_norm"} <= set(fastattn.__all__)
+
+
+# --- bfloat16 products ---
+
+ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes provides NumPy's bfloat16")
+
+
+def _bf16(a):
+    return a.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+@pytest.mark.parametrize("act", [None, "gelu"])
+@pytest.mark.parametrize("m, k, n", SHAPES + [(4, 1, 3), (6, 257, 33)])
+def test_bfloat16_matches_its_error_model(rng, isa, act, m, k, n):
+    """dtype="bfloat16": x and W rounded to bfloat16 once, exact products
+    summed in float32.  Against float64 of the rounded operands, the 2x
+    rule with NumPy's float32 product of the same rounded operands as the
+    naive computation; against the unrounded float64 product, the rounding
+    of both operands, 2 * 2^-8 * sum |x||w| per element (plus the float32
+    sums' share)."""
+    x, w, b, r = _problem(rng, m, k, n)
+    p = pack_linear(w, b, dtype="bfloat16")
+    assert p.dtype == "bfloat16" and p.nbytes <= pack_linear(w, b).nbytes
+    assert np.array_equal(p.weight(), _bf16(w))
+    got = linear(x, p, activation=act, residual=r)
+    _check(_bf16(x), _bf16(w), b, r, act, got)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T + b
+    bound = (2 * 2.0 ** -8 + 1e-6) * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64))
+    if act is None:
+        assert (np.abs(got - r - exact) <= bound + 1e-6).all()
+
+
+def test_bfloat16_rows_threads_pickle_and_io(rng):
+    import pickle
+
+    x, w, b, r = _problem(rng, 40, 300, 50)
+    p = pack_linear(w, b, dtype="bfloat16")
+    one = linear(x, p, activation="silu", residual=r, num_threads=1)
+    assert np.array_equal(linear(x, p, activation="silu", residual=r, num_threads=3), one)
+    alone = np.concatenate([linear(x[i:i + 1], p, activation="silu", residual=r[i:i + 1])
+                            for i in range(40)])
+    assert np.array_equal(alone, one)
+    q = pickle.loads(pickle.dumps(p))
+    assert q.dtype == "bfloat16" and np.array_equal(linear(x, q, activation="silu", residual=r), one)
+    # bfloat16 x: the output, residual and out are bfloat16, rounded once
+    xb, rb = x.astype(ml_dtypes.bfloat16), r.astype(ml_dtypes.bfloat16)
+    yb = linear(xb, p, residual=rb)
+    assert yb.dtype == xb.dtype
+    assert np.array_equal(yb, linear(_bf16(x), p, residual=_bf16(r)).astype(ml_dtypes.bfloat16))
+    ob = np.empty((40, 50), ml_dtypes.bfloat16)
+    assert linear(xb, p, residual=rb, out=ob) is ob and np.array_equal(ob, yb)
+    with pytest.raises(TypeError, match="residual has dtype float32; expected x's"):
+        linear(xb, p, residual=r)
+
+
+def test_weights_must_be_finite_and_representable():
+    w = np.ones((3, 4), np.float32)
+    w[1, 2] = np.nan
+    with pytest.raises(ValueError, match="weight has non-finite values"):
+        pack_linear(w)
+    with pytest.raises(ValueError, match="bias has non-finite values"):
+        pack_linear(np.ones((3, 4)), np.array([0, np.inf, 0]))
+    with pytest.raises(ValueError, match="beyond bfloat16's range"):
+        pack_linear(np.full((3, 4), 3.4e38, np.float32), dtype="bfloat16")
