@@ -1,5 +1,6 @@
-"""fastattn.linear (float32) against NumPy's sgemm on the products of
-all-MiniLM-L6-v2 (256-row blocks, as the encoder runs them), one thread.
+"""fastattn.linear (float32 and bfloat16 products) against NumPy's sgemm on
+the products of all-MiniLM-L6-v2 (256-row blocks, as the encoder runs them,
+and decode-sized and large row counts) and of BERT-base, one thread.
 
 The point of fastattn.linear is that a row's result depends on that row
 alone (the encoder's bitwise batch invariance rests on it); this measures
@@ -28,20 +29,27 @@ import fastattn
 from fastattn import _core
 from fastattn._bench import blas_limit, cpu_model, time_calls
 
-# (rows, in_features, out_features): MiniLM's QKV, output, FFN up and down
-SHAPES = [(256, 384, 1152), (256, 384, 384), (256, 384, 1536), (256, 1536, 384)]
+# (rows, in_features, out_features): MiniLM's QKV, output, FFN up and down in
+# the encoder's 256-row blocks; decode-sized and large row counts; BERT-base's
+# FFN up and down
+SHAPES = [(256, 384, 1152), (256, 384, 384), (256, 384, 1536), (256, 1536, 384),
+          (1, 384, 1536), (16, 384, 1536), (4096, 384, 1536),
+          (512, 768, 3072), (512, 3072, 768)]
+IMPLS = ["fastattn", "fastattn_bf16", "numpy"]
 
 
-def _problem(m: int, k: int, n: int) -> Tuple[Any, Any, Any, Any]:
+def _problem(m: int, k: int, n: int) -> Tuple[Any, Any, Any]:
     rng = np.random.default_rng(m * 7 + k * 3 + n)
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = rng.standard_normal((n, k), dtype=np.float32)
     b = rng.standard_normal(n, dtype=np.float32)
-    return x, w, b, fastattn.pack_linear(w, b)
+    return x, w, b
 
 
 def _runners(m: int, k: int, n: int) -> Dict[str, Callable[[], object]]:
-    x, w, b, packed = _problem(m, k, n)
+    x, w, b = _problem(m, k, n)
+    packed = fastattn.pack_linear(w, b)
+    packed16 = fastattn.pack_linear(w, b, dtype="bfloat16")
     wt = np.ascontiguousarray(w.T)
     out = np.empty((m, n), dtype=np.float32)
 
@@ -49,7 +57,18 @@ def _runners(m: int, k: int, n: int) -> Dict[str, Callable[[], object]]:
         np.matmul(x, wt, out=out)
         return np.add(out, b, out=out)
 
-    return {"fastattn": lambda: fastattn.linear(x, packed, out=out), "numpy": numpy_sgemm}
+    return {"fastattn": lambda: fastattn.linear(x, packed, out=out, num_threads=1),
+            "fastattn_bf16": lambda: fastattn.linear(x, packed16, out=out, num_threads=1),
+            "numpy": numpy_sgemm}
+
+
+def bf16_peak(fma_peak: float) -> Tuple[float, str]:
+    """The bfloat16 products' peak on this path: without a bfloat16 dot
+    product (no avx512bf16 row), they widen to float32 FMAs, so the FMA
+    peak is theirs too."""
+    if fastattn.info().get("bf16_dot_product"):
+        return 2 * fma_peak, "2x FMA (vdpbf16ps, not probed)"
+    return fma_peak, "the FMA peak (bfloat16 widened to float32 FMAs)"
 
 
 def side_by_side(rounds: int) -> List[Dict[str, Any]]:
@@ -64,13 +83,14 @@ def side_by_side(rounds: int) -> List[Dict[str, Any]]:
             med = {name: statistics.median(t) for name, t in times.items()}
             flops = 2.0 * m * k * n
             rows.append({"shape": f"{m}x{k} @ {k}x{n}", "peak": peak,
+                         "wbytes": {"fastattn": 4 * k * n, "fastattn_bf16": 2 * k * n,
+                                    "numpy": 4 * k * n},
                          **{f"{name}_ms": med[name] * 1e3 for name in names},
-                         **{f"{name}_gflops": flops / med[name] / 1e9 for name in names},
-                         "ratio": med["numpy"] / med["fastattn"]})
+                         **{f"{name}_gflops": flops / med[name] / 1e9 for name in names}})
     return rows
 
 
-@pytest.mark.parametrize("impl", ["fastattn", "numpy"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_linear(benchmark: Any, fma_peak_gflops: Any, shape: Tuple[int, int, int],
                 impl: str) -> None:
@@ -92,15 +112,35 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=21)
     args = ap.parse_args()
     rows = side_by_side(args.rounds)
+    peak = rows[0]["peak"]
+    p16, p16_what = bf16_peak(peak)
     print(f"cpu: {cpu_model()}  isa={fastattn.info()['isa']}  1 thread  "
-          f"FMA peak {rows[0]['peak']:.1f} GFLOP/s  medians of {args.rounds} alternating rounds")
-    print(f"{'product':<22}{'fastattn ms':>12}{'GFLOP/s':>9}{'% peak':>8}"
-          f"{'numpy ms':>10}{'GFLOP/s':>9}{'% peak':>8}{'numpy/fastattn':>16}")
+          f"FMA peak {peak:.1f} GFLOP/s, bfloat16 peak {p16:.1f} ({p16_what})  "
+          f"medians of {args.rounds} alternating rounds")
+    print(f"{'product':<24}" + "".join(f"{n + ' ms':>18}{'GFLOP/s':>9}{'%peak':>7}"
+                                       for n in IMPLS) + f"{'np/f32':>8}{'np/bf16':>8}")
     for r in rows:
-        print(f"{r['shape']:<22}{r['fastattn_ms']:>12.3f}{r['fastattn_gflops']:>9.1f}"
-              f"{100 * r['fastattn_gflops'] / r['peak']:>7.0f}%{r['numpy_ms']:>10.3f}"
-              f"{r['numpy_gflops']:>9.1f}{100 * r['numpy_gflops'] / r['peak']:>7.0f}%"
-              f"{r['ratio']:>15.2f}x")
+        line = f"{r['shape']:<24}"
+        for n in IMPLS:
+            pk = p16 if n == "fastattn_bf16" else peak
+            line += (f"{r[n + '_ms']:>18.3f}{r[n + '_gflops']:>9.1f}"
+                     f"{100 * r[n + '_gflops'] / pk:>6.0f}%")
+        line += (f"{r['numpy_ms'] / r['fastattn_ms']:>7.2f}x"
+                 f"{r['numpy_ms'] / r['fastattn_bf16_ms']:>7.2f}x")
+        print(line)
+    before = fastattn.get_num_threads()
+    fastattn.set_num_threads(1)
+    try:
+        bw = float(_core.read_bandwidth()) * 1e9
+    finally:
+        fastattn.set_num_threads(before)
+    print(f"read bandwidth (1 thread): {bw / 1e9:.1f} GB/s; weight bytes / time for the "
+          "decode-sized rows:")
+    for r in rows:
+        if int(r["shape"].split("x")[0]) <= 16:
+            print("  " + r["shape"] + ": " + ", ".join(
+                f"{n} {r['wbytes'][n] / (r[n + '_ms'] * 1e-3) / 1e9:.1f} GB/s "
+                f"({100 * r['wbytes'][n] / (r[n + '_ms'] * 1e-3) / bw:.0f}%)" for n in IMPLS))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ shadow the top-level one that other tests import by name)."""
 from __future__ import annotations
 
 import json
+import importlib
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -53,9 +54,17 @@ def tiny_tensors(cfg: BertConfig = TINY, seed: int = 0) -> Dict[str, npt.NDArray
     return t
 
 
+def _round_bf16(a: Any) -> Any:
+    """Each value rounded to bfloat16 (ml_dtypes), in a's dtype."""
+    ml = importlib.import_module("ml_dtypes")
+    return a.astype(ml.bfloat16).astype(a.dtype)
+
+
 def reference_forward(tensors: Dict[str, Any], cfg: BertConfig, ids: npt.NDArray[np.int64],
-                      dtype: Any) -> npt.NDArray[Any]:
-    """Plain forward pass of one sentence in ``dtype`` (erf from math.erf)."""
+                      dtype: Any, products: str = "float32") -> npt.NDArray[Any]:
+    """Plain forward pass of one sentence in ``dtype`` (erf from math.erf).
+    ``products="bfloat16"``: each linear product's input and weight are
+    first rounded to bfloat16 (the model's ``precision="bfloat16"``)."""
     t = {k: np.asarray(v, dtype=dtype) for k, v in tensors.items()}
     erf = np.vectorize(math.erf)
 
@@ -65,6 +74,8 @@ def reference_forward(tensors: Dict[str, Any], cfg: BertConfig, ids: npt.NDArray
         return (x - mu) / np.sqrt(var + dtype(cfg.layer_norm_eps)) * t[p + ".weight"] + t[p + ".bias"]
 
     def lin(x: Any, p: str) -> Any:
+        if products == "bfloat16":
+            return _round_bf16(x) @ _round_bf16(t[p + ".weight"]).T + t[p + ".bias"]
         return x @ t[p + ".weight"].T + t[p + ".bias"]
 
     n, nh, hd = len(ids), cfg.num_attention_heads, cfg.head_dim

@@ -47,6 +47,50 @@ def test_hidden_states_two_x_rule(tiny_model: BertModel, lengths: list[int]) -> 
         assert np.abs(fast - ref64).max() <= bound, (b, np.abs(fast - ref64).max(), bound)
 
 
+def test_bfloat16_products_two_x_rule() -> None:
+    """precision="bfloat16": against a float64 forward pass whose products
+    round their inputs and weights to bfloat16 as the model does, the 2x
+    rule with the same pass in float32 as the naive one; and the rounding
+    really happens (the float32 model is closer to the unrounded pass)."""
+    pytest.importorskip("ml_dtypes", reason="ml_dtypes provides NumPy's bfloat16")
+    t = tiny_tensors()
+    model = BertModel(TINY, BertWeights.from_state_dict(TINY, t), row_block=64,
+                      precision="bfloat16")
+    assert model.precision == "bfloat16"
+    rng = np.random.default_rng(11)
+    ids = random_ids(rng, [7, 30, 2, 48, 16])
+    states, cu = model.hidden_states(ids)
+    f32_states, _ = BertModel(TINY, model.weights, row_block=64).hidden_states(ids)
+    for b, a in enumerate(ids):
+        ref64 = reference_forward(t, TINY, a, np.float64, products="bfloat16")
+        naive = reference_forward(t, TINY, a, np.float32, products="bfloat16")
+        fast = states[cu[b]:cu[b + 1]]
+        bound = 2 * np.abs(naive - ref64).max() + FLOOR
+        assert np.abs(fast - ref64).max() <= bound, (b, np.abs(fast - ref64).max(), bound)
+        exact = reference_forward(t, TINY, a, np.float64)
+        assert (np.abs(f32_states[cu[b]:cu[b + 1]] - exact).max()
+                < np.abs(fast - exact).max())
+
+
+def test_bfloat16_batch_invariance_bitwise() -> None:
+    model = BertModel(TINY, BertWeights.from_state_dict(TINY, tiny_tensors()), row_block=64,
+                      precision="bfloat16")
+    rng = np.random.default_rng(8)
+    ids = random_ids(rng, _lengths(rng, 40))
+    together = model.mean_pooled(ids)
+    assert np.array_equal(np.concatenate([model.mean_pooled([a]) for a in ids]), together)
+    perm = rng.permutation(len(ids))
+    assert np.array_equal(model.mean_pooled([ids[i] for i in perm]), together[perm])
+
+
+def test_precision_is_checked() -> None:
+    w = BertWeights.from_state_dict(TINY, tiny_tensors())
+    with pytest.raises(ValueError, match="int8 is not implemented yet"):
+        BertModel(TINY, w, precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        BertModel(TINY, w, precision="fp16")
+
+
 def test_mean_pooled_two_x_rule(tiny_model: BertModel) -> None:
     rng = np.random.default_rng(3)
     ids = random_ids(rng, [3, 9, 1, 40, 12])

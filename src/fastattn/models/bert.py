@@ -51,6 +51,9 @@ from ..linear import PackedLinear, layer_norm, linear, pack_linear
 
 __all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel", "gelu_erf"]
 
+# the arithmetic of the linear products (BertModel's precision)
+PRECISIONS = ("float32", "bfloat16")
+
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
@@ -253,22 +256,32 @@ class BertModel:
     weights : BertWeights
     row_block : int
         Rows of every matrix product (see the module docstring).
+    precision : {"float32", "bfloat16"}
+        The arithmetic of the linear products (``pack_linear``'s dtype):
+        bfloat16 rounds the weights once and each product's input once, and
+        sums in float32.  Attention, LayerNorm, the epilogues and the
+        residual stream stay float32.  (int8 is not implemented yet.)
 
     The linear weights are packed for :func:`fastattn.linear` when the model
     is made: later changes to ``weights`` do not reach the products (make a
     new model instead).
     """
 
-    def __init__(self, config: BertConfig, weights: BertWeights, row_block: int = 256) -> None:
+    def __init__(self, config: BertConfig, weights: BertWeights, row_block: int = 256,
+                 precision: str = "float32") -> None:
         if row_block < 1:
             raise ValueError(f"row_block must be >= 1, got {row_block}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}"
+                             + (" (int8 is not implemented yet)" if precision == "int8" else ""))
         self.config = config
         self.weights = weights
         self.row_block = int(row_block)
+        self.precision = precision
         # each layer's products, packed once: (qkv, out, ff1, ff2); the
         # weights are stored (in, out), pack_linear takes (out, in)
         self._packed: List[Tuple[PackedLinear, ...]] = [
-            tuple(pack_linear(wt.T, b) for wt, b in ((lw.qkv_w, lw.qkv_b), (lw.out_w, lw.out_b),
+            tuple(pack_linear(wt.T, b, dtype=precision) for wt, b in ((lw.qkv_w, lw.qkv_b), (lw.out_w, lw.out_b),
                                                      (lw.ff1_w, lw.ff1_b), (lw.ff2_w, lw.ff2_b)))
             for lw in weights.layers]
 

@@ -238,13 +238,15 @@ def _pooling_settings(folder: Path) -> Tuple[bool, Optional[int]]:
 
 
 def load_encoder(folder: Union[str, "os.PathLike[str]"], *, row_block: int = 256,
-                 max_length: Optional[int] = None) -> SentenceEncoder:
+                 max_length: Optional[int] = None,
+                 precision: str = "float32") -> SentenceEncoder:
     """Load a sentence-transformers BERT model folder (``config.json``,
     ``model.safetensors``, ``tokenizer.json``, ``modules.json``,
     ``1_Pooling/config.json``).
 
     ``max_length`` defaults to the folder's ``max_seq_length`` (else the
-    model's position count).
+    model's position count).  ``precision`` is the arithmetic of the linear
+    products, ``"float32"`` or ``"bfloat16"`` (see :class:`BertModel`).
     """
     _require_models_extra()
     from safetensors.numpy import load_file
@@ -260,8 +262,8 @@ def load_encoder(folder: Union[str, "os.PathLike[str]"], *, row_block: int = 256
     if max_length is None:
         max_length = st_max if st_max is not None else config.max_position_embeddings
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    return SentenceEncoder(BertModel(config, weights, row_block), tokenizer, max_length,
-                           normalize)
+    return SentenceEncoder(BertModel(config, weights, row_block, precision), tokenizer,
+                           max_length, normalize)
 
 
 def minilm_path() -> Path:
