@@ -175,3 +175,19 @@ def test_dask_embed_runs_do_not_share_shards(tiny_folder: Path, tmp_path: Path,
     for name, t in texts.items():
         assert np.array_equal(got[name], enc.encode(t, batch_tokens=1, threads=1))
     assert sorted(os.listdir(tmp_path)) == ["a.npy", "b.npy"]
+
+
+def test_dask_embed_precision(tiny_folder: Path, tmp_path: Path, client: Any) -> None:
+    """precision="bfloat16" on the workers gives the bfloat16 encoder's rows."""
+    pytest.importorskip("ml_dtypes", reason="ml_dtypes provides NumPy's bfloat16")
+    rng = np.random.default_rng(4)
+    lines = [" ".join(rng.choice(WORDS, size=int(n))) for n in rng.integers(1, 20, size=40)]
+    src = tmp_path / "corpus.txt"
+    src.write_text("\n".join(lines) + "\n")
+    got = dask_embed(str(src), str(tmp_path / "bf16.npy"), model_dir=str(tiny_folder),
+                     client=client, blocksize=200, precision="bfloat16")
+    ref = load_encoder(tiny_folder, precision="bfloat16").encode(lines, threads=1)
+    assert np.array_equal(np.asarray(got), ref)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        dask_embed(str(src), str(tmp_path / "x.npy"), model_dir=str(tiny_folder),
+                   client=client, precision="int8")

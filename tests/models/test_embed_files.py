@@ -219,3 +219,31 @@ def test_an_interrupt_after_the_rename_says_the_output_was_written(
     code = main(["embed", "--quiet", "--input", str(src), "--output", str(out)])
     err = capsys.readouterr().err
     assert code == 130 and f"interrupted; {out} was written" in err, err
+
+
+def test_precision(tiny_folder: Path, tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--precision bfloat16 gives the bfloat16 encoder's rows bitwise (and
+    they differ from float32's), says so in the final line, and is the
+    same whatever the batch budget and threads; a bad value is refused."""
+    pytest.importorskip("ml_dtypes", reason="ml_dtypes provides NumPy's bfloat16")
+    src = tmp_path / "in.txt"
+    lines = corpus(src, n=30)
+    rows = {}
+    for prec, budget, threads in (("bfloat16", "1", "1"), ("bfloat16", "5000", "2"),
+                                  ("float32", "5000", "2")):
+        out = tmp_path / f"{prec}-{budget}.npy"
+        code, err = run(capsys, tiny_folder, "--input", str(src), "--output", str(out),
+                        "--precision", prec, "--batch-tokens", budget, "--threads", threads)
+        assert code == 0, err
+        assert f"tokens/s ({prec});" in err
+        rows[prec, budget] = np.load(out)
+    assert np.array_equal(rows["bfloat16", "1"], rows["bfloat16", "5000"])
+    enc = load_encoder(tiny_folder, precision="bfloat16")
+    assert np.array_equal(rows["bfloat16", "1"], enc.encode(lines, threads=1))
+    assert not np.array_equal(rows["bfloat16", "1"], rows["float32", "5000"])
+    assert main(["embed", "--input", str(src), "--output", str(tmp_path / "x.npy"),
+                 "--precision", "int4"]) == 2
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+    with pytest.raises(EmbedError, match="int8 is not implemented yet"):
+        embed_file(str(src), str(tmp_path / "y.npy"), precision="int8")

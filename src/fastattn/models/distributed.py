@@ -32,7 +32,7 @@ from .embed import (EmbedError, NpyWriter, check_output, decode_lines, replaced_
 
 __all__ = ["dask_embed"]
 
-_ENCODERS: Dict[Tuple[str, int], Any] = {}
+_ENCODERS: Dict[Tuple[str, int, str], Any] = {}
 
 
 @dataclass
@@ -49,13 +49,15 @@ class _Part:
     first_replaced: int   # 1-based within the partition, 0 when none
 
 
-def _worker_encoder(model_dir: Optional[str], max_length: Optional[int]) -> Any:
+def _worker_encoder(model_dir: Optional[str], max_length: Optional[int],
+                    precision: str = "float32") -> Any:
     """The encoder of this process, loaded on first use."""
     from .encoder import load_encoder, minilm_path
 
-    key = (model_dir or "", max_length or 0)
+    key = (model_dir or "", max_length or 0, precision)
     if key not in _ENCODERS:
-        _ENCODERS[key] = load_encoder(model_dir or minilm_path(), max_length=max_length)
+        _ENCODERS[key] = load_encoder(model_dir or minilm_path(), max_length=max_length,
+                                      precision=precision)
     return _ENCODERS[key]
 
 
@@ -65,9 +67,9 @@ def _shard_path(shard_dir: str, index: int) -> str:
 
 def _embed_texts(texts: List[str], index: int, shard_dir: str, model_dir: Optional[str],
                  max_length: Optional[int], batch_tokens: int, threads: int,
-                 replaced: Tuple[int, int] = (0, 0)) -> _Part:
+                 precision: str, replaced: Tuple[int, int] = (0, 0)) -> _Part:
     """Embed one partition's texts into its shard."""
-    enc = _worker_encoder(model_dir, max_length)
+    enc = _worker_encoder(model_dir, max_length, precision)
     tok = enc.tokenize(texts)
     emb = enc.encode_ids(tok.ids, batch_tokens=batch_tokens, threads=threads)
     path = _shard_path(shard_dir, index)
@@ -79,16 +81,17 @@ def _embed_texts(texts: List[str], index: int, shard_dir: str, model_dir: Option
 
 
 def _embed_block(data: bytes, index: int, shard_dir: str, model_dir: Optional[str],
-                 max_length: Optional[int], batch_tokens: int, threads: int) -> _Part:
+                 max_length: Optional[int], batch_tokens: int, threads: int,
+                 precision: str = "float32") -> _Part:
     """A block of a text file (whole lines) into its shard."""
     texts, bad, first_bad = decode_lines(split_lines(data))
     return _embed_texts(texts, index, shard_dir, model_dir, max_length, batch_tokens,
-                        threads, (bad, first_bad))
+                        threads, precision, (bad, first_bad))
 
 
 def _embed_strings(lines: Sequence[Any], index: int, shard_dir: str,
                    model_dir: Optional[str], max_length: Optional[int], batch_tokens: int,
-                   threads: int) -> _Part:
+                   threads: int, precision: str = "float32") -> _Part:
     """A partition of a Bag of str: one trailing ``\\n`` (and a ``\\r``
     before it) removed from each element, nothing else."""
     texts = []
@@ -101,7 +104,8 @@ def _embed_strings(lines: Sequence[Any], index: int, shard_dir: str,
         if s.endswith("\r"):
             s = s[:-1]
         texts.append(s)
-    return _embed_texts(texts, index, shard_dir, model_dir, max_length, batch_tokens, threads)
+    return _embed_texts(texts, index, shard_dir, model_dir, max_length, batch_tokens, threads,
+                        precision)
 
 
 def _local_inputs(paths: Union[str, "os.PathLike[str]", Sequence[Any]]) -> List[str]:
@@ -147,7 +151,8 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
                client: Any = None, n_workers: int = 2, threads_per_worker: int = 1,
                batch_tokens: int = 8192, max_length: Optional[int] = None,
                blocksize: Union[int, str, None] = "16 MiB", shard_dir: Optional[str] = None,
-               keep_shards: bool = False, force: bool = False) -> Any:
+               keep_shards: bool = False, force: bool = False,
+               precision: str = "float32") -> Any:
     """Embed a corpus on a Dask cluster into ``output`` (.npy, float32,
     (n, dim)), rows in input order.
 
@@ -188,6 +193,9 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
         to ``shard_dir`` itself (default ``output + ".shards"``) and kept.
     force : bool
         Replace an existing ``output`` (once the new one is complete).
+    precision : {"float32", "bfloat16"}
+        The arithmetic of each worker's linear products (as ``fastattn
+        embed --precision``); the rows are the command's in either.
 
     Returns
     -------
@@ -196,6 +204,10 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
     """
     import numpy as np
 
+    from .bert import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     dask: Any = importlib.import_module("dask")
     db: Any = importlib.import_module("dask.bag")
 
@@ -216,7 +228,8 @@ def dask_embed(bag_or_paths: Any, output: str, *, model_dir: Optional[str] = Non
     run_dir, made = _shard_folder(output, shard_dir, keep_shards)
     try:
         tasks = [dask.delayed(fn)(p, i, run_dir, model_dir, max_length, batch_tokens,
-                                  threads_per_worker) for i, (fn, p) in enumerate(parts)]
+                                  threads_per_worker, precision)
+                 for i, (fn, p) in enumerate(parts)]
         results = sorted(_compute(tasks, client, n_workers), key=lambda r: r.index)
         dim = results[0].dim if results else _model_dim(model_dir)
         _join(results, target, output, dim, force, np)

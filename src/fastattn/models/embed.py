@@ -71,6 +71,7 @@ class EmbedReport:
     first_replaced_line: int   # 1-based, 0 when none
     seconds: float
     max_length_given: bool = False   # max_length came from the caller, not the model
+    precision: str = "float32"       # the encoder's linear products
 
 
 # --------------------------------------------------------------------------
@@ -332,13 +333,13 @@ def _chunks(f: BinaryIO, size: int) -> Iterator[List[bytes]]:
         yield chunk
 
 
-def _load(model_dir: Optional[str]) -> Any:
+def _load(model_dir: Optional[str], precision: str = "float32") -> Any:
     from .encoder import load_encoder, load_minilm
 
     if model_dir is None:
-        return load_minilm()
+        return load_minilm(precision=precision)
     try:
-        return load_encoder(model_dir)
+        return load_encoder(model_dir, precision=precision)
     except (OSError, ValueError, KeyError) as e:
         raise EmbedError(f"cannot load the model in {model_dir}: {e}") from None
 
@@ -347,19 +348,26 @@ def embed_file(input_path: str, output_path: str, *, encoder: Any = None,
                model_dir: Optional[str] = None, batch_tokens: int = 8192,
                threads: Optional[int] = None, max_length: Optional[int] = None,
                chunk_lines: int = 16384, progress: bool = False,
-               force: bool = False) -> EmbedReport:
+               force: bool = False, precision: str = "float32") -> EmbedReport:
     """Embed every line of ``input_path`` into ``output_path`` (.npy, float32,
     shape (lines, dim), row i = line i + 1).
 
     ``encoder`` defaults to the sentence-transformers folder ``model_dir``,
     else all-MiniLM-L6-v2 (:func:`load_minilm`); ``max_length`` overrides
-    its maximum tokens per line.  The output appears only when complete
+    its maximum tokens per line; ``precision`` is the arithmetic of the
+    loaded encoder's linear products (``"float32"`` or ``"bfloat16"``; an
+    ``encoder`` given brings its own).  The output appears only when complete
     (written beside it, then renamed); an existing output is replaced only
     with ``force``, and never when it is the input.  EmbedError for an
     unreadable input or an output that cannot or must not be written
     (:class:`OutputExistsError` for an existing one).
     """
     t0 = time.perf_counter()
+    from .bert import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise EmbedError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+                         + (" (int8 is not implemented yet)" if precision == "int8" else ""))
     try:
         f = open(input_path, "rb")
     except OSError as e:
@@ -371,15 +379,17 @@ def embed_file(input_path: str, output_path: str, *, encoder: Any = None,
         n = count_lines(f)
         f.seek(0)
         if encoder is None:
-            encoder = _load(model_dir)
+            encoder = _load(model_dir, precision)
         if max_length is not None:
             limit = encoder.model.config.max_position_embeddings
             if not 2 <= max_length <= limit:
                 raise EmbedError(f"--max-length must be in [2, {limit}], got {max_length}")
             encoder.max_length = max_length
-        report = EmbedReport(0, 0, 0, encoder.max_length, 0, 0, 0.0, max_length is not None)
+        used = str(getattr(encoder.model, "precision", "float32"))
+        report = EmbedReport(0, 0, 0, encoder.max_length, 0, 0, 0.0, max_length is not None,
+                             used)
         with NpyWriter(target, n, encoder.dim, shown=output_path) as out:
-            bar = _progress_bar(n, progress)
+            bar = _progress_bar(n, progress, used)
             try:
                 _stream(f, encoder, out, report, bar, batch_tokens, threads, chunk_lines)
             finally:
@@ -416,12 +426,12 @@ def _stream(f: BinaryIO, encoder: Any, out: NpyWriter, report: EmbedReport, bar:
     report.sentences = row
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _progress_bar(total: int, enabled: bool, precision: str = "float32") -> Any:
     if not enabled:
         return None
     tqdm: Any = importlib.import_module("tqdm").tqdm
     return tqdm(total=total, unit=" sentences", file=sys.stderr, dynamic_ncols=True,
-                smoothing=0.1)
+                smoothing=0.1, desc=precision)
 
 
 # --------------------------------------------------------------------------
@@ -455,6 +465,9 @@ def add_embed_parser(sub: Any) -> None:
                    help="worker threads (default: the usable cores)")
     p.add_argument("--max-length", type=int, default=None, metavar="L",
                    help="tokens per line, longer lines are cut (default: the model's, 256)")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                   help="arithmetic of the linear products (default: float32); bfloat16 "
+                        "rounds weights and their inputs once and sums in float32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cli_main)
 
@@ -503,7 +516,8 @@ def cli_main(args: argparse.Namespace) -> int:
             report = embed_file(args.input, args.output, model_dir=args.model,
                                 batch_tokens=args.batch_tokens, threads=args.threads,
                                 max_length=args.max_length, progress=not args.quiet,
-                                force=args.force)
+                                force=args.force,
+                                precision=getattr(args, "precision", "float32"))
     except OutputExistsError as e:
         print(f"{PROG}: error: {e.path} exists; add --force to replace it", file=sys.stderr)
         return EXIT_ERROR
@@ -538,7 +552,8 @@ def _summary(r: EmbedReport, output: str) -> None:
     secs = max(r.seconds, 1e-9)
     print(f"{PROG}: {_plural(r.sentences, 'sentence')}, {_plural(r.tokens, 'token')} in "
           f"{r.seconds:.2f} s: {r.sentences / secs:,.1f} sentences/s, "
-          f"{r.tokens / secs:,.0f} tokens/s; {r.truncated} truncated; wrote {output}",
+          f"{r.tokens / secs:,.0f} tokens/s ({r.precision}); {r.truncated} truncated; "
+          f"wrote {output}",
           file=sys.stderr)
     if r.truncated:
         print(f"{PROG}: warning: "
