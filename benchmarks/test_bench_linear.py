@@ -46,19 +46,39 @@ def _problem(m: int, k: int, n: int) -> Tuple[Any, Any, Any]:
     return x, w, b
 
 
+# decode-sized calls (rows <= DECODE_ROWS) cycle through copies of the
+# weight that together exceed the last-level cache, as a model's layers do,
+# so that they read their weights from memory
+DECODE_ROWS = 16
+COLD_BYTES = 256 << 20
+
+
+def _ring(make: Callable[[], Any], nbytes: int, m: int) -> Callable[[], Any]:
+    """A function returning the next of enough copies (``make()``) to
+    exceed COLD_BYTES when m is decode-sized, else always the one copy."""
+    copies = [make() for _ in range(max(1, -(-COLD_BYTES // nbytes)) if m <= DECODE_ROWS else 1)]
+    state = [0]
+
+    def nxt() -> Any:
+        state[0] = (state[0] + 1) % len(copies)
+        return copies[state[0]]
+
+    return nxt
+
+
 def _runners(m: int, k: int, n: int) -> Dict[str, Callable[[], object]]:
     x, w, b = _problem(m, k, n)
-    packed = fastattn.pack_linear(w, b)
-    packed16 = fastattn.pack_linear(w, b, dtype="bfloat16")
-    wt = np.ascontiguousarray(w.T)
+    packed = _ring(lambda: fastattn.pack_linear(w, b), 4 * k * n, m)
+    packed16 = _ring(lambda: fastattn.pack_linear(w, b, dtype="bfloat16"), 2 * k * n, m)
+    wt = _ring(lambda: np.ascontiguousarray(w.T), 4 * k * n, m)
     out = np.empty((m, n), dtype=np.float32)
 
     def numpy_sgemm() -> object:
-        np.matmul(x, wt, out=out)
+        np.matmul(x, wt(), out=out)
         return np.add(out, b, out=out)
 
-    return {"fastattn": lambda: fastattn.linear(x, packed, out=out, num_threads=1),
-            "fastattn_bf16": lambda: fastattn.linear(x, packed16, out=out, num_threads=1),
+    return {"fastattn": lambda: fastattn.linear(x, packed(), out=out, num_threads=1),
+            "fastattn_bf16": lambda: fastattn.linear(x, packed16(), out=out, num_threads=1),
             "numpy": numpy_sgemm}
 
 
@@ -135,7 +155,7 @@ def main() -> None:
     finally:
         fastattn.set_num_threads(before)
     print(f"read bandwidth (1 thread): {bw / 1e9:.1f} GB/s; weight bytes / time for the "
-          "decode-sized rows:")
+          f"decode-sized rows (weights cycled through {COLD_BYTES >> 20} MiB of copies):")
     for r in rows:
         if int(r["shape"].split("x")[0]) <= 16:
             print("  " + r["shape"] + ": " + ", ".join(

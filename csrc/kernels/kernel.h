@@ -64,12 +64,10 @@ typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
 /* Columns of a packed linear-layer weight panel (kernels/linear.h): the
  * same on every ISA, so one packed weight serves every path. */
 #define FA_LIN_NR 16
-/* Its blocking: K in blocks of FA_LIN_KC, rows in blocks of FA_LIN_MC, and
- * the scratch (floats) a call needs for one packed block of x (rows
- * rounded up to the largest register block, 12). */
+/* Its blocking: K in blocks of FA_LIN_KC, rows in blocks of FA_LIN_MC (the
+ * scratch of a call holds one packed block of x, dispatch.c). */
 #define FA_LIN_KC 256
 #define FA_LIN_MC 128
-#define FA_LIN_SCRATCH ((FA_LIN_MC + 12) * FA_LIN_KC)
 /* The activations of the linear layer's epilogue (kernels/linear.h);
  * the numbers are the binding's too (_core.pxd). */
 enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3, FA_ACT_SILU = 4 };

@@ -157,6 +157,65 @@ FA_INLINE void FA_FN(fa_linear_block_bf16_)(const float *a, const uint16_t *w, i
     FA_FN(fa_linear_store_)(acc, y, ldy, rows, cols, first, ep);
 }
 
+/* Panels a few-row kernel covers at once (the weight streams it reads
+ * side by side). */
+#define FA_LIN_NP 4
+
+/* One row (a[kk * FA_LIN_MR], a packed row of a group that is not full)
+ * times np panels (np <= FA_LIN_NP, a compile-time constant after
+ * inlining), w the first panel's slice and w_sp the elements between
+ * panels; wtype as fa_linear_args.  Each output element gets exactly the
+ * operations of fa_linear_block_ (or its bfloat16 twin), so the row's
+ * result is bitwise the same as in a full group; but no work is spent on
+ * the group's missing rows, and the np weight streams keep a one-row
+ * product (decode) bound by memory, not by arithmetic. */
+FA_INLINE void FA_FN(fa_linear_row_)(const int np, const float *a, const void *w, int64_t w_sp,
+                                      int bf16, int64_t kc, float *y, int64_t ldy,
+                                      int64_t ncols, int first, const FA_FN(fa_lin_ep_) *ep)
+{
+    VT acc[FA_LIN_NP][FA_LIN_NV];
+    for (int p = 0; p < np; p++)
+        for (int v = 0; v < FA_LIN_NV; v++) acc[p][v] = VSPLAT(0);
+    if (bf16) {
+        /* kc is even here (a bfloat16 block is padded to whole pairs):
+         * each word is loaded once for its two k */
+        const uint16_t *wb = (const uint16_t *)w;
+        for (int64_t kk = 0; kk < kc; kk += 2) {
+            const VT s0 = FA_LIN_SPLAT(a + kk * FA_LIN_MR);
+            const VT s1 = FA_LIN_SPLAT(a + (kk + 1) * FA_LIN_MR);
+            for (int p = 0; p < np; p++)
+                for (int v = 0; v < FA_LIN_NV; v++) {
+                    VU raw;
+                    __builtin_memcpy(&raw, wb + p * w_sp + kk * FA_LIN_NR + 2 * v * VL,
+                                     sizeof raw);
+                    acc[p][v] += s0 * (VT)(raw << 16);
+                    acc[p][v] += s1 * (VT)(raw >> 16 << 16);
+                }
+        }
+    } else {
+        const float *wf = (const float *)w;
+        for (int64_t kk = 0; kk < kc; kk++) {
+            const VT s = FA_LIN_SPLAT(a + kk * FA_LIN_MR);
+            for (int p = 0; p < np; p++)
+                for (int v = 0; v < FA_LIN_NV; v++)
+                    acc[p][v] += s * FA_FN(fa_loadu_)(wf + p * w_sp + kk * FA_LIN_NR + v * VL);
+        }
+    }
+    for (int p = 0; p < np; p++) {
+        VT one[FA_LIN_MR][FA_LIN_NV];
+        for (int v = 0; v < FA_LIN_NV; v++) one[0][v] = acc[p][v];
+        const int64_t c = p * FA_LIN_NR;
+        const int cols = (int)(ncols - c < FA_LIN_NR ? ncols - c : FA_LIN_NR);
+        FA_FN(fa_lin_ep_) e;
+        if (ep) {
+            e = *ep;
+            if (e.bias) e.bias += c;
+            if (e.residual) e.residual += c;
+        }
+        FA_FN(fa_linear_store_)(one, y + c, ldy, 1, cols, first, ep ? &e : NULL);
+    }
+}
+
 /* The epilogue with no products (k == 0): y = act(bias or 0) + residual. */
 static void FA_FN(fa_linear_k0_)(const fa_linear_args *A)
 {
@@ -173,8 +232,8 @@ static void FA_FN(fa_linear_k0_)(const fa_linear_args *A)
 /* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
  * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
  * float32, or (FA_LIN_BF16) of ceil(k / 2) x 16 bfloat16 pairs;
- * scratch holds FA_LIN_SCRATCH floats (FA_LIN_MC rows rounded up to
- * FA_LIN_MR, times FA_LIN_KC). */
+ * scratch holds (min(m, FA_LIN_MC) + 12) * FA_LIN_KC floats (enough for
+ * the row block rounded up to FA_LIN_MR, times FA_LIN_KC). */
 static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
 {
     const int64_t k = A->k, n = A->n, m = A->m, ldx = A->ldx, ldy = A->ldy;
@@ -191,24 +250,57 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;
             FA_FN(fa_linear_pack_)(A->x + r0 * ldx + k0, ldx, rows, kc, kp, bf16, scratch);
-            for (int64_t p = A->p0; p < A->p1; p++) {
-                const int64_t c0 = p * FA_LIN_NR;
-                const int cols = (int)(n - c0 < FA_LIN_NR ? n - c0 : FA_LIN_NR);
-                const int64_t w_off = (p * k_pad + k0) * FA_LIN_NR;
-                for (int64_t g = 0; g < rows; g += FA_LIN_MR) {
-                    const int gr = (int)(rows - g < FA_LIN_MR ? rows - g : FA_LIN_MR);
+            /* FA_LIN_NP panels at a time: the full groups of FA_LIN_MR rows
+             * panel by panel (a panel's slice stays in L1 while they pass),
+             * then the rows of a last group that is not full, one at a time
+             * over all FA_LIN_NP panels (their slices still in L2) */
+            const int64_t full = rows - rows % FA_LIN_MR;
+            for (int64_t pc = A->p0; pc < A->p1; pc += FA_LIN_NP) {
+                const int np = (int)(A->p1 - pc < FA_LIN_NP ? A->p1 - pc : FA_LIN_NP);
+                for (int64_t p = pc; p < pc + np; p++) {
+                    const int64_t c0 = p * FA_LIN_NR;
+                    const int cols = (int)(n - c0 < FA_LIN_NR ? n - c0 : FA_LIN_NR);
+                    const int64_t w_off = (p * k_pad + k0) * FA_LIN_NR;
+                    for (int64_t g = 0; g < full; g += FA_LIN_MR) {
+                        const FA_FN(fa_lin_ep_) ep = {
+                            A->bias ? A->bias + c0 : NULL,
+                            A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL, A->ldr,
+                            A->act};
+                        float *y = A->y + (r0 + g) * ldy + c0;
+                        if (bf16)
+                            FA_FN(fa_linear_block_bf16_)(scratch + g * kp,
+                                                         (const uint16_t *)A->packed + w_off, kp,
+                                                         y, ldy, FA_LIN_MR, cols, first,
+                                                         last ? &ep : NULL);
+                        else
+                            FA_FN(fa_linear_block_)(scratch + g * kp,
+                                                    (const float *)A->packed + w_off, kc, y, ldy,
+                                                    FA_LIN_MR, cols, first, last ? &ep : NULL);
+                    }
+                }
+                for (int64_t i = full; i < rows; i++) {
+                    const float *a = scratch + full * kp + (i - full);
+                    const int64_t c0 = pc * FA_LIN_NR;
                     const FA_FN(fa_lin_ep_) ep = {
                         A->bias ? A->bias + c0 : NULL,
-                        A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL, A->ldr,
+                        A->residual ? A->residual + (r0 + i) * A->ldr + c0 : NULL, A->ldr,
                         A->act};
-                    float *y = A->y + (r0 + g) * ldy + c0;
-                    if (bf16)
-                        FA_FN(fa_linear_block_bf16_)(scratch + g * kp,
-                                                     (const uint16_t *)A->packed + w_off, kp, y,
-                                                     ldy, gr, cols, first, last ? &ep : NULL);
-                    else
-                        FA_FN(fa_linear_block_)(scratch + g * kp, (const float *)A->packed + w_off,
-                                                kc, y, ldy, gr, cols, first, last ? &ep : NULL);
+                    const void *w = bf16 ? (const void *)((const uint16_t *)A->packed
+                                                          + (pc * k_pad + k0) * FA_LIN_NR)
+                                         : (const void *)((const float *)A->packed
+                                                          + (pc * k_pad + k0) * FA_LIN_NR);
+                    const int64_t w_sp = k_pad * FA_LIN_NR, ncols = n - c0;
+                    float *y = A->y + (r0 + i) * ldy + c0;
+                    const FA_FN(fa_lin_ep_) *e = last ? &ep : NULL;
+#define FA_LIN_ROW(np_) \
+    FA_FN(fa_linear_row_)(np_, a, w, w_sp, bf16, kp, y, ldy, ncols, first, e)
+                    switch (np) { /* np a constant in each call */
+                    case FA_LIN_NP: FA_LIN_ROW(FA_LIN_NP); break;
+                    case 3: FA_LIN_ROW(3); break;
+                    case 2: FA_LIN_ROW(2); break;
+                    default: FA_LIN_ROW(1); break;
+                    }
+#undef FA_LIN_ROW
                 }
             }
         }

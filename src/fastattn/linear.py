@@ -18,6 +18,7 @@ finished sums (``linear(..., activation=, residual=)``), and
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -431,7 +432,7 @@ def _rows_view(a: NDArray[Any]) -> Optional[NDArray[Any]]:
     a row and rows at a non-negative multiple of the itemsize that does not
     overlap them; None where its layout does not allow that without a copy."""
     n = a.shape[-1]
-    m = int(np.prod(a.shape[:-1], dtype=np.int64))
+    m = math.prod(a.shape[:-1])
     v = a.reshape(m, n)
     if v.size and not np.may_share_memory(v, a):
         return None  # reshape had to copy
