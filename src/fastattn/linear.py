@@ -247,16 +247,11 @@ def linear(x: Any, packed: PackedLinear, *, activation: Optional[str] = None,
     if out is None:
         res = np.empty(shape, dtype=np.float32)
     else:
-        res = _out_array("out", out, shape)
+        res = _array_arg("out", out, np.dtype(np.float32), shape, writable=True)
         if np.shares_memory(res, xa):
             raise ValueError("out must not overlap x")
-    ra: Optional[NDArray[np.float32]] = None
-    if residual is not None:
-        ra = _checks.ndarray("residual", residual)
-        if ra.dtype != np.float32:
-            raise TypeError(f"residual has dtype {ra.dtype}; expected float32")
-        if ra.shape != shape:
-            raise ValueError(f"residual must have the output's shape {shape}, got {ra.shape}")
+    ra = None if residual is None else \
+        _array_arg("residual", residual, np.dtype(np.float32), shape, f"the output's shape {shape}")
     if res.size == 0:
         return res
     x2 = _rows_view(xa)
@@ -286,20 +281,10 @@ def _linear_bf16_io(xa: NDArray[Any], packed: PackedLinear, activation: Optional
     and the result rounded once to bfloat16; residual and out are then
     bfloat16 too."""
     shape = xa.shape[:-1] + (packed.out_features,)
-    rf: Optional[NDArray[np.float32]] = None
-    if residual is not None:
-        ra = _checks.ndarray("residual", residual)
-        if ra.dtype != xa.dtype:
-            raise TypeError(f"residual has dtype {ra.dtype}; expected x's, {xa.dtype}")
-        rf = ra.astype(np.float32)
+    rf = None if residual is None else _array_arg(
+        "residual", residual, xa.dtype, shape, f"the output's shape {shape}").astype(np.float32)
     if out is not None:
-        res = _checks.ndarray("out", out)
-        if res.dtype != xa.dtype:
-            raise TypeError(f"out has dtype {res.dtype}; expected x's, {xa.dtype}")
-        if res.shape != shape:
-            raise ValueError(f"out must have shape {shape}, got {res.shape}")
-        if not res.flags.writeable:
-            raise ValueError("out is read-only")
+        res = _array_arg("out", out, xa.dtype, shape, writable=True)
         if np.shares_memory(res, xa):
             raise ValueError("out must not overlap x")
     yf = linear(xa.astype(np.float32), packed, activation=activation, residual=rf,
@@ -353,15 +338,11 @@ def layer_norm(x: Any, weight: Any, bias: Any, eps: float = 1e-5, *, residual: A
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     if not (0 <= float(eps) < float("inf")):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    ra: Optional[NDArray[np.float32]] = None
-    if residual is not None:
-        ra = _checks.ndarray("residual", residual)
-        if ra.dtype != np.float32:
-            raise TypeError(f"residual has dtype {ra.dtype}; expected float32")
-        if ra.shape != xa.shape:
-            raise ValueError(f"residual must have x's shape {xa.shape}, got {ra.shape}")
+    f32 = np.dtype(np.float32)
+    ra = None if residual is None else \
+        _array_arg("residual", residual, f32, xa.shape, f"x's shape {xa.shape}")
     res = np.empty(xa.shape, dtype=np.float32) if out is None else \
-        _out_array("out", out, xa.shape)
+        _array_arg("out", out, f32, xa.shape, writable=True)
     for name, a in (("x", xa), ("residual", ra)):
         if a is not None and out is not None and np.shares_memory(res, a) and not _same(res, a):
             raise ValueError(f"out must be {name} itself or not overlap it")
@@ -388,15 +369,20 @@ def _same(a: NDArray[Any], b: NDArray[Any]) -> bool:
                 and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
-def _out_array(name: str, out: Any, shape: Tuple[int, ...]) -> NDArray[np.float32]:
-    res = _checks.ndarray(name, out)
-    if res.dtype != np.float32:
-        raise TypeError(f"{name} has dtype {res.dtype}; expected float32")
-    if res.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {res.shape}")
-    if not res.flags.writeable:
+def _array_arg(name: str, a: Any, dtype: np.dtype[Any], shape: Tuple[int, ...],
+               shape_text: Optional[str] = None, writable: bool = False) -> NDArray[Any]:
+    """The array argument ``name``, checked: an ndarray of ``dtype`` (float32,
+    or x's dtype) and ``shape`` (``shape_text`` describes it), writable
+    when it is written."""
+    arr = _checks.ndarray(name, a)
+    if arr.dtype != dtype:
+        want = "float32" if dtype == np.float32 else f"x's, {dtype}"
+        raise TypeError(f"{name} has dtype {arr.dtype}; expected {want}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have {shape_text or f'shape {shape}'}, got {arr.shape}")
+    if writable and not arr.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    return res
+    return arr
 
 
 def _threads(num_threads: Any) -> int:

@@ -181,6 +181,15 @@ def test_packed_object(rng):
     (lambda p, x: linear(x, p, out=np.empty((4, 3), np.float32)), ValueError,
      "out must have shape (4, 2)"),
     (lambda p, x: linear(x, p, out=np.empty((4, 2))), TypeError, "out has dtype float64"),
+    (lambda p, x: linear(x, p, activation="tanh"), ValueError,
+     "activation must be None or one of"),
+    (lambda p, x: linear(x, p, activation=1), ValueError, "activation must be None or one of"),
+    (lambda p, x: linear(x, p, residual=np.ones((4, 2))), TypeError, "residual has dtype float64"),
+    (lambda p, x: linear(x, p, residual=np.ones((4, 3), np.float32)), ValueError,
+     "residual must have the output's shape (4, 2)"),
+    (lambda p, x: linear(x, p, residual=[[1, 2]] * 4), TypeError, "residual must be a numpy"),
+    (lambda p, x: linear(x, p, num_threads=0), ValueError, "num_threads must be >= 1"),
+    (lambda p, x: linear(x, p, num_threads=1.5), TypeError, "num_threads must be an int"),
 ])
 def test_bad_arguments(call, exc, words):
     p = pack_linear(np.ones((2, 3), np.float32))
