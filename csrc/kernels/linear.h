@@ -189,7 +189,7 @@ FA_INLINE void FA_FN(fa_linear_row_)(const int np, const float *a, const void *w
                     __builtin_memcpy(&raw, wb + p * w_sp + kk * FA_LIN_NR + 2 * v * VL,
                                      sizeof raw);
                     acc[p][v] += s0 * (VT)(raw << 16);
-                    acc[p][v] += s1 * (VT)(raw >> 16 << 16);
+                    acc[p][v] += s1 * (VT)(raw & 0xffff0000u);
                 }
         }
     } else {
