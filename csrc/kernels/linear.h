@@ -128,6 +128,13 @@ static void FA_FN(fa_linear_pack_)(const float *x, int64_t ldx, int64_t m, int64
     }
 }
 
+/* The float32 value of one half of each 32-bit word of a bfloat16 pair:
+ * the low half (even k) shifted up, or the high half (odd k) masked. */
+FA_INLINE VT FA_FN(fa_bf16_half_)(VU raw, int odd)
+{
+    return (VT)(odd ? raw & 0xffff0000u : raw << 16);
+}
+
 /* The bfloat16 twin of fa_linear_block_: w is a panel's slice of kp / 2
  * pairs, each 16 32-bit words (word c holds column c's weights for k = 2j
  * in its low half and 2j + 1 in its high half, the VDPBF16PS layout).  A
@@ -147,7 +154,7 @@ FA_INLINE void FA_FN(fa_linear_block_bf16_)(const float *a, const uint16_t *w, i
         for (int v = 0; v < FA_LIN_NV; v++) {
             VU raw;
             __builtin_memcpy(&raw, wk + 2 * v * VL, sizeof raw);
-            b[v] = (VT)((kk & 1) ? raw >> 16 << 16 : raw << 16);
+            b[v] = FA_FN(fa_bf16_half_)(raw, (int)(kk & 1));
         }
         for (int i = 0; i < FA_LIN_MR; i++) {
             const VT s = FA_LIN_SPLAT(a + kk * FA_LIN_MR + i);
@@ -188,8 +195,8 @@ FA_INLINE void FA_FN(fa_linear_row_)(const int np, const float *a, const void *w
                     VU raw;
                     __builtin_memcpy(&raw, wb + p * w_sp + kk * FA_LIN_NR + 2 * v * VL,
                                      sizeof raw);
-                    acc[p][v] += s0 * (VT)(raw << 16);
-                    acc[p][v] += s1 * (VT)(raw & 0xffff0000u);
+                    acc[p][v] += s0 * FA_FN(fa_bf16_half_)(raw, 0);
+                    acc[p][v] += s1 * FA_FN(fa_bf16_half_)(raw, 1);
                 }
         }
     } else {
@@ -229,6 +236,15 @@ static void FA_FN(fa_linear_k0_)(const fa_linear_args *A)
         }
 }
 
+/* The slice of panel p from k row k0 on (panels of k_pad rows of 16). */
+FA_INLINE const void *FA_FN(fa_lin_panel_)(const fa_linear_args *A, int64_t p, int64_t k_pad,
+                                          int64_t k0)
+{
+    const int64_t off = (p * k_pad + k0) * FA_LIN_NR;
+    return A->wtype == FA_LIN_BF16 ? (const void *)((const uint16_t *)A->packed + off)
+                                   : (const void *)((const float *)A->packed + off);
+}
+
 /* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
  * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
  * float32, or (FA_LIN_BF16) of ceil(k / 2) x 16 bfloat16 pairs;
@@ -260,7 +276,7 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
                 for (int64_t p = pc; p < pc + np; p++) {
                     const int64_t c0 = p * FA_LIN_NR;
                     const int cols = (int)(n - c0 < FA_LIN_NR ? n - c0 : FA_LIN_NR);
-                    const int64_t w_off = (p * k_pad + k0) * FA_LIN_NR;
+                    const void *w = FA_FN(fa_lin_panel_)(A, p, k_pad, k0);
                     for (int64_t g = 0; g < full; g += FA_LIN_MR) {
                         const FA_FN(fa_lin_ep_) ep = {
                             A->bias ? A->bias + c0 : NULL,
@@ -269,12 +285,12 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
                         float *y = A->y + (r0 + g) * ldy + c0;
                         if (bf16)
                             FA_FN(fa_linear_block_bf16_)(scratch + g * kp,
-                                                         (const uint16_t *)A->packed + w_off, kp,
+                                                         (const uint16_t *)w, kp,
                                                          y, ldy, FA_LIN_MR, cols, first,
                                                          last ? &ep : NULL);
                         else
                             FA_FN(fa_linear_block_)(scratch + g * kp,
-                                                    (const float *)A->packed + w_off, kc, y, ldy,
+                                                    (const float *)w, kc, y, ldy,
                                                     FA_LIN_MR, cols, first, last ? &ep : NULL);
                     }
                 }
@@ -285,10 +301,7 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
                         A->bias ? A->bias + c0 : NULL,
                         A->residual ? A->residual + (r0 + i) * A->ldr + c0 : NULL, A->ldr,
                         A->act};
-                    const void *w = bf16 ? (const void *)((const uint16_t *)A->packed
-                                                          + (pc * k_pad + k0) * FA_LIN_NR)
-                                         : (const void *)((const float *)A->packed
-                                                          + (pc * k_pad + k0) * FA_LIN_NR);
+                    const void *w = FA_FN(fa_lin_panel_)(A, pc, k_pad, k0);
                     const int64_t w_sp = k_pad * FA_LIN_NR, ncols = n - c0;
                     float *y = A->y + (r0 + i) * ldy + c0;
                     const FA_FN(fa_lin_ep_) *e = last ? &ep : NULL;
