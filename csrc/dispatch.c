@@ -371,12 +371,13 @@ static int fa_linear_part(const fa_kernels *kt, fa_linear_args a, int64_t p0, in
 }
 
 int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void *packed,
-                  int wtype, int64_t n, const float *bias, const float *residual, int64_t ldr, int act,
+                  int wtype, const float *w_scale, int64_t n, const float *bias, const float *residual, int64_t ldr, int act,
                   float *y, int64_t ldy, int num_threads)
 {
     const fa_kernels *kt = fa_current_table();
     const int64_t panels = (n + FA_LIN_NR - 1) / FA_LIN_NR;
-    const fa_linear_args a = {.x = x, .m = m, .k = k, .ldx = ldx, .packed = packed, .wtype = wtype, .n = n,
+    const fa_linear_args a = {.x = x, .m = m, .k = k, .ldx = ldx, .packed = packed, .wtype = wtype,
+                              .w_scale = w_scale, .n = n,
                               .p0 = 0, .p1 = panels, .bias = bias, .residual = residual,
                               .ldr = ldr, .y = y, .ldy = ldy, .act = act};
     /* threads over the output panels: every element is computed by the same

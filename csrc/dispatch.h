@@ -26,15 +26,17 @@ void fa_tanh_f64(const double *x, double *y, int64_t n);
 
 /* y (m x n, row stride ldy) = act(x (m x k, row stride ldx) W + bias)
  * + residual on the current ISA path, W packed in panels of FA_LIN_NR
- * columns (kernels/linear.h): float32, or (wtype FA_LIN_BF16) bfloat16
- * pairs.  bias and residual (rows ldr apart) may be NULL; act is an
+ * columns (kernels/linear.h): float32, (wtype FA_LIN_BF16) bfloat16
+ * pairs, or (FA_LIN_I8, kernels/linear_i8.h) int8 quads with the column
+ * scales w_scale (NULL for the other types).  bias and residual (rows ldr apart) may be NULL; act is an
  * FA_ACT_ value (kernels/kernel.h).  num_threads threads over the output
  * panels (0: the setting of fa_set_num_threads).  y must overlap neither
  * x nor residual (y holds partial sums between K blocks).  Returns 0, or
  * -1 when a scratch cannot be allocated. */
 int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void *packed,
-                  int wtype, int64_t n, const float *bias, const float *residual,
-                  int64_t ldr, int act, float *y, int64_t ldy, int num_threads);
+                  int wtype, const float *w_scale, int64_t n, const float *bias,
+                  const float *residual, int64_t ldr, int act, float *y, int64_t ldy,
+                  int num_threads);
 
 /* y = LayerNorm(x + residual) * g + b over m rows of n (kernels/linear.h),
  * float32 statistics; residual may be NULL; y may be x or residual.

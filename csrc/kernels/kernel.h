@@ -74,12 +74,15 @@ enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3, 
 /* One linear-layer call: y (m x n) = act(x (m x k) W + bias) + residual
  * over a packed W (kernels/linear.h), for the output panels [p0, p1).
  * bias and residual may be NULL. */
-enum { FA_LIN_F32 = 0, FA_LIN_BF16 = 1 }; /* the packed weight's type */
+/* the packed weight's type: float32, bfloat16 pairs, or int8 quads with
+ * one float32 scale per column (w_scale) */
+enum { FA_LIN_F32 = 0, FA_LIN_BF16 = 1, FA_LIN_I8 = 2 };
 typedef struct {
     const float *x;
     int64_t m, k, ldx;
-    const void *packed; /* wtype: float32 panels, or bfloat16 pairs */
+    const void *packed; /* wtype: float32 panels, bfloat16 pairs or int8 quads */
     int wtype;
+    const float *w_scale; /* FA_LIN_I8: the column scales, else NULL */
     int64_t n, p0, p1;
     const float *bias;
     const float *residual;

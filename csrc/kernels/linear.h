@@ -245,6 +245,8 @@ FA_INLINE const void *FA_FN(fa_lin_panel_)(const fa_linear_args *A, int64_t p, i
                                    : (const void *)((const float *)A->packed + off);
 }
 
+#include "linear_i8.h"
+
 /* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
  * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
  * float32, or (FA_LIN_BF16) of ceil(k / 2) x 16 bfloat16 pairs;
@@ -257,6 +259,10 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
     const int64_t k_pad = bf16 ? (k + 1) & ~(int64_t)1 : k; /* k rows of a packed panel */
     if (k == 0) {
         FA_FN(fa_linear_k0_)(A);
+        return;
+    }
+    if (A->wtype == FA_LIN_I8) {
+        FA_FN(fa_linear_i8_)(A, scratch);
         return;
     }
     for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC) {

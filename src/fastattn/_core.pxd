@@ -92,7 +92,8 @@ cdef extern from "dispatch.h" nogil:
     void fa_tanh_f64(const double *x, double *y, int64_t n) noexcept
     double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes) noexcept
     int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void *packed,
-                      int wtype, int64_t n, const float *bias, const float *residual, int64_t ldr,
+                      int wtype, const float *w_scale, int64_t n, const float *bias,
+                      const float *residual, int64_t ldr,
                       int act, float *y, int64_t ldy, int num_threads) noexcept
     void fa_layer_norm_f32(const float *x, int64_t ldx, const float *residual, int64_t ldr,
                            int64_t m, int64_t n, const float *g, const float *b, float eps,

@@ -4,6 +4,7 @@
 # bounds) so that no call can read or write outside its buffers.
 
 LINEAR_PANEL = 16   # FA_LIN_NR: columns of a packed weight panel
+LINEAR_I8_BLOCK = 32   # FA_LIN_QB: k of an int8 activation scale block
 
 
 cdef int64_t _row_stride(cnp.ndarray a, str name) except -1:
@@ -40,12 +41,15 @@ cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
     return a.size != 0 and b.size != 0 and np.may_share_memory(a, b)
 
 
-def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_threads=1):
+def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_threads=1,
+               w_scale=None):
     """``out[:] = act(x @ W + bias) + residual`` with W (k x n) packed by
     rows of panels: ``packed`` is float32 C-contiguous of shape
     (ceil(n / 16), k, 16), or uint16 (bfloat16 bits) of shape
     (ceil(n / 16), ceil(k / 2), 16, 2) (x is then rounded to bfloat16 once),
-    n is ``out.shape[1]``; ``bias`` is None or
+    or int8 of shape (ceil(n / 16), ceil(k / 4), 16, 4) with ``w_scale``
+    float32 (ceil(n / 16) * 16,) the column scales (x is then quantized per
+    row and block of LINEAR_I8_BLOCK k); n is ``out.shape[1]``; ``bias`` is None or
     float32 contiguous (n,); ``residual`` None or (m, n) float32 with unit
     column stride, not overlapping ``out``; ``activation`` a key of
     LINEAR_ACTIVATIONS.  Every output element is the same chain of
@@ -57,6 +61,7 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
     cdef int64_t k, n, ldx, ldy, ldr = 0
     cdef const float *bp = NULL
     cdef const float *rp = NULL
+    cdef const float *sp = NULL
     cdef int act
     if activation not in LINEAR_ACTIVATIONS:
         raise ValueError(f"activation must be one of {list(LINEAR_ACTIVATIONS)}, got {activation!r}")
@@ -74,8 +79,14 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
     elif pa.dtype == np.uint16:
         wtype = 1
         want = (panels, (k + 1) // 2, LINEAR_PANEL, 2)
+    elif pa.dtype == np.int8:
+        wtype = 2
+        want = (panels, (k + 3) // 4, LINEAR_PANEL, 4)
+        if w_scale is None:
+            raise ValueError("int8 packed weights need w_scale")
+        sp = _vector_f32(w_scale, "w_scale", panels * LINEAR_PANEL)
     else:
-        raise TypeError(f"packed must be float32 or uint16 (bfloat16 pairs), got {pa.dtype}")
+        raise TypeError(f"packed must be float32, uint16 (bfloat16 pairs) or int8, got {pa.dtype}")
     if not pa.flags.c_contiguous or not pa.flags.aligned or tuple(packed.shape) != want:
         raise ValueError(f"packed must be C-contiguous {pa.dtype} of shape {want}")
     if bias is not None:
@@ -97,7 +108,7 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
     cdef int rc
     with nogil:
         rc = fa_linear_f32(<const float *>cnp.PyArray_DATA(xa), m, k, ldx,
-                           <const void *>cnp.PyArray_DATA(pa), wtype, n, bp, rp, ldr, act,
+                           <const void *>cnp.PyArray_DATA(pa), wtype, sp, n, bp, rp, ldr, act,
                            <float *>cnp.PyArray_DATA(oa), ldy, num_threads)
     if rc != 0:
         raise MemoryError("linear_f32: no memory for the packing scratch")

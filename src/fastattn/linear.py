@@ -27,10 +27,12 @@ from numpy.typing import NDArray
 from . import _checks
 from . import _core
 
-__all__ = ["ACTIVATIONS", "PackedLinear", "pack_linear", "linear", "layer_norm"]
+__all__ = ["ACTIVATIONS", "INT8_BLOCK", "PackedLinear", "pack_linear", "linear", "layer_norm"]
 
 _PANEL: int = int(_core.LINEAR_PANEL)
-_DTYPES = ("float32", "bfloat16")
+_DTYPES = ("float32", "bfloat16", "int8")
+#: k of a block of x with its own int8 scale (csrc/kernels/linear_i8.h)
+INT8_BLOCK: int = int(_core.LINEAR_I8_BLOCK)
 
 
 class PackedLinear:
@@ -39,22 +41,25 @@ class PackedLinear:
     unpacked and packed again on load, so another CPU gets its own
     layout)."""
 
-    __slots__ = ("_packed", "_bias", "_out", "_in", "_dtype", "_isa")
+    __slots__ = ("_packed", "_bias", "_scale", "_out", "_in", "_dtype", "_isa")
 
     _packed: NDArray[Any]
     _bias: Optional[NDArray[np.float32]]
+    _scale: Optional[NDArray[np.float32]]
     _out: int
     _in: int
     _dtype: str
     _isa: str
 
     def __init__(self, packed: NDArray[Any], bias: Optional[NDArray[np.float32]],
-                 out_features: int, in_features: int, dtype: str = "float32") -> None:
-        packed.flags.writeable = False
-        if bias is not None:
-            bias.flags.writeable = False
+                 out_features: int, in_features: int, dtype: str = "float32",
+                 scale: Optional[NDArray[np.float32]] = None) -> None:
+        for a in (packed, bias, scale):
+            if a is not None:
+                a.flags.writeable = False
         object.__setattr__(self, "_packed", packed)
         object.__setattr__(self, "_bias", bias)
+        object.__setattr__(self, "_scale", scale)
         object.__setattr__(self, "_out", out_features)
         object.__setattr__(self, "_in", in_features)
         object.__setattr__(self, "_dtype", dtype)
@@ -65,8 +70,10 @@ class PackedLinear:
 
     @property
     def dtype(self) -> str:
-        """The arithmetic of the products: ``"float32"``, or ``"bfloat16"``
-        (weights and x rounded to bfloat16, products summed in float32)."""
+        """The arithmetic of the products: ``"float32"``, ``"bfloat16"``
+        (weights and x rounded to bfloat16, products summed in float32) or
+        ``"int8"`` (weights per output channel, x per row and block of
+        :data:`INT8_BLOCK` along K; exact int32 sums per block)."""
         return self._dtype
 
     @property
@@ -94,12 +101,23 @@ class PackedLinear:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the packed weight (padded to whole panels) and the bias."""
-        return int(self._packed.nbytes + (0 if self._bias is None else self._bias.nbytes))
+        """Bytes held: the packed weight (padded to whole panels), the bias
+        and the int8 channel scales."""
+        return int(sum(a.nbytes for a in (self._packed, self._bias, self._scale)
+                       if a is not None))
+
+    def scale(self) -> Optional[NDArray[np.float32]]:
+        """int8: the weight's scale per output channel (a copy, float32
+        ``(out_features,)``), else None."""
+        return None if self._scale is None else self._scale[:self._out].copy()
 
     def weight(self) -> NDArray[np.float32]:
         """The weight, ``(out_features, in_features)``, unpacked (a new
-        float32 array; for bfloat16, the rounded values)."""
+        float32 array; for bfloat16, the rounded values; for int8, the
+        quantized values times their channel scales)."""
+        if self._dtype == "int8":
+            assert self._scale is not None
+            return self._int8_values() * self._scale[:self._out, None]
         p = self._packed
         if self._dtype == "bfloat16":  # (panels, k/2, 16, 2) pairs -> (panels, k, 16)
             bits = p.transpose(0, 1, 3, 2).reshape(p.shape[0], -1, _PANEL)[:, :self._in]
@@ -111,7 +129,15 @@ class PackedLinear:
         """The bias (a copy), or None."""
         return None if self._bias is None else self._bias.copy()
 
+    def _int8_values(self) -> NDArray[np.int8]:
+        """int8: the quantized weight, ``(out_features, in_features)``."""
+        p = self._packed  # (panels, k/4, 16, 4) -> (panels * 16, k)
+        q = p.transpose(0, 2, 1, 3).reshape(p.shape[0] * _PANEL, -1)
+        return np.ascontiguousarray(q[:self._out, :self._in])
+
     def __reduce__(self) -> Tuple[Any, ...]:
+        if self._dtype == "int8":  # the integers and scales themselves, exactly
+            return (_unpickle_int8, (self._int8_values(), self.scale(), self.bias()))
         return (_unpickle, (self.weight(), self.bias(), self._dtype))
 
     def __repr__(self) -> str:
@@ -122,6 +148,30 @@ class PackedLinear:
 def _unpickle(weight: NDArray[np.float32], bias: Optional[NDArray[np.float32]],
               dtype: str) -> PackedLinear:
     return pack_linear(weight, bias, dtype=dtype)
+
+
+def _unpickle_int8(q: NDArray[np.int8], scale: NDArray[np.float32],
+                   bias: Optional[NDArray[np.float32]]) -> PackedLinear:
+    if (q.dtype != np.int8 or q.ndim != 2 or scale.shape != (q.shape[0],)
+            or (q == -128).any() or not (np.isfinite(scale) & (scale >= 0)).all()):
+        raise ValueError("not a pickled int8 PackedLinear")
+    return _pack_int8(q, np.asarray(scale, dtype=np.float32), bias)
+
+
+def _pack_int8(q: NDArray[np.int8], scale: NDArray[np.float32],
+               bias: Optional[NDArray[np.float32]]) -> PackedLinear:
+    """The int8 layout (csrc/kernels/linear_i8.h): panels of 16 columns,
+    each ceil(k / 4) quads of 16 columns x 4 consecutive k."""
+    n, k = q.shape
+    panels, kq = -(-n // _PANEL), -(-k // 4)
+    padded = np.zeros((panels * _PANEL, 4 * kq), dtype=np.int8)
+    padded[:n, :k] = q
+    packed = _aligned_empty((panels, kq, _PANEL, 4), np.int8)
+    packed[...] = padded.reshape(panels, _PANEL, kq, 4).transpose(0, 2, 1, 3)
+    s = _aligned_empty((panels * _PANEL,), np.float32)
+    s[...] = 0
+    s[:n] = scale
+    return PackedLinear(packed, bias, int(n), int(k), "int8", s)
 
 
 def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> PackedLinear:
@@ -135,10 +185,15 @@ def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> Pac
         Every value must be finite.
     bias : array_like (out_features,) or None
         Kept in float32 whatever ``dtype``; finite.
-    dtype : {"float32", "bfloat16"}
+    dtype : {"float32", "bfloat16", "int8"}
         The arithmetic of the products.  ``"bfloat16"`` rounds the weight to
         bfloat16 once here (half the bytes) and x once per call, and sums
-        the exact products in float32 (error model: docs/numerics.md).
+        the exact products in float32.  ``"int8"`` quantizes the weight
+        symmetrically, one scale per output channel (``max|w| / 127``, a
+        quarter of the bytes), and x on the fly per row and block of
+        :data:`INT8_BLOCK` along K; each block's products are summed exactly
+        in int32, then scaled and summed in float32.  Error models:
+        docs/numerics.md.
 
     Returns
     -------
@@ -167,6 +222,13 @@ def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> Pac
         packed = _aligned_empty((panels, k, _PANEL), np.float32)
         packed[...] = padded.reshape(panels, _PANEL, k).transpose(0, 2, 1)
         return PackedLinear(packed, b, int(n), int(k))
+    if dtype == "int8":
+        amax = np.abs(w).max(axis=1) if k else np.zeros(n, dtype=np.float32)
+        scale = (amax / np.float32(127)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.rint(w.astype(np.float64) / scale[:, None].astype(np.float64))
+        q = np.where(scale[:, None] > 0, np.clip(q, -127, 127), 0).astype(np.int8)
+        return _pack_int8(q, scale, b)
     bits = _bf16_bits(w)
     if ((bits & 0x7FFF) == 0x7F80).any():
         raise ValueError("weight has values beyond bfloat16's range (about 3.39e38)")
@@ -267,10 +329,12 @@ def linear(x: Any, packed: PackedLinear, *, activation: Optional[str] = None,
     y2 = _rows_view(res)
     if y2 is None:  # out's rows cannot be viewed in place: compute, then copy
         tmp = np.empty((x2.shape[0], packed.out_features), dtype=np.float32)
-        _core.linear_f32(x2, packed._packed, packed._bias, tmp, r2, activation, nt)
+        _core.linear_f32(x2, packed._packed, packed._bias, tmp, r2, activation, nt,
+                         packed._scale)
         res[...] = tmp.reshape(shape)
     else:
-        _core.linear_f32(x2, packed._packed, packed._bias, y2, r2, activation, nt)
+        _core.linear_f32(x2, packed._packed, packed._bias, y2, r2, activation, nt,
+                         packed._scale)
     return res
 
 
