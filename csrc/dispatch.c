@@ -352,6 +352,31 @@ void fa_exp2_f64(const double *x, double *y, int64_t n) { fa_current_table()->ex
 void fa_tanh_f32(const float *x, float *y, int64_t n) { fa_current_table()->tanh_f32(x, y, n); }
 void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_current_table()->tanh_f64(x, y, n); }
 
+/* The refinement of the current vector path that brings the dot product
+ * of a linear layer's wtype (avx512bf16: VDPBF16PS on bfloat16 pairs,
+ * avx512vnni: VPDPBUSD on int8 quads; kernels/linear_dot.h, compiled into
+ * the avx512 table), or NULL when the CPU lacks it or the path is another. */
+static const fa_isa_row *fa_linear_dot_row(int wtype)
+{
+    const unsigned need = wtype == FA_LIN_BF16 ? FA_CPU_AVX512BF16
+                          : wtype == FA_LIN_I8 ? FA_CPU_AVX512VNNI : 0;
+    const fa_isa_row *path = fa_path_row((int)fa_get_isa());
+    if (path->falls_back) path = path->falls_back;
+    for (int i = 0; need && i < FA_REFINEMENTS; i++) {
+        const fa_isa_row *row = &fa_refinements[i];
+        if (&fa_paths[row->refines] == path && !row->pairs && (row->features & need)
+            && fa_row_runs(row))
+            return row;
+    }
+    return NULL;
+}
+
+const char *fa_linear_kernel(int wtype)
+{
+    const fa_isa_row *row = fa_linear_dot_row(wtype), *path = fa_path_row((int)fa_get_isa());
+    return row ? row->name : path->falls_back ? path->falls_back->name : path->name;
+}
+
 /* One thread's share of a linear call: the panels [p0, p1). */
 static int fa_linear_part(const fa_kernels *kt, fa_linear_args a, int64_t p0, int64_t p1)
 {
@@ -377,7 +402,8 @@ int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void 
     const fa_kernels *kt = fa_current_table();
     const int64_t panels = (n + FA_LIN_NR - 1) / FA_LIN_NR;
     const fa_linear_args a = {.x = x, .m = m, .k = k, .ldx = ldx, .packed = packed, .wtype = wtype,
-                              .w_scale = w_scale, .n = n,
+                              .w_scale = w_scale, .dot = fa_linear_dot_row(wtype) != NULL,
+                              .n = n,
                               .p0 = 0, .p1 = panels, .bias = bias, .residual = residual,
                               .ldr = ldr, .y = y, .ldy = ldy, .act = act};
     /* threads over the output panels: every element is computed by the same
@@ -434,6 +460,13 @@ double fa_fma_probe(fa_isa isa, int64_t iters, int *lanes)
     const fa_kernels *k = fa_vector_table(fa_path_row((int)isa));
     *lanes = k->lanes();
     return k->fma_probe(iters);
+}
+
+double fa_dot_probe(int wtype, int64_t iters)
+{
+    const fa_kernels *k = fa_current_table();
+    if (!fa_linear_dot_row(wtype) || !k->dot_probe) return -1;
+    return k->dot_probe(wtype == FA_LIN_BF16 ? 1 : 2, iters);
 }
 
 #if FA_X86

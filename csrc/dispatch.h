@@ -38,6 +38,14 @@ int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void 
                   const float *residual, int64_t ldr, int act, float *y, int64_t ldy,
                   int num_threads);
 
+/* The row of the registry whose kernel runs a linear layer of wtype on
+ * the current path: a refinement that brings its dot product (avx512bf16,
+ * avx512vnni), else the vector path's name. */
+const char *fa_linear_kernel(int wtype);
+/* iters x 12 zmm dot products of wtype's instruction (kernels/linear_dot.h),
+ * or -1 where the current path does not use one. */
+double fa_dot_probe(int wtype, int64_t iters);
+
 /* y = LayerNorm(x + residual) * g + b over m rows of n (kernels/linear.h),
  * float32 statistics; residual may be NULL; y may be x or residual.
  * Single-threaded. */

@@ -68,6 +68,9 @@ typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
  * scratch of a call holds one packed block of x, dispatch.c). */
 #define FA_LIN_KC 256
 #define FA_LIN_MC 128
+/* int8 mode: k of a block of x with its own scale (divides FA_LIN_KC;
+ * kernels/linear_i8.h) */
+#define FA_LIN_QB 32
 /* The activations of the linear layer's epilogue (kernels/linear.h);
  * the numbers are the binding's too (_core.pxd). */
 enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3, FA_ACT_SILU = 4 };
@@ -83,6 +86,7 @@ typedef struct {
     const void *packed; /* wtype: float32 panels, bfloat16 pairs or int8 quads */
     int wtype;
     const float *w_scale; /* FA_LIN_I8: the column scales, else NULL */
+    int dot; /* the CPU's dot product for wtype (linear_dot.h; dispatch.c) */
     int64_t n, p0, p1;
     const float *bias;
     const float *residual;
@@ -111,6 +115,9 @@ typedef struct {
     fa_linear_f32_fn linear_f32;        /* the row-invariant float32 GEMM */
     fa_layer_norm_f32_fn layer_norm_f32; /* residual add + LayerNorm, by rows */
     double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */
+    /* iters x 12 zmm dot products (1: VDPBF16PS, 2: VPDPBUSD); avx512 only,
+     * called only where the CPU has them (kernels/linear_dot.h) */
+    double (*dot_probe)(int kind, int64_t iters);
     int (*lanes)(void);                 /* float32 lanes of a vector */
     /* Matrix family only: load the tile configuration on the calling
      * thread before its first matrix kernel of a call, and release the

@@ -109,6 +109,9 @@ const fa_kernels FA_KT(FA_ISA_NAME) = {
     .exp2_f64 = FA_K3(fa_exp2_array, f64, FA_ISA_NAME),
     .tanh_f64 = FA_K3(fa_tanh_array, f64, FA_ISA_NAME),
     .fma_probe = FA_K3(fa_fma_probe, f32, FA_ISA_NAME),
+#if FA_LIN_DOT
+    .dot_probe = FA_K3(fa_dot_probe, f32, FA_ISA_NAME),
+#endif
     .linear_f32 = FA_K3(fa_linear, f32, FA_ISA_NAME),
     .layer_norm_f32 = FA_K3(fa_layer_norm, f32, FA_ISA_NAME),
     .lanes = FA_K3(fa_vec_lanes, f32, FA_ISA_NAME),

@@ -245,7 +245,41 @@ FA_INLINE const void *FA_FN(fa_lin_panel_)(const fa_linear_args *A, int64_t p, i
                                    : (const void *)((const float *)A->packed + off);
 }
 
+#include "linear_dot.h"
 #include "linear_i8.h"
+
+#if FA_LIN_DOT
+/* One row block [r0, r0 + rows) and K block [k0, k0 + kc) of a bfloat16
+ * call on VDPBF16PS (A->dot): x packed as pairs, every group (full or
+ * not) through fa_linear_bf16_dot_, panel by panel. */
+static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int64_t rows,
+                                        int64_t k0, int64_t kc, int64_t kp, int64_t k_pad,
+                                        int first, int last, uint32_t *pairs)
+{
+    FA_FN(fa_linear_pack_pairs_)(A->x + r0 * A->ldx + k0, A->ldx, rows, kc, kp, pairs);
+    for (int64_t pc = A->p0; pc < A->p1; pc += FA_LIN_DOT_NP) {
+        const int np = (int)(A->p1 - pc < FA_LIN_DOT_NP ? A->p1 - pc : FA_LIN_DOT_NP);
+        const int64_t c0 = pc * FA_LIN_NR;
+        const int cols = (int)(A->n - c0 < np * FA_LIN_NR ? A->n - c0 : np * FA_LIN_NR);
+        const uint16_t *w = (const uint16_t *)FA_FN(fa_lin_panel_)(A, pc, k_pad, k0);
+        for (int64_t g = 0; g < rows; g += FA_LIN_MR) {
+            const int gr = (int)(rows - g < FA_LIN_MR ? rows - g : FA_LIN_MR);
+#define FA_LIN_BF16_DOT(R_, np_, s_)                                                      \
+    do {                                                                                  \
+        const FA_FN(fa_lin_ep_) ep = {                                                    \
+            A->bias ? A->bias + c0 : NULL,                                                \
+            A->residual ? A->residual + (r0 + g + (s_)) * A->ldr + c0 : NULL, A->ldr,      \
+            A->act};                                                                      \
+        FA_FN(fa_linear_bf16_dot_)(R_, np_, pairs + (g + (s_)) * (kp / 2), kp / 2, w,     \
+                                   k_pad * FA_LIN_NR, kp, A->y + (r0 + g + (s_)) * A->ldy \
+                                   + c0, A->ldy, cols, first, last ? &ep : NULL);         \
+    } while (0)
+            FA_LIN_DOT_ROWS(gr, np, FA_LIN_BF16_DOT);
+#undef FA_LIN_BF16_DOT
+        }
+    }
+}
+#endif
 
 /* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
  * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
@@ -271,6 +305,13 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;
+#if FA_LIN_DOT
+            if (bf16 && A->dot) {
+                FA_FN(fa_linear_bf16_dots_)(A, r0, rows, k0, kc, kp, k_pad, first, last,
+                                            (uint32_t *)scratch);
+                continue;
+            }
+#endif
             FA_FN(fa_linear_pack_)(A->x + r0 * ldx + k0, ldx, rows, kc, kp, bf16, scratch);
             /* FA_LIN_NP panels at a time: the full groups of FA_LIN_MR rows
              * panel by panel (a panel's slice stays in L1 while they pass),

@@ -95,6 +95,8 @@ cdef extern from "dispatch.h" nogil:
                       int wtype, const float *w_scale, int64_t n, const float *bias,
                       const float *residual, int64_t ldr,
                       int act, float *y, int64_t ldy, int num_threads) noexcept
+    const char *fa_linear_kernel(int wtype) noexcept
+    double fa_dot_probe(int wtype, int64_t iters) noexcept nogil
     void fa_layer_norm_f32(const float *x, int64_t ldx, const float *residual, int64_t ldr,
                            int64_t m, int64_t n, const float *g, const float *b, float eps,
                            float *y, int64_t ldy) noexcept

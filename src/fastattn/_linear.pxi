@@ -115,6 +115,15 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
     return out
 
 
+def linear_kernel(str dtype):
+    """The registry row that runs a linear layer of dtype ("float32",
+    "bfloat16" or "int8") on the current path: "avx512bf16" or
+    "avx512vnni" where the CPU's dot product serves it, else the vector
+    path's name."""
+    cdef int wtype = {"float32": 0, "bfloat16": 1, "int8": 2}[dtype]
+    return fa_linear_kernel(wtype).decode()
+
+
 def layer_norm_f32(x, weight, bias, double eps, out, residual=None):
     """``out[:] = LayerNorm(x + residual) * weight + bias`` over the rows of
     2-D float32 arrays with unit column stride (float32 statistics);

@@ -67,6 +67,37 @@ def fma_peak(isa=None, double seconds=0.2):
     return best
 
 
+def dot_peak(str dtype, double seconds=0.2):
+    """The peak of one core's dot-product instruction for a linear layer of
+    ``dtype`` on the current path: VDPBF16PS ("bfloat16", GFLOP/s, two per
+    product) or VPDPBUSD ("int8", GOP/s), 24 independent chains timed for
+    about ``seconds`` (best of three).  None where the path does not use
+    one (see linear_kernel)."""
+    import time
+    cdef int wtype = {"bfloat16": 1, "int8": 2}[dtype]
+    cdef int64_t iters = 1 << 14
+    cdef double t0, dt, sink = 0
+    cdef double per = 24.0 * (64.0 if wtype == 1 else 128.0)
+    if fa_dot_probe(wtype, 1) < 0:
+        return None
+    while True:
+        t0 = time.perf_counter()
+        with nogil:
+            sink += fa_dot_probe(wtype, iters)
+        dt = time.perf_counter() - t0
+        if dt >= seconds / 4 or iters > (1 << 40):
+            break
+        iters *= 2
+    best = iters * per / dt / 1e9
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with nogil:
+            sink += fa_dot_probe(wtype, iters)
+        dt = time.perf_counter() - t0
+        best = max(best, iters * per / dt / 1e9)
+    return best
+
+
 def read_bandwidth(nbytes=512 * 2**20, repeat=5):
     """Measure the memory read bandwidth (GB/s) with the current thread
     count: the best of ``repeat`` passes summing a buffer of ``nbytes``

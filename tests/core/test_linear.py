@@ -173,7 +173,7 @@ def test_packed_object(rng):
     (lambda p, x: pack_linear(np.ones(3, np.float32)), ValueError, "weight must be 2-D"),
     (lambda p, x: pack_linear(np.ones((2, 3), np.int32)), TypeError, "weight has dtype int32"),
     (lambda p, x: pack_linear(np.ones((2, 3)), np.ones(3)), ValueError, "bias must have shape (2,)"),
-    (lambda p, x: pack_linear(np.ones((2, 3)), dtype="int8"), ValueError, "dtype must be one of"),
+    (lambda p, x: pack_linear(np.ones((2, 3)), dtype="int4"), ValueError, "dtype must be one of"),
     (lambda p, x: linear(x.astype(np.float64), p), TypeError, "x has dtype float64"),
     (lambda p, x: linear(x[:, :2], p), ValueError, "x must have shape (..., 3)"),
     (lambda p, x: linear(x.tolist(), p), TypeError, "x must be a numpy.ndarray"),
