@@ -1,15 +1,19 @@
-"""Helpers of the encoder benchmark: a generated mixed-length corpus, and a
-sentence-transformers run (the peer) as a script, so that it can be timed
-from start-up in its own process like ``fastattn embed``.
+"""Helpers of the encoder benchmark: a generated mixed-length corpus, and the
+peers' runs as a script, so that each can be timed from start-up in its own
+process like ``fastattn embed``: sentence-transformers (float32, bfloat16)
+and ONNX Runtime on a model exported here from the same weights (float32
+with the graph optimized, and int8 by ``quantize_dynamic``).
 
     python benchmarks/encoder_peer.py CORPUS OUT.npy THREADS {float32,bfloat16}
+    python benchmarks/encoder_peer.py CORPUS OUT.npy THREADS ort MODEL.onnx
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import Any, List
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -55,12 +59,83 @@ def sentence_transformers_encode(texts: List[str], threads: int, dtype: str) -> 
     return emb.float().numpy()
 
 
+def export_onnx(folder: str) -> Dict[str, str]:
+    """Export all-MiniLM-L6-v2's transformer (token embeddings out) to ONNX
+    with torch.onnx.export, let ONNX Runtime optimize its graph (saved), and
+    quantize that with ``quantize_dynamic`` (QInt8 weights, the form
+    fastembed-style tools ship).  Returns {"ort float32": path, "ort int8":
+    path}."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+    from transformers import AutoModel
+
+    from fastattn.models import minilm_path
+
+    model = AutoModel.from_pretrained(str(minilm_path())).eval()
+    raw = os.path.join(folder, "minilm.onnx")
+    ids = torch.ones((2, 16), dtype=torch.int64)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
+    with torch.no_grad():
+        torch.onnx.export(model, (ids, torch.ones_like(ids)), raw,
+                          input_names=["input_ids", "attention_mask"],
+                          output_names=["last_hidden_state"],
+                          dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+                          dynamo=True)
+    # ONNX Runtime's transformer optimizer: fused attention, LayerNorm,
+    # GELU and bias adds (what its BERT deployments run)
+    opt = os.path.join(folder, "minilm-opt.onnx")
+    optimizer.optimize_model(raw, model_type="bert", num_heads=12, hidden_size=384,
+                             opt_level=1).save_model_to_file(opt)
+    q8 = os.path.join(folder, "minilm-int8.onnx")
+    quantize_dynamic(opt, q8, weight_type=QuantType.QInt8)
+    return {"ORT float32": opt, "ORT int8": q8}
+
+
+def ort_encode(texts: List[str], threads: int, model_path: str, batch: int = 32) -> Any:
+    """Mean-pooled, normalized embeddings by an ONNX Runtime session over
+    ``model_path``, batches of ``batch`` sentences sorted by length (so
+    padding costs little), returned in input order."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from fastattn.models import minilm_path
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(256)
+    enc = tok.encode_batch(texts)
+    order = np.argsort([len(e.ids) for e in enc], kind="stable")
+    out = np.empty((len(texts), 384), dtype=np.float32)
+    for b in range(0, len(order), batch):
+        idx = order[b:b + batch]
+        n = max(len(enc[i].ids) for i in idx)
+        ids = np.zeros((len(idx), n), dtype=np.int64)
+        mask = np.zeros((len(idx), n), dtype=np.int64)
+        for r, i in enumerate(idx):
+            ids[r, :len(enc[i].ids)] = enc[i].ids
+            mask[r, :len(enc[i].ids)] = 1
+        h = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (h * m).sum(1) / m.sum(1)
+        out[idx] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    return out
+
+
 def main(argv: List[str]) -> int:
     corpus, out, threads, dtype = argv[0], argv[1], int(argv[2]), argv[3]
     t0 = time.perf_counter()
     with open(corpus, encoding="utf-8") as f:
         texts = [line.rstrip("\n") for line in f]
-    np.save(out, sentence_transformers_encode(texts, threads, dtype))
+    if dtype == "ort":
+        np.save(out, ort_encode(texts, threads, argv[4]))
+    else:
+        np.save(out, sentence_transformers_encode(texts, threads, dtype))
     print(f"{time.perf_counter() - t0:.3f}", file=sys.stderr)
     return 0
 

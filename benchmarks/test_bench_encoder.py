@@ -4,9 +4,12 @@ generated corpus when torch and sentence-transformers are installed.
 
 pytest mode (``python -m pytest benchmarks/test_bench_encoder.py``) times, in
 process, fastattn's encode of a loaded model and the peer's model load plus
-encode (its load is part of each call).  Script mode times whole processes from start-up,
-``fastattn embed`` against the peer, in interleaved rounds, and prints a
-table of medians and ratios::
+encode (its load is part of each call).  Script mode times whole processes
+from start-up, in interleaved rounds: ``fastattn embed`` in each precision,
+sentence-transformers float32 and bfloat16, and ONNX Runtime float32 and
+int8 on a model the script exports from the same weights (batches sorted by
+length); it prints a table of medians, each run's cosines to
+sentence-transformers float32, and the ratios the targets ask for::
 
     python benchmarks/test_bench_encoder.py [--threads 1 2] [--rounds 3] [--sentences 2200]
 
@@ -28,7 +31,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from encoder_peer import make_corpus, sentence_transformers_encode  # noqa: E402
+from encoder_peer import export_onnx, make_corpus, sentence_transformers_encode  # noqa: E402
 
 from fastattn._bench import time_calls  # noqa: E402
 
@@ -99,29 +102,34 @@ def _run(cmd: List[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _commands(corpus: str, out: str, threads: int, peer: bool) -> Dict[str, List[str]]:
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def _commands(corpus: str, out: str, threads: int, peer: bool,
+              onnx: Dict[str, str]) -> Dict[str, List[str]]:
     py = sys.executable
-    cmds = {"fastattn embed": [py, "-m", "fastattn", "embed", "--quiet", "--force",
-                               "--input", corpus, "--output", out + "fa.npy",
-                               "--threads", str(threads)]}
+    cmds = {f"fastattn {p}": [py, "-m", "fastattn", "embed", "--quiet", "--force",
+                              "--input", corpus, "--output", out + p + ".npy",
+                              "--threads", str(threads), "--precision", p]
+            for p in PRECISIONS}
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoder_peer.py")
     if peer:
-        helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoder_peer.py")
         for dtype in ("float32", "bfloat16"):
-            cmds[f"ST {dtype}"] = [py, helper, corpus, out + dtype + ".npy", str(threads),
-                                   dtype]
+            cmds[f"ST {dtype}"] = [py, helper, corpus, out + "ST " + dtype + ".npy",
+                                   str(threads), dtype]
+    for name, path in onnx.items():
+        cmds[name] = [py, helper, corpus, out + name + ".npy", str(threads), "ort", path]
     return cmds
 
 
-def _accuracy(out: str, peer: bool) -> Dict[str, Tuple[float, float]]:
-    if not peer:
-        return {}
-    ours = np.load(out + "fa.npy")
-    res = {}
-    for dtype in ("float32", "bfloat16"):
-        st = np.load(out + dtype + ".npy")
-        cos = (st * ours).sum(1) / np.linalg.norm(st, axis=1)
-        res[dtype] = (float(np.abs(st - ours).max()), float(cos.min()))
-    return res
+def _cosines(a: Any, b: Any) -> Any:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+# the speed targets: (fastattn precision, peer, ratio of the peer's time
+# to fastattn's that is asked for)
+TARGETS = [("bfloat16", "ST bfloat16", 2.0), ("bfloat16", "ORT float32", 1.5),
+           ("int8", "ORT int8", 1.0), ("float32", "ORT float32", 1.2)]
 
 
 def main(argv: List[str]) -> int:
@@ -131,11 +139,20 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--sentences", type=int, default=N_SENTENCES)
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        import sentence_transformers  # noqa: F401
-        peer = not args.no_peer
-    except ImportError:
-        peer = False
+    peer = ort = False
+    if not args.no_peer:
+        try:
+            import sentence_transformers  # noqa: F401
+            peer = True
+        except ImportError:
+            print("sentence-transformers is not installed: no ST rows")
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+            ort = peer  # the export needs torch and transformers too
+        except ImportError:
+            print("onnxruntime, onnx or onnxscript is not installed: no ORT rows")
     texts = make_corpus(args.sentences)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.txt")
@@ -143,24 +160,31 @@ def main(argv: List[str]) -> int:
             f.write("\n".join(texts) + "\n")
         from fastattn.models import load_minilm
 
+        onnx_models = export_onnx(tmp) if ort else {}
         tokens = load_minilm().tokenize(texts).n_tokens
         print(f"corpus: {len(texts)} sentences, {tokens} tokens; whole processes timed "
               f"from start-up, {args.rounds} interleaved rounds, medians")
-        print(f"{'threads':>7}  {'run':<16} {'median s':>9} {'sent/s':>8} {'tok/s':>8} "
-              f"{'fastattn x':>10}")
+        print(f"{'threads':>7}  {'run':<18} {'median s':>9} {'sent/s':>8} {'tok/s':>8} "
+              f"{'min cos':>9} {'mean cos':>9}   (cosines to ST float32)")
         for threads in args.threads:
-            cmds = _commands(corpus, os.path.join(tmp, f"t{threads}_"), threads, peer)
+            out = os.path.join(tmp, f"t{threads}_")
+            cmds = _commands(corpus, out, threads, peer, onnx_models)
             runs = {name: functools.partial(_run, cmd) for name, cmd in cmds.items()}
             times = time_calls(runs, args.rounds, warmup=0)
             med = {k: statistics.median(v) for k, v in times.items()}
+            ref = np.load(out + "ST float32.npy") if peer else None
             for name in cmds:
-                print(f"{threads:>7}  {name:<16} {med[name]:>9.2f} "
-                      f"{len(texts) / med[name]:>8.1f} {tokens / med[name]:>8.0f} "
-                      f"{med[name] / med['fastattn embed']:>10.2f}")
-            for dtype, (diff, cos) in _accuracy(os.path.join(tmp, f"t{threads}_"),
-                                                peer).items():
-                print(f"{'':>7}  ST {dtype} vs fastattn: max|diff| {diff:.2e}, "
-                      f"min cosine {cos:.7f}")
+                acc = ""
+                if ref is not None:
+                    c = _cosines(np.load(out + name.replace("fastattn ", "") + ".npy"), ref)
+                    acc = f"{c.min():>9.6f} {c.mean():>9.6f}"
+                print(f"{threads:>7}  {name:<18} {med[name]:>9.2f} "
+                      f"{len(texts) / med[name]:>8.1f} {tokens / med[name]:>8.0f} {acc}")
+            for prec, other, want in TARGETS:
+                if other in med:
+                    r = med[other] / med[f"fastattn {prec}"]
+                    print(f"{'':>7}  fastattn {prec} is {r:.2f}x {other} "
+                          f"(target {want:g}x: {'met' if r >= want else 'MISSED'})")
     return 0
 
 

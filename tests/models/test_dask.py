@@ -188,6 +188,10 @@ def test_dask_embed_precision(tiny_folder: Path, tmp_path: Path, client: Any) ->
                      client=client, blocksize=200, precision="bfloat16")
     ref = load_encoder(tiny_folder, precision="bfloat16").encode(lines, threads=1)
     assert np.array_equal(np.asarray(got), ref)
+    got8 = dask_embed(str(src), str(tmp_path / "i8.npy"), model_dir=str(tiny_folder),
+                      client=client, blocksize=200, precision="int8")
+    ref8 = load_encoder(tiny_folder, precision="int8").encode(lines, threads=1)
+    assert np.array_equal(np.asarray(got8), ref8)
     with pytest.raises(ValueError, match="precision must be one of"):
         dask_embed(str(src), str(tmp_path / "x.npy"), model_dir=str(tiny_folder),
-                   client=client, precision="int8")
+                   client=client, precision="int4")

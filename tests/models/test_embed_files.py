@@ -223,14 +223,15 @@ def test_an_interrupt_after_the_rename_says_the_output_was_written(
 
 def test_precision(tiny_folder: Path, tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
-    """--precision bfloat16 gives the bfloat16 encoder's rows bitwise (and
-    they differ from float32's), says so in the final line, and is the
+    """--precision bfloat16 and int8 give those encoders' rows bitwise (and
+    they differ from float32's), say so in the final line, and are the
     same whatever the batch budget and threads; a bad value is refused."""
     pytest.importorskip("ml_dtypes", reason="ml_dtypes provides NumPy's bfloat16")
     src = tmp_path / "in.txt"
     lines = corpus(src, n=30)
     rows = {}
     for prec, budget, threads in (("bfloat16", "1", "1"), ("bfloat16", "5000", "2"),
+                                  ("int8", "1", "1"), ("int8", "5000", "2"),
                                   ("float32", "5000", "2")):
         out = tmp_path / f"{prec}-{budget}.npy"
         code, err = run(capsys, tiny_folder, "--input", str(src), "--output", str(out),
@@ -242,8 +243,12 @@ def test_precision(tiny_folder: Path, tmp_path: Path,
     enc = load_encoder(tiny_folder, precision="bfloat16")
     assert np.array_equal(rows["bfloat16", "1"], enc.encode(lines, threads=1))
     assert not np.array_equal(rows["bfloat16", "1"], rows["float32", "5000"])
+    assert np.array_equal(rows["int8", "1"], rows["int8", "5000"])
+    assert np.array_equal(rows["int8", "1"],
+                          load_encoder(tiny_folder, precision="int8").encode(lines, threads=1))
+    assert not np.array_equal(rows["int8", "1"], rows["bfloat16", "1"])
     assert main(["embed", "--input", str(src), "--output", str(tmp_path / "x.npy"),
                  "--precision", "int4"]) == 2
     assert "invalid choice: 'int4'" in capsys.readouterr().err
-    with pytest.raises(EmbedError, match="int8 is not implemented yet"):
-        embed_file(str(src), str(tmp_path / "y.npy"), precision="int8")
+    with pytest.raises(EmbedError, match="--precision must be one of"):
+        embed_file(str(src), str(tmp_path / "y.npy"), precision="int4")

@@ -366,8 +366,7 @@ def embed_file(input_path: str, output_path: str, *, encoder: Any = None,
     from .bert import PRECISIONS
 
     if precision not in PRECISIONS:
-        raise EmbedError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-                         + (" (int8 is not implemented yet)" if precision == "int8" else ""))
+        raise EmbedError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     try:
         f = open(input_path, "rb")
     except OSError as e:
@@ -465,9 +464,11 @@ def add_embed_parser(sub: Any) -> None:
                    help="worker threads (default: the usable cores)")
     p.add_argument("--max-length", type=int, default=None, metavar="L",
                    help="tokens per line, longer lines are cut (default: the model's, 256)")
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+    from .bert import PRECISIONS
+    p.add_argument("--precision", default="float32", choices=list(PRECISIONS),
                    help="arithmetic of the linear products (default: float32); bfloat16 "
-                        "rounds weights and their inputs once and sums in float32")
+                        "rounds weights and their inputs once and sums in float32; int8 "
+                        "quantizes weights per channel and inputs per block of 32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cli_main)
 
