@@ -382,10 +382,10 @@ static int fa_linear_part(const fa_kernels *kt, fa_linear_args a, int64_t p0, in
 {
     if (p0 >= p1) return 0;
     /* the packed block of x: min(m, FA_LIN_MC) rows rounded up to the
-     * largest register block (12), times FA_LIN_KC; a few-row call stays
+     * largest register block (12), times FA_LIN_SCRATCH_ROW; a few-row call stays
      * far below malloc's mmap threshold (no fresh pages to fault in) */
     const int64_t rows = a.m < FA_LIN_MC ? a.m : FA_LIN_MC;
-    const size_t bytes = (size_t)((rows + 12) * FA_LIN_KC) * sizeof(float);
+    const size_t bytes = (size_t)((rows + 12) * FA_LIN_SCRATCH_ROW) * sizeof(float);
     float *scratch = aligned_alloc(FA_ALIGN, (bytes + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN);
     if (!scratch) return -1;
     a.p0 = p0;

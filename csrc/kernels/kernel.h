@@ -68,9 +68,16 @@ typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
  * scratch of a call holds one packed block of x, dispatch.c). */
 #define FA_LIN_KC 256
 #define FA_LIN_MC 128
-/* int8 mode: k of a block of x with its own scale (divides FA_LIN_KC;
- * kernels/linear_i8.h) */
+/* int8 mode: k of a block of x with its own scale (kernels/linear_i8.h) */
 #define FA_LIN_QB 32
+/* K blocks of the narrower products, whose packed x takes fewer bytes (the
+ * same 128 KiB at most): int8 (a multiple of FA_LIN_QB) and bfloat16 pairs
+ * on VDPBF16PS.  Fewer K blocks, fewer passes over y. */
+#define FA_LIN_KC_I8 1024
+#define FA_LIN_KC_PAIRS 512
+/* floats of scratch per row of a row block: the largest packed row (int8:
+ * FA_LIN_KC_I8 bytes and 2 x FA_LIN_KC_I8 / FA_LIN_QB scales and sums) */
+#define FA_LIN_SCRATCH_ROW (2 * FA_LIN_KC)
 /* The activations of the linear layer's epilogue (kernels/linear.h);
  * the numbers are the binding's too (_core.pxd). */
 enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3, FA_ACT_SILU = 4 };

@@ -284,8 +284,9 @@ static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int
 /* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
  * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
  * float32, or (FA_LIN_BF16) of ceil(k / 2) x 16 bfloat16 pairs;
- * scratch holds (min(m, FA_LIN_MC) + 12) * FA_LIN_KC floats (enough for
- * the row block rounded up to FA_LIN_MR, times FA_LIN_KC). */
+ * scratch holds (min(m, FA_LIN_MC) + 12) * FA_LIN_SCRATCH_ROW floats
+ * (enough for the row block rounded up to FA_LIN_MR, times the largest
+ * packed row, kernel.h). */
 static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
 {
     const int64_t k = A->k, n = A->n, m = A->m, ldx = A->ldx, ldy = A->ldy;
@@ -299,9 +300,11 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
         FA_FN(fa_linear_i8_)(A, scratch);
         return;
     }
-    for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC) {
-        const int64_t kc = k - k0 < FA_LIN_KC ? k - k0 : FA_LIN_KC;
-        const int64_t kp = bf16 ? (kc + 1) & ~(int64_t)1 : kc; /* FA_LIN_KC is even */
+    /* bfloat16 pairs on VDPBF16PS pack 2 bytes a value: longer K blocks */
+    const int64_t kcb = FA_LIN_DOT && bf16 && A->dot ? FA_LIN_KC_PAIRS : FA_LIN_KC;
+    for (int64_t k0 = 0; k0 < k; k0 += kcb) {
+        const int64_t kc = k - k0 < kcb ? k - k0 : kcb;
+        const int64_t kp = bf16 ? (kc + 1) & ~(int64_t)1 : kc; /* the K blocks are even */
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;

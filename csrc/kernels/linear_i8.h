@@ -10,7 +10,7 @@
  * exactly in int32 (at most 32 * 127 * 127 < 2^24, so the conversion to
  * float32 is exact too), scaled by the block's x_scale and summed in
  * float32 over the blocks in k order; the sum is scaled by w_scale[c] once
- * per FA_LIN_KC block and then goes through the float32 path's store and
+ * per FA_LIN_KC_I8 block and then goes through the float32 path's store and
  * epilogue.  Block scales instead of one scale per row: a row's outliers
  * then only coarsen the steps of their own block (docs/numerics.md gives
  * the accuracy each choice reached on MiniLM).
@@ -212,8 +212,8 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
     const int64_t k = A->k, n = A->n, m = A->m, ldy = A->ldy;
     const int64_t k_pad = (k + 3) & ~(int64_t)3; /* k rows of a packed panel */
     const int8_t *packed = (const int8_t *)A->packed;
-    for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC) {
-        const int64_t kc = k - k0 < FA_LIN_KC ? k - k0 : FA_LIN_KC;
+    for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC_I8) {
+        const int64_t kc = k - k0 < FA_LIN_KC_I8 ? k - k0 : FA_LIN_KC_I8;
         const int64_t kq = (kc + 3) & ~(int64_t)3, nb = (kc + FA_LIN_QB - 1) / FA_LIN_QB;
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
