@@ -66,6 +66,11 @@ FA_INLINE void FA_FN(fa_linear_i8_dot_)(const int R, const int np, const int32_t
         }
         for (int64_t j = j0; j < j1; j++) {
             __m512i wu[FA_LIN_DOT_NP];
+            /* a few rows read weights faster than the prefetchers fetch
+             * them from memory (decode): fetch the next panels' lines */
+            if (R <= FA_LIN_DOT_RS)
+                for (int p = 0; p < np; p++)
+                    _mm_prefetch((const char *)(w + (p + np) * w_sp + j * 64), _MM_HINT_T0);
             for (int p = 0; p < np; p++)
                 wu[p] = _mm512_xor_si512(_mm512_loadu_si512(w + p * w_sp + j * 64), flip);
             for (int i = 0; i < R; i++)
@@ -102,6 +107,9 @@ FA_INLINE void FA_FN(fa_linear_bf16_dot_)(const int R, const int np, const uint3
         for (int i = 0; i < R; i++) r[p][i] = VSPLAT(0);
     for (int64_t j = 0; j < kp / 2; j++) {
         __m512 wv[FA_LIN_DOT_NP];
+        if (R <= FA_LIN_DOT_RS) /* as in fa_linear_i8_dot_ */
+            for (int p = 0; p < np; p++)
+                _mm_prefetch((const char *)(w + (p + np) * w_sp + j * 2 * FA_LIN_NR), _MM_HINT_T0);
         for (int p = 0; p < np; p++)
             wv[p] = _mm512_loadu_ps((const float *)(w + p * w_sp + j * 2 * FA_LIN_NR));
         for (int i = 0; i < R; i++)
