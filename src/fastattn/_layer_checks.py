@@ -57,7 +57,9 @@ def tokens(layer: MultiHeadAttention, name: str, a: object, dim: int,
     """``a``, a (B, N, dim) or (N, dim) array of the layer's dtype (with
     ``ndim`` given, of that many dims: x's)."""
     t = _checks.ndarray(name, a)
-    _checks.same_dtype(name, t, layer.dtype, "the layer's dtype is")
+    if not (t.dtype.name == "bfloat16" and layer.dtype == np.float32):
+        # a float32 layer also takes bfloat16 tokens (bfloat16 end to end)
+        _checks.same_dtype(name, t, layer.dtype, "the layer's dtype is")
     if ndim is not None and t.ndim != ndim:
         raise ValueError(f"{name} has {t.ndim} dims but x has {ndim}; both are batched "
                          "(B, N, features) or both unbatched (N, features)")
@@ -88,7 +90,26 @@ def batched_inputs(layer: MultiHeadAttention, x: object, context: object
         cs = cs[None]
     if cs.shape[0] != xs.shape[0]:
         raise ValueError(f"context has batch size {cs.shape[0]} but x has {xs.shape[0]}")
+    if cs.dtype != xs.dtype:
+        raise TypeError(f"context has dtype {cs.dtype} but x has {xs.dtype}")
     return xs, cs, batched
+
+
+PROJECTIONS = ("float32", "bfloat16", "int8")
+
+
+def projections(layer: MultiHeadAttention, value: object, x: Array) -> Optional[str]:
+    """The call's ``projections`` (None: NumPy's products in the layer's
+    dtype), which bfloat16 tokens require to be packed (default bfloat16)."""
+    if value is None:
+        return "bfloat16" if x.dtype.name == "bfloat16" else None
+    if not isinstance(value, str) or value not in PROJECTIONS:
+        raise ValueError(f"projections must be None or one of {list(PROJECTIONS)}, "
+                         f"got {value!r}")
+    if layer.dtype != np.float32:
+        raise ValueError(f"projections={value!r} is for float32 layers; this one is "
+                         f"{layer.dtype}")
+    return value
 
 
 def cache(layer: MultiHeadAttention, kv_cache: object, B: int, context: Optional[Array],

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import weights_io
+from .linear import PackedLinear, linear, pack_linear
 
 Array = NDArray[Any]
 
@@ -67,6 +68,9 @@ class Projections:
         self.w_o: Array = np.empty((E, nq), dtype=dt)
         self.b_in: Optional[Array] = np.empty(nq + 2 * nkv, dtype=dt) if bias else None
         self.b_o: Optional[Array] = np.empty(E, dtype=dt) if bias else None
+        # the weights packed for fastattn.linear, by dtype, made on first
+        # use; dropped by set() and repack() (in-place edits need repack())
+        self._packed: Dict[str, Dict[str, PackedLinear]] = {}
 
     def init_random(self, gen: np.random.Generator) -> None:
         """Xavier-uniform weights and zero biases (every entry is set)."""
@@ -104,6 +108,26 @@ class Projections:
         if src.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold real numbers, got dtype {src.dtype}")
         np.copyto(dst, src, casting="same_kind")
+        self._packed.clear()
+
+    def repack(self) -> None:
+        """Forget the packed weights (they are made again on next use)."""
+        self._packed.clear()
+
+    def packed(self, dtype: str) -> Dict[str, PackedLinear]:
+        """The projections packed in ``dtype`` ("in" when the inputs share
+        one matrix, else "x" and "c"; and "o"), made on first use."""
+        got = self._packed.get(dtype)
+        if got is None:
+            nq = self.nq
+            b_in = self.b_in
+            got = {"o": pack_linear(self.w_o, self.b_o, dtype=dtype)}
+            if self.w_in is not None:
+                got["in"] = pack_linear(self.w_in, b_in, dtype=dtype)
+            got["x"] = pack_linear(self.w_x, None if b_in is None else b_in[:nq], dtype=dtype)
+            got["c"] = pack_linear(self.w_c, None if b_in is None else b_in[nq:], dtype=dtype)
+            self._packed[dtype] = got
+        return got
 
     def load_torch(self, p: weights_io.MultiheadAttentionWeights) -> None:
         """Set every parameter from a ``torch.nn.MultiheadAttention``'s
@@ -126,11 +150,22 @@ class Projections:
         return weights_io.multihead_attention_state_dict(self.views(),
                                                          packed=self.w_in is not None)
 
-    def qkv(self, x: Array, context: Optional[Array]) -> Tuple[Array, Array, Array]:
+    def qkv(self, x: Array, context: Optional[Array],
+            packed: Optional[str] = None) -> Tuple[Array, Array, Array]:
         """The heads of q, k and v as (B, heads, N, D) views of the
-        projections' output: one GEMM for all three in self-attention."""
+        projections' output: one GEMM for all three in self-attention.
+        ``packed``: the products run on fastattn.linear in that dtype (the
+        output is in x's dtype), else NumPy's in the layer's dtype."""
         nq, nkv = self.nq, self.nkv
-        if context is None and self.w_in is not None:
+        if packed is not None:
+            pk = self.packed(packed)
+            if context is None and "in" in pk:
+                qkv = linear(x, pk["in"])
+                y_q, y_kv = qkv[..., :nq], qkv[..., nq:]
+            else:
+                y_q = linear(x, pk["x"])
+                y_kv = linear(x if context is None else context, pk["c"])
+        elif context is None and self.w_in is not None:
             qkv = project(x, self.w_in, self.b_in)
             y_q, y_kv = qkv[..., :nq], qkv[..., nq:]
         else:
@@ -142,6 +177,10 @@ class Projections:
         return (split_heads(y_q, H), split_heads(y_kv[..., :nkv], Hkv),
                 split_heads(y_kv[..., nkv:], Hkv))
 
-    def output(self, merged: Array) -> Array:
-        """The output projection of the merged heads, (B, N, H * D) -> (B, N, E)."""
+    def output(self, merged: Array, packed: Optional[str] = None) -> Array:
+        """The output projection of the merged heads, (B, N, H * D) -> (B, N, E)
+        (``packed`` as in :meth:`qkv`)."""
+        if packed is not None:
+            y: Array = linear(merged, self.packed(packed)["o"])
+            return y
         return project(merged, self.w_o, self.b_o)

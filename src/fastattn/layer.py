@@ -147,6 +147,12 @@ class MultiHeadAttention:
     b_v = _param("b_v", "Value bias, shape (Hkv * D,), or None.")
     b_o = _param("b_o", "Output bias, shape (E,), or None.")
 
+    def repack(self) -> None:
+        """Drop the projections packed for ``projections=`` calls, so that
+        the next such call packs the current weights: needed after editing
+        a parameter's array in place (assigning one does it itself)."""
+        self._p.repack()
+
     def parameters(self) -> Dict[str, Array]:
         """The weights (and biases, if any) by name, as a dict of the
         layer's own writable views: ``w_q, w_k, w_v, w_o[, b_q, b_k, b_v, b_o]``."""
@@ -218,7 +224,8 @@ class MultiHeadAttention:
     def __call__(self, x: Array, context: Optional[Array] = None, *,
                  mask: Optional[Array] = None, key_padding_mask: Optional[Array] = None,
                  causal: Union[bool, str] = False, need_weights: bool = False,
-                 kv_cache: Optional[KVCache] = None, precision: str = "highest") -> Any:
+                 kv_cache: Optional[KVCache] = None, precision: str = "highest",
+                 projections: Optional[str] = None) -> Any:
         """Apply the layer.
 
         Parameters
@@ -267,8 +274,18 @@ class MultiHeadAttention:
             the cache's own row lengths).
         precision : {"highest", "bf16", "bf16x3"}
             Arithmetic of the attention's matrix products for a float32
-            layer, as in :func:`fastattn.attention` (the projections are
-            NumPy's and stay float32).
+            layer, as in :func:`fastattn.attention` (the projections follow
+            ``projections``).
+        projections : {None, "float32", "bfloat16", "int8"}
+            Arithmetic of the four projections of a float32 layer.  None
+            (the default for float32 and float64 inputs): NumPy's products
+            in the layer's dtype.  A dtype: :func:`fastattn.linear` over the
+            weights packed in it (:func:`fastattn.pack_linear`; made on
+            first use and kept; assigning a parameter drops them, and after
+            editing a parameter's array in place call :meth:`repack`).
+            bfloat16 ``x`` (ml_dtypes) on a float32 layer runs in bfloat16
+            end to end: projections (default ``"bfloat16"``), q, k, v, the
+            attention and the output are bfloat16, with float32 sums.
 
         Returns
         -------
@@ -282,12 +299,13 @@ class MultiHeadAttention:
         returns NaN there.
         """
         x, context, batched = checks.batched_inputs(self, x, context)
+        packed = checks.projections(self, projections, x)
         _checks.boolean("need_weights", need_weights)
         _checks.precision(precision, x)     # before the cache is appended to
         B, Nq = x.shape[:2]
         if kv_cache is not None:
             kv_cache = checks.cache(self, kv_cache, B, context, key_padding_mask)
-        q, k, v = self._p.qkv(x, context)
+        q, k, v = self._p.qkv(x, context, packed)
         scores = (B, Nq, k.shape[2])
         if mask is not None:
             mask = checks.attn_mask(mask, self.num_heads, kv_cache, scores, batched)
@@ -297,7 +315,7 @@ class MultiHeadAttention:
 
         # attention, written straight into the (B, Nq, H, D) merge buffer
         H, D = self.num_heads, self.head_dim
-        merged = np.empty((B, Nq, H, D), dtype=self.dtype)
+        merged = np.empty((B, Nq, H, D), dtype=q.dtype)
         out_view = merged.transpose(0, 2, 1, 3)
         if kv_cache is None:
             res = attention(q, k, v, mask=mask, causal=causal, kv_lengths=kv_lengths,
@@ -309,7 +327,7 @@ class MultiHeadAttention:
         weights = res[1] if need_weights else None
 
         # merge heads (a reshape) and the output projection
-        y = self._p.output(merged.reshape(B, Nq, H * D))
+        y = self._p.output(merged.reshape(B, Nq, H * D), packed)
         if not batched:
             y = y[0]
             if weights is not None:
