@@ -124,7 +124,25 @@ def transformers():
     with torch.inference_mode():
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-4)
 
-checks = {"test": [test], "oracle": [torch_cpu], "bench": [test, torch_cpu], "plot": [plot],
+def bench_peers():
+    # the benchmarks' peers: NumKong's packed int8 GEMM, an ONNX Runtime session
+    import numkong as nk
+    a = np.arange(-8, 8, dtype=np.int8).reshape(2, 8)
+    got = np.asarray(nk.dots_packed(a, nk.dots_pack(a, dtype="int8")))
+    assert np.array_equal(got, a.astype(np.int32) @ a.T.astype(np.int32)), got
+    import onnx, onnxruntime, onnxscript  # noqa: F401
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    s = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert list(s.run(None, {"x": np.array([-1, 2], np.float32)})[0]) == [0, 2]
+    need("sentence_transformers")
+
+checks = {"test": [test], "oracle": [torch_cpu], "bench": [test, torch_cpu, bench_peers],
+          "plot": [plot],
           "models": [models], "torch": [fa_torch], "dask": [dask],
           "transformers": [transformers]}
 if extra not in checks:
