@@ -103,6 +103,43 @@ FA_INLINE void FA_FN(fa_linear_block_)(const float *a, const float *w, int64_t k
     FA_FN(fa_linear_store_)(acc, y, ldy, rows, cols, first, ep);
 }
 
+#if FA_VBYTES == 64 /* FA_LIN_NV == 1 */
+/* Two panels at once (w and w + w_sp) for a path whose panel is one vector
+ * (AVX-512): 2 x FA_LIN_MR independent sums per k hide the FMA latency
+ * with one broadcast of x for both panels, where one panel needs a
+ * broadcast per FMA and is bound by the loads.  Each element gets exactly
+ * fa_linear_block_'s operations.  cols counts both panels' columns. */
+FA_INLINE void FA_FN(fa_linear_block2_)(const float *a, const float *w, int64_t w_sp,
+                                         int64_t kc, float *y, int64_t ldy, int cols, int first,
+                                         const FA_FN(fa_lin_ep_) *ep)
+{
+    VT r0[FA_LIN_MR], r1[FA_LIN_MR]; /* no address taken: kept in registers */
+    for (int i = 0; i < FA_LIN_MR; i++) r0[i] = r1[i] = VSPLAT(0);
+    for (int64_t kk = 0; kk < kc; kk++) {
+        const VT b0 = FA_FN(fa_loadu_)(w + kk * FA_LIN_NR);
+        const VT b1 = FA_FN(fa_loadu_)(w + w_sp + kk * FA_LIN_NR);
+        for (int i = 0; i < FA_LIN_MR; i++) {
+            const VT s = FA_LIN_SPLAT(a + kk * FA_LIN_MR + i);
+            r0[i] += s * b0;
+            r1[i] += s * b1;
+        }
+    }
+    VT acc[FA_LIN_MR][FA_LIN_NV];
+    for (int i = 0; i < FA_LIN_MR; i++) acc[i][0] = r0[i];
+    FA_FN(fa_linear_store_)(acc, y, ldy, FA_LIN_MR, cols < FA_LIN_NR ? cols : FA_LIN_NR, first,
+                            ep);
+    for (int i = 0; i < FA_LIN_MR; i++) acc[i][0] = r1[i];
+    FA_FN(fa_lin_ep_) e;
+    if (ep) {
+        e = *ep;
+        if (e.bias) e.bias += FA_LIN_NR;
+        if (e.residual) e.residual += FA_LIN_NR;
+    }
+    FA_FN(fa_linear_store_)(acc, y + FA_LIN_NR, ldy, FA_LIN_MR, cols - FA_LIN_NR, first,
+                            ep ? &e : NULL);
+}
+#endif
+
 /* Pack rows [0, m) x columns [0, kc) of x into groups of FA_LIN_MR rows,
  * interleaved by k, with kp >= kc k rows (those past kc are zero: the pad
  * of an odd K block of bfloat16 pairs); the last group is padded with zero
@@ -327,6 +364,23 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
                     const int64_t c0 = p * FA_LIN_NR;
                     const int cols = (int)(n - c0 < FA_LIN_NR ? n - c0 : FA_LIN_NR);
                     const void *w = FA_FN(fa_lin_panel_)(A, p, k_pad, k0);
+#if FA_VBYTES == 64 /* FA_LIN_NV == 1 */
+                    if (!bf16 && p + 1 < pc + np) { /* this panel and the next */
+                        const int cols2 = (int)(n - c0 < 2 * FA_LIN_NR ? n - c0 : 2 * FA_LIN_NR);
+                        for (int64_t g = 0; g < full; g += FA_LIN_MR) {
+                            const FA_FN(fa_lin_ep_) ep = {
+                                A->bias ? A->bias + c0 : NULL,
+                                A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL,
+                                A->ldr, A->act};
+                            FA_FN(fa_linear_block2_)(scratch + g * kp, (const float *)w,
+                                                     k_pad * FA_LIN_NR, kc,
+                                                     A->y + (r0 + g) * ldy + c0, ldy, cols2,
+                                                     first, last ? &ep : NULL);
+                        }
+                        p++;
+                        continue;
+                    }
+#endif
                     for (int64_t g = 0; g < full; g += FA_LIN_MR) {
                         const FA_FN(fa_lin_ep_) ep = {
                             A->bias ? A->bias + c0 : NULL,
