@@ -47,20 +47,26 @@ def test_hidden_states_two_x_rule(tiny_model: BertModel, lengths: list[int]) -> 
         assert np.abs(fast - ref64).max() <= bound, (b, np.abs(fast - ref64).max(), bound)
 
 
+def _states_in(precision: str, seed: int) -> Any:
+    """The tiny model's tensors, five random sentences, their hidden states
+    (and cu_seqlens) in ``precision`` and in float32."""
+    t = tiny_tensors()
+    model = BertModel(TINY, BertWeights.from_state_dict(TINY, t), row_block=64,
+                      precision=precision)
+    assert model.precision == precision
+    ids = random_ids(np.random.default_rng(seed), [7, 30, 2, 48, 16])
+    states, cu = model.hidden_states(ids)
+    f32_states, _ = BertModel(TINY, model.weights, row_block=64).hidden_states(ids)
+    return t, ids, states, cu, f32_states
+
+
 def test_bfloat16_products_two_x_rule() -> None:
     """precision="bfloat16": against a float64 forward pass whose products
     round their inputs and weights to bfloat16 as the model does, the 2x
     rule with the same pass in float32 as the naive one; and the rounding
     really happens (the float32 model is closer to the unrounded pass)."""
     pytest.importorskip("ml_dtypes", reason="ml_dtypes provides NumPy's bfloat16")
-    t = tiny_tensors()
-    model = BertModel(TINY, BertWeights.from_state_dict(TINY, t), row_block=64,
-                      precision="bfloat16")
-    assert model.precision == "bfloat16"
-    rng = np.random.default_rng(11)
-    ids = random_ids(rng, [7, 30, 2, 48, 16])
-    states, cu = model.hidden_states(ids)
-    f32_states, _ = BertModel(TINY, model.weights, row_block=64).hidden_states(ids)
+    t, ids, states, cu, f32_states = _states_in("bfloat16", seed=11)
     for b, a in enumerate(ids):
         ref64 = reference_forward(t, TINY, a, np.float64, products="bfloat16")
         naive = reference_forward(t, TINY, a, np.float32, products="bfloat16")
@@ -77,14 +83,7 @@ def test_int8_products_near_float64() -> None:
     rule; instead each sentence's hidden states stay within a few percent
     of the float64 pass and its pooled vector within cosine 0.999 of it,
     while the rounding really happens (float32 is far closer)."""
-    t = tiny_tensors()
-    model = BertModel(TINY, BertWeights.from_state_dict(TINY, t), row_block=64,
-                      precision="int8")
-    assert model.precision == "int8"
-    rng = np.random.default_rng(12)
-    ids = random_ids(rng, [7, 30, 2, 48, 16])
-    states, cu = model.hidden_states(ids)
-    f32_states, _ = BertModel(TINY, model.weights, row_block=64).hidden_states(ids)
+    t, ids, states, cu, f32_states = _states_in("int8", seed=12)
     for b, a in enumerate(ids):
         exact = reference_forward(t, TINY, a, np.float64)
         fast = states[cu[b]:cu[b + 1]].astype(np.float64)
