@@ -68,9 +68,10 @@ class Projections:
         self.w_o: Array = np.empty((E, nq), dtype=dt)
         self.b_in: Optional[Array] = np.empty(nq + 2 * nkv, dtype=dt) if bias else None
         self.b_o: Optional[Array] = np.empty(E, dtype=dt) if bias else None
-        # the weights packed for fastattn.linear, by dtype, made on first
-        # use; dropped by set() and repack() (in-place edits need repack())
-        self._packed: Dict[str, Dict[str, PackedLinear]] = {}
+        # the weights packed for fastattn.linear, by (dtype, matrix), each
+        # made on first use; dropped by set() and repack() (in-place edits
+        # need repack())
+        self._packed: Dict[Tuple[str, str], PackedLinear] = {}
 
     def init_random(self, gen: np.random.Generator) -> None:
         """Xavier-uniform weights and zero biases (every entry is set)."""
@@ -114,19 +115,18 @@ class Projections:
         """Forget the packed weights (they are made again on next use)."""
         self._packed.clear()
 
-    def packed(self, dtype: str) -> Dict[str, PackedLinear]:
-        """The projections packed in ``dtype`` ("in" when the inputs share
-        one matrix, else "x" and "c"; and "o"), made on first use."""
-        got = self._packed.get(dtype)
+    def packed(self, dtype: str, which: str) -> PackedLinear:
+        """One matrix packed in ``dtype``, made on first use: ``"in"`` (the
+        three input projections, when they share one matrix), ``"x"`` (the
+        queries'), ``"c"`` (the keys' and values') or ``"o"``."""
+        got = self._packed.get((dtype, which))
         if got is None:
-            nq = self.nq
-            b_in = self.b_in
-            got = {"o": pack_linear(self.w_o, self.b_o, dtype=dtype)}
-            if self.w_in is not None:
-                got["in"] = pack_linear(self.w_in, b_in, dtype=dtype)
-            got["x"] = pack_linear(self.w_x, None if b_in is None else b_in[:nq], dtype=dtype)
-            got["c"] = pack_linear(self.w_c, None if b_in is None else b_in[nq:], dtype=dtype)
-            self._packed[dtype] = got
+            nq, b_in = self.nq, self.b_in
+            w, b = {"in": (self.w_in, b_in),
+                    "x": (self.w_x, None if b_in is None else b_in[:nq]),
+                    "c": (self.w_c, None if b_in is None else b_in[nq:]),
+                    "o": (self.w_o, self.b_o)}[which]
+            got = self._packed[(dtype, which)] = pack_linear(w, b, dtype=dtype)
         return got
 
     def load_torch(self, p: weights_io.MultiheadAttentionWeights) -> None:
@@ -158,13 +158,12 @@ class Projections:
         output is in x's dtype), else NumPy's in the layer's dtype."""
         nq, nkv = self.nq, self.nkv
         if packed is not None:
-            pk = self.packed(packed)
-            if context is None and "in" in pk:
-                qkv = linear(x, pk["in"])
+            if context is None and self.w_in is not None:
+                qkv = linear(x, self.packed(packed, "in"))
                 y_q, y_kv = qkv[..., :nq], qkv[..., nq:]
             else:
-                y_q = linear(x, pk["x"])
-                y_kv = linear(x if context is None else context, pk["c"])
+                y_q = linear(x, self.packed(packed, "x"))
+                y_kv = linear(x if context is None else context, self.packed(packed, "c"))
         elif context is None and self.w_in is not None:
             qkv = project(x, self.w_in, self.b_in)
             y_q, y_kv = qkv[..., :nq], qkv[..., nq:]
@@ -181,6 +180,6 @@ class Projections:
         """The output projection of the merged heads, (B, N, H * D) -> (B, N, E)
         (``packed`` as in :meth:`qkv`)."""
         if packed is not None:
-            y: Array = linear(merged, self.packed(packed)["o"])
+            y: Array = linear(merged, self.packed(packed, "o"))
             return y
         return project(merged, self.w_o, self.b_o)
