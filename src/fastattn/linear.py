@@ -9,9 +9,11 @@ on how a batch was cut.  Optimized BLAS libraries do not promise that: they
 pick kernels and edge code by the shape of a call and by a row's position
 in it.  The models build their bitwise batch invariance on this.
 
-The products run in float32, or in bfloat16 (``pack_linear(...,
+The products run in float32, in bfloat16 (``pack_linear(...,
 dtype="bfloat16")``: the weight and x rounded once each, products summed
-in float32); the bias, an activation and a residual are applied to the
+in float32) or in int8 (``dtype="int8"``: the weight per output channel, x
+per row and block of :data:`INT8_BLOCK` along K, exact integer sums per
+block), on the CPU's dot-product instructions where it has them; the bias, an activation and a residual are applied to the
 finished sums (``linear(..., activation=, residual=)``), and
 :func:`layer_norm` adds a residual and normalizes rows in one pass.
 """
