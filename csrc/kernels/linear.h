@@ -53,6 +53,27 @@ typedef struct {
     int act;
 } FA_FN(fa_lin_ep_);
 
+/* A's epilogue operands for the block whose first element is row r (of
+ * the call), column c0 of y. */
+FA_INLINE FA_FN(fa_lin_ep_) FA_FN(fa_lin_ep_at_)(const fa_linear_args *A, int64_t r, int64_t c0)
+{
+    const FA_FN(fa_lin_ep_) ep = {A->bias ? A->bias + c0 : NULL,
+                                  A->residual ? A->residual + r * A->ldr + c0 : NULL, A->ldr,
+                                  A->act};
+    return ep;
+}
+
+/* ep (NULL: no epilogue yet) moved c columns right, written to *e. */
+FA_INLINE const FA_FN(fa_lin_ep_) *FA_FN(fa_lin_ep_shift_)(const FA_FN(fa_lin_ep_) *ep, int64_t c,
+                                                        FA_FN(fa_lin_ep_) *e)
+{
+    if (!ep) return NULL;
+    *e = *ep;
+    if (e->bias) e->bias += c;
+    if (e->residual) e->residual += c;
+    return e;
+}
+
 /* A register block's sums to y: the rows < rows and columns < cols of y
  * receive them (first: y = sum, else y += sum); after the last K block
  * (ep != NULL) the epilogue (epilogue.h) runs on the finished sums, with
@@ -130,13 +151,8 @@ FA_INLINE void FA_FN(fa_linear_block2_)(const float *a, const float *w, int64_t 
                             ep);
     for (int i = 0; i < FA_LIN_MR; i++) acc[i][0] = r1[i];
     FA_FN(fa_lin_ep_) e;
-    if (ep) {
-        e = *ep;
-        if (e.bias) e.bias += FA_LIN_NR;
-        if (e.residual) e.residual += FA_LIN_NR;
-    }
     FA_FN(fa_linear_store_)(acc, y + FA_LIN_NR, ldy, FA_LIN_MR, cols - FA_LIN_NR, first,
-                            ep ? &e : NULL);
+                            FA_FN(fa_lin_ep_shift_)(ep, FA_LIN_NR, &e));
 }
 #endif
 
@@ -251,12 +267,8 @@ FA_INLINE void FA_FN(fa_linear_row_)(const int np, const float *a, const void *w
         const int64_t c = p * FA_LIN_NR;
         const int cols = (int)(ncols - c < FA_LIN_NR ? ncols - c : FA_LIN_NR);
         FA_FN(fa_lin_ep_) e;
-        if (ep) {
-            e = *ep;
-            if (e.bias) e.bias += c;
-            if (e.residual) e.residual += c;
-        }
-        FA_FN(fa_linear_store_)(one, y + c, ldy, 1, cols, first, ep ? &e : NULL);
+        FA_FN(fa_linear_store_)(one, y + c, ldy, 1, cols, first,
+                                FA_FN(fa_lin_ep_shift_)(ep, c, &e));
     }
 }
 
@@ -303,10 +315,7 @@ static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int
             const int gr = (int)(rows - g < FA_LIN_MR ? rows - g : FA_LIN_MR);
 #define FA_LIN_BF16_DOT(R_, np_, s_)                                                      \
     do {                                                                                  \
-        const FA_FN(fa_lin_ep_) ep = {                                                    \
-            A->bias ? A->bias + c0 : NULL,                                                \
-            A->residual ? A->residual + (r0 + g + (s_)) * A->ldr + c0 : NULL, A->ldr,      \
-            A->act};                                                                      \
+        const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + g + (s_), c0);         \
         FA_FN(fa_linear_bf16_dot_)(R_, np_, pairs + (g + (s_)) * (kp / 2), kp / 2, w,     \
                                    k_pad * FA_LIN_NR, kp, A->y + (r0 + g + (s_)) * A->ldy \
                                    + c0, A->ldy, cols, first, last ? &ep : NULL);         \
@@ -368,10 +377,7 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
                     if (!bf16 && p + 1 < pc + np) { /* this panel and the next */
                         const int cols2 = (int)(n - c0 < 2 * FA_LIN_NR ? n - c0 : 2 * FA_LIN_NR);
                         for (int64_t g = 0; g < full; g += FA_LIN_MR) {
-                            const FA_FN(fa_lin_ep_) ep = {
-                                A->bias ? A->bias + c0 : NULL,
-                                A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL,
-                                A->ldr, A->act};
+                            const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + g, c0);
                             FA_FN(fa_linear_block2_)(scratch + g * kp, (const float *)w,
                                                      k_pad * FA_LIN_NR, kc,
                                                      A->y + (r0 + g) * ldy + c0, ldy, cols2,
@@ -382,10 +388,7 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
                     }
 #endif
                     for (int64_t g = 0; g < full; g += FA_LIN_MR) {
-                        const FA_FN(fa_lin_ep_) ep = {
-                            A->bias ? A->bias + c0 : NULL,
-                            A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL, A->ldr,
-                            A->act};
+                        const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + g, c0);
                         float *y = A->y + (r0 + g) * ldy + c0;
                         if (bf16)
                             FA_FN(fa_linear_block_bf16_)(scratch + g * kp,
@@ -401,10 +404,7 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
                 for (int64_t i = full; i < rows; i++) {
                     const float *a = scratch + full * kp + (i - full);
                     const int64_t c0 = pc * FA_LIN_NR;
-                    const FA_FN(fa_lin_ep_) ep = {
-                        A->bias ? A->bias + c0 : NULL,
-                        A->residual ? A->residual + (r0 + i) * A->ldr + c0 : NULL, A->ldr,
-                        A->act};
+                    const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + i, c0);
                     const void *w = FA_FN(fa_lin_panel_)(A, pc, k_pad, k0);
                     const int64_t w_sp = k_pad * FA_LIN_NR, ncols = n - c0;
                     float *y = A->y + (r0 + i) * ldy + c0;

@@ -126,12 +126,8 @@ FA_INLINE void FA_FN(fa_linear_bf16_dot_)(const int R, const int np, const uint3
     for (int p = 0; p < np; p++) {
         const int c = p * FA_LIN_NR, pc = cols - c < FA_LIN_NR ? cols - c : FA_LIN_NR;
         FA_FN(fa_lin_ep_) e;
-        if (ep) {
-            e = *ep;
-            if (e.bias) e.bias += c;
-            if (e.residual) e.residual += c;
-        }
-        FA_FN(fa_linear_store_)(acc[p], y + c, ldy, R, pc, first, ep ? &e : NULL);
+        FA_FN(fa_linear_store_)(acc[p], y + c, ldy, R, pc, first,
+                                FA_FN(fa_lin_ep_shift_)(ep, c, &e));
     }
 }
 

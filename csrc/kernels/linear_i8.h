@@ -268,10 +268,7 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
                             for (int v = 0; v < FA_LIN_NV; v++)
                                 acc[i][v] = FA_FN(fa_loadu_)(facc[p][i] + v * VL)
                                             * FA_FN(fa_loadu_)(A->w_scale + c0 + v * VL);
-                        const FA_FN(fa_lin_ep_) ep = {
-                            A->bias ? A->bias + c0 : NULL,
-                            A->residual ? A->residual + (r0 + g) * A->ldr + c0 : NULL, A->ldr,
-                            A->act};
+                        const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + g, c0);
                         FA_FN(fa_linear_store_)(acc, A->y + (r0 + g) * ldy + c0, ldy, gr, cols,
                                                 first, last ? &ep : NULL);
                     }
