@@ -15,6 +15,8 @@ import fastattn
 from fastattn import linear, pack_linear
 from fastattn.linear import INT8_BLOCK
 
+from test_linear_epilogue import _act64
+
 # (rows, in_features, out_features): K tails (k % 4, k % 32), several K
 # blocks of 256, panel tails, row groups that are not full, MiniLM shapes
 SHAPES = [(1, 1, 1), (3, 5, 7), (13, 33, 17), (7, 100, 33), (70, 257, 48), (129, 300, 50),
@@ -45,14 +47,6 @@ def _bound(x, w):
                   + xb.shape[1] * sx[:, None] * sw[None, :] / 4)
     nblocks = -(-x.shape[1] // INT8_BLOCK)
     return bound * (1 + 1e-6) + (nblocks + 4) * F32_EPS * (np.abs(x64) @ np.abs(w64).T)
-
-
-def _act64(z, act):
-    if act is None:
-        return z
-    if act == "relu":
-        return np.maximum(z, 0)
-    return z * 0.5 * np.vectorize(math.erfc)(-z / math.sqrt(2.0))  # gelu
 
 
 @pytest.mark.parametrize("act", [None, "gelu", "relu"])
