@@ -517,7 +517,11 @@ void fa_amx_status(fa_amx_info *info, int request)
     info->amx_int8 = (f.leaf7_edx >> 25) & 1;
     info->amx_fp16 = (f.leaf7_1_eax >> 21) & 1;
     info->os_enabled = f.osxsave && (f.xcr0 & (3ull << 17)) == (3ull << 17);
-    info->compiled = FA_X86 && fa_amx_real_compiled();
+#if FA_X86
+    info->compiled = fa_amx_real_compiled();
+#else
+    info->compiled = 0;
+#endif
     info->self_test = "not needed: no tiles to test";
     if (!info->compiled) {
         info->reason = FA_X86 ? "not compiled (the compiler has no AMX flags)"
