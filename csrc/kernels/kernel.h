@@ -68,6 +68,11 @@ typedef void (*fa_vec_f32_fn)(const float *x, float *y, int64_t n);
  * scratch of a call holds one packed block of x, dispatch.c). */
 #define FA_LIN_KC 256
 #define FA_LIN_MC 128
+/* The k rows of a bfloat16 or int8 panel are padded with zeros to a
+ * multiple of FA_LIN_KALIGN: the depth of a matrix-unit tile step (32
+ * bfloat16 pairs' k, or one int8 block of FA_LIN_QB), so that the tiles
+ * read a packed weight in place (kernels/linear_tiles.h). */
+#define FA_LIN_KALIGN 32
 /* int8 mode: k of a block of x with its own scale (kernels/linear_i8.h) */
 #define FA_LIN_QB 32
 /* K blocks of the narrower products, whose packed x takes fewer bytes (the

@@ -329,7 +329,8 @@ static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int
 
 /* y = act(x W + bias) + residual on the panels [p0, p1) of A (kernel.h's
  * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
- * float32, or (FA_LIN_BF16) of ceil(k / 2) x 16 bfloat16 pairs;
+ * float32, or (FA_LIN_BF16) of kp / 2 x 16 bfloat16 pairs (kp: k rounded up
+ * to FA_LIN_KALIGN, the pad zero);
  * scratch holds (min(m, FA_LIN_MC) + 12) * FA_LIN_SCRATCH_ROW floats
  * (enough for the row block rounded up to FA_LIN_MR, times the largest
  * packed row, kernel.h). */
@@ -337,7 +338,8 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
 {
     const int64_t k = A->k, n = A->n, m = A->m, ldx = A->ldx, ldy = A->ldy;
     const int bf16 = A->wtype == FA_LIN_BF16;
-    const int64_t k_pad = bf16 ? (k + 1) & ~(int64_t)1 : k; /* k rows of a packed panel */
+    /* k rows of a packed panel */
+    const int64_t k_pad = bf16 ? (k + FA_LIN_KALIGN - 1) / FA_LIN_KALIGN * FA_LIN_KALIGN : k;
     if (k == 0) {
         FA_FN(fa_linear_k0_)(A);
         return;

@@ -20,7 +20,8 @@
  * sums are exact, and the float operations of an element are the same
  * whichever rows share its register block or thread.
  *
- * Layout: panel p holds columns [16p, 16p + 16) as ceil(k / 4) quads, each
+ * Layout: panel p holds columns [16p, 16p + 16) as kp / 4 quads (kp: k
+ * rounded up to FA_LIN_KALIGN), each
  * 16 columns x 4 consecutive k as int8 (64 bytes; the VPDPBUSD layout),
  * zero-padded in k and in the last panel's columns.  The packed block of x
  * keeps the FA_LIN_MR rows of a group side by side: 32-bit word
@@ -210,7 +211,7 @@ FA_INLINE void FA_FN(fa_linear_i8_rows_)(const int R, const int32_t *a, int64_t 
 static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
 {
     const int64_t k = A->k, n = A->n, m = A->m, ldy = A->ldy;
-    const int64_t k_pad = (k + 3) & ~(int64_t)3; /* k rows of a packed panel */
+    const int64_t k_pad = (k + FA_LIN_KALIGN - 1) / FA_LIN_KALIGN * FA_LIN_KALIGN; /* k rows of a panel */
     const int8_t *packed = (const int8_t *)A->packed;
     for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC_I8) {
         const int64_t kc = k - k0 < FA_LIN_KC_I8 ? k - k0 : FA_LIN_KC_I8;

@@ -79,6 +79,7 @@ def tanh(x: _Array) -> _Array: ...
 def fma_peak(isa: Optional[str] = ..., seconds: float = ...) -> float: ...
 
 LINEAR_PANEL: int
+LINEAR_KALIGN: int
 LINEAR_I8_BLOCK: int
 
 LINEAR_ACTIVATIONS: Dict[Optional[str], int]

@@ -4,6 +4,7 @@
 # bounds) so that no call can read or write outside its buffers.
 
 LINEAR_PANEL = 16   # FA_LIN_NR: columns of a packed weight panel
+LINEAR_KALIGN = 32  # FA_LIN_KALIGN: bfloat16 and int8 panels pad k to a multiple
 LINEAR_I8_BLOCK = 32   # FA_LIN_QB: k of an int8 activation scale block
 
 
@@ -46,10 +47,11 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
     """``out[:] = act(x @ W + bias) + residual`` with W (k x n) packed by
     rows of panels: ``packed`` is float32 C-contiguous of shape
     (ceil(n / 16), k, 16), or uint16 (bfloat16 bits) of shape
-    (ceil(n / 16), ceil(k / 2), 16, 2) (x is then rounded to bfloat16 once),
-    or int8 of shape (ceil(n / 16), ceil(k / 4), 16, 4) with ``w_scale``
+    (ceil(n / 16), kp / 2, 16, 2) (x is then rounded to bfloat16 once),
+    or int8 of shape (ceil(n / 16), kp / 4, 16, 4) with ``w_scale``
     float32 (ceil(n / 16) * 16,) the column scales (x is then quantized per
-    row and block of LINEAR_I8_BLOCK k); n is ``out.shape[1]``; ``bias`` is None or
+    row and block of LINEAR_I8_BLOCK k), kp being k rounded up to a multiple
+    of LINEAR_KALIGN (zero rows); n is ``out.shape[1]``; ``bias`` is None or
     float32 contiguous (n,); ``residual`` None or (m, n) float32 with unit
     column stride, not overlapping ``out``; ``activation`` a key of
     LINEAR_ACTIVATIONS.  Every output element is the same chain of
@@ -78,10 +80,10 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
         want = (panels, k, LINEAR_PANEL)
     elif pa.dtype == np.uint16:
         wtype = 1
-        want = (panels, (k + 1) // 2, LINEAR_PANEL, 2)
+        want = (panels, (k + LINEAR_KALIGN - 1) // LINEAR_KALIGN * LINEAR_KALIGN // 2, LINEAR_PANEL, 2)
     elif pa.dtype == np.int8:
         wtype = 2
-        want = (panels, (k + 3) // 4, LINEAR_PANEL, 4)
+        want = (panels, (k + LINEAR_KALIGN - 1) // LINEAR_KALIGN * LINEAR_KALIGN // 4, LINEAR_PANEL, 4)
         if w_scale is None:
             raise ValueError("int8 packed weights need w_scale")
         sp = _vector_f32(w_scale, "w_scale", panels * LINEAR_PANEL)

@@ -32,6 +32,7 @@ from . import _core
 __all__ = ["ACTIVATIONS", "INT8_BLOCK", "PackedLinear", "pack_linear", "linear", "layer_norm"]
 
 _PANEL: int = int(_core.LINEAR_PANEL)
+_KALIGN: int = int(_core.LINEAR_KALIGN)  # bfloat16 and int8 pad k to a multiple
 _DTYPES = ("float32", "bfloat16", "int8")
 #: k of a block of x with its own int8 scale (csrc/kernels/linear_i8.h)
 INT8_BLOCK: int = int(_core.LINEAR_I8_BLOCK)
@@ -163,9 +164,10 @@ def _unpickle_int8(q: NDArray[np.int8], scale: NDArray[np.float32],
 def _pack_int8(q: NDArray[np.int8], scale: NDArray[np.float32],
                bias: Optional[NDArray[np.float32]]) -> PackedLinear:
     """The int8 layout (csrc/kernels/linear_i8.h): panels of 16 columns,
-    each ceil(k / 4) quads of 16 columns x 4 consecutive k."""
+    each kp / 4 quads of 16 columns x 4 consecutive k (kp: k rounded up to
+    a multiple of _KALIGN, the pad zero)."""
     n, k = q.shape
-    panels, kq = -(-n // _PANEL), -(-k // 4)
+    panels, kq = -(-n // _PANEL), -(-k // _KALIGN) * _KALIGN // 4
     padded = np.zeros((panels * _PANEL, 4 * kq), dtype=np.int8)
     padded[:n, :k] = q
     packed = _aligned_empty((panels, kq, _PANEL, 4), np.int8)
@@ -234,7 +236,7 @@ def pack_linear(weight: Any, bias: Any = None, *, dtype: str = "float32") -> Pac
     bits = _bf16_bits(w)
     if ((bits & 0x7FFF) == 0x7F80).any():
         raise ValueError("weight has values beyond bfloat16's range (about 3.39e38)")
-    kp = -(-k // 2)
+    kp = -(-k // _KALIGN) * _KALIGN // 2
     padded16 = np.zeros((panels * _PANEL, 2 * kp), dtype=np.uint16)
     padded16[:n, :k] = bits
     # (panels, 16, kp, 2) -> (panels, kp, 16, 2): column c's pair j at [j, c]
