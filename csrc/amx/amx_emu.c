@@ -186,51 +186,88 @@ float fa_amx_fma_ftz(float a, float b, float c)
     return tiny ? copysignf(0.0f, r) : r;
 }
 
-/* The dot-product-accumulate of TDPBF16PS (bf16 = 1) or TDPFP16PS. */
-static int fa_amx_dp(int c, int a, int b, int bf16)
+/* The dot-product-accumulates: what each kind multiplies, and the
+ * reasons of its faults. */
+enum { FA_AMX_DP_FP16 = 0, FA_AMX_DP_BF16 = 1, FA_AMX_DP_SSD = 2 };
+static const char *const fa_amx_dp_faults[3][4] = {
+    {"tdpfp16ps: tile not configured", "tdpfp16ps: tiles not distinct",
+     "tdpfp16ps: colsb not a multiple of 4",
+     "tdpfp16ps: beyond the TMUL limits (M, K 16, N 64 bytes)"},
+    {"tdpbf16ps: tile not configured", "tdpbf16ps: tiles not distinct",
+     "tdpbf16ps: colsb not a multiple of 4",
+     "tdpbf16ps: beyond the TMUL limits (M, K 16, N 64 bytes)"},
+    {"tdpbssd: tile not configured", "tdpbssd: tiles not distinct",
+     "tdpbssd: colsb not a multiple of 4",
+     "tdpbssd: beyond the TMUL limits (M, K 16, N 64 bytes)"},
+};
+static const char *const fa_amx_dp_shape_faults[3] = {"tdpfp16ps: tile shapes do not match",
+                                                      "tdpbf16ps: tile shapes do not match",
+                                                      "tdpbssd: tile shapes do not match"};
+
+/* One element of TDPBSSD: C + the sum of the four products of each quad
+ * of signed bytes, in 32-bit arithmetic that wraps (the SDM's DWORD
+ * adds); computed unsigned, where C's wrap-around is defined. */
+static int32_t fa_amx_ssd(int32_t c, const uint8_t (*ta)[FA_AMX_MAX_COLSB],
+                          const uint8_t (*tb)[FA_AMX_MAX_COLSB], unsigned m, unsigned n,
+                          unsigned k_quads)
 {
+    uint32_t acc = (uint32_t)c;
+    for (unsigned k = 0; k < k_quads; k++)
+        for (unsigned q = 0; q < 4; q++)
+            acc += (uint32_t)((int32_t)(int8_t)ta[m][4 * k + q] * (int8_t)tb[k][4 * n + q]);
+    int32_t r;
+    memcpy(&r, &acc, sizeof r);
+    return r;
+}
+
+static int fa_amx_dp(int c, int a, int b, int kind)
+{
+    const char *const *why = fa_amx_dp_faults[kind];
     if (!fa_amx_usable(c) || !fa_amx_usable(a) || !fa_amx_usable(b))
-        return fa_amx_set_fault(bf16 ? "tdpbf16ps: tile not configured"
-                                     : "tdpfp16ps: tile not configured");
-    if (c == a || c == b || a == b)
-        return fa_amx_set_fault(bf16 ? "tdpbf16ps: tiles not distinct"
-                                     : "tdpfp16ps: tiles not distinct");
+        return fa_amx_set_fault(why[0]);
+    if (c == a || c == b || a == b) return fa_amx_set_fault(why[1]);
     const fa_amx_tilecfg *cf = &fa_amx_st.cfg;
+    /* k_pairs: bfloat16/float16 pairs, or quads of bytes (TDPBSSD), per
+     * 32-bit element of A's rows */
     const unsigned m_rows = cf->rows[c], n_cols = cf->colsb[c] / 4u, k_pairs = cf->colsb[a] / 4u;
     /* the SDM's #UD conditions: colsb of C and A whole dwords, K at most 16
      * pairs (rows of B), N at most 16 floats (64 bytes), M at most 16 rows */
     if (cf->colsb[c] % 4u || cf->colsb[a] % 4u || cf->colsb[b] % 4u)
-        return fa_amx_set_fault(bf16 ? "tdpbf16ps: colsb not a multiple of 4"
-                                     : "tdpfp16ps: colsb not a multiple of 4");
+        return fa_amx_set_fault(why[2]);
     if (m_rows > FA_AMX_MAX_ROWS || k_pairs > 16 || cf->rows[b] > 16 || cf->colsb[c] > 64 ||
         cf->colsb[b] > 64 || cf->colsb[a] > 64)
-        return fa_amx_set_fault(bf16 ? "tdpbf16ps: beyond the TMUL limits (M, K 16, N 64 bytes)"
-                                     : "tdpfp16ps: beyond the TMUL limits (M, K 16, N 64 bytes)");
+        return fa_amx_set_fault(why[3]);
     if (cf->rows[a] != m_rows || cf->colsb[b] != cf->colsb[c] || cf->rows[b] != k_pairs)
-        return fa_amx_set_fault(bf16 ? "tdpbf16ps: tile shapes do not match"
-                                     : "tdpfp16ps: tile shapes do not match");
+        return fa_amx_set_fault(fa_amx_dp_shape_faults[kind]);
     uint8_t (*tc)[FA_AMX_MAX_COLSB] = fa_amx_st.data[c];
     const uint8_t (*ta)[FA_AMX_MAX_COLSB] = (const uint8_t (*)[FA_AMX_MAX_COLSB])fa_amx_st.data[a];
     const uint8_t (*tb)[FA_AMX_MAX_COLSB] = (const uint8_t (*)[FA_AMX_MAX_COLSB])fa_amx_st.data[b];
+    const int bf16 = kind == FA_AMX_DP_BF16;
     for (unsigned m = 0; m < m_rows; m++) {
         float row[FA_AMX_MAX_COLSB / 4];
         memcpy(row, tc[m], sizeof row);
-        for (unsigned n = 0; n < n_cols; n++) {
-            float even = 0.0f, odd = 0.0f;
-            for (unsigned k = 0; k < k_pairs; k++) {
-                uint16_t a2[2], b2[2];
-                memcpy(a2, &ta[m][4 * k], 4);
-                memcpy(b2, &tb[k][4 * n], 4);
-                const float a0 = bf16 ? fa_amx_bf16_to_f32(a2[0]) : fa_amx_f16_to_f32(a2[0]);
-                const float a1 = bf16 ? fa_amx_bf16_to_f32(a2[1]) : fa_amx_f16_to_f32(a2[1]);
-                const float b0 = bf16 ? fa_amx_bf16_to_f32(b2[0]) : fa_amx_f16_to_f32(b2[0]);
-                const float b1 = bf16 ? fa_amx_bf16_to_f32(b2[1]) : fa_amx_f16_to_f32(b2[1]);
-                even = fa_amx_fma_ftz(a0, b0, even);
-                odd = fa_amx_fma_ftz(a1, b1, odd);
+        if (kind == FA_AMX_DP_SSD) {
+            int32_t irow[FA_AMX_MAX_COLSB / 4];
+            memcpy(irow, tc[m], sizeof irow);
+            for (unsigned n = 0; n < n_cols; n++) irow[n] = fa_amx_ssd(irow[n], ta, tb, m, n, k_pairs);
+            memcpy(row, irow, sizeof row);
+        } else
+            for (unsigned n = 0; n < n_cols; n++) {
+                float even = 0.0f, odd = 0.0f;
+                for (unsigned k = 0; k < k_pairs; k++) {
+                    uint16_t a2[2], b2[2];
+                    memcpy(a2, &ta[m][4 * k], 4);
+                    memcpy(b2, &tb[k][4 * n], 4);
+                    const float a0 = bf16 ? fa_amx_bf16_to_f32(a2[0]) : fa_amx_f16_to_f32(a2[0]);
+                    const float a1 = bf16 ? fa_amx_bf16_to_f32(a2[1]) : fa_amx_f16_to_f32(a2[1]);
+                    const float b0 = bf16 ? fa_amx_bf16_to_f32(b2[0]) : fa_amx_f16_to_f32(b2[0]);
+                    const float b1 = bf16 ? fa_amx_bf16_to_f32(b2[1]) : fa_amx_f16_to_f32(b2[1]);
+                    even = fa_amx_fma_ftz(a0, b0, even);
+                    odd = fa_amx_fma_ftz(a1, b1, odd);
+                }
+                const float pair_sum = fa_amx_fma_ftz(even, 1.0f, odd);
+                row[n] = fa_amx_fma_ftz(row[n], 1.0f, pair_sum);
             }
-            const float pair_sum = fa_amx_fma_ftz(even, 1.0f, odd);
-            row[n] = fa_amx_fma_ftz(row[n], 1.0f, pair_sum);
-        }
         /* write_row_and_zero: bytes past colsb become 0 */
         memset(tc[m], 0, FA_AMX_MAX_COLSB);
         memcpy(tc[m], row, n_cols * 4u);
@@ -240,5 +277,6 @@ static int fa_amx_dp(int c, int a, int b, int bf16)
     return 0;
 }
 
-int fa_amx_emu_dpbf16ps(int c, int a, int b) { return fa_amx_dp(c, a, b, 1); }
-int fa_amx_emu_dpfp16ps(int c, int a, int b) { return fa_amx_dp(c, a, b, 0); }
+int fa_amx_emu_dpbf16ps(int c, int a, int b) { return fa_amx_dp(c, a, b, FA_AMX_DP_BF16); }
+int fa_amx_emu_dpfp16ps(int c, int a, int b) { return fa_amx_dp(c, a, b, FA_AMX_DP_FP16); }
+int fa_amx_emu_dpbssd(int c, int a, int b) { return fa_amx_dp(c, a, b, FA_AMX_DP_SSD); }

@@ -4,7 +4,7 @@
  * that the same kernel code runs (and is tested) on every CPU.
  *
  * Emulated: LDTILECFG (palette 1), TILERELEASE, TILELOADD, TILESTORED,
- * TILEZERO, TDPBF16PS and TDPFP16PS.  Like the hardware, the tile state
+ * TILEZERO, TDPBF16PS, TDPFP16PS and TDPBSSD.  Like the hardware, the tile state
  * belongs to the calling thread (thread-local storage here).
  *
  * Sources (Intel 64 and IA-32 Architectures Software Developer's Manual,
@@ -62,7 +62,14 @@
  *   float16 subnormal converts exactly to a normal float32; the float32
  *   FMAs and additions are DAZ/FTZ as above.
  *
- * The shape rules of TDPBF16PS/TDPFP16PS (#UD on hardware) are checked:
+ * TDPBSSD (AMX-INT8): C (M x N int32) += A (M x K/4 quads of signed
+ *   bytes) . B (K/4 x N quads, "quad-interleaved" as the pairs above).
+ *   Each element adds the four byte products of each quad into C in
+ *   32-bit arithmetic; the SDM's DWORD additions wrap, and the products
+ *   are exact, so the result is the exact sum modulo 2^32 whatever the
+ *   order.
+ *
+ * The shape rules of TDPBF16PS/TDPFP16PS/TDPBSSD (#UD on hardware) are checked:
  *   the three tiles distinct and configured, rows(C) = rows(A),
  *   colsb(C) = colsb(B), colsb(A) / 4 = rows(B) (element counts are colsb / 4
  *   rounded down, as in the pseudocode); a violation, like a load or store
@@ -108,6 +115,7 @@ int fa_amx_emu_stored(int tile, void *base, size_t stride);
 int fa_amx_emu_zero(int tile);
 int fa_amx_emu_dpbf16ps(int c, int a, int b);
 int fa_amx_emu_dpfp16ps(int c, int a, int b);
+int fa_amx_emu_dpbssd(int c, int a, int b);
 
 /* The first fault recorded on this thread since the last call (NULL if
  * none); the call clears it. */

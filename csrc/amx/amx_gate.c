@@ -28,6 +28,7 @@
 
 #define FA_CPUID7_EDX_AMX_BF16 (1u << 22)
 #define FA_CPUID7_EDX_AMX_TILE (1u << 24)
+#define FA_CPUID7_EDX_AMX_INT8 (1u << 25)
 #define FA_CPUID7_1_EAX_AMX_FP16 (1u << 21)
 #define FA_XCR0_XTILECFG (1ull << 17)
 #define FA_XCR0_XTILEDATA (1ull << 18)
@@ -129,7 +130,8 @@ fa_amx_perm fa_amx_request_permission(void)
 #endif
 }
 
-/* 0: not computed; else 1 + (available) + 2 * (fp16 available), and the
+/* 0: not computed; else 1 + (available) + 2 * (fp16 available) + 4 *
+ * (int8 available), and the
  * reason pointer published before it. */
 static _Atomic int fa_amx_state = 0;
 static _Atomic(const char *) fa_amx_why = NULL;
@@ -156,7 +158,8 @@ static int fa_amx_compute(void)
     why = "not an x86-64 build";
 #endif
     const int fp16 = ok && (f.leaf7_1_eax & FA_CPUID7_1_EAX_AMX_FP16);
-    st = 1 + ok + 2 * fp16;
+    const int int8 = ok && (f.leaf7_edx & FA_CPUID7_EDX_AMX_INT8);
+    st = 1 + ok + 2 * fp16 + 4 * int8;
     atomic_store_explicit(&fa_amx_why, why, memory_order_release);
     atomic_store_explicit(&fa_amx_state, st, memory_order_release);
     return st;
@@ -164,6 +167,7 @@ static int fa_amx_compute(void)
 
 int fa_amx_available(void) { return (fa_amx_compute() - 1) & 1; }
 int fa_amx_fp16_available(void) { return ((fa_amx_compute() - 1) >> 1) & 1; }
+int fa_amx_int8_available(void) { return ((fa_amx_compute() - 1) >> 2) & 1; }
 
 const char *fa_amx_reason(void)
 {

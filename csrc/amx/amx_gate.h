@@ -76,6 +76,8 @@ int fa_amx_available(void);
 const char *fa_amx_reason(void);
 /* TDPFP16PS also usable (AMX-FP16 and the tiles available). */
 int fa_amx_fp16_available(void);
+/* TDPBSSD also usable (AMX-INT8 and the tiles available). */
+int fa_amx_int8_available(void);
 /* The outcome of the permission request (an fa_amx_perm), or -1 when it
  * was never made because the CPU or OS lacks the tiles; computes the
  * process-wide answer first if needed. */

@@ -24,7 +24,7 @@ int fa_amx_gemm_bf16_amx(int m, int64_t n, int64_t k, const uint16_t *a, int64_t
                          const uint16_t *packed_b, float *c, int64_t ldc)
 {
     fa_tile_gemm_config();
-    fa_amx_gemm_bf16_real(m, n, k, a, lda, packed_b, c, ldc);
+    fa_amx_gemm_bf16_real(m, n, k, a, lda, packed_b, k * 16, c, ldc);
     FA_TILE_RELEASE();
     return 0;
 }

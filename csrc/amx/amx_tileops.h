@@ -43,6 +43,12 @@
                      : "memory")
 #define FA_TILE_ZERO(t) _tile_zero(t)
 #define FA_TILE_DPBF16PS(c, a, b) _tile_dpbf16ps(c, a, b)
+/* TDPBSSD (AMX-INT8) as own asm, so that the file needs no -mamx-int8
+ * (every assembler that knows AMX-TILE knows it).  Only called where the
+ * gate reported AMX-INT8 (fa_linear_f32). */
+#define FA_TILE_DPBSSD(c, a, b) FA_TILE_DPBSSD_(c, a, b) /* c, a, b expanded */
+#define FA_TILE_DPBSSD_(c, a, b) \
+    __asm__ volatile("tdpbssd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
 /* TDPFP16PS (AMX-FP16) without -mamx-fp16, which gcc 12 lacks: own asm,
  * the mnemonic where setup.py found that the assembler knows it
  * (FA_AS_TDPFP16PS), else its bytes, VEX.128.F2.0F38.W0 5C with ModRM
@@ -79,6 +85,7 @@ static inline void fa_amx_emu_check(int status)
 #define FA_TILE_ZERO(t) fa_amx_emu_check(fa_amx_emu_zero(t))
 #define FA_TILE_DPBF16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpbf16ps(c, a, b))
 #define FA_TILE_DPFP16PS(c, a, b) fa_amx_emu_check(fa_amx_emu_dpfp16ps(c, a, b))
+#define FA_TILE_DPBSSD(c, a, b) fa_amx_emu_check(fa_amx_emu_dpbssd(c, a, b))
 #endif
 
 /* The 2 x 2 register block of a tile GEMM over kblocks steps of 32
@@ -97,6 +104,17 @@ static inline void fa_amx_emu_check(int status)
         DP(1, 4, 7);                                                 \
         DP(2, 5, 6);                                                 \
         DP(3, 5, 7);                                                 \
+    }
+
+/* The 2 x 1 block of a last single panel: tiles 0 and 2 accumulate, 4-5
+ * A's blocks, 6 B's panel. */
+#define FA_TILE_GEMM_2X1(DP, a0, a1, a_stride, b0, kblocks)         \
+    for (int64_t kb_ = 0; kb_ < (kblocks); kb_++) {                  \
+        FA_TILE_LOAD(4, (a0) + kb_ * 32, a_stride);                  \
+        FA_TILE_LOAD(5, (a1) + kb_ * 32, a_stride);                  \
+        FA_TILE_LOAD(6, (b0) + kb_ * 512, 64);                       \
+        DP(0, 4, 6);                                                 \
+        DP(2, 5, 6);                                                 \
     }
 
 /* Set tile t of cfg to rows x colsb bytes. */

@@ -315,7 +315,7 @@ static void gemm_operands(int M, int N, int K, double scale_a, double scale_b,
 static void gemm_emu(int m, int n, int k, const uint16_t *a, const uint16_t *bp, float *c)
 {
     fa_tile_gemm_config();
-    gemm_bf16_emu(m, n, k, a, k, bp, c, n);
+    gemm_bf16_emu(m, n, k, a, k, bp, (int64_t)k * 16, c, n);
     FA_TILE_RELEASE();
 }
 
@@ -390,6 +390,74 @@ static void test_gemm(void)
     }
 #endif
     free(a), free(b), free(bp), free(c), free(cm);
+}
+
+/* The same GEMM on a linear layer's weight: one K block (depth 64 from k
+ * row 32 of a panel packed for K = 128: panels b_panel = 128 * 16 apart)
+ * and n = 48 (a last single panel, the 2 x 1 block). */
+static void test_gemm_panels(void)
+{
+    enum { M = 32, N = 48, K = 128, K0 = 32, D = 64 };
+    uint16_t *a, *b, *bp;
+    gemm_operands(M, N, K, 2.0, 1.0, &a, &b, &bp);
+    for (int row = 0; row < K; row++)
+        for (int col = 0; col < N; col++) bp[fa_mx_b_index(K / 32, row, col)] = b[row * N + col];
+    /* the model on the block alone: A's columns and B's rows [K0, K0 + D) */
+    uint16_t *ab = malloc(sizeof(uint16_t) * M * D), *bb = malloc(sizeof(uint16_t) * D * N);
+    for (int i = 0; i < M; i++) memcpy(ab + i * D, a + i * K + K0, sizeof(uint16_t) * D);
+    memcpy(bb, b + K0 * N, sizeof(uint16_t) * D * N);
+    float *c = malloc(sizeof(float) * M * N), *cm = malloc(sizeof(float) * M * N);
+    model_gemm(M, N, D, ab, bb, cm);
+    fa_tile_gemm_config();
+    gemm_bf16_emu(M, N, D, a + K0, K, bp + K0 * 16, (int64_t)K * 16, c, N);
+    FA_TILE_RELEASE();
+    CHECK(fa_amx_emu_fault() == NULL, "gemm on a K block without faults");
+    CHECK(memcmp(c, cm, sizeof(float) * M * N) == 0,
+          "gemm on a K block of panels and a last single panel == scalar model, bitwise");
+    free(a), free(b), free(bp), free(ab), free(bb), free(c), free(cm);
+}
+
+/* TDPBSSD: M = 5 rows, N = 7 columns, 9 quads of signed bytes (the
+ * extremes -128 and 127 among them), C starting near the int32 limits so
+ * that the sums wrap, against the exact sum modulo 2^32. */
+static void test_dpbssd(void)
+{
+    enum { M = 5, N = 7, KQ = 9 };
+    int8_t a8[M][4 * KQ], b8[KQ][N][4];
+    int32_t c0[M][N], ce[M][N];
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < 4 * KQ; k++)
+            a8[i][k] = (int8_t)((i + k) % 9 == 0 ? -128 : (int)(uniform() * 255) - 127);
+    for (int k = 0; k < KQ; k++)
+        for (int j = 0; j < N; j++)
+            for (int q = 0; q < 4; q++)
+                b8[k][j][q] = (int8_t)((k + j + q) % 7 == 0 ? 127 : (int)(uniform() * 255) - 127);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) c0[i][j] = (i + j) % 2 ? INT32_MAX - 1000 : INT32_MIN + 1000;
+    fa_amx_tilecfg cfg;
+    fa_amx_cfg_init(&cfg);
+    cfg.rows[0] = M, cfg.colsb[0] = N * 4;  /* C */
+    cfg.rows[1] = M, cfg.colsb[1] = KQ * 4; /* A */
+    cfg.rows[2] = KQ, cfg.colsb[2] = N * 4; /* B */
+    cfg.rows[3] = KQ - 1, cfg.colsb[3] = N * 4; /* a wrongly shaped B */
+    CHECK(fa_amx_emu_loadconfig(&cfg) == 0, "tdpbssd config");
+    CHECK(fa_amx_emu_loadd(0, c0, sizeof c0[0]) == 0, "load C");
+    CHECK(fa_amx_emu_loadd(1, a8, sizeof a8[0]) == 0, "load A");
+    CHECK(fa_amx_emu_loadd(2, b8, sizeof b8[0]) == 0, "load B");
+    CHECK(fa_amx_emu_dpbssd(0, 1, 3) < 0 && fa_amx_emu_fault(), "tdpbssd shape mismatch refused");
+    CHECK(fa_amx_emu_dpbssd(0, 0, 2) < 0 && fa_amx_emu_fault(), "tdpbssd repeated tile refused");
+    CHECK(fa_amx_emu_dpbssd(0, 1, 2) == 0 && !fa_amx_emu_fault(), "tdpbssd runs");
+    CHECK(fa_amx_emu_stored(0, ce, sizeof ce[0]) == 0, "store C");
+    int same = 1, wrapped = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            int64_t s = c0[i][j];
+            for (int k = 0; k < 4 * KQ; k++) s += (int64_t)a8[i][k] * b8[k / 4][j][k % 4];
+            wrapped |= s > INT32_MAX || s < INT32_MIN;
+            same &= (uint32_t)ce[i][j] == (uint32_t)(uint64_t)s;
+        }
+    CHECK(same && wrapped, "tdpbssd == exact sum modulo 2^32 (some sums wrapped)");
+    fa_amx_emu_release();
 }
 
 /* ---- the gate ----------------------------------------------------------- */
@@ -570,6 +638,8 @@ int main(void)
     test_dp_instruction(0);
     test_b_index();
     test_gemm();
+    test_gemm_panels();
+    test_dpbssd();
     test_faults();
     test_gate_decisions();
     test_gate_runtime();

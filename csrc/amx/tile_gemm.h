@@ -7,13 +7,17 @@
  *   C (mpad x n, float32, ldc) = A (mpad x depth, 16-bit, lda) . B
  *
  * A is read in place, row-major.  B is packed (fa_mx_b_index) as n / 16
- * panels of 16 columns, each depth / 32 tiles of 1 KB whose row kp holds
- * the pair (B[2kp][col], B[2kp+1][col]) of its 16 columns: the layout that
- * TDPBF16PS and TDPFP16PS read.  mpad, n and depth are multiples of 32.
- * The caller has loaded the tile configuration (fa_tile_gemm_config).
- * Register blocking 2 x 2: for each 32 x 32 block of C, tiles 0-3 hold the
- * accumulators over the whole depth, 4-5 two blocks of A and 6-7 two of B,
- * each loaded tile used twice (FA_TILE_GEMM_2X2).
+ * panels of 16 columns, b_panel elements apart, each depth / 32 tiles of
+ * 1 KB whose row kp holds the pair (B[2kp][col], B[2kp+1][col]) of its 16
+ * columns: the layout that TDPBF16PS and TDPFP16PS read (and a linear
+ * layer's bfloat16 weight, kernels/linear.h: b_panel is then the whole
+ * padded K of a panel, depth one block of it).  mpad and depth are
+ * multiples of 32, n of 16.  The caller has loaded the tile configuration
+ * (fa_tile_gemm_config).  Register blocking 2 x 2: for each 32 x 32 block
+ * of C, tiles 0-3 hold the accumulators over the whole depth, 4-5 two
+ * blocks of A and 6-7 two of B, each loaded tile used twice
+ * (FA_TILE_GEMM_2X2); a last panel of 16 columns runs as 2 x 1 (tiles 0
+ * and 2, FA_TILE_GEMM_2X1).
  *
  * Included after amx_tileops.h with FA_TILE_GEMM (the function's name) and
  * FA_TILE_GEMM_DP (the tile product, FA_TILE_DPBF16PS or FA_TILE_DPFP16PS)
@@ -44,25 +48,29 @@ static inline __attribute__((always_inline)) void fa_tile_gemm_config(void)
 #endif
 
 static void FA_TILE_GEMM(int mpad, int64_t n, int64_t depth, const uint16_t *a, int64_t lda,
-                         const uint16_t *b, float *c, int64_t ldc)
+                         const uint16_t *b, int64_t b_panel, float *c, int64_t ldc)
 {
     const int64_t kblocks = depth / 32;
     const size_t as = (size_t)lda * 2, cs = (size_t)ldc * 4;
     for (int64_t j = 0; j < n; j += 32) {
-        const uint16_t *b0 = b + (size_t)(j / 16) * (size_t)kblocks * 512;
-        const uint16_t *b1 = b0 + (size_t)kblocks * 512;
+        const uint16_t *b0 = b + (size_t)(j / 16) * (size_t)b_panel;
+        const uint16_t *b1 = b0 + (size_t)b_panel;
         for (int i = 0; i < mpad; i += 32) {
             const uint16_t *a0 = a + (size_t)i * (size_t)lda, *a1 = a0 + 16 * (size_t)lda;
             float *c0 = c + (size_t)i * (size_t)ldc + j, *c1 = c0 + 16 * (size_t)ldc;
             FA_TILE_ZERO(0);
-            FA_TILE_ZERO(1);
             FA_TILE_ZERO(2);
-            FA_TILE_ZERO(3);
-            FA_TILE_GEMM_2X2(FA_TILE_GEMM_DP, a0, a1, as, b0, b1, kblocks);
+            if (j + 16 < n) {
+                FA_TILE_ZERO(1);
+                FA_TILE_ZERO(3);
+                FA_TILE_GEMM_2X2(FA_TILE_GEMM_DP, a0, a1, as, b0, b1, kblocks);
+                FA_TILE_STORE(1, c0 + 16, cs);
+                FA_TILE_STORE(3, c1 + 16, cs);
+            } else {
+                FA_TILE_GEMM_2X1(FA_TILE_GEMM_DP, a0, a1, as, b0, kblocks);
+            }
             FA_TILE_STORE(0, c0, cs);
-            FA_TILE_STORE(1, c0 + 16, cs);
             FA_TILE_STORE(2, c1, cs);
-            FA_TILE_STORE(3, c1 + 16, cs);
         }
     }
 }

@@ -308,11 +308,12 @@ static void FA_FN(fa_mx_panel_)(const fa_params *p, const fa_work_item *t, const
 {
     const int nbp = (nb + 31) / 32 * 32;
     const int64_t qdepth = w->nseg * w->dpad, pdepth = (int64_t)w->nseg * nbp;
-    FA_FN(fa_mx_gemm_)(w->mpad, nbp, qdepth, w->qa, qdepth, kp, w->st, FA_MX_KP);
+    FA_FN(fa_mx_gemm_)(w->mpad, nbp, qdepth, w->qa, qdepth, kp, qdepth * 16, w->st, FA_MX_KP);
     for (int r = 0; r < t->rows; r++) FA_FN(fa_mx_row_)(p, t, w, e, r, j0, nb, nbp, vlo, vhi);
     __builtin_memset(w->pa + (size_t)t->rows * (size_t)pdepth, 0,
                      (size_t)(w->mpad - t->rows) * (size_t)pdepth * 2);
-    FA_FN(fa_mx_gemm_)(w->mpad, w->dvpad, pdepth, w->pa, pdepth, vp, w->pv, w->dvpad);
+    FA_FN(fa_mx_gemm_)(w->mpad, w->dvpad, pdepth, w->pa, pdepth, vp, pdepth * 16, w->pv,
+                       w->dvpad);
     for (int r = 0; r < t->rows; r++) {
         const VT a = VSPLAT(w->alpha[r]);
         float *o = w->ot + (size_t)r * (size_t)w->dvpad;
