@@ -371,8 +371,26 @@ static const fa_isa_row *fa_linear_dot_row(int wtype)
     return NULL;
 }
 
+/* The matrix units' products for a linear layer of wtype
+ * (kernels/linear_tiles.h), or NULL: bfloat16 and int8 on a matrix-unit
+ * path, the real tiles only where the gate granted them and the self-test
+ * passed (as for attention, fa_matrix_usable), and int8 only where the
+ * CPU also has AMX-INT8. */
+static const fa_lin_tiles *fa_linear_tiles(int wtype)
+{
+    const fa_isa_row *path = fa_path_row((int)fa_get_isa());
+    if (wtype == FA_LIN_F32 || !path->kernels || !path->kernels->lin_tiles) return NULL;
+    if (fa_canary_matrix_off()) return NULL; /* the self-test's reference */
+    if (path->features & FA_CPU_AMX) {
+        if (!fa_amx_available() || !fa_tile_canary_ok()) return NULL;
+        if (wtype == FA_LIN_I8 && !fa_amx_int8_available()) return NULL;
+    }
+    return path->kernels->lin_tiles;
+}
+
 const char *fa_linear_kernel(int wtype)
 {
+    if (fa_linear_tiles(wtype)) return fa_path_row((int)fa_get_isa())->name;
     const fa_isa_row *row = fa_linear_dot_row(wtype), *path = fa_path_row((int)fa_get_isa());
     return row ? row->name : path->falls_back ? path->falls_back->name : path->name;
 }
@@ -382,15 +400,19 @@ static int fa_linear_part(const fa_kernels *kt, fa_linear_args a, int64_t p0, in
 {
     if (p0 >= p1) return 0;
     /* the packed block of x: min(m, FA_LIN_MC) rows rounded up to the
-     * largest register block (12), times FA_LIN_SCRATCH_ROW; a few-row call stays
-     * far below malloc's mmap threshold (no fresh pages to fault in) */
+     * largest register block (12) or to the tiles' FA_LIN_TILE_ROWS (with
+     * their 32 x 32 block of sums), times FA_LIN_SCRATCH_ROW; a few-row
+     * call stays far below malloc's mmap threshold (no fresh pages to
+     * fault in) */
     const int64_t rows = a.m < FA_LIN_MC ? a.m : FA_LIN_MC;
-    const size_t bytes = (size_t)((rows + 12) * FA_LIN_SCRATCH_ROW) * sizeof(float);
+    const size_t bytes = (size_t)((rows + FA_LIN_TILE_ROWS) * FA_LIN_SCRATCH_ROW) * sizeof(float);
     float *scratch = aligned_alloc(FA_ALIGN, (bytes + FA_ALIGN - 1) / FA_ALIGN * FA_ALIGN);
     if (!scratch) return -1;
     a.p0 = p0;
     a.p1 = p1;
+    if (a.tiles) a.tiles->begin(a.wtype); /* this thread's tile configuration */
     kt->linear_f32(&a, scratch);
+    if (a.tiles) a.tiles->end();
     free(scratch);
     return 0;
 }
@@ -403,6 +425,7 @@ int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void 
     const int64_t panels = (n + FA_LIN_NR - 1) / FA_LIN_NR;
     const fa_linear_args a = {.x = x, .m = m, .k = k, .ldx = ldx, .packed = packed, .wtype = wtype,
                               .w_scale = w_scale, .dot = fa_linear_dot_row(wtype) != NULL,
+                              .tiles = fa_linear_tiles(wtype),
                               .n = n,
                               .p0 = 0, .p1 = panels, .bias = bias, .residual = residual,
                               .ldr = ldr, .y = y, .ldy = ldy, .act = act};

@@ -36,6 +36,16 @@
  * double; for bf16x3 the bound is 1/50 of bfloat16's.  The floor allows the
  * float32 rounding of a sum of nk terms and one rounding of the output to
  * its type.
+ *
+ * Then the linear layer's tile products (kernels/linear_tiles.h): a 37 x 72
+ * by 72 x 40 product with bias on bfloat16 weights (TDPBF16PS) and, where
+ * the CPU has AMX-INT8, on int8 weights (TDPBSSD): K not a whole tile
+ * step and a last single panel.  Each is held against the vector path's
+ * result: both sum the same exact products (of the bfloat16 operands, or
+ * the exact int32 block sums scaled in float32) in float32, so they may
+ * differ by the float32 roundings of two summation orders,
+ *     |tiles - vector| <= 2 (k + 4) 2^-24 sum_k |x w|
+ * (for int8, |x| plus its block's step); a wrong product is far beyond.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -50,6 +60,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../dispatch.h"
 #include "../fastattn.h"
 #include "../half.h"
 #include "amx_gate.h"
@@ -98,6 +109,11 @@ static const fa_canary_kernel fa_canary_kernels[] = {
 static const char *const fa_canary_variant_names[FA_CANARY_VARIANTS] = {
     "causal (bottom-right)", "additive float32 mask"};
 
+/* The linear-layer cases, after the attention cases: bfloat16, int8. */
+enum { CL_M = 37, CL_K = 72, CL_N = 40, CL_KP = 96 /* K padded to 32 */, CL_P = 3 /* panels */ };
+#define FA_CANARY_LINEAR 2
+#define FA_CANARY_ALL (FA_CANARY_CASES + FA_CANARY_LINEAR)
+
 /* What the child leaves in the shared mapping. */
 typedef struct {
     volatile int started;        /* cases begun (the case that faults is started - 1) */
@@ -106,6 +122,9 @@ typedef struct {
     volatile int family[FA_CANARY_CASES]; /* the planned kernel family */
     float lse[FA_CANARY_CASES][CN_L];
     float out[FA_CANARY_CASES][CN_O]; /* 16-bit outputs use the first half */
+    volatile int lin_status[FA_CANARY_LINEAR]; /* fa_linear_f32's */
+    volatile int lin_tiles[FA_CANARY_LINEAR];  /* 1 if it ran on the subject's tiles */
+    float lin[FA_CANARY_LINEAR][CL_M * CL_N];
 } fa_canary_shared;
 
 /* The fixed inputs: float values, their 16-bit forms, the mask. */
@@ -116,6 +135,14 @@ typedef struct {
     uint16_t q_h[CN_Q], k_h[CN_K], v_h[CN_V];
     float qr[2][CN_Q], kr[2][CN_K], vr[2][CN_V]; /* rounded to bfloat16 [0], float16 [1] */
     double vmax, smax; /* max|v|, and the largest scale * sum_c |q_c k_c| */
+    /* the linear cases: x, the bias, the weight packed as bfloat16 pairs
+     * and as int8 quads with its column scales (kernels/linear.h and
+     * linear_i8.h), and their float values (the weight as rounded or
+     * dequantized) */
+    float lx[CL_M * CL_K], lbias[CL_N], lw[2][CL_N * CL_K], lscale[CL_P * 16];
+    uint16_t lw_bf[CL_P * CL_KP * 16];
+    int8_t lw_q[CL_P * CL_KP * 16];
+    float lref[CL_M * CL_N]; /* the vector path's result of a linear case */
 } fa_canary_inputs;
 
 static void fa_canary_fill(fa_canary_inputs *in)
@@ -127,7 +154,6 @@ static void fa_canary_fill(fa_canary_inputs *in)
     for (int i = 0; i < CN_K; i++) in->k[i] = (float)(4.0 * FA_CN_NEXT() - 2.0);
     for (int i = 0; i < CN_V; i++) in->v[i] = (float)(2.0 * FA_CN_NEXT() - 1.0);
     for (int i = 0; i < CN_M; i++) in->mask[i] = (float)(-3.0 * FA_CN_NEXT());
-#undef FA_CN_NEXT
     for (int i = 0; i < CN_Q; i++) in->q_bf[i] = fa_f32_to_bf16(in->q[i]), in->q_h[i] = fa_f32_to_half(in->q[i]);
     for (int i = 0; i < CN_K; i++) in->k_bf[i] = fa_f32_to_bf16(in->k[i]), in->k_h[i] = fa_f32_to_half(in->k[i]);
     for (int i = 0; i < CN_V; i++) in->v_bf[i] = fa_f32_to_bf16(in->v[i]), in->v_h[i] = fa_f32_to_half(in->v[i]);
@@ -149,6 +175,38 @@ static void fa_canary_fill(fa_canary_inputs *in)
             if (a > in->smax) in->smax = a;
         }
     in->smax /= sqrt((double)CN_D);
+    /* the linear cases */
+    s = 0x2545f4914f6cdd1dull;
+    double w[CL_N * CL_K];
+    for (int i = 0; i < CL_M * CL_K; i++) in->lx[i] = (float)(4.0 * FA_CN_NEXT() - 2.0);
+    for (int i = 0; i < CL_N * CL_K; i++) w[i] = 2.0 * FA_CN_NEXT() - 1.0;
+    for (int i = 0; i < CL_N; i++) in->lbias[i] = (float)(FA_CN_NEXT() - 0.5);
+#undef FA_CN_NEXT
+    memset(in->lw_bf, 0, sizeof in->lw_bf);
+    memset(in->lw_q, 0, sizeof in->lw_q);
+    memset(in->lscale, 0, sizeof in->lscale);
+    for (int c = 0; c < CL_N; c++) {
+        double amax = 0;
+        for (int k = 0; k < CL_K; k++) amax = fmax(amax, fabs(w[c * CL_K + k]));
+        in->lscale[c] = (float)(amax / 127);
+        for (int k = 0; k < CL_K; k++) {
+            /* panel c / 16, then pair (k / 2) or quad (k / 4) rows of 16 columns */
+            const uint16_t b = fa_f32_to_bf16((float)w[c * CL_K + k]);
+            const int q = (int)lrint(w[c * CL_K + k] / in->lscale[c]);
+            in->lw_bf[((c / 16) * CL_KP + (k & ~1)) * 16 + (c % 16) * 2 + (k & 1)] = b;
+            in->lw_q[((c / 16) * CL_KP + (k & ~3)) * 16 + (c % 16) * 4 + (k & 3)] = (int8_t)q;
+            in->lw[0][c * CL_K + k] = fa_bf16_to_f32(b);
+            in->lw[1][c * CL_K + k] = (float)q * in->lscale[c];
+        }
+    }
+}
+
+/* Linear case l (0: bfloat16, 1: int8) into y, single-threaded. */
+static int fa_canary_linear(const fa_canary_inputs *in, int l, float *y)
+{
+    return fa_linear_f32(in->lx, CL_M, CL_K, CL_K, l ? (const void *)in->lw_q : in->lw_bf,
+                         l ? FA_LIN_I8 : FA_LIN_BF16, l ? in->lscale : NULL, CL_N, in->lbias, NULL,
+                         0, FA_ACT_NONE, y, CL_N, 1);
 }
 
 /* The parameters of case c (kernel c / 2, variant c % 2), writing to out
@@ -285,6 +343,12 @@ static int fa_canary_runs_kernel(int subject, int kernel)
     return subject != FA_ISA_AMX || fa_amx_fp16_available();
 }
 
+/* Linear case l (1: int8) runs where the tiles have TDPBSSD. */
+static int fa_canary_runs_linear(int subject, int l)
+{
+    return l == 0 || subject != FA_ISA_AMX || fa_amx_int8_available();
+}
+
 #if FA_CANARY_FORK
 /* Give sig its default action in the child.  On x86-64 Linux through the
  * system call itself: a preloaded library that interposes sigaction (a
@@ -371,14 +435,27 @@ static void fa_canary_child(fa_canary_shared *sh, const fa_canary_inputs *in, in
             fa_canary_set(p.dtype, sh->out[c], 17, (float)fa_canary_get(p.dtype, sh->out[c], 17) + 0.5f);
         if (c == 0 && inject == FA_INJECT_NAN) fa_canary_set(p.dtype, sh->out[c], 17, NAN);
     }
+    for (int l = 0; l < FA_CANARY_LINEAR; l++) {
+        if (!fa_canary_runs_linear(subject, l)) continue;
+        sh->started = FA_CANARY_CASES + l + 1;
+        sh->lin_tiles[l] = strcmp(fa_linear_kernel(l ? FA_LIN_I8 : FA_LIN_BF16),
+                                  fa_isa_name((fa_isa)subject)) == 0;
+        sh->lin_status[l] = fa_canary_linear(in, l, sh->lin[l]);
+    }
     sh->finished = 1;
     _exit(0);
 }
 #endif
 
-/* Write "the <kernel> kernel on <variant> (sizes)" for case c. */
+/* Write "the <kernel> kernel on <variant> (sizes)" for case c (or the
+ * linear case c - FA_CANARY_CASES). */
 static void fa_canary_case_text(char *buf, size_t cap, int c)
 {
+    if (c >= FA_CANARY_CASES) {
+        snprintf(buf, cap, "the linear layer on %s weights (37 x 72 by 72 x 40, with bias)",
+                 c == FA_CANARY_CASES ? "bfloat16" : "int8");
+        return;
+    }
     snprintf(buf, cap, "the %s kernel on the %s case (4 query heads on 2 kv heads, 37 queries, "
              "45 keys, d 72, dv 40)", fa_canary_kernels[c / FA_CANARY_VARIANTS].kernel,
              fa_canary_variant_names[c % FA_CANARY_VARIANTS]);
@@ -453,6 +530,40 @@ static int fa_canary_check(const fa_canary_shared *sh, fa_canary_inputs *in, int
     return 0;
 }
 
+/* Compare linear case l's child result with the vector path's under the
+ * rule of the file comment; 0 if within it, else 1 with the report. */
+static int fa_canary_check_linear(const fa_canary_shared *sh, fa_canary_inputs *in, int l,
+                                  char *report, size_t cap)
+{
+    char what[256];
+    fa_canary_case_text(what, sizeof what, FA_CANARY_CASES + l);
+    fa_canary_role = 1;
+    const int st = fa_canary_linear(in, l, in->lref);
+    fa_canary_role = 0;
+    if (st != 0) {
+        snprintf(report, cap, "%s: the vector path's reference failed (status %d)", what, st);
+        return 1;
+    }
+    for (int i = 0; i < CL_M; i++)
+        for (int c = 0; c < CL_N; c++) {
+            const float *x = in->lx + i * CL_K, *w = in->lw[l] + c * CL_K;
+            double mag = 0;
+            for (int b = 0; b < CL_K; b += 32) {
+                double step = 0; /* int8: the step of x's block */
+                for (int k = b; l && k < b + 32 && k < CL_K; k++) step = fmax(step, fabs(x[k]) / 127);
+                for (int k = b; k < b + 32 && k < CL_K; k++) mag += (fabs(x[k]) + step) * fabs(w[k]);
+            }
+            const double bound = 2 * (CL_K + 4) * 0x1p-24 * mag;
+            const double err = fabs((double)sh->lin[l][i * CL_N + c] - in->lref[i * CL_N + c]);
+            if (!(err <= bound)) {
+                snprintf(report, cap, "%s: the output differs from the vector path's by %.3g (row "
+                         "%d, column %d) where the rule allows %.3g", what, err, i, c, bound);
+                return 1;
+            }
+        }
+    return 0;
+}
+
 /* The test hooks' arguments: a subject this CPU runs (the real tiles only
  * where the gate allows them), a known injection, a positive timeout. */
 static int fa_canary_args_ok(int subject, int inject, double timeout_s)
@@ -518,7 +629,7 @@ int fa_tile_self_test_run(int subject, int inject, double timeout_s, char *repor
     }
     char what[256];
     /* the child's header is not trusted: a wild store may have hit it */
-    const int at = sh->started > 0 && sh->started <= FA_CANARY_CASES ? sh->started - 1 : 0;
+    const int at = sh->started > 0 && sh->started <= FA_CANARY_ALL ? sh->started - 1 : 0;
     fa_canary_case_text(what, sizeof what, at);
     if (timed_out) {
         snprintf(report, cap, "%s: no result within %.3g s (the child process was killed)", what,
@@ -573,11 +684,27 @@ int fa_tile_self_test_run(int subject, int inject, double timeout_s, char *repor
             fa_canary_kernels[kernel].precision == FA_PRECISION_BF16)
             bf16_err[var][0] = errs[0], bf16_err[var][1] = errs[1];
     }
+    for (int l = 0; l < FA_CANARY_LINEAR; l++) {
+        if (!fa_canary_runs_linear(subject, l)) continue;
+        fa_canary_case_text(what, sizeof what, FA_CANARY_CASES + l);
+        if (sh->lin_status[l] != 0) {
+            snprintf(report, cap, "%s: fa_linear_f32 returned %d", what, sh->lin_status[l]);
+            goto done;
+        }
+        if (matrix && !sh->lin_tiles[l]) {
+            snprintf(report, cap, "%s: the case did not run on the tiles", what);
+            goto done;
+        }
+        if (fa_canary_check_linear(sh, in, l, report, cap)) goto done;
+        ran++;
+    }
     failed = 0;
-    snprintf(report, cap, "passed: %d cases (%s) on the %s path", ran,
+    snprintf(report, cap, "passed: %d cases (%s; %s) on the %s path", ran,
              fa_amx_fp16_available() || subject != FA_ISA_AMX
                  ? "bfloat16, float16, float32 bf16 and bf16x3; causal and masked"
                  : "bfloat16, float32 bf16 and bf16x3; causal and masked",
+             fa_canary_runs_linear(subject, 1) ? "the linear layer on bfloat16 and int8"
+                                               : "the linear layer on bfloat16",
              fa_isa_name((fa_isa)subject));
 done:
     munmap(sh, sizeof *sh);

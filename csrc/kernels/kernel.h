@@ -92,6 +92,27 @@ enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3, 
 /* the packed weight's type: float32, bfloat16 pairs, or int8 quads with
  * one float32 scale per column (w_scale) */
 enum { FA_LIN_F32 = 0, FA_LIN_BF16 = 1, FA_LIN_I8 = 2 };
+/* Rows of a matrix-unit block of the linear layer (two 16-row tiles). */
+#define FA_LIN_TILE_ROWS 32
+/* The matrix-unit products of the linear layer (kernels/linear_tiles.h,
+ * in the tables of the amx and amx_emu paths), driven by linear.h: */
+typedef struct {
+    /* load (on the calling thread) the tile configuration of wtype's
+     * products, and release it */
+    void (*begin)(int wtype);
+    void (*end)(void);
+    /* c (32 rows x 16 np floats, ldc) = a (32 rows of kp bfloat16, lda
+     * elements apart) times np <= 2 panels of pairs (w the first, w_sp
+     * elements apart), over kp (a multiple of 32) */
+    void (*bf16)(const uint16_t *a, int64_t lda, const uint16_t *w, int64_t w_sp, int64_t kp,
+                 int np, float *c, int64_t ldc);
+    /* int8: for each block b of FA_LIN_QB k (nb blocks), the exact int32
+     * products of a's 32 rows of signed bytes (lda apart) and np <= 2
+     * panels of quads (w_sp bytes apart), converted and scaled into
+     * f[p][r][c] += (float)sum * sc[b * 32 + r], in block order */
+    void (*i8)(const int8_t *a, int64_t lda, const float *sc, const int8_t *w, int64_t w_sp,
+               int64_t nb, int np, float f[2][FA_LIN_TILE_ROWS][16]);
+} fa_lin_tiles;
 typedef struct {
     const float *x;
     int64_t m, k, ldx;
@@ -99,6 +120,9 @@ typedef struct {
     int wtype;
     const float *w_scale; /* FA_LIN_I8: the column scales, else NULL */
     int dot; /* the CPU's dot product for wtype (linear_dot.h; dispatch.c) */
+    /* the matrix units' products for wtype, when the path has them and
+     * they may run (dispatch.c), else NULL */
+    const fa_lin_tiles *tiles;
     int64_t n, p0, p1;
     const float *bias;
     const float *residual;
@@ -136,6 +160,7 @@ typedef struct {
      * tiles after its last (NULL elsewhere). */
     void (*tiles_begin)(void), (*tiles_end)(void);
     fa_pack_fn pack[FA_DTYPE_COUNT]; /* matrix family, by fa_dtype */
+    const fa_lin_tiles *lin_tiles;   /* matrix family: the linear layer's products */
 } fa_kernels;
 
 #endif /* FA_KERNEL_H */

@@ -305,7 +305,8 @@ static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int
                                         int64_t k0, int64_t kc, int64_t kp, int64_t k_pad,
                                         int first, int last, uint32_t *pairs)
 {
-    FA_FN(fa_linear_pack_pairs_)(A->x + r0 * A->ldx + k0, A->ldx, rows, kc, kp, pairs);
+    FA_FN(fa_linear_pack_pairs_)(A->x + r0 * A->ldx + k0, A->ldx, rows,
+                                 (rows + FA_LIN_MR - 1) / FA_LIN_MR * FA_LIN_MR, kc, kp, pairs);
     for (int64_t pc = A->p0; pc < A->p1; pc += FA_LIN_DOT_NP) {
         const int np = (int)(A->p1 - pc < FA_LIN_DOT_NP ? A->p1 - pc : FA_LIN_DOT_NP);
         const int64_t c0 = pc * FA_LIN_NR;
@@ -322,6 +323,42 @@ static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int
     } while (0)
             FA_LIN_DOT_ROWS(gr, np, FA_LIN_BF16_DOT);
 #undef FA_LIN_BF16_DOT
+        }
+    }
+}
+
+/* The same on the matrix units (A->tiles, linear_tiles.h): kp a multiple
+ * of 32 (a tile step; the pairs past kc are zero), FA_LIN_TILE_ROWS rows
+ * (the missing ones zero) and two panels a tile GEMM, whose float32 block
+ * is then stored FA_LIN_MR rows at a time. */
+static void FA_FN(fa_linear_bf16_tiles_)(const fa_linear_args *A, int64_t r0, int64_t rows,
+                                         int64_t k0, int64_t kc, int64_t kp, int64_t k_pad,
+                                         int first, int last, uint32_t *pairs)
+{
+    const int64_t mt = (rows + FA_LIN_TILE_ROWS - 1) / FA_LIN_TILE_ROWS * FA_LIN_TILE_ROWS;
+    float *c = (float *)(pairs + mt * (kp / 2)); /* FA_LIN_TILE_ROWS x 32 */
+    FA_FN(fa_linear_pack_pairs_)(A->x + r0 * A->ldx + k0, A->ldx, rows, mt, kc, kp, pairs);
+    for (int64_t pc = A->p0; pc < A->p1; pc += 2) {
+        const int np = A->p1 - pc < 2 ? 1 : 2;
+        const int64_t c0 = pc * FA_LIN_NR;
+        const uint16_t *w = (const uint16_t *)FA_FN(fa_lin_panel_)(A, pc, k_pad, k0);
+        for (int64_t g = 0; g < rows; g += FA_LIN_TILE_ROWS) {
+            A->tiles->bf16((const uint16_t *)(pairs + g * (kp / 2)), kp, w, k_pad * FA_LIN_NR, kp,
+                           np, c, 2 * FA_LIN_NR);
+            for (int s = 0; s < FA_LIN_TILE_ROWS && g + s < rows; s += FA_LIN_MR) {
+                const int gr = (int)(rows - g - s < FA_LIN_MR ? rows - g - s : FA_LIN_MR);
+                const int gt = FA_LIN_TILE_ROWS - s < gr ? FA_LIN_TILE_ROWS - s : gr;
+                for (int p = 0; p < np; p++) {
+                    const int64_t cp = c0 + p * FA_LIN_NR;
+                    const int cols = (int)(A->n - cp < FA_LIN_NR ? A->n - cp : FA_LIN_NR);
+                    VT acc[FA_LIN_MR][FA_LIN_NV];
+                    for (int i = 0; i < gt; i++)
+                        acc[i][0] = FA_FN(fa_loadu_)(c + (s + i) * 2 * FA_LIN_NR + p * FA_LIN_NR);
+                    const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + g + s, cp);
+                    FA_FN(fa_linear_store_)(acc, A->y + (r0 + g + s) * A->ldy + cp, A->ldy, gt,
+                                            cols, first, last ? &ep : NULL);
+                }
+            }
         }
     }
 }
@@ -349,14 +386,22 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
         return;
     }
     /* bfloat16 pairs on VDPBF16PS pack 2 bytes a value: longer K blocks */
-    const int64_t kcb = FA_LIN_DOT && bf16 && A->dot ? FA_LIN_KC_PAIRS : FA_LIN_KC;
+    const int64_t kcb = FA_LIN_DOT && bf16 && (A->dot || A->tiles) ? FA_LIN_KC_PAIRS : FA_LIN_KC;
     for (int64_t k0 = 0; k0 < k; k0 += kcb) {
         const int64_t kc = k - k0 < kcb ? k - k0 : kcb;
-        const int64_t kp = bf16 ? (kc + 1) & ~(int64_t)1 : kc; /* the K blocks are even */
+        /* the K blocks are even, or whole tile steps */
+        const int64_t kp = !bf16 ? kc
+                           : A->tiles ? (kc + FA_LIN_KALIGN - 1) / FA_LIN_KALIGN * FA_LIN_KALIGN
+                                      : (kc + 1) & ~(int64_t)1;
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;
 #if FA_LIN_DOT
+            if (bf16 && A->tiles) {
+                FA_FN(fa_linear_bf16_tiles_)(A, r0, rows, k0, kc, kp, k_pad, first, last,
+                                             (uint32_t *)scratch);
+                continue;
+            }
             if (bf16 && A->dot) {
                 FA_FN(fa_linear_bf16_dots_)(A, r0, rows, k0, kc, kp, k_pad, first, last,
                                             (uint32_t *)scratch);

@@ -132,13 +132,13 @@ FA_INLINE void FA_FN(fa_linear_bf16_dot_)(const int R, const int np, const uint3
 }
 
 /* Pack rows [0, m) x columns [0, kc) of x as bfloat16 pairs, row r's
- * kp / 2 words at dst + r * (kp / 2) (the pad and the last group's
- * missing rows zero), each value rounded to nearest even with NaN kept
- * NaN, as fa_f32_to_bf16 does (16 at a time: the same integer steps). */
-static void FA_FN(fa_linear_pack_pairs_)(const float *x, int64_t ldx, int64_t m, int64_t kc,
-                                         int64_t kp, uint32_t *dst)
+ * kp / 2 words at dst + r * (kp / 2) (the pad and rows [m, mp) zero: the
+ * last group's missing rows, or the tiles'), each value rounded to
+ * nearest even with NaN kept NaN, as fa_f32_to_bf16 does (16 at a time:
+ * the same integer steps). */
+static void FA_FN(fa_linear_pack_pairs_)(const float *x, int64_t ldx, int64_t m, int64_t mp,
+                                         int64_t kc, int64_t kp, uint32_t *dst)
 {
-    const int64_t mp = (m + FA_LIN_MR - 1) / FA_LIN_MR * FA_LIN_MR;
     for (int64_t r = 0; r < mp; r++) {
         uint16_t *d = (uint16_t *)(dst + r * (kp / 2));
         const float *src = x + r * ldx;

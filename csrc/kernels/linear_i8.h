@@ -132,13 +132,14 @@ FA_INLINE void FA_FN(fa_quant_block_)(const float *src, int n, int np, int8_t *d
  * dst + r * kq (kq = kc rounded up to 4; the pad is zero), their block
  * scales to scales and the blocks' sums of xq (the VPDPBUSD kernel's
  * compensation) to sums, both at g * nb + b * FA_LIN_MR + i for row i of
- * the group at row g, block b.  The last group's missing rows are zero
- * with scale 0. */
-static void FA_FN(fa_linear_quant_)(const float *x, int64_t ldx, int64_t m, int64_t kc,
-                                    int64_t kq, int8_t *dst, float *scales, int32_t *sums)
+ * the group at row g, block b.  Rows [m, mp) (mp >= m a multiple of
+ * FA_LIN_MR: the last group's missing rows, and more for the tiles) are
+ * zero with scale 0. */
+static void FA_FN(fa_linear_quant_)(const float *x, int64_t ldx, int64_t m, int64_t mp,
+                                    int64_t kc, int64_t kq, int8_t *dst, float *scales,
+                                    int32_t *sums)
 {
     const int64_t nb = (kc + FA_LIN_QB - 1) / FA_LIN_QB;
-    const int64_t mp = (m + FA_LIN_MR - 1) / FA_LIN_MR * FA_LIN_MR;
     for (int64_t r = 0; r < mp; r++) {
         const int64_t sb = (r - r % FA_LIN_MR) * nb + r % FA_LIN_MR;
         for (int64_t b = 0; b < nb; b++) {
@@ -205,27 +206,95 @@ FA_INLINE void FA_FN(fa_linear_i8_rows_)(const int R, const int32_t *a, int64_t 
     }
 }
 
+/* The float32 block sums of gr <= FA_LIN_MR rows (row i of panel p at
+ * f + p * fsp + 16 * i) times the column scales, to y from row r and panel
+ * pc on (np panels): the store and, after the last K block, the epilogue. */
+FA_INLINE void FA_FN(fa_linear_i8_out_)(const fa_linear_args *A, const float *f, int64_t fsp,
+                                         int gr, int64_t r, int64_t pc, int np, int first,
+                                         int last)
+{
+    for (int p = 0; p < np; p++) {
+        const int64_t c0 = (pc + p) * FA_LIN_NR;
+        const int cols = (int)(A->n - c0 < FA_LIN_NR ? A->n - c0 : FA_LIN_NR);
+        VT acc[FA_LIN_MR][FA_LIN_NV];
+        for (int i = 0; i < gr; i++)
+            for (int v = 0; v < FA_LIN_NV; v++)
+                acc[i][v] = FA_FN(fa_loadu_)(f + p * fsp + FA_LIN_NR * i + v * VL)
+                            * FA_FN(fa_loadu_)(A->w_scale + c0 + v * VL);
+        const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r, c0);
+        FA_FN(fa_linear_store_)(acc, A->y + r * A->ldy + c0, A->ldy, gr, cols, first,
+                                last ? &ep : NULL);
+    }
+}
+
+#if FA_LIN_DOT
+/* One row block (rows rows from r0, quantized: row i's bytes at a + i *
+ * kq, scales and sums in fa_linear_quant_'s layout) of an int8 call on
+ * the matrix units (A->tiles, linear_tiles.h): FA_LIN_TILE_ROWS rows and
+ * two panels a step. */
+static void FA_FN(fa_linear_i8_tiles_)(const fa_linear_args *A, int64_t r0, int64_t rows,
+                                       const int8_t *a, const float *scales, int64_t kq,
+                                       int64_t nb, const int8_t *w, int64_t w_sp, int first,
+                                       int last)
+{
+    float sc[FA_LIN_KC_I8 / FA_LIN_QB * FA_LIN_TILE_ROWS];
+    float f[2][FA_LIN_TILE_ROWS][16] __attribute__((aligned(64)));
+    for (int64_t g = 0; g < rows; g += FA_LIN_TILE_ROWS) {
+        /* the block scales of the tile rows, block-major */
+        for (int r = 0; r < FA_LIN_TILE_ROWS; r++) {
+            const int64_t row = g + r, i = row % FA_LIN_MR;
+            for (int64_t b = 0; b < nb; b++)
+                sc[b * FA_LIN_TILE_ROWS + r] = scales[(row - i) * nb + b * FA_LIN_MR + i];
+        }
+        for (int64_t pc = A->p0; pc < A->p1; pc += 2) {
+            const int np = A->p1 - pc < 2 ? 1 : 2;
+            A->tiles->i8(a + g * kq, kq, sc, w + pc * w_sp, w_sp, nb, np, f);
+            for (int s = 0; s < FA_LIN_TILE_ROWS && g + s < rows; s += FA_LIN_MR) {
+                const int gr = (int)(rows - g - s < FA_LIN_MR ? rows - g - s : FA_LIN_MR);
+                const int gt = FA_LIN_TILE_ROWS - s < gr ? FA_LIN_TILE_ROWS - s : gr;
+                FA_FN(fa_linear_i8_out_)(A, f[0][s], FA_LIN_TILE_ROWS * 16, gt, r0 + g + s, pc,
+                                         np, first, last);
+            }
+        }
+    }
+}
+#endif
+
 /* fa_linear_ for FA_LIN_I8 weights (A->w_scale: ceil(n / 16) * 16 column
  * scales); scratch as there (the words, scales and sums of a row block
- * take about a third of it).  A->dot: VPDPBUSD (linear_dot.h). */
+ * take about a third of it).  A->dot: VPDPBUSD (linear_dot.h); A->tiles:
+ * the matrix units (linear_tiles.h). */
 static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
 {
-    const int64_t k = A->k, n = A->n, m = A->m, ldy = A->ldy;
+    const int64_t k = A->k, m = A->m;
     const int64_t k_pad = (k + FA_LIN_KALIGN - 1) / FA_LIN_KALIGN * FA_LIN_KALIGN; /* k rows of a panel */
     const int8_t *packed = (const int8_t *)A->packed;
     for (int64_t k0 = 0; k0 < k; k0 += FA_LIN_KC_I8) {
         const int64_t kc = k - k0 < FA_LIN_KC_I8 ? k - k0 : FA_LIN_KC_I8;
-        const int64_t kq = (kc + 3) & ~(int64_t)3, nb = (kc + FA_LIN_QB - 1) / FA_LIN_QB;
+        /* bytes of a quantized row: whole quads, or whole blocks for the tiles */
+        const int64_t kq = A->tiles ? (kc + FA_LIN_QB - 1) / FA_LIN_QB * FA_LIN_QB
+                                    : (kc + 3) & ~(int64_t)3;
+        const int64_t nb = (kc + FA_LIN_QB - 1) / FA_LIN_QB;
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;
-            const int64_t mp = (rows + FA_LIN_MR - 1) / FA_LIN_MR * FA_LIN_MR;
+            /* the tiles read whole blocks of FA_LIN_TILE_ROWS rows */
+            const int64_t rt = A->tiles ? (rows + FA_LIN_TILE_ROWS - 1) / FA_LIN_TILE_ROWS
+                                              * FA_LIN_TILE_ROWS
+                                        : rows;
+            const int64_t mp = (rt + FA_LIN_MR - 1) / FA_LIN_MR * FA_LIN_MR;
             int32_t *words = (int32_t *)scratch;
             float *scales = scratch + mp * (kq / 4);
             int32_t *sums = (int32_t *)(scales + mp * nb);
-            FA_FN(fa_linear_quant_)(A->x + r0 * A->ldx + k0, A->ldx, rows, kc, kq, (int8_t *)words, scales,
-                                    sums);
+            FA_FN(fa_linear_quant_)(A->x + r0 * A->ldx + k0, A->ldx, rows, mp, kc, kq,
+                                    (int8_t *)words, scales, sums);
 #if FA_LIN_DOT
+            if (A->tiles) {
+                FA_FN(fa_linear_i8_tiles_)(A, r0, rows, (const int8_t *)words, scales, kq, nb,
+                                           packed + k0 * FA_LIN_NR, k_pad * FA_LIN_NR, first,
+                                           last);
+                continue;
+            }
             const int step = A->dot ? FA_LIN_DOT_NP : 1;
 #else
             const int step = 1;
@@ -261,18 +330,8 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
                             }
                         }
                     }
-                    for (int p = 0; p < np; p++) {
-                        const int64_t c0 = (pc + p) * FA_LIN_NR;
-                        const int cols = (int)(n - c0 < FA_LIN_NR ? n - c0 : FA_LIN_NR);
-                        VT acc[FA_LIN_MR][FA_LIN_NV];
-                        for (int i = 0; i < gr; i++)
-                            for (int v = 0; v < FA_LIN_NV; v++)
-                                acc[i][v] = FA_FN(fa_loadu_)(facc[p][i] + v * VL)
-                                            * FA_FN(fa_loadu_)(A->w_scale + c0 + v * VL);
-                        const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + g, c0);
-                        FA_FN(fa_linear_store_)(acc, A->y + (r0 + g) * ldy + c0, ldy, gr, cols,
-                                                first, last ? &ep : NULL);
-                    }
+                    FA_FN(fa_linear_i8_out_)(A, facc[0][0], FA_LIN_MR * FA_LIN_NR, gr, r0 + g, pc,
+                                             np, first, last);
                 }
             }
         }

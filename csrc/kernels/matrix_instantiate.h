@@ -9,7 +9,8 @@
  * modes of fa_params.precision), bfloat16, and float16 (both tile
  * vocabularies have TDPFP16PS; on the real tiles dispatch.c runs it only
  * where the gate reported AMX-FP16).  Every other family falls back to the
- * vector path the registry row names (dispatch.c).
+ * vector path the registry row names (dispatch.c); the linear layer runs
+ * that path's driver with this table's tile products (linear_tiles.h).
  */
 #include "../half.h"
 #include "scratch.h"
@@ -38,6 +39,8 @@ static void FA_MX_NAME(fa_tiles_begin, FA_ISA_NAME)(void) { fa_tile_gemm_config(
 
 static void FA_MX_NAME(fa_tiles_end, FA_ISA_NAME)(void) { FA_TILE_RELEASE(); }
 
+#include "linear_tiles.h"
+
 const fa_kernels FA_MX_NAME(fa_kernels, FA_ISA_NAME) = {
     .kernel = {[FA_FAMILY_MATRIX] = {[FA_F32] = FA_MX_NAME(fa_matrix_f32, FA_ISA_NAME),
                                      [FA_F16] = FA_MX_NAME(fa_matrix_f16, FA_ISA_NAME),
@@ -47,6 +50,7 @@ const fa_kernels FA_MX_NAME(fa_kernels, FA_ISA_NAME) = {
     .pack = {[FA_F32] = FA_MX_NAME(fa_matrix_pack_f32, FA_ISA_NAME),
              [FA_F16] = FA_MX_NAME(fa_matrix_pack_f16, FA_ISA_NAME),
              [FA_BF16] = FA_MX_NAME(fa_matrix_pack_bf16, FA_ISA_NAME)},
+    .lin_tiles = &FA_MX_NAME(fa_lin_tiles, FA_ISA_NAME),
 };
 #undef FA_MX_NAME
 #undef FA_MX_NAME_

@@ -169,3 +169,30 @@ def test_int8_binding_checks_the_scales(rng):
     with pytest.raises(ValueError, match="w_scale"):
         _core.linear_f32(x, p._packed, None, out, w_scale=np.ones(15, np.float32))
     assert fastattn.linear.__module__ == "fastattn.linear"
+
+
+@pytest.mark.skipif("amx_emu" not in fastattn._core.isa_available(),
+                    reason="this CPU does not run the tile emulation (amx_emu needs AVX-512 "
+                           "with AVX512-BF16)")
+@pytest.mark.parametrize("m, k, n", [(1, 70, 17), (37, 300, 40), (70, 1100, 48)])
+def test_int8_on_the_tiles_is_the_vector_paths_bits(rng, m, k, n):
+    """On the matrix units (TDPBSSD, here through the tile emulation) the
+    block sums are the same exact integers, and the float steps after them
+    the vector paths': the results are the same bits as the avx512 path's
+    (K blocks of 1024, row blocks of 32 tile rows, a last single panel)."""
+    x, w, b = _problem(rng, m, k, n)
+    r = rng.standard_normal((m, n), dtype=np.float32)
+    p = pack_linear(w, b, dtype="int8")
+    got = {}
+    before = fastattn._core.get_isa()
+    try:
+        for path in ("avx512", "amx_emu"):
+            fastattn._core.set_isa(path)
+            got[path] = (linear(x, p, activation="gelu", residual=r),
+                         fastattn._core.linear_kernel("int8"),
+                         fastattn._core.linear_kernel("bfloat16"),
+                         fastattn._core.linear_kernel("float32"))
+    finally:
+        fastattn._core.set_isa(before)
+    assert got["amx_emu"][1:] == ("amx_emu", "amx_emu", "avx512")
+    assert np.array_equal(got["amx_emu"][0], got["avx512"][0])
