@@ -120,11 +120,26 @@ def peaks() -> Dict[str, Tuple[float, str]]:
     """The peak of each product type on this core and path, and its unit."""
     fma = float(_core.fma_peak())
     out = {"float32": (fma, "vfmadd231ps")}
-    for dtype, insn in (("bfloat16", "vdpbf16ps"), ("int8", "vpdpbusd")):
+    for dtype, insn, tile in (("bfloat16", "vdpbf16ps", "tdpbf16ps"),
+                              ("int8", "vpdpbusd", "tdpbssd")):
+        if _core.linear_kernel(dtype) == "amx":  # the real tiles (FASTATTN_ISA=amx)
+            out[dtype] = (float(_core.amx_peak(dtype=dtype)), tile)
+            continue
         dot = _core.dot_peak(dtype)
         out[dtype] = ((float(dot), insn) if dot is not None
                       else (fma, "FMA peak: " + _core.linear_kernel(dtype) + " widens"))
     return out
+
+
+def amx_note() -> str:
+    """Whether the AMX rows were measured, and why not."""
+    st = _core.amx_status()
+    if _core.linear_kernel("bfloat16") == "amx":
+        return "AMX: measured above (bfloat16 on TDPBF16PS" + (
+            ", int8 on TDPBSSD)" if _core.linear_kernel("int8") == "amx" else "; no AMX-INT8)")
+    if st["available"]:
+        return "AMX: the tiles are usable but not selected (run with FASTATTN_ISA=amx)"
+    return f"AMX-BF16 / AMX-INT8: could not be measured on this CPU ({st['reason']})"
 
 
 def side_by_side(rounds: int) -> List[Dict[str, Any]]:
@@ -176,6 +191,7 @@ def main() -> None:
           f"{args.rounds} alternating rounds")
     print("peaks: " + ", ".join(f"{d} {v:.0f} G/s ({what})" for d, (v, what) in pk.items()))
     print("fastattn kernels: " + ", ".join(f"{d} {_core.linear_kernel(d)}" for d in WBYTES))
+    print(amx_note())
     print(f"{'product':<22}" + "".join(f"{n:>22}" for n in names))
     print(f"{'':<22}" + "".join(f"{'ms':>8}{'G/s':>8}{'%pk':>6}" for _ in names))
     for r in rows:

@@ -494,6 +494,7 @@ double fa_dot_probe(int wtype, int64_t iters)
 
 #if FA_X86
 double fa_amx_tdpbf16ps_probe(int64_t iters); /* kernel_amx.c (amx_gemm_real.c) */
+double fa_amx_tdpbssd_probe(int64_t iters);
 #endif
 
 static const char *fa_amx_perm_text(int perm)
@@ -582,6 +583,17 @@ double fa_amx_peak(int64_t iters)
 #if FA_X86
     if (!fa_amx_available() || !fa_tile_canary_ok()) return -1;
     return fa_amx_tdpbf16ps_probe(iters);
+#else
+    (void)iters;
+    return -1;
+#endif
+}
+
+double fa_amx_peak_int8(int64_t iters)
+{
+#if FA_X86
+    if (!fa_amx_available() || !fa_amx_int8_available() || !fa_tile_canary_ok()) return -1;
+    return fa_amx_tdpbssd_probe(iters);
 #else
     (void)iters;
     return -1;

@@ -373,6 +373,9 @@ int fa_tile_self_test_news(void);
  * already loaded.  Returns -1 without executing any tile instruction when
  * the tiles are not available (fa_amx_status says why) or not compiled. */
 double fa_amx_peak(int64_t iters);
+/* The same for TDPBSSD (AMX-INT8) in GOP/s: 16 x 16 x 64 byte products
+ * (32768 operations) per tile step; -1 also where the CPU lacks AMX-INT8. */
+double fa_amx_peak_int8(int64_t iters);
 
 #ifdef __cplusplus
 }

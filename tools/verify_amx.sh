@@ -12,7 +12,9 @@
 #      injected mismatch and an injected SIGILL (which must fail, contained);
 #   3. the Python suite's core and variant tests on the amx path, at 1 and at
 #      2 threads;
-#   4. the TDPBF16PS peak probe (fastattn._core.amx_peak());
+#   4. the TDPBF16PS and TDPBSSD peak probes (fastattn._core.amx_peak()),
+#      and benchmarks/test_bench_linear.py on the tiles (the linear layer's
+#      bfloat16 and int8 products as a % of those peaks);
 #   5. the side-by-side table against torch's bfloat16 SDPA and its float32
 #      SDPA with fp32_precision="bf16" (benchmarks/test_bench_amx.py; only
 #      where torch is installed).
@@ -106,6 +108,17 @@ else
     echo "== 4. TDPBF16PS peak"
     "$PYTHON" -c "from fastattn import _core; print(f'- TDPBF16PS peak: {_core.amx_peak():.0f} GFLOP/s on one core')" \
         >> "$BLOCK" || { note "- TDPBF16PS peak: FAILED"; FAILED=1; }
+    if "$PYTHON" -c "from fastattn import _core; assert _core.amx_status()['amx_int8']" 2>/dev/null; then
+        "$PYTHON" -c "from fastattn import _core; print(f'- TDPBSSD peak: {_core.amx_peak(dtype=\"int8\"):.0f} GOP/s on one core')" \
+            >> "$BLOCK" || { note "- TDPBSSD peak: FAILED"; FAILED=1; }
+    else
+        note "- TDPBSSD peak: not measured (cpuid reports no AMX-INT8)"
+    fi
+    echo "== 4b. the linear layer on the tiles (% of the TDPBF16PS / TDPBSSD peaks)"
+    FASTATTN_ISA=amx "$PYTHON" benchmarks/test_bench_linear.py --rounds 5 > "$WORK/linear" \
+        2> "$WORK/linear.err" || { note "- linear table: FAILED"; cat "$WORK/linear.err"; FAILED=1; }
+    note ""
+    cat "$WORK/linear" >> "$BLOCK"
     echo "== 5. side by side with torch"
     if "$PYTHON" -c "import torch" 2>/dev/null; then
         # shellcheck disable=SC2086

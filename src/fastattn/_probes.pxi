@@ -129,6 +129,7 @@ cdef extern from "fastattn.h" nogil:
         const char *self_test
     void fa_amx_status(fa_amx_info *info, int request)
     double fa_amx_peak(int64_t iters)
+    double fa_amx_peak_int8(int64_t iters)
     ctypedef struct fa_self_test_info:
         int state
         const char *report
@@ -238,25 +239,32 @@ def tile_self_test_decide(str subject, str inject="none", double timeout=10.0):
     return _SELF_TEST_STATES[st]
 
 
-def amx_peak(double seconds=0.2):
+def amx_peak(double seconds=0.2, str dtype="bfloat16"):
     """Measure the TDPBF16PS peak of one core in GFLOP/s: four independent
     16 x 16 x 32 bfloat16 tile products per round on tiles already loaded,
-    timed for about ``seconds`` on the calling thread (GIL released).
+    timed for about ``seconds`` on the calling thread (GIL released); with
+    ``dtype="int8"``, TDPBSSD's in GOP/s (16 x 16 x 64 byte products).
 
-    Raises RuntimeError, naming the reason, where the tiles are not
-    available (no tile instruction is then executed); the emulation is
-    never measured."""
+    Raises RuntimeError, naming the reason, where the tiles (or, for int8,
+    AMX-INT8) are not available (no tile instruction is then executed); the
+    emulation is never measured."""
     import time
     cdef int64_t iters = 1 << 12
     cdef double r, t0, dt
+    cdef bint int8
+    if dtype not in ("bfloat16", "int8"):
+        raise ValueError(f"dtype must be 'bfloat16' or 'int8', got {dtype!r}")
+    int8 = dtype == "int8"
     status = amx_status()
     if not status["available"]:
         raise RuntimeError(f"AMX tiles are not available: {status['reason']}")
+    if int8 and not status["amx_int8"]:
+        raise RuntimeError("AMX tiles are available, but cpuid reports no AMX-INT8")
     best = 0.0
     while True:
         t0 = time.perf_counter()
         with nogil:
-            r = fa_amx_peak(iters)
+            r = fa_amx_peak_int8(iters) if int8 else fa_amx_peak(iters)
         dt = time.perf_counter() - t0
         if r < 0:
             raise RuntimeError("AMX tiles are not available")
@@ -266,6 +274,6 @@ def amx_peak(double seconds=0.2):
         iters *= 2
     for _ in range(2):  # two more runs at that size; keep the least disturbed
         with nogil:
-            r = fa_amx_peak(iters)
+            r = fa_amx_peak_int8(iters) if int8 else fa_amx_peak(iters)
         best = max(best, r)
     return best

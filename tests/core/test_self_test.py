@@ -276,3 +276,18 @@ def test_the_first_matrix_call_on_real_tiles_runs_the_canary(inject):
         assert res["kernel"] != "matrix" and len(res["warnings"]) == 1
         assert not res["status"]["available"]
         assert res["status"]["reason"].startswith("the self-test of the tiles failed: ")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_the_tile_peak_probes(dtype):
+    """amx_peak measures TDPBF16PS (GFLOP/s) or TDPBSSD (GOP/s) only on
+    tiles the gate granted, and names the reason where it cannot."""
+    with pytest.raises(ValueError, match="dtype must be"):
+        _core.amx_peak(dtype="float16")
+    st = _core.amx_status()
+    if not st["available"] or (dtype == "int8" and not st["amx_int8"]):
+        with pytest.raises(RuntimeError, match="not available|no AMX-INT8"):
+            _core.amx_peak(0.01, dtype=dtype)
+    else:
+        # at least one tile product a nanosecond: far below any real peak
+        assert _core.amx_peak(0.01, dtype=dtype) > 256
