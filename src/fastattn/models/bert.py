@@ -49,20 +49,13 @@ from .. import attention_varlen as _attention_varlen
 from .. import explain as _explain
 from ..linear import PackedLinear, layer_norm, linear, pack_linear
 
-__all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel", "gelu_erf"]
+__all__ = ["BertConfig", "BertLayerWeights", "BertWeights", "BertModel"]
 
 # the arithmetic of the linear products (BertModel's precision)
 PRECISIONS = ("float32", "bfloat16", "int8")
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-# Abramowitz & Stegun 7.1.26: erfc(z) ~ t (a1 + t (a2 + ...)) exp(-z^2) with
-# t = 1 / (1 + p z), z >= 0, absolute error below 1.5e-7 (about 1 float32 ulp
-# of GELU's output).
-_AS_P = 0.3275911
-_AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
-_INV_SQRT2 = 0.7071067811865476
 
 # the public packed-batch attention (typed here for mypy --strict)
 attention_varlen: Callable[..., Any] = _attention_varlen
@@ -187,36 +180,6 @@ class BertWeights:
                                   (config.type_vocab_size, h)),
                    ln_g=get("embeddings.LayerNorm.weight", (h,)),
                    ln_b=get("embeddings.LayerNorm.bias", (h,)), layers=layers)
-
-
-def gelu_erf(x: F32, scratch: Tuple[F32, F32, F32]) -> None:
-    """GELU with the erf, ``x * Phi(x)``, in place on a float32 array, in
-    NumPy.  (The encoder no longer uses it: its GELU runs in the product's
-    epilogue, ``fastattn.linear(..., activation="gelu")``, which is also
-    accurate in the negative tail, where this form loses its digits.)
-
-    Phi(x) = 1 - erfc(|x|/sqrt2)/2 for x >= 0 and erfc(|x|/sqrt2)/2 below,
-    i.e. ``0.5 + copysign(0.5 - erfc/2, x)``; erfc by Abramowitz & Stegun
-    7.1.26 (its coefficients scaled by -1/2 here).  ``scratch`` holds three
-    arrays of ``x``'s shape.
-    """
-    z, t, acc = scratch
-    np.abs(x, out=z)
-    np.multiply(z, np.float32(_AS_P * _INV_SQRT2), out=t)
-    t += np.float32(1.0)
-    np.reciprocal(t, out=t)
-    np.multiply(t, np.float32(-0.5 * _AS_A[0]), out=acc)
-    for a in _AS_A[1:]:
-        acc += np.float32(-0.5 * a)
-        acc *= t
-    np.square(x, out=z)
-    z *= np.float32(-0.5)
-    np.exp(z, out=z)
-    acc *= z                      # -erfc(|x| / sqrt2) / 2
-    acc += np.float32(0.5)
-    np.copysign(acc, x, out=acc)
-    acc += np.float32(0.5)        # Phi(x)
-    x *= acc
 
 
 @functools.lru_cache(maxsize=1)
