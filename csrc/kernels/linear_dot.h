@@ -1,15 +1,22 @@
 /*
- * linear_dot.h: the dot-product blocks of the linear layer on AVX-512
- * CPUs that have them: VDPBF16PS for bfloat16 pairs (the avx512bf16
- * refinement) and VPDPBUSD for int8 quads (avx512vnni).  Included by
- * linear.h in the avx512 table only; dispatch.c sets fa_linear_args.dot
- * when the current path's refinement row says the CPU has the
- * instruction, so these are never reached on a CPU without it.
+ * linear_dot.h: the dot-product blocks of the linear layer on CPUs that
+ * have them, included by linear.h in two tables:
+ *   avx512  VDPBF16PS for bfloat16 pairs (the avx512bf16 refinement) and
+ *           VPDPBUSD for int8 quads (avx512vnni);
+ *   avx2    the VEX form of VPDPBUSD on ymm for int8 (avxvnni: Intel
+ *           client cores without AVX-512, and AMD's since Zen 5).
+ * dispatch.c sets fa_linear_args.dot when the current path's refinement
+ * row says the CPU has the instruction, so these are never reached on a
+ * CPU without it.  FA_LIN_DOT_I8 and FA_LIN_DOT_BF16 say which of the two
+ * a table has; FA_LIN_DOT, that it has their peak probe (fa_dot_probe_:
+ * each iteration does the work of 24 zmm instructions, whatever the
+ * vector width, so that the binding's count of operations holds).
  *
- * The instructions are written as inline assembly, so that the avx512
- * table keeps its flags (it must run on AVX-512 CPUs without them) and no
- * function needs a target attribute; the broadcast of x comes from memory
- * as the instruction's {1to16} operand, one instruction per row and step.
+ * The instructions are written as inline assembly, so that each table
+ * keeps its flags (it must run on CPUs of its path without them) and no
+ * function needs a target attribute; on AVX-512 the broadcast of x comes
+ * from memory as the instruction's {1to16} operand, one instruction per
+ * row and step.
  *
  * Rows: a group's rows run together (up to FA_LIN_MR accumulators), or in
  * sub-blocks of FA_LIN_DOT_RS for a group that is not full; every row gets
@@ -20,6 +27,8 @@
 
 #if FA_VBYTES == 64 && defined(__AVX512F__) && defined(__x86_64__)
 #define FA_LIN_DOT 1
+#define FA_LIN_DOT_I8 1
+#define FA_LIN_DOT_BF16 1
 #define FA_LIN_DOT_RS 4 /* rows of a sub-block of a group that is not full */
 
 #define FA_VPDPBUSD_BCAST(acc, wu, p)                                       \
@@ -192,6 +201,94 @@ static double FA_FN(fa_dot_probe_)(int kind, int64_t iters)
     return kind == 1 ? FA_FN(fa_dot_probe_bf16_)(iters) : FA_FN(fa_dot_probe_i8_)(iters);
 }
 
+#elif FA_VBYTES == 32 && defined(__AVX2__) && defined(__x86_64__)
+#define FA_LIN_DOT 1
+#define FA_LIN_DOT_I8 1
+#define FA_LIN_DOT_BF16 0
+#define FA_LIN_DOT_RS 4
+/* One panel (two ymm) at a time: FA_LIN_MR = 6 rows give 12 independent
+ * chains, and with the two weight vectors and the broadcast of x they fill
+ * the 16 ymm registers. */
+#define FA_LIN_DOT_NP 1
+
+/* The VEX encoding: the avx2 table has no AVX-512 registers, and VEX has
+ * no embedded broadcast, so x comes broadcast in a register.  ({vex}
+ * selects AVX-VNNI's form of the mnemonic; the braces are escaped because
+ * GCC reads them as assembler-dialect alternatives.) */
+#define FA_VPDPBUSD_VEX(acc, wu, xb) \
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(wu), "x"(xb))
+
+/* int8 on AVX-VNNI: the avx512 function's contract (np is 1).  The same
+ * compensation: w ^ 0x80 is w + 128 as an unsigned byte, and each block's
+ * sum starts at -128 * (the sum of its xq).  The float steps are those of
+ * fa_linear_i8_rows_ (facc from zero, one FMA per block into memory: the
+ * 12 integer sums take the registers), so the result is bitwise the same
+ * as the vpmaddubsw path's on every row. */
+FA_INLINE void FA_FN(fa_linear_i8_dot_)(const int R, const int np, const int32_t *a,
+                                         int64_t lda, const float *sc, const int32_t *su, const int8_t *w,
+                                         int64_t w_sp, int64_t kq, int64_t nb,
+                                         float (*facc)[FA_LIN_MR][FA_LIN_NR])
+{
+    (void)np;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    float *fr = facc[0][0]; /* row i at fr + i * FA_LIN_NR */
+    for (int i = 0; i < R; i++)
+        for (int h = 0; h < 2; h++) _mm256_storeu_ps(fr + i * FA_LIN_NR + 8 * h, _mm256_setzero_ps());
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t j0 = b * (FA_LIN_QB / 4);
+        const int64_t j1 = kq / 4 < j0 + FA_LIN_QB / 4 ? kq / 4 : j0 + FA_LIN_QB / 4;
+        __m256i acc[FA_LIN_MR][2];
+        for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_set1_epi32(-128 * su[b * FA_LIN_MR + i]);
+        for (int64_t j = j0; j < j1; j++) {
+            if (R <= FA_LIN_DOT_RS) /* as on AVX-512: the next panel's line */
+                _mm_prefetch((const char *)(w + w_sp + j * 64), _MM_HINT_T0);
+            const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + j * 64)), flip);
+            const __m256i w1 =
+                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + j * 64 + 32)), flip);
+            for (int i = 0; i < R; i++) {
+                const __m256i xb = _mm256_set1_epi32(a[i * lda + j]);
+                FA_VPDPBUSD_VEX(acc[i][0], w0, xb);
+                FA_VPDPBUSD_VEX(acc[i][1], w1, xb);
+            }
+        }
+        for (int i = 0; i < R; i++) {
+            const __m256 s = _mm256_set1_ps(sc[b * FA_LIN_MR + i]);
+            for (int h = 0; h < 2; h++) {
+                float *f = fr + i * FA_LIN_NR + 8 * h;
+                _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][h]), s, _mm256_loadu_ps(f)));
+            }
+        }
+    }
+}
+
+/* Peak probe (kind 2 only: the path has no bfloat16 dot product): the
+ * work of the avx512 probe's iteration (24 x 64 bytes) as 48 ymm
+ * instructions on 12 chains, as many as 16 registers hold beside the
+ * operands. */
+static double FA_FN(fa_dot_probe_)(int kind, int64_t iters)
+{
+    (void)kind;
+    __m256i a[12];
+    const __m256i b = _mm256_set1_epi32(0x01010101), c = _mm256_set1_epi32(0x02020202);
+    _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = _mm256_set1_epi32(i);
+    for (int64_t it = 0; it < iters; it++) {
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+            _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) FA_VPDPBUSD_VEX(a[i], b, c);
+        }
+    }
+    double sum = 0;
+    _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++)
+        sum += _mm_cvtsi128_si32(_mm256_castsi256_si128(a[i]));
+    return sum;
+}
+
+#else
+#define FA_LIN_DOT 0
+#define FA_LIN_DOT_I8 0
+#define FA_LIN_DOT_BF16 0
+#endif
+
+#if FA_LIN_DOT_I8 || FA_LIN_DOT_BF16
 /* Sub-blocks over a group's gr rows: full groups at once, else
  * FA_LIN_DOT_RS rows at a time (R a constant in each call). */
 #define FA_LIN_DOT_ROWS_NP(gr, np_, CALL)                                    \
@@ -215,6 +312,5 @@ static double FA_FN(fa_dot_probe_)(int kind, int64_t iters)
         else FA_LIN_DOT_ROWS_NP(gr, 1, CALL);                                \
     } while (0)
 
-#else
-#define FA_LIN_DOT 0
 #endif
+

@@ -225,7 +225,7 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
             int32_t *sums = (int32_t *)(scales + mp * nb);
             FA_FN(fa_linear_quant_)(A->x + r0 * A->ldx + k0, A->ldx, rows, kc, kq, (int8_t *)words, scales,
                                     sums);
-#if FA_LIN_DOT
+#if FA_LIN_DOT_I8
             const int step = A->dot ? FA_LIN_DOT_NP : 1;
 #else
             const int step = 1;
@@ -237,7 +237,7 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
                     const int gr = (int)(rows - g < FA_LIN_MR ? rows - g : FA_LIN_MR);
                     /* the block sums of the group's rows, panel by panel */
                     float facc[2][FA_LIN_MR][FA_LIN_NR] __attribute__((aligned(64)));
-#if FA_LIN_DOT
+#if FA_LIN_DOT_I8
                     if (A->dot) {
 #define FA_LIN_I8_DOT(R_, np_, s_)                                                   \
     FA_FN(fa_linear_i8_dot_)(R_, np_, words + (g + (s_)) * (kq / 4), kq / 4,               \
