@@ -40,7 +40,8 @@ int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void 
 
 /* The row of the registry whose kernel runs a linear layer of wtype on
  * the current path: a refinement that brings its dot product (avx512bf16,
- * avx512vnni, avxvnni), else the vector path's name. */
+ * avx512vnni, avxvnni, neon_bf16, neon_dotprod), else the vector path's
+ * name. */
 const char *fa_linear_kernel(int wtype);
 /* iters x the work of 24 zmm dot products on wtype's instruction
  * (kernels/linear_dot.h), or -1 where the current path does not use one. */

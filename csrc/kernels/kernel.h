@@ -129,7 +129,8 @@ typedef struct {
     double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */
     /* iters x the work of 24 zmm dot products (1: bfloat16 pairs, 2: int8
      * quads) on the table's instruction (kernels/linear_dot.h: avx512,
-     * avx2's AVX-VNNI), called only where the CPU has it */
+     * avx2's AVX-VNNI, neon's BFDOT and SDOT), called only where the CPU
+     * has it */
     double (*dot_probe)(int kind, int64_t iters);
     int (*lanes)(void);                 /* float32 lanes of a vector */
     /* Matrix family only: load the tile configuration on the calling
