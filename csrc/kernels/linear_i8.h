@@ -30,7 +30,9 @@
  * AVX2 has no signed-by-signed byte product: vpmaddubsw multiplies
  * unsigned by signed bytes.  |x| times w with x's sign moved onto w
  * (vpsignb) is the same product, and since both are in [-127, 127] a pair
- * sum is at most 2 * 127 * 127 < 2^15: vpmaddubsw never saturates.
+ * sum is at most 2 * 127 * 127 < 2^15: vpmaddubsw never saturates.  (The
+ * dot-product instructions, where the CPU has them, are in linear_dot.h:
+ * VPDPBUSD on zmm or on AVX-VNNI's ymm, and Arm's SDOT.)
  */
 
 /* One block of a row: n values of src (n <= FA_LIN_QB) to np >= n int8
@@ -207,7 +209,8 @@ FA_INLINE void FA_FN(fa_linear_i8_rows_)(const int R, const int32_t *a, int64_t 
 
 /* fa_linear_ for FA_LIN_I8 weights (A->w_scale: ceil(n / 16) * 16 column
  * scales); scratch as there (the words, scales and sums of a row block
- * take about a third of it).  A->dot: VPDPBUSD (linear_dot.h). */
+ * take about a third of it).  A->dot: the CPU's int8 dot product (VPDPBUSD
+ * on zmm or AVX-VNNI's ymm, or SDOT; linear_dot.h). */
 static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
 {
     const int64_t k = A->k, n = A->n, m = A->m, ldy = A->ldy;
