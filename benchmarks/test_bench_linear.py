@@ -6,7 +6,7 @@ and of BERT-base, one thread.
 
 Each product is measured against the peak of its own unit on the same
 core: float32 against ``_core.fma_peak()``, bfloat16 and int8 against
-``_core.dot_peak()`` (VDPBF16PS, VPDPBUSD) where the path uses those
+``_core.dot_peak()`` (VDPBF16PS, VPDPBUSD; BFDOT, SDOT) where the path uses those
 (``_core.linear_kernel``), else against the FMA peak (widened products).
 fastattn's int8 times include the quantization of x (per row and block of
 32 along K); NumKong's int8 is given x already quantized, untimed, and has
@@ -125,6 +125,7 @@ def peaks() -> Dict[str, Tuple[float, str]]:
         if _core.linear_kernel(dtype) == "amx":  # the real tiles (FASTATTN_ISA=amx)
             out[dtype] = (float(_core.amx_peak(dtype=dtype)), tile)
             continue
+        insn = {"neon_bf16": "bfdot", "neon_dotprod": "sdot"}.get(_core.linear_kernel(dtype), insn)
         dot = _core.dot_peak(dtype)
         out[dtype] = ((float(dot), insn) if dot is not None
                       else (fma, "FMA peak: " + _core.linear_kernel(dtype) + " widens"))

@@ -65,8 +65,11 @@ enum {
     FA_CPU_NEON = 1 << 3,       /* Advanced SIMD (baseline on aarch64) */
     FA_CPU_AMX = 1 << 4,        /* AMX-TILE + AMX-BF16, OS-enabled tile state */
     FA_CPU_AVX512VNNI = 1 << 5, /* vpdpbusd (int8 decode) */
-    FA_CPU_AMD = 1 << 6         /* vendor "AuthenticAMD" (a fact the
+    FA_CPU_AMD = 1 << 6,        /* vendor "AuthenticAMD" (a fact the
                                    bfloat16 tile policy reads) */
+    FA_CPU_AVXVNNI = 1 << 7,    /* {vex} vpdpbusd on ymm (int8 linear) */
+    FA_CPU_ASIMDDP = 1 << 8,    /* aarch64 sdot (int8 linear) */
+    FA_CPU_ARMBF16 = 1 << 9     /* aarch64 bfdot (bfloat16 linear) */
 };
 
 /* The kernel table of an architecture's kernel file, or NULL elsewhere. */
@@ -90,6 +93,24 @@ extern const fa_kernels fa_kernels_avx512vnni;
 #endif
 #if FA_ARM64
 extern const fa_kernels fa_kernels_neon;
+#endif
+
+/* The table of a refinement that brings only a linear layer's dot product:
+ * those blocks live in the path's own table (kernels/linear_dot.h, reached
+ * through fa_linear_args.dot), so the row's table has no kernel and never
+ * serves attention; it only says that the row is part of this build. */
+#if FA_X86 || FA_ARM64
+static const fa_kernels fa_kernels_linear_dot;
+#endif
+#if FA_X86
+#define FA_X86_LINEAR_DOT &fa_kernels_linear_dot
+#define FA_ARM64_LINEAR_DOT NULL
+#elif FA_ARM64
+#define FA_X86_LINEAR_DOT NULL
+#define FA_ARM64_LINEAR_DOT &fa_kernels_linear_dot
+#else
+#define FA_X86_LINEAR_DOT NULL
+#define FA_ARM64_LINEAR_DOT NULL
 #endif
 
 typedef struct fa_isa_row {
@@ -133,6 +154,12 @@ static const fa_isa_row fa_refinements[] = {
     /* int8 decode: vpdpbusd */
     {"avx512vnni", FA_CPU_AVX2 | FA_CPU_AVX512 | FA_CPU_AVX512VNNI, FA_X86_TABLE(avx512vnni),
      .refines = FA_ISA_AVX512},
+    /* the linear layer's dot products only (fa_linear_dot_row): int8 on
+     * AVX-VNNI's ymm vpdpbusd, and on aarch64 int8 on sdot and bfloat16 on
+     * bfdot */
+    {"avxvnni", FA_CPU_AVX2 | FA_CPU_AVXVNNI, FA_X86_LINEAR_DOT, .refines = FA_ISA_AVX2},
+    {"neon_dotprod", FA_CPU_NEON | FA_CPU_ASIMDDP, FA_ARM64_LINEAR_DOT, .refines = FA_ISA_NEON},
+    {"neon_bf16", FA_CPU_NEON | FA_CPU_ARMBF16, FA_ARM64_LINEAR_DOT, .refines = FA_ISA_NEON},
 };
 #define FA_REFINEMENTS ((int)(sizeof fa_refinements / sizeof fa_refinements[0]))
 
@@ -161,13 +188,34 @@ static unsigned fa_probe_cpu(void)
     const int avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
     if (avx512 && (xcr0 & 0xE0) == 0xE0) f |= FA_CPU_AVX512; /* opmask, zmm0-15, zmm16-31 */
     if ((c >> 11) & 1) f |= FA_CPU_AVX512VNNI; /* leaf 7, ecx bit 11 */
-    /* AVX512-BF16: leaf 7, subleaf 1, eax bit 5 */
-    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) f |= FA_CPU_AVX512BF16;
+    /* leaf 7, subleaf 1, eax: AVX-VNNI bit 4 (the ymm state checked above),
+     * AVX512-BF16 bit 5 */
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+        if ((a >> 4) & 1) f |= FA_CPU_AVXVNNI;
+        if ((a >> 5) & 1) f |= FA_CPU_AVX512BF16;
+    }
     /* the tiles: cpuid and XCR0 only; the permission comes at first use */
     fa_amx_facts facts;
     const char *why;
     fa_amx_read_facts(&facts);
     if (fa_amx_cpu_ok(&facts, &why)) f |= FA_CPU_AMX;
+    return f;
+}
+#elif FA_ARM64 && defined(__linux__)
+#include <sys/auxv.h>
+/* The kernel's hardware capabilities (the numbers of <asm/hwcap.h>, for
+ * C libraries whose headers predate them). */
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#ifndef HWCAP2_BF16
+#define HWCAP2_BF16 (1UL << 14)
+#endif
+static unsigned fa_probe_cpu(void)
+{
+    unsigned f = FA_CPU_NEON;
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) f |= FA_CPU_ASIMDDP;
+    if (getauxval(AT_HWCAP2) & HWCAP2_BF16) f |= FA_CPU_ARMBF16;
     return f;
 }
 #else
@@ -353,13 +401,16 @@ void fa_tanh_f32(const float *x, float *y, int64_t n) { fa_current_table()->tanh
 void fa_tanh_f64(const double *x, double *y, int64_t n) { fa_current_table()->tanh_f64(x, y, n); }
 
 /* The refinement of the current vector path that brings the dot product
- * of a linear layer's wtype (avx512bf16: VDPBF16PS on bfloat16 pairs,
- * avx512vnni: VPDPBUSD on int8 quads; kernels/linear_dot.h, compiled into
- * the avx512 table), or NULL when the CPU lacks it or the path is another. */
+ * of a linear layer's wtype (kernels/linear_dot.h, compiled into the
+ * path's own table): on avx512, avx512bf16 (VDPBF16PS on bfloat16 pairs)
+ * and avx512vnni (VPDPBUSD on int8 quads); on avx2, avxvnni (int8); on
+ * neon, neon_bf16 (BFDOT) and neon_dotprod (SDOT, int8).  NULL when the
+ * CPU lacks it or the path has none. */
 static const fa_isa_row *fa_linear_dot_row(int wtype)
 {
-    const unsigned need = wtype == FA_LIN_BF16 ? FA_CPU_AVX512BF16
-                          : wtype == FA_LIN_I8 ? FA_CPU_AVX512VNNI : 0;
+    const unsigned need = wtype == FA_LIN_BF16 ? FA_CPU_AVX512BF16 | FA_CPU_ARMBF16
+                          : wtype == FA_LIN_I8 ? FA_CPU_AVX512VNNI | FA_CPU_AVXVNNI | FA_CPU_ASIMDDP
+                                               : 0;
     const fa_isa_row *path = fa_path_row((int)fa_get_isa());
     if (path->falls_back) path = path->falls_back;
     for (int i = 0; need && i < FA_REFINEMENTS; i++) {

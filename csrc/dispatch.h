@@ -40,10 +40,11 @@ int fa_linear_f32(const float *x, int64_t m, int64_t k, int64_t ldx, const void 
 
 /* The row of the registry whose kernel runs a linear layer of wtype on
  * the current path: a refinement that brings its dot product (avx512bf16,
- * avx512vnni), else the vector path's name. */
+ * avx512vnni, avxvnni, neon_bf16, neon_dotprod), else the vector path's
+ * name. */
 const char *fa_linear_kernel(int wtype);
-/* iters x 12 zmm dot products of wtype's instruction (kernels/linear_dot.h),
- * or -1 where the current path does not use one. */
+/* iters x the work of 24 zmm dot products on wtype's instruction
+ * (kernels/linear_dot.h), or -1 where the current path does not use one. */
 double fa_dot_probe(int wtype, int64_t iters);
 
 /* y = LayerNorm(x + residual) * g + b over m rows of n (kernels/linear.h),

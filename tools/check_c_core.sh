@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the C core without Python and run csrc/test/test_core.c on every ISA
-# path the CPU supports.  CC may name a cross compiler; RUN a runner, e.g.
+# Build the C core without Python and run csrc/test/test_core.c (attention)
+# and csrc/test/test_linear.c (the linear layer) on every ISA path the CPU
+# supports.  CC may name a cross compiler; RUN a runner, e.g.
 #   CC=aarch64-linux-gnu-gcc RUN="qemu-aarch64 -L /usr/aarch64-linux-gnu" tools/check_c_core.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +19,8 @@ compile() { "$CC" "${flags[@]}" "$@"; }
 kernel_objects "$out" core "${flags[@]}"
 compile csrc/test/test_core.c csrc/attention.c csrc/dispatch.c csrc/amx/amx_gate.c \
     csrc/amx/amx_emu.c csrc/amx/tile_canary.c "${KERNEL_OBJS[@]}" -Icsrc -o "$out/test_core" -lm
+compile csrc/test/test_linear.c csrc/attention.c csrc/dispatch.c csrc/amx/amx_gate.c \
+    csrc/amx/amx_emu.c csrc/amx/tile_canary.c "${KERNEL_OBJS[@]}" -Icsrc -o "$out/test_linear" -lm
 echo "== $arch"
 $RUN "$out/test_core"
+$RUN "$out/test_linear"

@@ -151,8 +151,10 @@ typedef struct {
     fa_linear_f32_fn linear_f32;        /* the row-invariant float32 GEMM */
     fa_layer_norm_f32_fn layer_norm_f32; /* residual add + LayerNorm, by rows */
     double (*fma_probe)(int64_t iters); /* iters x 12 float32 vector FMAs */
-    /* iters x 12 zmm dot products (1: VDPBF16PS, 2: VPDPBUSD); avx512 only,
-     * called only where the CPU has them (kernels/linear_dot.h) */
+    /* iters x the work of 24 zmm dot products (1: bfloat16 pairs, 2: int8
+     * quads) on the table's instruction (kernels/linear_dot.h: avx512,
+     * avx2's AVX-VNNI, neon's BFDOT and SDOT), called only where the CPU
+     * has it */
     double (*dot_probe)(int kind, int64_t iters);
     int (*lanes)(void);                 /* float32 lanes of a vector */
     /* Matrix family only: load the tile configuration on the calling

@@ -297,9 +297,9 @@ FA_INLINE const void *FA_FN(fa_lin_panel_)(const fa_linear_args *A, int64_t p, i
 #include "linear_dot.h"
 #include "linear_i8.h"
 
-#if FA_LIN_DOT
+#if FA_LIN_DOT_BF16
 /* One row block [r0, r0 + rows) and K block [k0, k0 + kc) of a bfloat16
- * call on VDPBF16PS (A->dot): x packed as pairs, every group (full or
+ * call on the bfloat16 dot product (A->dot: VDPBF16PS or BFDOT): x packed as pairs, every group (full or
  * not) through fa_linear_bf16_dot_, panel by panel. */
 static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int64_t rows,
                                         int64_t k0, int64_t kc, int64_t kp, int64_t k_pad,
@@ -327,6 +327,9 @@ static void FA_FN(fa_linear_bf16_dots_)(const fa_linear_args *A, int64_t r0, int
     }
 }
 
+#endif
+
+#if FA_LIN_TILES
 /* The same on the matrix units (A->tiles, linear_tiles.h): kp a multiple
  * of 32 (a tile step; the pairs past kc are zero), FA_LIN_TILE_ROWS rows
  * (the missing ones zero) and two panels a tile GEMM, whose float32 block
@@ -368,7 +371,7 @@ static void FA_FN(fa_linear_bf16_tiles_)(const fa_linear_args *A, int64_t r0, in
  * fa_linear_args), W packed as above: ceil(n / 16) panels of k x 16
  * float32, or (FA_LIN_BF16) of kp / 2 x 16 bfloat16 pairs (kp: k rounded up
  * to FA_LIN_KALIGN, the pad zero);
- * scratch holds (min(m, FA_LIN_MC) + 12) * FA_LIN_SCRATCH_ROW floats
+ * scratch holds (min(m, FA_LIN_MC) + FA_LIN_TILE_ROWS) * FA_LIN_SCRATCH_ROW floats
  * (enough for the row block rounded up to FA_LIN_MR, times the largest
  * packed row, kernel.h). */
 static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
@@ -386,7 +389,9 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
         return;
     }
     /* bfloat16 pairs on VDPBF16PS pack 2 bytes a value: longer K blocks */
-    const int64_t kcb = FA_LIN_DOT && bf16 && (A->dot || A->tiles) ? FA_LIN_KC_PAIRS : FA_LIN_KC;
+    const int64_t kcb = (FA_LIN_DOT_BF16 || FA_LIN_TILES) && bf16 && (A->dot || A->tiles)
+                            ? FA_LIN_KC_PAIRS
+                            : FA_LIN_KC;
     for (int64_t k0 = 0; k0 < k; k0 += kcb) {
         const int64_t kc = k - k0 < kcb ? k - k0 : kcb;
         /* the K blocks are even, or whole tile steps */
@@ -396,12 +401,14 @@ static void FA_FN(fa_linear_)(const fa_linear_args *A, float *scratch)
         const int first = k0 == 0, last = k0 + kc == k;
         for (int64_t r0 = 0; r0 < m; r0 += FA_LIN_MC) {
             const int64_t rows = m - r0 < FA_LIN_MC ? m - r0 : FA_LIN_MC;
-#if FA_LIN_DOT
+#if FA_LIN_TILES
             if (bf16 && A->tiles) {
                 FA_FN(fa_linear_bf16_tiles_)(A, r0, rows, k0, kc, kp, k_pad, first, last,
                                              (uint32_t *)scratch);
                 continue;
             }
+#endif
+#if FA_LIN_DOT_BF16
             if (bf16 && A->dot) {
                 FA_FN(fa_linear_bf16_dots_)(A, r0, rows, k0, kc, kp, k_pad, first, last,
                                             (uint32_t *)scratch);

@@ -30,7 +30,9 @@
  * AVX2 has no signed-by-signed byte product: vpmaddubsw multiplies
  * unsigned by signed bytes.  |x| times w with x's sign moved onto w
  * (vpsignb) is the same product, and since both are in [-127, 127] a pair
- * sum is at most 2 * 127 * 127 < 2^15: vpmaddubsw never saturates.
+ * sum is at most 2 * 127 * 127 < 2^15: vpmaddubsw never saturates.  (The
+ * dot-product instructions, where the CPU has them, are in linear_dot.h:
+ * VPDPBUSD on zmm or on AVX-VNNI's ymm, and Arm's SDOT.)
  */
 
 /* One block of a row: n values of src (n <= FA_LIN_QB) to np >= n int8
@@ -227,7 +229,7 @@ FA_INLINE void FA_FN(fa_linear_i8_out_)(const fa_linear_args *A, const float *f,
     }
 }
 
-#if FA_LIN_DOT
+#if FA_LIN_TILES
 /* One row block (rows rows from r0, quantized: row i's bytes at a + i *
  * kq, scales and sums in fa_linear_quant_'s layout) of an int8 call on
  * the matrix units (A->tiles, linear_tiles.h): FA_LIN_TILE_ROWS rows and
@@ -262,8 +264,9 @@ static void FA_FN(fa_linear_i8_tiles_)(const fa_linear_args *A, int64_t r0, int6
 
 /* fa_linear_ for FA_LIN_I8 weights (A->w_scale: ceil(n / 16) * 16 column
  * scales); scratch as there (the words, scales and sums of a row block
- * take about a third of it).  A->dot: VPDPBUSD (linear_dot.h); A->tiles:
- * the matrix units (linear_tiles.h). */
+ * take about a third of it).  A->dot: the CPU's int8 dot product (VPDPBUSD
+ * on zmm or AVX-VNNI's ymm, or SDOT; linear_dot.h); A->tiles: the matrix
+ * units (linear_tiles.h). */
 static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
 {
     const int64_t k = A->k, m = A->m;
@@ -288,13 +291,15 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
             int32_t *sums = (int32_t *)(scales + mp * nb);
             FA_FN(fa_linear_quant_)(A->x + r0 * A->ldx + k0, A->ldx, rows, mp, kc, kq,
                                     (int8_t *)words, scales, sums);
-#if FA_LIN_DOT
+#if FA_LIN_TILES
             if (A->tiles) {
                 FA_FN(fa_linear_i8_tiles_)(A, r0, rows, (const int8_t *)words, scales, kq, nb,
                                            packed + k0 * FA_LIN_NR, k_pad * FA_LIN_NR, first,
                                            last);
                 continue;
             }
+#endif
+#if FA_LIN_DOT_I8
             const int step = A->dot ? FA_LIN_DOT_NP : 1;
 #else
             const int step = 1;
@@ -306,7 +311,7 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
                     const int gr = (int)(rows - g < FA_LIN_MR ? rows - g : FA_LIN_MR);
                     /* the block sums of the group's rows, panel by panel */
                     float facc[2][FA_LIN_MR][FA_LIN_NR] __attribute__((aligned(64)));
-#if FA_LIN_DOT
+#if FA_LIN_DOT_I8
                     if (A->dot) {
 #define FA_LIN_I8_DOT(R_, np_, s_)                                                   \
     FA_FN(fa_linear_i8_dot_)(R_, np_, words + (g + (s_)) * (kq / 4), kq / 4,               \

@@ -119,9 +119,10 @@ def linear_f32(x, packed, bias, out, residual=None, activation=None, int num_thr
 
 def linear_kernel(str dtype):
     """The registry row that runs a linear layer of dtype ("float32",
-    "bfloat16" or "int8") on the current path: "avx512bf16" or
-    "avx512vnni" where the CPU's dot product serves it, else the vector
-    path's name."""
+    "bfloat16" or "int8") on the current path: where the CPU's dot product
+    serves it, the refinement that brings it ("avx512bf16", "avx512vnni"
+    on avx512; "avxvnni" for int8 on avx2; "neon_bf16", "neon_dotprod" on
+    neon), else the vector path's name."""
     cdef int wtype = {"float32": 0, "bfloat16": 1, "int8": 2}[dtype]
     return fa_linear_kernel(wtype).decode()
 

@@ -69,10 +69,10 @@ def fma_peak(isa=None, double seconds=0.2):
 
 def dot_peak(str dtype, double seconds=0.2):
     """The peak of one core's dot-product instruction for a linear layer of
-    ``dtype`` on the current path: VDPBF16PS ("bfloat16", GFLOP/s, two per
-    product) or VPDPBUSD ("int8", GOP/s), 24 independent chains timed for
-    about ``seconds`` (best of three).  None where the path does not use
-    one (see linear_kernel)."""
+    ``dtype`` on the current path: VDPBF16PS or BFDOT ("bfloat16", GFLOP/s,
+    two per product), VPDPBUSD (zmm, or AVX-VNNI's ymm) or SDOT ("int8",
+    GOP/s), independent chains timed for about ``seconds`` (best of
+    three).  None where the path does not use one (see linear_kernel)."""
     import time
     cdef int wtype = {"bfloat16": 1, "int8": 2}[dtype]
     cdef int64_t iters = 1 << 14

@@ -196,3 +196,45 @@ def test_int8_on_the_tiles_is_the_vector_paths_bits(rng, m, k, n):
         fastattn._core.set_isa(before)
     assert got["amx_emu"][1:] == ("amx_emu", "amx_emu", "avx512")
     assert np.array_equal(got["amx_emu"][0], got["avx512"][0])
+
+
+# The rows that may run int8 on each path: the path's own block, or the
+# refinement that brings the CPU's dot product; on the matrix-unit paths
+# their tiles (amx only with AMX-INT8, else avx512's table).
+INT8_ROWS = {"scalar": {"scalar"}, "avx2": {"avx2", "avxvnni"},
+             "avx512": {"avx512", "avx512vnni"}, "amx": {"amx", "avx512", "avx512vnni"},
+             "amx_emu": {"amx_emu"}, "neon": {"neon", "neon_dotprod"}}
+
+
+def test_int8_kernel_is_a_row_of_its_path(isa):
+    from fastattn import _core
+    kernel = _core.linear_kernel("int8")
+    assert kernel in INT8_ROWS[isa], (isa, kernel)
+    # a dot product has its peak probe; a path's own block has none
+    assert (_core.dot_peak("int8", seconds=0.01) is None) == (kernel in ("scalar", "avx2",
+                                                                           "avx512", "neon"))
+
+
+def test_int8_is_bitwise_the_same_on_every_vector_path(rng):
+    """The block sums are exact on every path (vpmaddubsw, vpdpbusd on zmm
+    or on AVX-VNNI's ymm, sdot) and the float steps are the same (one fused
+    multiply-add a block, the column scale, the bias), so the vector paths
+    agree to the bit.  (The scalar path may not fuse: x86-64's baseline has
+    no FMA.)  csrc/test/test_linear.c compares a path's dot-product block
+    with its other int8 block the same way."""
+    from fastattn import _core
+    x, w, b = _problem(rng, 37, 1100, 40)
+    p = pack_linear(w, b, dtype="int8")
+    before = _core.get_isa()
+    results = {}
+    try:
+        for path in _core.isa_available():
+            if path == "scalar":
+                continue
+            _core.set_isa(path)
+            results[(path, _core.linear_kernel("int8"))] = linear(x, p)
+    finally:
+        _core.set_isa(before)
+    first = next(iter(results.values()), None)
+    for key, y in results.items():
+        assert np.array_equal(y, first), key
