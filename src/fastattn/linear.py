@@ -485,6 +485,8 @@ def _rows_view(a: NDArray[Any]) -> Optional[NDArray[Any]]:
     """``a`` viewed as (rows, last dim), aligned, with adjacent elements in
     a row and rows at a non-negative multiple of the itemsize that does not
     overlap them; None where its layout does not allow that without a copy."""
+    if a.ndim == 2 and a.flags.c_contiguous and a.flags.aligned:
+        return a  # the common case, in a fraction of the general checks' time
     n = a.shape[-1]
     m = math.prod(a.shape[:-1])
     v = a.reshape(m, n)
