@@ -318,6 +318,12 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
                              scales + g * nb + (s_),                                      \
                              sums + g * nb + (s_), w, k_pad * FA_LIN_NR, kq, nb,           \
                              (float(*)[FA_LIN_MR][FA_LIN_NR])facc[0][s_])
+#if FA_LIN_I8_HALVES /* a full group as two halves (linear_dot.h) */
+                        if (gr == FA_LIN_MR && np == FA_LIN_DOT_NP) {
+                            FA_LIN_I8_DOT(FA_LIN_MR / 2, FA_LIN_DOT_NP, 0);
+                            FA_LIN_I8_DOT(FA_LIN_MR / 2, FA_LIN_DOT_NP, FA_LIN_MR / 2);
+                        } else
+#endif
                         FA_LIN_DOT_ROWS(gr, np, FA_LIN_I8_DOT);
 #undef FA_LIN_I8_DOT
                     } else
