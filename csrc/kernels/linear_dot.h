@@ -491,11 +491,15 @@ static void FA_FN(fa_linear_pack_pairs_)(const float *x, int64_t ldx, int64_t m,
 #endif
 
 #if FA_LIN_DOT_I8 || FA_LIN_DOT_BF16
-/* Sub-blocks over a group's gr rows: full groups at once, else
+/* A call of at most this many rows reads each weight once, from memory:
+ * its groups run as sub-blocks, which prefetch the next panels. */
+#define FA_LIN_STREAM_ROWS 16
+/* Sub-blocks over a group's gr rows (A the call's fa_linear_args): full
+ * groups at once, else (and in a call of at most FA_LIN_STREAM_ROWS rows)
  * FA_LIN_DOT_RS rows at a time (R a constant in each call). */
 #define FA_LIN_DOT_ROWS_NP(gr, np_, CALL)                                    \
     do {                                                                     \
-        if ((gr) == FA_LIN_MR) {                                             \
+        if ((gr) == FA_LIN_MR && A->m > FA_LIN_STREAM_ROWS) {                \
             CALL(FA_LIN_MR, np_, 0);                                         \
         } else                                                               \
             for (int s_ = 0; s_ < (gr); s_ += FA_LIN_DOT_RS) {               \

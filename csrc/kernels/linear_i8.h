@@ -319,7 +319,7 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
                              sums + g * nb + (s_), w, k_pad * FA_LIN_NR, kq, nb,           \
                              (float(*)[FA_LIN_MR][FA_LIN_NR])facc[0][s_])
 #if FA_LIN_I8_HALVES /* a full group as two halves (linear_dot.h) */
-                        if (gr == FA_LIN_MR && np == FA_LIN_DOT_NP) {
+                        if (gr == FA_LIN_MR && np == FA_LIN_DOT_NP && A->m > FA_LIN_STREAM_ROWS) {
                             FA_LIN_I8_DOT(FA_LIN_MR / 2, FA_LIN_DOT_NP, 0);
                             FA_LIN_I8_DOT(FA_LIN_MR / 2, FA_LIN_DOT_NP, FA_LIN_MR / 2);
                         } else
