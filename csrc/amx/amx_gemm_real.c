@@ -29,10 +29,13 @@ int fa_amx_gemm_bf16_amx(int m, int64_t n, int64_t k, const uint16_t *a, int64_t
     return 0;
 }
 
-double fa_amx_tdpbf16ps_probe(int64_t iters)
+/* iters rounds of four independent tile products (TDPBSSD where int8,
+ * else TDPBF16PS) on loaded tiles of zeros (no subnormal, no NaN), in
+ * G operations per second: 16 x 16 x 32 bfloat16 or 16 x 16 x 64 byte
+ * products a tile step.  Four accumulator chains hide the latency. */
+static double fa_amx_dp_probe(int int8, int64_t iters)
 {
-    if (!fa_amx_available() || iters <= 0) return -1;
-    static _Alignas(64) uint16_t src[16 * 32]; /* zeros: no subnormal, no NaN */
+    static _Alignas(64) uint8_t src[16 * 64]; /* one tile of 16 rows x 64 bytes */
     fa_tile_gemm_config();
     FA_TILE_ZERO(0);
     FA_TILE_ZERO(1);
@@ -42,46 +45,34 @@ double fa_amx_tdpbf16ps_probe(int64_t iters)
     FA_TILE_LOAD(5, src, 64);
     FA_TILE_LOAD(6, src, 64);
     FA_TILE_LOAD(7, src, 64);
+#define FA_AMX_PROBE_ROUNDS(DP)                  \
+    for (int64_t i = 0; i < iters; i++) {        \
+        DP(0, 4, 6);                             \
+        DP(1, 4, 7);                             \
+        DP(2, 5, 6);                             \
+        DP(3, 5, 7);                             \
+    }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int64_t i = 0; i < iters; i++) {
-        /* four independent accumulator chains hide the instruction latency */
-        FA_TILE_DPBF16PS(0, 4, 6);
-        FA_TILE_DPBF16PS(1, 4, 7);
-        FA_TILE_DPBF16PS(2, 5, 6);
-        FA_TILE_DPBF16PS(3, 5, 7);
-    }
+    if (int8) FA_AMX_PROBE_ROUNDS(FA_TILE_DPBSSD)
+    else FA_AMX_PROBE_ROUNDS(FA_TILE_DPBF16PS)
     clock_gettime(CLOCK_MONOTONIC, &t1);
+#undef FA_AMX_PROBE_ROUNDS
     FA_TILE_RELEASE();
     const double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    return sec > 0 ? (double)iters * 4.0 * 16384.0 / sec * 1e-9 : -1;
+    return sec > 0 ? (double)iters * 4.0 * (int8 ? 32768.0 : 16384.0) / sec * 1e-9 : -1;
+}
+
+double fa_amx_tdpbf16ps_probe(int64_t iters)
+{
+    if (!fa_amx_available() || iters <= 0) return -1;
+    return fa_amx_dp_probe(0, iters);
 }
 
 double fa_amx_tdpbssd_probe(int64_t iters)
 {
     if (!fa_amx_available() || !fa_amx_int8_available() || iters <= 0) return -1;
-    static _Alignas(64) int8_t src[16 * 64]; /* zeros */
-    fa_tile_gemm_config(); /* 16 x 64 bytes: 16 x 16 x 64 products a tile step */
-    FA_TILE_ZERO(0);
-    FA_TILE_ZERO(1);
-    FA_TILE_ZERO(2);
-    FA_TILE_ZERO(3);
-    FA_TILE_LOAD(4, src, 64);
-    FA_TILE_LOAD(5, src, 64);
-    FA_TILE_LOAD(6, src, 64);
-    FA_TILE_LOAD(7, src, 64);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int64_t i = 0; i < iters; i++) {
-        FA_TILE_DPBSSD(0, 4, 6);
-        FA_TILE_DPBSSD(1, 4, 7);
-        FA_TILE_DPBSSD(2, 5, 6);
-        FA_TILE_DPBSSD(3, 5, 7);
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    FA_TILE_RELEASE();
-    const double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    return sec > 0 ? (double)iters * 4.0 * 32768.0 / sec * 1e-9 : -1;
+    return fa_amx_dp_probe(1, iters);
 }
 #else
 int fa_amx_real_compiled(void) { return 0; }
