@@ -101,7 +101,10 @@ FA_INLINE void FA_FN(fa_linear_i8_dot_)(const int R, const int np, const int32_t
         }
         for (int i = 0; i < R; i++) {
             const VT s = (VT)_mm512_set1_ps(sc[b * FA_LIN_MR + i]);
-            for (int p = 0; p < np; p++) f[p][i] += (VT)_mm512_cvtepi32_ps(acc[p][i]) * s;
+            /* one fused multiply-add, written out: every int8 block of
+             * every path takes exactly this step, at any optimization */
+            for (int p = 0; p < np; p++)
+                f[p][i] = (VT)_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[p][i]), (__m512)s, (__m512)f[p][i]);
         }
     }
     for (int p = 0; p < np; p++)

@@ -86,12 +86,12 @@ static void FA_MX_NAME(fa_lin_tiles_i8, FA_ISA_NAME)(const int8_t *a, int64_t ld
         FA_TILE_STORE(0, &blk[0][0], sizeof blk[0]);
         FA_TILE_STORE(2, &blk[16][0], sizeof blk[0]);
         /* as the vector paths: f = f + (float)sum * scale, one fused
-         * multiply-add (this file has FMA, and C contracts the expression
-         * as it does there) */
+         * multiply-add, written out */
         for (int p = 0; p < np; p++)
             for (int r = 0; r < FA_LIN_TILE_ROWS; r++) {
                 const float s = sc[b * FA_LIN_TILE_ROWS + r];
-                for (int c = 0; c < 16; c++) f[p][r][c] += (float)blk[r][16 * p + c] * s;
+                for (int c = 0; c < 16; c++)
+                    f[p][r][c] = __builtin_fmaf((float)blk[r][16 * p + c], s, f[p][r][c]);
             }
     }
 }
