@@ -359,17 +359,26 @@ fa_kernel_fn fa_dispatch(fa_family family, fa_dtype dtype, const char **source)
     return row->kernels->kernel[family][dtype];
 }
 
+/* Whether the tile products of a matrix-unit row may run now: never
+ * while this thread computes the self-test's reference; on the real tiles
+ * only with the kernel's permission (requested here, once), with the
+ * extension the product needs (fp16: TDPFP16PS, AMX-FP16; int8: TDPBSSD,
+ * AMX-INT8), and once they have passed the self-test (run here on first
+ * use).  The emulation needs none of these. */
+static int fa_tiles_may_run(const fa_isa_row *row, int fp16, int int8)
+{
+    if (fa_canary_matrix_off()) return 0;
+    if (!(row->features & FA_CPU_AMX)) return 1;
+    if (!fa_amx_available()) return 0;
+    if ((fp16 && !fa_amx_fp16_available()) || (int8 && !fa_amx_int8_available())) return 0;
+    return fa_tile_canary_ok();
+}
+
 int fa_matrix_usable(fa_dtype dtype, const fa_kernels **table)
 {
-    if (fa_canary_matrix_off()) return 0; /* the self-test's reference */
     const fa_isa_row *row = fa_serving_row(FA_FAMILY_MATRIX, dtype);
     if (!row->kernels || !row->kernels->kernel[FA_FAMILY_MATRIX][dtype]) return 0;
-    /* the real tiles: the kernel's permission, requested here, once */
-    if (row->features & FA_CPU_AMX && !fa_amx_available()) return 0;
-    /* float16 on the real tiles: TDPFP16PS needs AMX-FP16 as well */
-    if (row->features & FA_CPU_AMX && dtype == FA_F16 && !fa_amx_fp16_available()) return 0;
-    /* and they have passed the self-test (run here on first use) */
-    if (row->features & FA_CPU_AMX && !fa_tile_canary_ok()) return 0;
+    if (!fa_tiles_may_run(row, dtype == FA_F16, 0)) return 0;
     if (table) *table = row->kernels;
     return 1;
 }
@@ -424,19 +433,12 @@ static const fa_isa_row *fa_linear_dot_row(int wtype)
 
 /* The matrix units' products for a linear layer of wtype
  * (kernels/linear_tiles.h), or NULL: bfloat16 and int8 on a matrix-unit
- * path, the real tiles only where the gate granted them and the self-test
- * passed (as for attention, fa_matrix_usable), and int8 only where the
- * CPU also has AMX-INT8. */
+ * path whose tiles may run (as for attention), int8 only with AMX-INT8. */
 static const fa_lin_tiles *fa_linear_tiles(int wtype)
 {
     const fa_isa_row *path = fa_path_row((int)fa_get_isa());
     if (wtype == FA_LIN_F32 || !path->kernels || !path->kernels->lin_tiles) return NULL;
-    if (fa_canary_matrix_off()) return NULL; /* the self-test's reference */
-    if (path->features & FA_CPU_AMX) {
-        if (!fa_amx_available() || !fa_tile_canary_ok()) return NULL;
-        if (wtype == FA_LIN_I8 && !fa_amx_int8_available()) return NULL;
-    }
-    return path->kernels->lin_tiles;
+    return fa_tiles_may_run(path, 0, wtype == FA_LIN_I8) ? path->kernels->lin_tiles : NULL;
 }
 
 const char *fa_linear_kernel(int wtype)
