@@ -294,6 +294,29 @@ FA_INLINE const void *FA_FN(fa_lin_panel_)(const fa_linear_args *A, int64_t p, i
                                    : (const void *)((const float *)A->packed + off);
 }
 
+/* A block of finished float32 sums to y: gr <= FA_LIN_MR rows from row r
+ * (row i of panel p at f + p * fsp + i * fst), np panels from panel pc on,
+ * each times the column scales where scale is not NULL (int8); the store
+ * and, after the last K block, the epilogue. */
+FA_INLINE void FA_FN(fa_linear_out_)(const fa_linear_args *A, const float *f, int64_t fsp,
+                                      int64_t fst, int gr, int64_t r, int64_t pc, int np,
+                                      int first, int last, const float *scale)
+{
+    for (int p = 0; p < np; p++) {
+        const int64_t c0 = (pc + p) * FA_LIN_NR;
+        const int cols = (int)(A->n - c0 < FA_LIN_NR ? A->n - c0 : FA_LIN_NR);
+        VT acc[FA_LIN_MR][FA_LIN_NV];
+        for (int i = 0; i < gr; i++)
+            for (int v = 0; v < FA_LIN_NV; v++) {
+                acc[i][v] = FA_FN(fa_loadu_)(f + p * fsp + i * fst + v * VL);
+                if (scale) acc[i][v] = acc[i][v] * FA_FN(fa_loadu_)(scale + c0 + v * VL);
+            }
+        const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r, c0);
+        FA_FN(fa_linear_store_)(acc, A->y + r * A->ldy + c0, A->ldy, gr, cols, first,
+                                last ? &ep : NULL);
+    }
+}
+
 #include "linear_dot.h"
 #include "linear_i8.h"
 
@@ -343,7 +366,6 @@ static void FA_FN(fa_linear_bf16_tiles_)(const fa_linear_args *A, int64_t r0, in
     FA_FN(fa_linear_pack_pairs_)(A->x + r0 * A->ldx + k0, A->ldx, rows, mt, kc, kp, pairs);
     for (int64_t pc = A->p0; pc < A->p1; pc += 2) {
         const int np = A->p1 - pc < 2 ? 1 : 2;
-        const int64_t c0 = pc * FA_LIN_NR;
         const uint16_t *w = (const uint16_t *)FA_FN(fa_lin_panel_)(A, pc, k_pad, k0);
         for (int64_t g = 0; g < rows; g += FA_LIN_TILE_ROWS) {
             A->tiles->bf16((const uint16_t *)(pairs + g * (kp / 2)), kp, w, k_pad * FA_LIN_NR, kp,
@@ -351,16 +373,8 @@ static void FA_FN(fa_linear_bf16_tiles_)(const fa_linear_args *A, int64_t r0, in
             for (int s = 0; s < FA_LIN_TILE_ROWS && g + s < rows; s += FA_LIN_MR) {
                 const int gr = (int)(rows - g - s < FA_LIN_MR ? rows - g - s : FA_LIN_MR);
                 const int gt = FA_LIN_TILE_ROWS - s < gr ? FA_LIN_TILE_ROWS - s : gr;
-                for (int p = 0; p < np; p++) {
-                    const int64_t cp = c0 + p * FA_LIN_NR;
-                    const int cols = (int)(A->n - cp < FA_LIN_NR ? A->n - cp : FA_LIN_NR);
-                    VT acc[FA_LIN_MR][FA_LIN_NV];
-                    for (int i = 0; i < gt; i++)
-                        acc[i][0] = FA_FN(fa_loadu_)(c + (s + i) * 2 * FA_LIN_NR + p * FA_LIN_NR);
-                    const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r0 + g + s, cp);
-                    FA_FN(fa_linear_store_)(acc, A->y + (r0 + g + s) * A->ldy + cp, A->ldy, gt,
-                                            cols, first, last ? &ep : NULL);
-                }
+                FA_FN(fa_linear_out_)(A, c + s * 2 * FA_LIN_NR, FA_LIN_NR, 2 * FA_LIN_NR, gt,
+                                      r0 + g + s, pc, np, first, last, NULL);
             }
         }
     }

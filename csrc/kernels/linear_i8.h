@@ -208,27 +208,6 @@ FA_INLINE void FA_FN(fa_linear_i8_rows_)(const int R, const int32_t *a, int64_t 
     }
 }
 
-/* The float32 block sums of gr <= FA_LIN_MR rows (row i of panel p at
- * f + p * fsp + 16 * i) times the column scales, to y from row r and panel
- * pc on (np panels): the store and, after the last K block, the epilogue. */
-FA_INLINE void FA_FN(fa_linear_i8_out_)(const fa_linear_args *A, const float *f, int64_t fsp,
-                                         int gr, int64_t r, int64_t pc, int np, int first,
-                                         int last)
-{
-    for (int p = 0; p < np; p++) {
-        const int64_t c0 = (pc + p) * FA_LIN_NR;
-        const int cols = (int)(A->n - c0 < FA_LIN_NR ? A->n - c0 : FA_LIN_NR);
-        VT acc[FA_LIN_MR][FA_LIN_NV];
-        for (int i = 0; i < gr; i++)
-            for (int v = 0; v < FA_LIN_NV; v++)
-                acc[i][v] = FA_FN(fa_loadu_)(f + p * fsp + FA_LIN_NR * i + v * VL)
-                            * FA_FN(fa_loadu_)(A->w_scale + c0 + v * VL);
-        const FA_FN(fa_lin_ep_) ep = FA_FN(fa_lin_ep_at_)(A, r, c0);
-        FA_FN(fa_linear_store_)(acc, A->y + r * A->ldy + c0, A->ldy, gr, cols, first,
-                                last ? &ep : NULL);
-    }
-}
-
 #if FA_LIN_TILES
 /* One row block (rows rows from r0, quantized: row i's bytes at a + i *
  * kq, scales and sums in fa_linear_quant_'s layout) of an int8 call on
@@ -254,8 +233,8 @@ static void FA_FN(fa_linear_i8_tiles_)(const fa_linear_args *A, int64_t r0, int6
             for (int s = 0; s < FA_LIN_TILE_ROWS && g + s < rows; s += FA_LIN_MR) {
                 const int gr = (int)(rows - g - s < FA_LIN_MR ? rows - g - s : FA_LIN_MR);
                 const int gt = FA_LIN_TILE_ROWS - s < gr ? FA_LIN_TILE_ROWS - s : gr;
-                FA_FN(fa_linear_i8_out_)(A, f[0][s], FA_LIN_TILE_ROWS * 16, gt, r0 + g + s, pc,
-                                         np, first, last);
+                FA_FN(fa_linear_out_)(A, f[0][s], FA_LIN_TILE_ROWS * 16, FA_LIN_NR, gt,
+                                      r0 + g + s, pc, np, first, last, A->w_scale);
             }
         }
     }
@@ -341,8 +320,8 @@ static void FA_FN(fa_linear_i8_)(const fa_linear_args *A, float *scratch)
                             }
                         }
                     }
-                    FA_FN(fa_linear_i8_out_)(A, facc[0][0], FA_LIN_MR * FA_LIN_NR, gr, r0 + g, pc,
-                                             np, first, last);
+                    FA_FN(fa_linear_out_)(A, facc[0][0], FA_LIN_MR * FA_LIN_NR, FA_LIN_NR, gr,
+                                          r0 + g, pc, np, first, last, A->w_scale);
                 }
             }
         }
